@@ -1,0 +1,48 @@
+//! The custom resources of `fargo.dev/v1alpha1` and the names every component shares.
+
+pub mod conditions;
+pub mod function;
+pub mod profile;
+
+pub use function::{ServerlessFunction, ServerlessFunctionSpec, ServerlessFunctionStatus};
+pub use profile::{FargateProfile, FargateProfileSpec, FargateProfileStatus};
+
+use kube::CustomResourceExt;
+
+/// API group of every fargo resource.
+pub const GROUP: &str = "fargo.dev";
+
+/// Field manager for everything the controller applies with server-side apply.
+pub const CONTROLLER_MANAGER: &str = "fargo.dev/controller";
+/// Field manager for the one field the autoscaler owns: a Deployment's `replicas`.
+pub const AUTOSCALER_MANAGER: &str = "fargo.dev/autoscaler";
+
+/// Finalizer that lets the profile reconciler remove its NetworkPolicies and namespace labels.
+pub const PROFILE_FINALIZER: &str = "fargo.dev/profile-cleanup";
+
+/// Label on a pod naming the FargateProfile it runs under; set by the webhook, or by the user to
+/// force a profile.
+pub const PROFILE_LABEL: &str = "fargo.dev/profile";
+/// Label on a namespace that at least one profile selects; the webhooks only see these.
+pub const PROFILED_NAMESPACE_LABEL: &str = "fargo.dev/profiled";
+/// Label on a function's Deployment, Service and pods.
+pub const FUNCTION_LABEL: &str = "fargo.dev/function";
+/// Annotation with the Fargate size a pod was given, in EKS's format (`"2vCPU 9GB"`).
+pub const CAPACITY_ANNOTATION: &str = "fargo.dev/capacity-provisioned";
+
+/// Both CustomResourceDefinitions, in the order `fargo crds` prints them.
+pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
+{
+    vec![FargateProfile::crd(), ServerlessFunction::crd()]
+}
+
+/// The CRDs as one multi-document YAML stream: the content of `crds/`.
+pub fn crds_yaml() -> Result<Vec<(String, String)>, serde_yaml::Error> {
+    crds()
+        .into_iter()
+        .map(|crd| {
+            let name = crd.metadata.name.clone().unwrap_or_default();
+            Ok((format!("{name}.yaml"), serde_yaml::to_string(&crd)?))
+        })
+        .collect()
+}

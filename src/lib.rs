@@ -1,0 +1,7 @@
+//! fargo: Fargate profiles and serverless functions for any Kubernetes cluster.
+//!
+//! The binary (`src/main.rs`) is thin; everything it runs lives here so tests and benchmarks can
+//! reach it.
+
+pub mod api;
+pub mod telemetry;

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Stops the local cluster that up.sh started and deletes its state, <repo>/.cluster/.
+#
+#   tests/cluster/down.sh   safe to run when nothing is running, or run twice
+#
+# Only processes recorded in .cluster/pids/ are stopped, and each only while it still runs the
+# binary its pid file is named after: nothing else on the machine is touched.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+state="$root/.cluster"
+# Seconds between SIGTERM and SIGKILL.
+grace="${FARGO_STOP_TIMEOUT:-20}"
+
+log() { printf '[down] %s\n' "$*" >&2; }
+
+# Shares up.sh's lock, so a teardown never races a start-up; up.sh itself calls this script
+# with the lock already held.
+if [[ -z "${FARGO_CLUSTER_LOCK_HELD:-}" ]]; then
+  exec 9<"$here"
+  flock -w 1800 9 || {
+    log "error: another up.sh or down.sh has held the cluster lock for 30 minutes"
+    exit 1
+  }
+fi
+
+[[ -d "$state" ]] || exit 0
+
+# True when pid $1 is alive and runs binary $2: a pid left from an earlier boot may since belong
+# to something else.
+runs() {
+  local pid="$1" name="$2" argv0 stat
+  IFS= read -r -d '' argv0 <"/proc/$pid/cmdline" 2>/dev/null || return 1
+  [[ "${argv0##*/}" == "$name" ]] || return 1
+  # A zombie has exited; it only waits for a parent that may never reap it.
+  stat="$(cat "/proc/$pid/stat" 2>/dev/null)" || return 1
+  stat="${stat##*) }"
+  [[ "${stat%% *}" != Z ]]
+}
+
+# Every pid file, not a fixed list, so components added to up.sh later are stopped too.
+declare -A stopping=()
+shopt -s nullglob
+for file in "$state"/pids/*.pid; do
+  name="$(basename "$file" .pid)"
+  pid="$(cat "$file")"
+  if [[ "$pid" =~ ^[0-9]+$ ]] && runs "$pid" "$name"; then
+    log "stopping $name (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+    stopping[$pid]="$name"
+  fi
+done
+
+# wait_gone SECONDS: true once every signalled process has exited. They were all signalled
+# together, so a grace period is spent once, not once per component.
+wait_gone() {
+  local deadline=$((SECONDS + $1)) pid
+  while true; do
+    for pid in "${!stopping[@]}"; do
+      runs "$pid" "${stopping[$pid]}" || unset "stopping[$pid]"
+    done
+    ((${#stopping[@]} > 0)) || return 0
+    ((SECONDS < deadline)) || return 1
+    sleep 0.2
+  done
+}
+
+if ! wait_gone "$grace"; then
+  for pid in "${!stopping[@]}"; do
+    log "${stopping[$pid]} (pid $pid) outlived SIGTERM by ${grace}s; sending SIGKILL"
+    kill -KILL "$pid" 2>/dev/null || true
+  done
+  if ! wait_gone 10; then
+    # Its files are left in place: deleting them under a live process hides the problem.
+    log "error: still running: ${stopping[*]}; $state is kept"
+    exit 1
+  fi
+fi
+
+rm -rf -- "$state"
+log "cluster stopped; $state removed"

@@ -1,0 +1,335 @@
+#!/usr/bin/env bash
+# Runs a real local control plane on 127.0.0.1, without Docker or systemd: etcd, kube-apiserver,
+# kube-controller-manager, kube-scheduler, and kwok with two fake nodes.
+#
+#   tests/cluster/up.sh     start the cluster, or reuse the one already running
+#   tests/cluster/down.sh   stop it and delete its state
+#
+# State lives in <repo>/.cluster/ (pids/, logs/, pki/, etcd/, kubeconfig); use it with
+#   kubectl --kubeconfig .cluster/kubeconfig ...
+# Ports (all on 127.0.0.1) can be moved when something else holds them:
+#   FARGO_APISERVER_PORT (6443), FARGO_ETCD_PORT (23790), FARGO_ETCD_PEER_PORT (23800),
+#   FARGO_CONTROLLER_MANAGER_PORT (10257), FARGO_SCHEDULER_PORT (10259).
+# Binaries come from build.sh's cache, $FARGO_CACHE (default ~/.cache/fargo).
+set -euo pipefail
+
+started_at="$EPOCHREALTIME"
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+# shellcheck source-path=SCRIPTDIR source=versions.env
+source "$here/versions.env"
+bin="${FARGO_CACHE:-$HOME/.cache/fargo}/bin"
+k8s="$bin/kubernetes-$KUBERNETES_VERSION"
+kubectl="$k8s/kubectl"
+kwok_dir="$bin/kwok-$KWOK_VERSION"
+state="$root/.cluster"
+kubeconfig="$state/kubeconfig"
+
+apiserver_port="${FARGO_APISERVER_PORT:-6443}"
+etcd_port="${FARGO_ETCD_PORT:-23790}"
+etcd_peer_port="${FARGO_ETCD_PEER_PORT:-23800}"
+kcm_port="${FARGO_CONTROLLER_MANAGER_PORT:-10257}"
+scheduler_port="${FARGO_SCHEDULER_PORT:-10259}"
+service_cidr="10.96.0.0/16"
+first_service_ip="10.96.0.1"
+# Everything up.sh starts, in start order; down.sh stops whatever has a pid file.
+components=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
+kwok_nodes=(kwok-node-0 kwok-node-1)
+# How long each step may take to become ready, in seconds.
+ready_timeout="${FARGO_READY_TIMEOUT:-120}"
+
+log() { printf '[up] %s\n' "$*" >&2; }
+die() {
+  printf '[up] error: %s\n' "$*" >&2
+  exit 1
+}
+
+for tool in openssl curl; do
+  command -v "$tool" >/dev/null ||
+    die "$tool is missing; install it (apt-get install -y $tool) and run again"
+done
+
+# Parallel test runs may all ask for the cluster; the first starts it, the others reuse it. The
+# lock is on this directory, so no lock file is left behind.
+exec 9<"$here"
+flock -w 1800 9 || die "another up.sh or down.sh has held the cluster lock for 30 minutes"
+
+# True when pids/$1.pid names a live process that still runs binary $1: a pid left from an
+# earlier boot may since belong to something else.
+ours() {
+  local name="$1" pid argv0 stat
+  pid="$(cat "$state/pids/$name.pid" 2>/dev/null)" || return 1
+  [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+  IFS= read -r -d '' argv0 <"/proc/$pid/cmdline" 2>/dev/null || return 1
+  [[ "${argv0##*/}" == "$name" ]] || return 1
+  # A zombie has exited; it only waits for a parent that may never reap it.
+  stat="$(cat "/proc/$pid/stat" 2>/dev/null)" || return 1
+  stat="${stat##*) }"
+  [[ "${stat%% *}" != Z ]]
+}
+
+apiserver_ready() {
+  "$kubectl" --kubeconfig "$kubeconfig" --request-timeout=2s get --raw /readyz >/dev/null 2>&1
+}
+
+all_running() {
+  local c
+  for c in "${components[@]}"; do ours "$c" || return 1; done
+}
+
+if [[ -f "$kubeconfig" && -x "$kubectl" ]] && all_running && apiserver_ready; then
+  log "cluster already running; kubeconfig: $kubeconfig"
+  exit 0
+fi
+
+if [[ -d "$state" ]]; then
+  # A partial cluster (a component died, the machine restarted) is not worth repairing piece by
+  # piece: nothing in it is meant to outlive a test run.
+  log "replacing the cluster state in $state, which is not a running cluster"
+  FARGO_CLUSTER_LOCK_HELD=1 "$here/down.sh"
+fi
+
+"$here/build.sh"
+
+# Fail on a taken port now, with its name, rather than through a bind error in some log.
+for setting in "FARGO_APISERVER_PORT=$apiserver_port" "FARGO_ETCD_PORT=$etcd_port" \
+  "FARGO_ETCD_PEER_PORT=$etcd_peer_port" "FARGO_CONTROLLER_MANAGER_PORT=$kcm_port" \
+  "FARGO_SCHEDULER_PORT=$scheduler_port"; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/${setting#*=}") 2>/dev/null; then
+    die "port ${setting#*=} on 127.0.0.1 is taken; choose another with ${setting%%=*}"
+  fi
+done
+
+# The state holds private keys.
+umask 077
+mkdir -p "$state"/{pids,logs,pki,etcd}
+pki="$state/pki"
+
+# --- certificates -------------------------------------------------------------------------
+# ECDSA P-256 throughout: Kubernetes accepts it for every role here, and keys generate at once.
+new_key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
+
+# openssl's own default config differs between distributions; this one says all that matters.
+cat >"$pki/openssl.cnf" <<'EOF'
+[req]
+distinguished_name = dn
+prompt = no
+[dn]
+[ca]
+basicConstraints = critical, CA:TRUE
+keyUsage = critical, keyCertSign, cRLSign, digitalSignature
+subjectKeyIdentifier = hash
+EOF
+
+new_key "$pki/ca.key"
+openssl req -x509 -new -config "$pki/openssl.cnf" -extensions ca -key "$pki/ca.key" \
+  -subj "/CN=fargo-local-ca" -days 3650 -out "$pki/ca.crt"
+
+# sign NAME SUBJECT EXTENDED_KEY_USAGE [SUBJECT_ALT_NAMES]: writes NAME.key and NAME.crt.
+sign() {
+  local name="$1" subject="$2" usage="$3" sans="${4:-}"
+  new_key "$pki/$name.key"
+  {
+    echo "[leaf]"
+    echo "basicConstraints = critical, CA:FALSE"
+    echo "keyUsage = critical, digitalSignature"
+    echo "extendedKeyUsage = $usage"
+    echo "authorityKeyIdentifier = keyid"
+    [[ -z "$sans" ]] || echo "subjectAltName = $sans"
+  } >"$pki/$name.ext"
+  openssl req -new -config "$pki/openssl.cnf" -key "$pki/$name.key" -subj "$subject" \
+    -out "$pki/$name.csr"
+  openssl x509 -req -in "$pki/$name.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" \
+    -set_serial "0x$(openssl rand -hex 16)" -days 3650 \
+    -extfile "$pki/$name.ext" -extensions leaf -out "$pki/$name.crt" 2>/dev/null
+  rm "$pki/$name.csr" "$pki/$name.ext"
+}
+
+sign kube-apiserver "/CN=kube-apiserver" serverAuth \
+  "IP:127.0.0.1, IP:$first_service_ip, DNS:localhost, DNS:kubernetes, DNS:kubernetes.default, DNS:kubernetes.default.svc, DNS:kubernetes.default.svc.cluster.local"
+# kubectl, tests and kwok; system:masters bypasses RBAC.
+sign admin "/O=system:masters/CN=fargo-admin" clientAuth
+# RBAC's bootstrap policy grants these two users exactly what the components need.
+sign kube-controller-manager "/CN=system:kube-controller-manager" clientAuth
+sign kube-scheduler "/CN=system:kube-scheduler" clientAuth
+# For logs, exec and port-forward through kubelets, once real nodes join.
+sign kube-apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" clientAuth
+# Service-account tokens: the apiserver signs with the private half, verifies with the public.
+new_key "$pki/service-account.key"
+openssl pkey -in "$pki/service-account.key" -pubout -out "$pki/service-account.pub"
+
+# write_kubeconfig FILE USER: a kubeconfig for the client certificate USER, certificates embedded
+# so the file stands alone.
+write_kubeconfig() {
+  local file="$1" user="$2"
+  cat >"$file" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: fargo
+  cluster:
+    server: https://127.0.0.1:$apiserver_port
+    certificate-authority-data: $(base64 -w0 "$pki/ca.crt")
+users:
+- name: $user
+  user:
+    client-certificate-data: $(base64 -w0 "$pki/$user.crt")
+    client-key-data: $(base64 -w0 "$pki/$user.key")
+contexts:
+- name: fargo
+  context:
+    cluster: fargo
+    user: $user
+current-context: fargo
+EOF
+}
+write_kubeconfig "$state/kube-controller-manager.kubeconfig" kube-controller-manager
+write_kubeconfig "$state/kube-scheduler.kubeconfig" kube-scheduler
+# Written last among the files: its presence plus live pids is what marks a usable cluster.
+write_kubeconfig "$kubeconfig" admin
+
+# --- processes ----------------------------------------------------------------------------
+# start BINARY ARGS...: runs BINARY in its own session (so the caller's Ctrl-C or process-group
+# kill leaves it alone) with its output in logs/, and records its pid for down.sh. The lock's
+# descriptor is closed in it, or the lock would live as long as the cluster.
+start() {
+  local name="${1##*/}"
+  setsid "$@" </dev/null >"$state/logs/$name.log" 2>&1 9<&- &
+  echo "$!" >"$state/pids/$name.pid"
+}
+
+# wait_until WHAT LOG COMMAND...: polls COMMAND until it succeeds. Gives up, showing the end of
+# the log of whatever failed, when the time is over or a started component has exited.
+wait_until() {
+  local what="$1" logname="$2" deadline=$((SECONDS + ready_timeout)) c
+  shift 2
+  until "$@" >/dev/null 2>&1; do
+    for c in "${components[@]}"; do
+      if [[ -f "$state/pids/$c.pid" ]] && ! ours "$c"; then
+        show_log "$c"
+        die "$c exited while waiting for $what"
+      fi
+    done
+    if ((SECONDS >= deadline)); then
+      show_log "$logname"
+      die "$what was not ready after ${ready_timeout}s"
+    fi
+    sleep 0.3
+  done
+}
+
+show_log() {
+  printf '[up] last lines of %s:\n' "$state/logs/$1.log" >&2
+  tail -n 40 "$state/logs/$1.log" >&2 || true
+}
+
+healthz() { curl -fsSk --max-time 2 "https://127.0.0.1:$1/healthz"; }
+
+log "starting etcd on 127.0.0.1:$etcd_port"
+# fsync buys nothing for a cluster that is thrown away after the tests, and costs seconds.
+start "$bin/etcd-$ETCD_VERSION/etcd" \
+  --name=fargo \
+  --data-dir="$state/etcd" \
+  --listen-client-urls="http://127.0.0.1:$etcd_port" \
+  --advertise-client-urls="http://127.0.0.1:$etcd_port" \
+  --listen-peer-urls="http://127.0.0.1:$etcd_peer_port" \
+  --initial-advertise-peer-urls="http://127.0.0.1:$etcd_peer_port" \
+  --initial-cluster="fargo=http://127.0.0.1:$etcd_peer_port" \
+  --unsafe-no-fsync
+
+log "starting kube-apiserver on 127.0.0.1:$apiserver_port"
+# --advertise-address: this machine has no default route, from which the apiserver would
+# otherwise pick the address it publishes.
+start "$k8s/kube-apiserver" \
+  --advertise-address=127.0.0.1 \
+  --bind-address=127.0.0.1 \
+  --secure-port="$apiserver_port" \
+  --etcd-servers="http://127.0.0.1:$etcd_port" \
+  --tls-cert-file="$pki/kube-apiserver.crt" \
+  --tls-private-key-file="$pki/kube-apiserver.key" \
+  --client-ca-file="$pki/ca.crt" \
+  --kubelet-client-certificate="$pki/kube-apiserver-kubelet-client.crt" \
+  --kubelet-client-key="$pki/kube-apiserver-kubelet-client.key" \
+  --authorization-mode=Node,RBAC \
+  --enable-admission-plugins=NodeRestriction \
+  --allow-privileged=true \
+  --service-cluster-ip-range="$service_cidr" \
+  --service-account-issuer=https://kubernetes.default.svc.cluster.local \
+  --service-account-key-file="$pki/service-account.pub" \
+  --service-account-signing-key-file="$pki/service-account.key"
+wait_until "kube-apiserver /readyz" kube-apiserver apiserver_ready
+
+log "starting kube-controller-manager and kube-scheduler"
+# The authentication/authorization kubeconfigs let their secure ports check callers; without
+# them each logs a stream of warnings. Leader election only slows a single-instance start.
+start "$k8s/kube-controller-manager" \
+  --kubeconfig="$state/kube-controller-manager.kubeconfig" \
+  --authentication-kubeconfig="$state/kube-controller-manager.kubeconfig" \
+  --authorization-kubeconfig="$state/kube-controller-manager.kubeconfig" \
+  --bind-address=127.0.0.1 \
+  --secure-port="$kcm_port" \
+  --leader-elect=false \
+  --use-service-account-credentials=true \
+  --controllers='*,-node-ipam-controller' \
+  --service-account-private-key-file="$pki/service-account.key" \
+  --root-ca-file="$pki/ca.crt" \
+  --cluster-signing-cert-file="$pki/ca.crt" \
+  --cluster-signing-key-file="$pki/ca.key" \
+  --service-cluster-ip-range="$service_cidr" \
+  --cluster-name=fargo
+start "$k8s/kube-scheduler" \
+  --kubeconfig="$state/kube-scheduler.kubeconfig" \
+  --authentication-kubeconfig="$state/kube-scheduler.kubeconfig" \
+  --authorization-kubeconfig="$state/kube-scheduler.kubeconfig" \
+  --bind-address=127.0.0.1 \
+  --secure-port="$scheduler_port" \
+  --leader-elect=false
+
+log "starting kwok"
+# The nodes kwok fakes carry this annotation; any real node (kubelet) is left alone.
+start "$kwok_dir/kwok" \
+  --kubeconfig="$kubeconfig" \
+  --config="$kwok_dir/stages/node.yaml" \
+  --config="$kwok_dir/stages/pod.yaml" \
+  --manage-all-nodes=false \
+  --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake
+
+wait_until "kube-controller-manager /healthz" kube-controller-manager healthz "$kcm_port"
+wait_until "kube-scheduler /healthz" kube-scheduler healthz "$scheduler_port"
+# Pods cannot be created in a namespace until its default service account exists.
+wait_until "the default service account" kube-controller-manager \
+  "$kubectl" --kubeconfig "$kubeconfig" get serviceaccount default --namespace default
+
+log "registering kwok nodes ${kwok_nodes[*]}"
+# The taint keeps everything off the fake nodes except pods that tolerate it on purpose.
+for node in "${kwok_nodes[@]}"; do
+  cat <<EOF
+---
+apiVersion: v1
+kind: Node
+metadata:
+  name: $node
+  annotations:
+    kwok.x-k8s.io/node: fake
+    node.alpha.kubernetes.io/ttl: "0"
+  labels:
+    type: kwok
+    kubernetes.io/arch: amd64
+    kubernetes.io/hostname: $node
+    kubernetes.io/os: linux
+    node-role.kubernetes.io/agent: ""
+spec:
+  taints:
+  - key: kwok.x-k8s.io/node
+    value: fake
+    effect: NoSchedule
+EOF
+done | "$kubectl" --kubeconfig "$kubeconfig" apply -f - >/dev/null
+node_ready() {
+  "$kubectl" --kubeconfig "$kubeconfig" wait --for=condition=Ready --timeout=1s \
+    "${kwok_nodes[@]/#/node/}"
+}
+wait_until "kwok nodes Ready" kwok node_ready
+
+elapsed="$(awk -v a="$started_at" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')"
+log "cluster up in ${elapsed}s; kubeconfig: $kubeconfig"
