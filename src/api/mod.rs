@@ -46,3 +46,18 @@ pub fn crds_yaml() -> Result<Vec<(String, String)>, serde_yaml::Error> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn checked_in_crds_match_the_rust_types() {
+        for (name, generated) in super::crds_yaml().expect("CRDs render") {
+            let path = format!("{}/crds/{name}", env!("CARGO_MANIFEST_DIR"));
+            let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
+            assert!(
+                checked_in == generated,
+                "{path} is out of date with src/api/: run `make crds` and commit the result"
+            );
+        }
+    }
+}

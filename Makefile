@@ -1,0 +1,56 @@
+# fargo — see README.md. `make test` is what CI runs.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+
+include tests/cluster/versions.env
+FARGO_CACHE ?= $(HOME)/.cache/fargo
+K8S_BIN := $(FARGO_CACHE)/bin/kubernetes-$(KUBERNETES_VERSION)
+HELM_BIN := $(FARGO_CACHE)/bin/helm-$(HELM_VERSION)
+
+export KUBECONFIG := $(CURDIR)/.cluster/kubeconfig
+export KUBECTL := $(K8S_BIN)/kubectl
+export PATH := $(K8S_BIN):$(HELM_BIN):$(PATH)
+
+.PHONY: test lint unit integration cluster-up cluster-down crds dev bench
+
+## test: lint, unit tests, then the integration tests against a local cluster started for them
+test: lint unit
+	@if tests/cluster/up.sh --running 2>/dev/null; then \
+	  echo "reusing the running local cluster"; $(MAKE) --no-print-directory integration; \
+	else \
+	  tests/cluster/up.sh; \
+	  status=0; $(MAKE) --no-print-directory integration || status=$$?; \
+	  tests/cluster/down.sh; exit $$status; \
+	fi
+
+lint:
+	cargo fmt --check
+	cargo clippy --all-targets --locked -- -D warnings
+
+unit:
+	cargo test --locked --lib --bins
+
+## integration: the tests under tests/ against the cluster in KUBECONFIG
+integration:
+	cargo test --locked --test '*'
+
+cluster-up:
+	tests/cluster/up.sh
+
+cluster-down:
+	tests/cluster/down.sh
+
+## crds: regenerate crds/ from the Rust types
+crds:
+	cargo run --quiet -- crds --out-dir crds
+
+## dev: a local cluster with the CRDs and examples, and the controller in the foreground
+dev: cluster-up
+	cargo build
+	kubectl apply --server-side -f crds/
+	kubectl wait --for=condition=Established crd --all --timeout=60s
+	kubectl apply --server-side -f examples/
+	cargo run -- controller
+
+bench:
+	cargo bench

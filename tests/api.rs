@@ -1,0 +1,229 @@
+//! The CRDs against the real API server of the local cluster: they install, accept the
+//! examples, refuse invalid objects with messages that say what to fix, and document themselves.
+
+mod common;
+
+use std::process::Command;
+
+use common::{apply_yaml, client, install_crds, with_temp_ns};
+
+#[tokio::test]
+async fn crds_install_and_become_established() {
+    let client = client().await;
+    install_crds(&client).await;
+}
+
+#[tokio::test]
+async fn every_example_is_accepted_by_server_side_apply() {
+    let client = client().await;
+    install_crds(&client).await;
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .expect("examples/")
+        .map(|entry| entry.expect("a directory entry").path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "yaml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 2, "examples/ holds at least the two DESIGN.md examples");
+    for file in files {
+        let yaml = std::fs::read_to_string(&file).expect("readable example");
+        // Namespaces the examples create must exist before their objects, so apply for real
+        // (namespace first) rather than as a dry run; the examples are idempotent.
+        apply_yaml(&client, &yaml, false)
+            .await
+            .unwrap_or_else(|e| panic!("{} was refused: {e}", file.display()));
+    }
+}
+
+const VALID_PROFILE: &str = r#"
+apiVersion: fargo.dev/v1alpha1
+kind: FargateProfile
+metadata: {name: NAME}
+spec:
+  selectors: [{namespace: "team-*", labels: {tier: backend}}]
+"#;
+
+const VALID_FUNCTION: &str = r#"
+apiVersion: fargo.dev/v1alpha1
+kind: ServerlessFunction
+metadata: {name: NAME, namespace: NAMESPACE}
+spec:
+  image: registry.example/echo:1
+"#;
+
+/// One invalid object per validation rule: (what is wrong, the object's spec, a part of the
+/// API server's message).
+fn invalid_objects() -> Vec<(&'static str, &'static str, &'static str, &'static str)> {
+    // (rule, kind, spec YAML, expected message part)
+    vec![
+        ("no selectors", "profile", "selectors: []", "between 1 and 5 selectors"),
+        (
+            "six selectors",
+            "profile",
+            "selectors: [{namespace: a}, {namespace: b}, {namespace: c}, {namespace: d}, {namespace: e}, {namespace: f}]",
+            "must have at most 5 items",
+        ),
+        ("empty namespace", "profile", "selectors: [{namespace: ''}]", "selector namespace must not be empty"),
+        (
+            "namespace not a name",
+            "profile",
+            "selectors: [{namespace: 'Payments_*'}]",
+            "selector namespace must be a namespace name",
+        ),
+        (
+            "invalid label key",
+            "profile",
+            "selectors: [{namespace: a, labels: {'bad key!': x}}]",
+            "selector label keys must be valid label keys",
+        ),
+        (
+            "unknown sizing policy",
+            "profile",
+            "selectors: [{namespace: a}]\nsizing: {policy: Turbo}",
+            r#"supported values: "Fargate", "None""#,
+        ),
+        (
+            "negative overhead",
+            "profile",
+            "selectors: [{namespace: a}]\nsizing: {overhead: -1Gi}",
+            "sizing.overhead must be a non-negative quantity",
+        ),
+        (
+            "invalid cidr",
+            "profile",
+            "selectors: [{namespace: a}]\nnetwork: {egress: [{cidr: 10.0.0.0/33}]}",
+            "cidr must be a CIDR block",
+        ),
+        (
+            "except outside its cidr",
+            "profile",
+            "selectors: [{namespace: a}]\nnetwork: {egress: [{cidr: 10.20.0.0/16, except: [10.30.0.0/24]}]}",
+            "every except entry must lie inside the rule's cidr",
+        ),
+        (
+            "port out of range",
+            "profile",
+            "selectors: [{namespace: a}]\nnetwork: {egress: [{cidr: 10.0.0.0/8, ports: [{port: 70000}]}]}",
+            "port must be between 1 and 65535",
+        ),
+        (
+            "unknown protocol",
+            "profile",
+            "selectors: [{namespace: a}]\nnetwork: {egress: [{cidr: 10.0.0.0/8, ports: [{port: 53, protocol: ICMP}]}]}",
+            r#"supported values: "TCP", "UDP", "SCTP""#,
+        ),
+        (
+            "egress with cidr and selector",
+            "profile",
+            "selectors: [{namespace: a}]\nnetwork: {egress: [{cidr: 10.0.0.0/8, podSelector: {}}]}",
+            "either cidr or namespaceSelector/podSelector",
+        ),
+        ("empty image", "function", "image: ''", "image must not be empty"),
+        ("port zero", "function", "image: x\nport: 0", "port must be between 1 and 65535"),
+        ("too little memory", "function", "image: x\nmemory: 64Mi", "memory must be a quantity between 128Mi and 10Gi"),
+        ("too much memory", "function", "image: x\nmemory: 20Gi", "memory must be a quantity between 128Mi and 10Gi"),
+        ("timeout too long", "function", "image: x\ntimeout: 901s", "timeout must be a duration between 1s and 900s"),
+        ("timeout too short", "function", "image: x\ntimeout: 500ms", "timeout must be a duration between 1s and 900s"),
+        ("idle timeout too short", "function", "image: x\nscale: {idleTimeout: 100ms}", "scale.idleTimeout must be a duration of at least 1s"),
+        ("min above max", "function", "image: x\nscale: {min: 3, max: 2}", "scale.min must not exceed scale.max"),
+        ("initial above max", "function", "image: x\nscale: {max: 3, initial: 5}", "scale.initial must lie between scale.min and scale.max"),
+        ("negative perInstance", "function", "image: x\nconcurrency: {perInstance: -1}", "concurrency.perInstance must be 0 (unlimited) or more"),
+        ("target above perInstance", "function", "image: x\nconcurrency: {perInstance: 10, target: 20}", "concurrency.target must not exceed concurrency.perInstance"),
+        (
+            "duplicate schedule names",
+            "function",
+            "image: x\ntriggers: {schedules: [{name: a, cron: '* * * * *'}, {name: a, cron: '0 * * * *'}]}",
+            "Duplicate value",
+        ),
+    ]
+}
+
+fn object_yaml(kind: &str, spec: &str, namespace: &str) -> String {
+    let header = match kind {
+        "profile" => "apiVersion: fargo.dev/v1alpha1\nkind: FargateProfile\nmetadata: {name: invalid}\n",
+        "function" => "apiVersion: fargo.dev/v1alpha1\nkind: ServerlessFunction\nmetadata: {name: invalid, namespace: NAMESPACE}\n",
+        other => panic!("unknown kind {other}"),
+    };
+    let indented: String = spec.lines().map(|line| format!("  {line}\n")).collect();
+    format!("{header}spec:\n{indented}").replace("NAMESPACE", namespace)
+}
+
+#[tokio::test]
+async fn invalid_objects_are_refused_with_a_message_that_says_what_to_fix() {
+    let client = client().await;
+    install_crds(&client).await;
+    with_temp_ns(&client, &[], |client, ns| async move {
+        // The valid forms of both objects pass, so each refusal below is the rule's doing.
+        apply_yaml(&client, &VALID_PROFILE.replace("NAME", "valid"), true)
+            .await
+            .expect("a valid profile is accepted");
+        apply_yaml(&client, &VALID_FUNCTION.replace("NAME", "valid").replace("NAMESPACE", &ns), true)
+            .await
+            .expect("a valid function is accepted");
+
+        let cases = invalid_objects();
+        assert!(cases.len() >= 14);
+        let mut failures = vec![];
+        for (rule, kind, spec, expected) in cases {
+            let yaml = object_yaml(kind, spec, &ns);
+            match apply_yaml(&client, &yaml, true).await {
+                Ok(()) => failures.push(format!("{rule}: accepted\n{yaml}")),
+                Err(kube::Error::Api(status)) if status.code == 422 && status.message.contains(expected) => {}
+                Err(other) => failures.push(format!("{rule}: expected 422 with {expected:?}, got {other}")),
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn defaults_are_filled_in_by_the_api_server() {
+    let client = client().await;
+    install_crds(&client).await;
+    with_temp_ns(&client, &[], |client, ns| async move {
+        let yaml = VALID_FUNCTION.replace("NAME", "defaults").replace("NAMESPACE", &ns);
+        apply_yaml(&client, &yaml, false).await.expect("applied");
+        let functions: kube::Api<fargo::api::ServerlessFunction> = kube::Api::namespaced(client, &ns);
+        let function = functions.get("defaults").await.expect("stored");
+        assert_eq!(function.spec.port, 8080);
+        assert_eq!(function.spec.memory.0, "128Mi");
+        assert_eq!(function.spec.timeout.to_string(), "1m");
+        assert_eq!(function.spec.scale.min, 0);
+        assert!(function.spec.triggers.http.enabled);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn kubectl_explain_prints_the_field_docs() {
+    let client = client().await;
+    install_crds(&client).await;
+    let kubectl = std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into());
+    // The API server publishes a new CRD's OpenAPI a moment after it is Established.
+    let mut last = String::new();
+    for _ in 0..30 {
+        let output = Command::new(&kubectl)
+            .args(["explain", "fn.spec.scale"])
+            .output()
+            .unwrap_or_else(|e| panic!("running {kubectl}: {e}"));
+        last = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        if output.status.success() && last.contains("idleTimeout") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+    for expected in [
+        "Bounds of the autoscaler",
+        "idleTimeout",
+        "Time without requests after which the function scales to zero",
+        "max",
+        "Most instances; unset means no limit",
+    ] {
+        assert!(last.contains(expected), "`kubectl explain fn.spec.scale` lacks {expected:?}:\n{last}");
+    }
+}
