@@ -3,5 +3,9 @@
 //! The binary (`src/main.rs`) is thin; everything it runs lives here so tests and benchmarks can
 //! reach it.
 
+pub mod activator;
 pub mod api;
+pub mod controller;
+pub mod profile;
 pub mod telemetry;
+pub mod webhook;

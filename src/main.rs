@@ -1,10 +1,8 @@
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use fargo::telemetry;
-use prometheus_client::registry::Registry;
 
 /// fargo: Fargate profiles and serverless functions for any Kubernetes cluster.
 #[derive(Parser, Debug)]
@@ -38,13 +36,113 @@ struct ControllerArgs {
     /// Address of `/healthz`, `/readyz` and `/metrics`.
     #[arg(long, env = "FARGO_HEALTH_ADDR", default_value = "0.0.0.0:9090")]
     health_addr: SocketAddr,
+
+    /// Namespace of the controller's Lease and webhook Secret (the pod's own namespace).
+    #[arg(long, env = "FARGO_NAMESPACE", default_value = "fargo-system")]
+    namespace: String,
+
+    /// Namespace of the fargo activator, whose pods may always reach function pods.
+    #[arg(
+        long,
+        env = "FARGO_ACTIVATOR_NAMESPACE",
+        default_value = "fargo-system"
+    )]
+    activator_namespace: String,
+
+    /// Identity in the leader election (the pod name); the host name when unset.
+    #[arg(long, env = "FARGO_POD_NAME")]
+    identity: Option<String>,
+
+    /// Address the admission webhook listens on (TLS).
+    #[arg(long, env = "FARGO_WEBHOOK_ADDR", default_value = "0.0.0.0:8443")]
+    webhook_addr: SocketAddr,
+
+    /// Out of cluster: the URL the API server calls the webhook at, e.g. https://127.0.0.1:8443.
+    /// Unset: the webhook is reached through Service `--webhook-service`.
+    #[arg(long, env = "FARGO_WEBHOOK_URL")]
+    webhook_url: Option<String>,
+
+    /// Service in front of the controller pods, in `--namespace`.
+    #[arg(long, env = "FARGO_WEBHOOK_SERVICE", default_value = "fargo-webhook")]
+    webhook_service: String,
+
+    /// Directory with `tls.crt`, `tls.key` and `ca.crt` supplied by the user (cert-manager);
+    /// unset: the controller generates a certificate and keeps it in `--webhook-secret`.
+    #[arg(long, env = "FARGO_WEBHOOK_CERT_DIR")]
+    webhook_cert_dir: Option<std::path::PathBuf>,
+
+    /// Secret holding the generated webhook certificate, in `--namespace`.
+    #[arg(
+        long,
+        env = "FARGO_WEBHOOK_SECRET",
+        default_value = "fargo-webhook-tls"
+    )]
+    webhook_secret: String,
+
+    /// Whether the controller applies the webhook configurations (with their caBundle) itself.
+    #[arg(long, env = "FARGO_WEBHOOK_REGISTER", default_value_t = true, action = clap::ArgAction::Set)]
+    webhook_register: bool,
+}
+
+impl ControllerArgs {
+    fn into_config(self) -> fargo::controller::Config {
+        let identity = self.identity.unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| format!("fargo-{}", std::process::id()))
+        });
+        fargo::controller::Config {
+            health_addr: self.health_addr,
+            namespace: self.namespace.clone(),
+            activator_namespace: self.activator_namespace,
+            identity,
+            webhook: fargo::webhook::Config {
+                addr: self.webhook_addr,
+                url: self.webhook_url,
+                service_namespace: self.namespace,
+                service_name: self.webhook_service,
+                cert_dir: self.webhook_cert_dir,
+                secret_name: self.webhook_secret,
+                register: self.webhook_register,
+            },
+        }
+    }
 }
 
 #[derive(clap::Args, Debug)]
 struct ActivatorArgs {
-    /// Address of `/healthz`, `/readyz` and `/metrics`.
+    /// Address of `/healthz`, `/readyz`, `/metrics` and `/stats`.
     #[arg(long, env = "FARGO_HEALTH_ADDR", default_value = "0.0.0.0:9091")]
     health_addr: SocketAddr,
+
+    /// Address the proxy listens on.
+    #[arg(long, env = "FARGO_ACTIVATOR_ADDR", default_value = "0.0.0.0:8080")]
+    addr: SocketAddr,
+
+    /// Functions are also reached as `{function}.{namespace}.<domain>`.
+    #[arg(long, env = "FARGO_DOMAIN", default_value = "fargo.local")]
+    domain: String,
+
+    /// Requests each function may hold while it has no free pod; more get 429.
+    #[arg(long, env = "FARGO_QUEUE_DEPTH", default_value_t = 100)]
+    queue_depth: usize,
+
+    /// After SIGTERM, how long to keep serving while not ready (so Service endpoints drop the
+    /// pod) before no longer accepting connections.
+    #[arg(long, env = "FARGO_DRAIN_DELAY", default_value = "5s")]
+    drain_delay: kube::core::Duration,
+}
+
+impl ActivatorArgs {
+    fn into_settings(self) -> fargo::activator::Settings {
+        fargo::activator::Settings {
+            addr: self.addr,
+            health_addr: self.health_addr,
+            domain: self.domain,
+            queue_depth: self.queue_depth,
+            drain_delay: self.drain_delay.into(),
+        }
+    }
 }
 
 #[tokio::main]
@@ -54,11 +152,19 @@ async fn main() -> anyhow::Result<()> {
         Command::Crds { out_dir } => print_crds(out_dir),
         Command::Controller(args) => {
             telemetry::init_logging(cli.log_json);
-            run_component("controller", args.health_addr).await
+            let shutdown = telemetry::shutdown_on_signal().context("installing signal handlers")?;
+            let client = connect().await?;
+            fargo::controller::run(client, args.into_config(), shutdown)
+                .await
+                .context("the controller failed")
         }
         Command::Activator(args) => {
             telemetry::init_logging(cli.log_json);
-            run_component("activator", args.health_addr).await
+            let shutdown = telemetry::shutdown_on_signal().context("installing signal handlers")?;
+            let client = connect().await?;
+            fargo::activator::run(client, args.into_settings(), shutdown)
+                .await
+                .context("the activator failed")
         }
     }
 }
@@ -67,8 +173,7 @@ fn print_crds(out_dir: Option<std::path::PathBuf>) -> anyhow::Result<()> {
     let files = fargo::api::crds_yaml().context("rendering the CRDs")?;
     match out_dir {
         Some(dir) => {
-            std::fs::create_dir_all(&dir)
-                .with_context(|| format!("creating {}", dir.display()))?;
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             for (name, yaml) in files {
                 let path = dir.join(name);
                 std::fs::write(&path, yaml)
@@ -84,8 +189,8 @@ fn print_crds(out_dir: Option<std::path::PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run_component(name: &str, health_addr: SocketAddr) -> anyhow::Result<()> {
-    let shutdown = telemetry::shutdown_on_signal().context("installing signal handlers")?;
+/// A client for the cluster in KUBECONFIG or, in a pod, the cluster it runs in.
+async fn connect() -> anyhow::Result<kube::Client> {
     let client = kube::Client::try_default()
         .await
         .context("connecting to Kubernetes (KUBECONFIG or in-cluster config)")?;
@@ -93,20 +198,8 @@ async fn run_component(name: &str, health_addr: SocketAddr) -> anyhow::Result<()
         .apiserver_version()
         .await
         .context("asking the API server for its version")?;
-    tracing::info!(component = name, apiserver = %version.git_version, "connected");
-
-    let registry = Arc::new(Registry::with_prefix("fargo"));
-    let readiness = telemetry::Readiness::default();
-    readiness.set(true);
-    telemetry::serve(
-        health_addr,
-        telemetry::health_router(registry, readiness),
-        shutdown,
-    )
-    .await
-    .with_context(|| format!("serving health on {health_addr}"))?;
-    tracing::info!(component = name, "stopped");
-    Ok(())
+    tracing::info!(apiserver = %version.git_version, "connected");
+    Ok(client)
 }
 
 #[cfg(test)]

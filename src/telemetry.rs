@@ -78,9 +78,7 @@ async fn metrics(State(state): State<HealthState>) -> impl IntoResponse {
             body,
         )
             .into_response(),
-        Err(error) => {
-            (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response()
-        }
+        Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response(),
     }
 }
 

@@ -69,14 +69,23 @@ mod tests {
     #[test]
     fn set_keeps_transition_time_while_status_is_unchanged() {
         let mut conditions = vec![];
-        set(&mut conditions, condition(READY, true, "Ok", "", Some(1), at(10)));
-        set(&mut conditions, condition(READY, true, "Ok", "again", Some(2), at(20)));
+        set(
+            &mut conditions,
+            condition(READY, true, "Ok", "", Some(1), at(10)),
+        );
+        set(
+            &mut conditions,
+            condition(READY, true, "Ok", "again", Some(2), at(20)),
+        );
         assert_eq!(conditions.len(), 1);
         assert_eq!(conditions[0].last_transition_time, at(10));
         assert_eq!(conditions[0].message, "again");
         assert_eq!(conditions[0].observed_generation, Some(2));
 
-        set(&mut conditions, condition(READY, false, "Broken", "", Some(3), at(30)));
+        set(
+            &mut conditions,
+            condition(READY, false, "Broken", "", Some(3), at(30)),
+        );
         assert_eq!(conditions[0].last_transition_time, at(30));
         assert!(!is_true(&conditions, READY));
     }

@@ -21,10 +21,29 @@ use serde::{Deserialize, Serialize};
     status = "ServerlessFunctionStatus",
     derive = "PartialEq",
     doc = "A ServerlessFunction is an HTTP container behind the fargo activator that scales to zero when idle, wakes on the first request and can fire on a cron schedule.",
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status", description = "Whether the function can serve requests"),
-    printcolumn(name = "Replicas", type_ = "integer", json_path = ".status.replicas", description = "Pods running now"),
-    printcolumn(name = "URL", type_ = "string", json_path = ".status.url", description = "Where to send requests"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "Whether the function can serve requests"
+    ),
+    printcolumn(
+        name = "Replicas",
+        type_ = "integer",
+        json_path = ".status.replicas",
+        description = "Pods running now"
+    ),
+    printcolumn(
+        name = "URL",
+        type_ = "string",
+        json_path = ".status.url",
+        description = "Where to send requests"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ServerlessFunctionSpec {

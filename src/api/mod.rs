@@ -30,8 +30,28 @@ pub const FUNCTION_LABEL: &str = "fargo.dev/function";
 /// Annotation with the Fargate size a pod was given, in EKS's format (`"2vCPU 9GB"`).
 pub const CAPACITY_ANNOTATION: &str = "fargo.dev/capacity-provisioned";
 
+/// Standard label naming the application; fargo's own pods carry `app.kubernetes.io/name: fargo`.
+pub const APP_NAME_LABEL: &str = "app.kubernetes.io/name";
+/// Standard label naming a component of the application (`activator`, `controller`).
+pub const APP_COMPONENT_LABEL: &str = "app.kubernetes.io/component";
+/// Standard label naming the tool that manages an object; fargo's children say `fargo`.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+/// The value of [`APP_NAME_LABEL`] and [`MANAGED_BY_LABEL`] for fargo.
+pub const APP_NAME: &str = "fargo";
+/// The value of [`APP_COMPONENT_LABEL`] on activator pods.
+pub const ACTIVATOR_COMPONENT: &str = "activator";
+/// Labels every activator pod carries (the Helm chart sets the same): profile NetworkPolicies
+/// admit traffic from pods with these labels in the activator's namespace.
+pub const ACTIVATOR_POD_LABELS: [(&str, &str); 2] = [
+    (APP_NAME_LABEL, APP_NAME),
+    (APP_COMPONENT_LABEL, ACTIVATOR_COMPONENT),
+];
+/// Label the API server puts on every namespace, with the namespace's name.
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
 /// Both CustomResourceDefinitions, in the order `fargo crds` prints them.
-pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
+pub fn crds()
+-> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
 {
     vec![FargateProfile::crd(), ServerlessFunction::crd()]
 }

@@ -23,9 +23,23 @@ use serde::{Deserialize, Serialize};
     status = "FargateProfileStatus",
     derive = "PartialEq",
     doc = "A FargateProfile selects pods by namespace and labels and makes them Fargate pods: sandboxed, sized from the Fargate menu, hardened and fenced by NetworkPolicy.",
-    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase", description = "Creating, Active, Deleting or Failed"),
-    printcolumn(name = "Runtime Class", type_ = "string", json_path = ".spec.runtimeClassName", description = "RuntimeClass given to matched pods"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Phase",
+        type_ = "string",
+        json_path = ".status.phase",
+        description = "Creating, Active, Deleting or Failed"
+    ),
+    printcolumn(
+        name = "Runtime Class",
+        type_ = "string",
+        json_path = ".spec.runtimeClassName",
+        description = "RuntimeClass given to matched pods"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct FargateProfileSpec {

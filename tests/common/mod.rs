@@ -32,9 +32,13 @@ pub async fn install_crds(client: &Client) {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     for crd in fargo::api::crds() {
         let name = crd.name_any();
-        crds.patch(&name, &PatchParams::apply(TEST_MANAGER).force(), &Patch::Apply(&crd))
-            .await
-            .unwrap_or_else(|e| panic!("applying CRD {name}: {e}"));
+        crds.patch(
+            &name,
+            &PatchParams::apply(TEST_MANAGER).force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("applying CRD {name}: {e}"));
         tokio::time::timeout(
             Duration::from_secs(30),
             await_condition(crds.clone(), &name, conditions::is_crd_established()),
@@ -126,4 +130,162 @@ pub async fn apply_object(
     params.dry_run = dry_run;
     api.patch(&object.name_any(), &params, &Patch::Apply(object))
         .await
+}
+
+/// A `fargo controller` process run out of cluster against the local cluster, its webhook
+/// registered by URL on 127.0.0.1. It dies with the test process.
+pub struct ControllerProcess {
+    child: std::process::Child,
+    pub webhook_port: u16,
+    pub health_port: u16,
+}
+
+impl ControllerProcess {
+    /// Starts the controller built by this `cargo test` and waits until the API server calls its
+    /// webhook.
+    pub async fn start(client: &Client, webhook_port: u16, health_port: u16) -> Self {
+        ensure_namespace(client, "fargo-system").await;
+        let child = spawn_controller(webhook_port, health_port);
+        let process = Self {
+            child,
+            webhook_port,
+            health_port,
+        };
+        process.wait_until_serving(client).await;
+        process
+    }
+
+    /// Kills the process at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Stops the process with SIGTERM and waits for it to exit.
+    pub fn terminate(&mut self) {
+        // SAFETY: kill(2) on the pid of our own child process.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let _ = self.child.wait();
+    }
+
+    /// Starts the process again after `kill` or `terminate`.
+    pub async fn restart(&mut self, client: &Client) {
+        self.child = spawn_controller(self.webhook_port, self.health_port);
+        self.wait_until_serving(client).await;
+    }
+
+    async fn wait_until_serving(&self, client: &Client) {
+        wait_until_serving(client, self.webhook_port).await;
+    }
+}
+
+/// Waits until the webhook configuration points at 127.0.0.1:`webhook_port` and that port
+/// accepts connections.
+async fn wait_until_serving(client: &Client, webhook_port: u16) {
+    use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+    let url = format!("https://127.0.0.1:{webhook_port}/");
+    let configs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    for _ in 0..120 {
+        if let Ok(Some(config)) = configs.get_opt("fargo").await {
+            let registered = config.webhooks.unwrap_or_default().iter().any(|w| {
+                w.client_config
+                    .url
+                    .as_deref()
+                    .is_some_and(|u| u.starts_with(&url))
+            });
+            if registered
+                && tokio::net::TcpStream::connect(("127.0.0.1", webhook_port))
+                    .await
+                    .is_ok()
+            {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("the controller did not register its webhook at {url} within 30s");
+}
+
+impl Drop for ControllerProcess {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+fn spawn_controller(webhook_port: u16, health_port: u16) -> std::process::Child {
+    use std::os::unix::process::CommandExt;
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_fargo"));
+    command
+        .args(["controller", "--namespace", "fargo-system"])
+        .arg("--webhook-addr")
+        .arg(format!("127.0.0.1:{webhook_port}"))
+        .arg("--webhook-url")
+        .arg(format!("https://127.0.0.1:{webhook_port}"))
+        .arg("--health-addr")
+        .arg(format!("127.0.0.1:{health_port}"))
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info,kube=warn".into()),
+        );
+    // SAFETY: prctl(2) only, between fork and exec: the controller gets SIGTERM when the thread
+    // that started it ends, so no test run leaves one behind.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+    command.spawn().expect("starting the fargo controller")
+}
+
+/// Creates namespace `name` unless it exists.
+pub async fn ensure_namespace(client: &Client, name: &str) {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let mut ns = Namespace::default();
+    ns.metadata.name = Some(name.into());
+    match namespaces.create(&PostParams::default(), &ns).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 409 => {}
+        Err(error) => panic!("creating namespace {name}: {error}"),
+    }
+}
+
+/// Polls `check` every 200 ms until it returns `Some`, for at most `seconds`.
+pub async fn eventually<T, F, Fut>(seconds: u64, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {seconds}s waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// One controller for all the tests of a test binary, started by the first that asks. It is
+/// spawned from a thread that lives as long as the test process, so it outlives each test and
+/// still dies with the process.
+pub async fn shared_controller(client: &Client, webhook_port: u16, health_port: u16) {
+    static STARTED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    ensure_namespace(client, "fargo-system").await;
+    STARTED.get_or_init(|| {
+        let (started, wait) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _child = spawn_controller(webhook_port, health_port);
+            let _ = started.send(());
+            loop {
+                std::thread::park();
+            }
+        });
+        wait.recv().expect("the controller thread started");
+    });
+    wait_until_serving(client, webhook_port).await;
 }

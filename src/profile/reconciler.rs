@@ -1,0 +1,449 @@
+//! The FargateProfile reconciler: labels the namespaces a profile selects, keeps its
+//! NetworkPolicy in each of them, reports status, and cleans up behind a finalizer.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::node::v1::RuntimeClass;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, instrument, warn};
+
+use crate::api::conditions::{self, READY, RUNTIME_CLASS_FOUND};
+use crate::api::profile::{FargateProfile, FargateProfileStatus, ProfilePhase};
+use crate::api::{CONTROLLER_MANAGER, PROFILE_FINALIZER, PROFILE_LABEL, PROFILED_NAMESPACE_LABEL};
+use crate::controller::ControllerMetrics;
+use crate::profile::matching::namespace_is_selected;
+use crate::profile::network::network_policy;
+
+/// Errors of one reconcile; each becomes a Warning Event and a short requeue.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API call failed: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("the profile lacks {0}; it was not read from the API server")]
+    MissingMetadata(&'static str),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+}
+
+impl Error {
+    /// A bounded name for metrics and Event reasons.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "KubernetesApiError",
+            Error::MissingMetadata(_) => "MissingMetadata",
+            Error::Finalizer(_) => "FinalizerError",
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What the reconciler shares between calls.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Arc<ControllerMetrics>,
+    /// Namespace the fargo activator runs in; its pods may always reach function pods.
+    pub activator_namespace: String,
+    pub namespaces: Store<Namespace>,
+    pub profiles: Store<FargateProfile>,
+}
+
+/// Runs the profile controller until `shutdown` is cancelled.
+pub async fn run(
+    client: Client,
+    recorder: Recorder,
+    metrics: Arc<ControllerMetrics>,
+    activator_namespace: String,
+    shutdown: CancellationToken,
+) {
+    let controller = Controller::new(
+        Api::<FargateProfile>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let profiles = controller.store();
+
+    // Any namespace or RuntimeClass change can change what every profile selects or reports;
+    // there are few profiles, so all of them are reconciled.
+    let (namespaces, namespaces_writer) = reflector::store();
+    let namespace_changes = watcher(
+        Api::<Namespace>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .modify(|ns| ns.managed_fields_mut().clear())
+    .reflect(namespaces_writer)
+    .applied_objects()
+    .filter_map(|ns| async move { ns.ok().map(|_| ()) });
+    let runtime_class_changes = watcher(
+        Api::<RuntimeClass>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .touched_objects()
+    .filter_map(|rc| async move { rc.ok().map(|_| ()) });
+
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        recorder,
+        metrics,
+        activator_namespace,
+        namespaces,
+        profiles: profiles.clone(),
+    });
+
+    controller
+        .owns(
+            Api::<NetworkPolicy>::all(client),
+            watcher::Config::default().labels(PROFILE_LABEL),
+        )
+        .reconcile_all_on(futures::stream::select(
+            namespace_changes,
+            runtime_class_changes,
+        ))
+        .graceful_shutdown_on(async move { shutdown.cancelled().await })
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => tracing::debug!(profile = %object.name, "reconciled"),
+                Err(error) => tracing::debug!(%error, "profile reconcile failed"),
+            }
+        })
+        .await;
+}
+
+#[instrument(skip_all, fields(profile = %profile.name_any()))]
+async fn reconcile(profile: Arc<FargateProfile>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.reconcile_started("FargateProfile");
+    let api: Api<FargateProfile> = Api::all(ctx.client.clone());
+    finalizer(&api, PROFILE_FINALIZER, profile, |event| async {
+        match event {
+            Finalizer::Apply(profile) => profile.apply(&ctx).await,
+            Finalizer::Cleanup(profile) => profile.cleanup(&ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+fn error_policy(profile: Arc<FargateProfile>, error: &Error, ctx: Arc<Context>) -> Action {
+    warn!(profile = %profile.name_any(), %error, "reconcile failed");
+    ctx.metrics
+        .reconcile_failed("FargateProfile", error.reason());
+    let recorder = ctx.recorder.clone();
+    let reference = profile.object_ref(&());
+    let event = Event {
+        type_: EventType::Warning,
+        reason: error.reason().into(),
+        note: Some(error.to_string().chars().take(1000).collect()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    tokio::spawn(async move {
+        let _ = recorder.publish(&event, &reference).await;
+    });
+    Action::requeue(Duration::from_secs(5))
+}
+
+impl FargateProfile {
+    /// Namespaces this profile selects now (terminating ones excluded).
+    fn matched_namespaces(&self, namespaces: &Store<Namespace>) -> BTreeSet<String> {
+        namespaces
+            .state()
+            .iter()
+            .filter(|ns| ns.metadata.deletion_timestamp.is_none())
+            .map(|ns| ns.name_any())
+            .filter(|name| namespace_is_selected(self, name))
+            .collect()
+    }
+
+    async fn apply(&self, ctx: &Context) -> Result<Action> {
+        ctx.namespaces.wait_until_ready().await.ok();
+        let name = self.name_any();
+        let matched = self.matched_namespaces(&ctx.namespaces);
+
+        sync_namespace_labels(ctx, None).await?;
+        self.apply_network_policies(ctx, &matched).await?;
+
+        let runtime_class = match &self.spec.runtime_class_name {
+            Some(rc) => Some((
+                rc.clone(),
+                Api::<RuntimeClass>::all(ctx.client.clone())
+                    .get_opt(rc)
+                    .await?
+                    .is_some(),
+            )),
+            None => None,
+        };
+
+        let now = Time(k8s_openapi::jiff::Timestamp::now());
+        let generation = self.metadata.generation;
+        let mut status = self.status.clone().unwrap_or_default();
+        let previous_matched: BTreeSet<String> =
+            status.matched_namespaces.iter().cloned().collect();
+        let (found, found_reason, found_message) = match &runtime_class {
+            None => (
+                true,
+                "NotRequested",
+                "the profile sets no runtimeClassName".to_string(),
+            ),
+            Some((rc, true)) => (true, "Found", format!("RuntimeClass {rc} exists")),
+            Some((rc, false)) => (
+                false,
+                "RuntimeClassNotFound",
+                format!(
+                    "RuntimeClass {rc} does not exist: create it (kubectl get runtimeclass lists those that do) or change spec.runtimeClassName; until then the API server refuses this profile's pods"
+                ),
+            ),
+        };
+        conditions::set(
+            &mut status.conditions,
+            conditions::condition(
+                RUNTIME_CLASS_FOUND,
+                found,
+                found_reason,
+                found_message.clone(),
+                generation,
+                now.clone(),
+            ),
+        );
+        let ready_message = if found {
+            format!("selecting {} namespace(s)", matched.len())
+        } else {
+            found_message
+        };
+        conditions::set(
+            &mut status.conditions,
+            conditions::condition(
+                READY,
+                found,
+                if found { "Active" } else { found_reason },
+                ready_message,
+                generation,
+                now,
+            ),
+        );
+        status.phase = Some(if found {
+            ProfilePhase::Active
+        } else {
+            ProfilePhase::Failed
+        });
+        status.matched_namespaces = matched.iter().cloned().collect();
+        status.observed_generation = generation;
+        self.patch_status(ctx, &status).await?;
+
+        if previous_matched != matched {
+            let added: Vec<_> = matched.difference(&previous_matched).cloned().collect();
+            let removed: Vec<_> = previous_matched.difference(&matched).cloned().collect();
+            let mut note = String::new();
+            if !added.is_empty() {
+                note.push_str(&format!("now selects {}", added.join(", ")));
+            }
+            if !removed.is_empty() {
+                if !note.is_empty() {
+                    note.push_str("; ");
+                }
+                note.push_str(&format!("no longer selects {}", removed.join(", ")));
+            }
+            self.publish(ctx, EventType::Normal, "NamespacesChanged", note)
+                .await;
+        }
+        if !found {
+            self.publish(
+                ctx,
+                EventType::Warning,
+                "RuntimeClassNotFound",
+                format!(
+                    "RuntimeClass {} does not exist",
+                    self.spec.runtime_class_name.as_deref().unwrap_or_default()
+                ),
+            )
+            .await;
+        }
+        info!(profile = %name, namespaces = matched.len(), "profile reconciled");
+        Ok(Action::requeue(Duration::from_secs(300)))
+    }
+
+    async fn cleanup(&self, ctx: &Context) -> Result<Action> {
+        let name = self.name_any();
+        let mut status = self.status.clone().unwrap_or_default();
+        status.phase = Some(ProfilePhase::Deleting);
+        // Best effort: the profile is going away whatever its status says.
+        let _ = self.patch_status(ctx, &status).await;
+
+        let policies: Api<NetworkPolicy> = Api::all(ctx.client.clone());
+        for policy in policies
+            .list(&ListParams::default().labels(&format!("{PROFILE_LABEL}={name}")))
+            .await?
+        {
+            delete_ignoring_missing(
+                &Api::<NetworkPolicy>::namespaced(
+                    ctx.client.clone(),
+                    &policy.namespace().unwrap_or_default(),
+                ),
+                &policy.name_any(),
+            )
+            .await?;
+        }
+
+        if self.spec.deletion_policy == crate::api::profile::DeletionPolicy::DeletePods {
+            let pods: Api<Pod> = Api::all(ctx.client.clone());
+            let mut deleted = 0;
+            for pod in pods
+                .list(&ListParams::default().labels(&format!("{PROFILE_LABEL}={name}")))
+                .await?
+            {
+                delete_ignoring_missing(
+                    &Api::<Pod>::namespaced(
+                        ctx.client.clone(),
+                        &pod.namespace().unwrap_or_default(),
+                    ),
+                    &pod.name_any(),
+                )
+                .await?;
+                deleted += 1;
+            }
+            self.publish(
+                ctx,
+                EventType::Normal,
+                "PodsDeleted",
+                format!("deleted {deleted} pod(s) (deletionPolicy DeletePods)"),
+            )
+            .await;
+        }
+
+        sync_namespace_labels(ctx, Some(&name)).await?;
+        info!(profile = %name, "profile cleaned up");
+        Ok(Action::await_change())
+    }
+
+    async fn apply_network_policies(
+        &self,
+        ctx: &Context,
+        matched: &BTreeSet<String>,
+    ) -> Result<()> {
+        let name = self.name_any();
+        let owner = self
+            .controller_owner_ref(&())
+            .ok_or(Error::MissingMetadata("metadata.uid"))?;
+        let params = PatchParams::apply(CONTROLLER_MANAGER).force();
+        for namespace in matched {
+            let mut policy = network_policy(self, namespace, &ctx.activator_namespace);
+            policy.metadata.owner_references = Some(vec![owner.clone()]);
+            let api: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), namespace);
+            api.patch(&policy.name_any(), &params, &Patch::Apply(&policy))
+                .await?;
+        }
+        // Policies of this profile left in namespaces it no longer selects.
+        let all: Api<NetworkPolicy> = Api::all(ctx.client.clone());
+        for policy in all
+            .list(&ListParams::default().labels(&format!("{PROFILE_LABEL}={name}")))
+            .await?
+        {
+            let namespace = policy.namespace().unwrap_or_default();
+            if !matched.contains(&namespace) {
+                delete_ignoring_missing(
+                    &Api::<NetworkPolicy>::namespaced(ctx.client.clone(), &namespace),
+                    &policy.name_any(),
+                )
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn patch_status(&self, ctx: &Context, status: &FargateProfileStatus) -> Result<()> {
+        let api: Api<FargateProfile> = Api::all(ctx.client.clone());
+        let patch = json!({
+            "apiVersion": "fargo.dev/v1alpha1",
+            "kind": "FargateProfile",
+            "status": status,
+        });
+        api.patch_status(
+            &self.name_any(),
+            &PatchParams::apply(CONTROLLER_MANAGER).force(),
+            &Patch::Apply(patch),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn publish(&self, ctx: &Context, type_: EventType, reason: &str, note: String) {
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(error) = ctx.recorder.publish(&event, &self.object_ref(&())).await {
+            warn!(%error, "publishing an event failed");
+        }
+    }
+}
+
+/// Labels every namespace that a live profile selects with `fargo.dev/profiled=true`, and takes
+/// the label off the others, so the webhooks see exactly the profiled namespaces. `leaving` is a
+/// profile being deleted, whose selections no longer count.
+async fn sync_namespace_labels(ctx: &Context, leaving: Option<&str>) -> Result<()> {
+    let profiles: Vec<Arc<FargateProfile>> = ctx
+        .profiles
+        .state()
+        .into_iter()
+        .filter(|p| {
+            p.metadata.deletion_timestamp.is_none() && Some(p.name_any().as_str()) != leaving
+        })
+        .collect();
+    let api: Api<Namespace> = Api::all(ctx.client.clone());
+    for namespace in ctx.namespaces.state() {
+        if namespace.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let name = namespace.name_any();
+        let selected = profiles.iter().any(|p| namespace_is_selected(p, &name));
+        let labelled = namespace
+            .labels()
+            .get(PROFILED_NAMESPACE_LABEL)
+            .is_some_and(|v| v == "true");
+        if selected == labelled {
+            continue;
+        }
+        let value = if selected { json!("true") } else { json!(null) };
+        let patch = json!({"metadata": {"labels": {PROFILED_NAMESPACE_LABEL: value}}});
+        match api
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => info!(namespace = %name, profiled = selected, "namespace label updated"),
+            // Deleted meanwhile: nothing to label.
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Ok(())
+}
+
+async fn delete_ignoring_missing<K>(api: &Api<K>, name: &str) -> Result<()>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, &DeleteParams::background()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(error) => Err(error.into()),
+    }
+}

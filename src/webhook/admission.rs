@@ -1,0 +1,102 @@
+//! The admission decisions, as pure functions of the request and the profiles: the mutating
+//! webhook turns a matched pod into a Fargate pod, the validating webhook refuses what a Fargate
+//! pod may not do.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
+
+use crate::api::profile::FargateProfile;
+use crate::profile::{Match, fargate_pod, match_pod, rejection_message, size_for, violations};
+
+/// Which profile takes the pod of `request`, or why the pod must be refused.
+fn matched<'a>(
+    request: &AdmissionRequest<Pod>,
+    pod: &Pod,
+    profiles: &'a [Arc<FargateProfile>],
+) -> Result<Option<&'a FargateProfile>, String> {
+    let namespace = request
+        .namespace
+        .as_deref()
+        .or(pod.metadata.namespace.as_deref())
+        .unwrap_or_default();
+    let empty = BTreeMap::new();
+    let labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
+    let owners = pod.metadata.owner_references.as_deref().unwrap_or_default();
+    match match_pod(namespace, labels, owners, profiles) {
+        Ok(Match::Profile(profile)) => Ok(Some(profile)),
+        Ok(Match::None) => Ok(None),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
+/// The mutating webhook: label, runtime class, size, scheduling and hardening for a matched pod.
+pub fn mutate(
+    request: &AdmissionRequest<Pod>,
+    profiles: &[Arc<FargateProfile>],
+) -> AdmissionResponse {
+    let response = AdmissionResponse::from(request);
+    let Some(pod) = request
+        .object
+        .as_ref()
+        .filter(|_| request.operation == Operation::Create)
+    else {
+        return response;
+    };
+    let profile = match matched(request, pod, profiles) {
+        Ok(Some(profile)) => profile,
+        Ok(None) => return response,
+        Err(reason) => return response.deny(reason),
+    };
+    let capacity = match size_for(profile, pod) {
+        Ok(capacity) => capacity,
+        Err(error) => {
+            return response.deny(format!(
+                "profile {:?} cannot size this pod: {error}",
+                kube::ResourceExt::name_any(profile)
+            ));
+        }
+    };
+    let mutated = fargate_pod(profile, pod, capacity);
+    let patch = match (serde_json::to_value(pod), serde_json::to_value(&mutated)) {
+        (Ok(before), Ok(after)) => json_patch::diff(&before, &after),
+        (Err(error), _) | (_, Err(error)) => {
+            return AdmissionResponse::invalid(format!("the pod could not be serialized: {error}"));
+        }
+    };
+    match response.with_patch(patch) {
+        Ok(response) => response,
+        Err(error) => {
+            AdmissionResponse::invalid(format!("the patch could not be serialized: {error}"))
+        }
+    }
+}
+
+/// The validating webhook: refuses privileged and host-level access in a matched pod, naming the
+/// profile, the container and the field.
+pub fn validate(
+    request: &AdmissionRequest<Pod>,
+    profiles: &[Arc<FargateProfile>],
+) -> AdmissionResponse {
+    let response = AdmissionResponse::from(request);
+    let Some(pod) = request
+        .object
+        .as_ref()
+        .filter(|_| request.operation == Operation::Create)
+    else {
+        return response;
+    };
+    let profile = match matched(request, pod, profiles) {
+        Ok(Some(profile)) => profile,
+        Ok(None) => return response,
+        Err(reason) => return response.deny(reason),
+    };
+    let found = violations(&kube::ResourceExt::name_any(profile), pod);
+    if found.is_empty() {
+        response
+    } else {
+        response.deny(rejection_message(&found))
+    }
+}

@@ -1,0 +1,387 @@
+//! The admission webhook, served over TLS by every `fargo controller` replica.
+//!
+//! The webhook configurations select only namespaces labelled `fargo.dev/profiled=true` and fail
+//! closed there (`failurePolicy: Fail`): where isolation is promised, a pod is never admitted
+//! without it, and no other namespace ever depends on fargo being up.
+
+pub mod admission;
+pub mod certs;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures::StreamExt;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, ServiceReference,
+    ValidatingWebhook, ValidatingWebhookConfiguration, WebhookClientConfig,
+};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::api::{Api, Patch, PatchParams};
+use kube::core::DynamicObject;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::api::profile::FargateProfile;
+use crate::api::{CONTROLLER_MANAGER, PROFILED_NAMESPACE_LABEL};
+pub use certs::WebhookCertificate;
+
+/// Name of both webhook configurations.
+pub const CONFIGURATION_NAME: &str = "fargo";
+pub const MUTATE_PATH: &str = "/mutate-pods";
+pub const VALIDATE_PATH: &str = "/validate-pods";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Certificate(#[from] certs::Error),
+    #[error("the webhook certificate is unusable: {0}")]
+    Tls(String),
+    #[error("registering the webhook configurations: {0}")]
+    Register(#[source] kube::Error),
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How the webhook is reached and where its certificate comes from.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Address the TLS server listens on.
+    pub addr: SocketAddr,
+    /// Out of cluster: the base URL the API server calls (`https://127.0.0.1:8443`); the
+    /// certificate is then made in memory for that host.
+    pub url: Option<String>,
+    /// In cluster: the Service in front of the controller pods.
+    pub service_namespace: String,
+    pub service_name: String,
+    /// Certificate files supplied by the user (`tls.crt`, `tls.key`, `ca.crt`); the controller
+    /// then leaves the configurations' `caBundle` to whoever issued them (cert-manager's CA
+    /// injector).
+    pub cert_dir: Option<PathBuf>,
+    /// Secret holding the generated certificate, in `service_namespace`.
+    pub secret_name: String,
+    /// Whether the controller applies the webhook configurations itself.
+    pub register: bool,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AdmissionLabels {
+    webhook: &'static str,
+    allowed: bool,
+}
+
+/// Admission metrics: decisions and their latency, by webhook and outcome.
+pub struct WebhookMetrics {
+    decisions: Family<AdmissionLabels, Histogram>,
+}
+
+impl WebhookMetrics {
+    pub fn register(registry: &mut Registry) -> Arc<Self> {
+        let decisions = Family::<AdmissionLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05])
+        });
+        registry.register(
+            "admission_duration_seconds",
+            "Time to decide an admission request, by webhook and outcome",
+            decisions.clone(),
+        );
+        Arc::new(Self { decisions })
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    profiles: Store<FargateProfile>,
+    metrics: Arc<WebhookMetrics>,
+}
+
+/// Serves the webhook until `shutdown`; registers the configurations once the profile cache is
+/// filled, so no pod is judged against an empty list.
+pub async fn run(
+    client: Client,
+    config: Config,
+    metrics: Arc<WebhookMetrics>,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let (profiles, writer) = reflector::store();
+    let reflector = watcher(
+        Api::<FargateProfile>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .modify(|p| p.managed_fields_mut().clear())
+    .reflect(writer)
+    .touched_objects()
+    .for_each(|_| async {});
+    tokio::spawn(reflector);
+
+    let certificate = match (&config.cert_dir, &config.url) {
+        (Some(dir), _) => certs::read_dir(dir)?,
+        (None, Some(_)) => certs::generate(&["127.0.0.1".into(), "localhost".into()])?,
+        (None, None) => {
+            certs::from_secret(
+                &client,
+                &config.service_namespace,
+                &config.secret_name,
+                &service_hosts(&config),
+            )
+            .await?
+        }
+    };
+    let tls = tls_config(&certificate)?;
+    let listener = tokio::net::TcpListener::bind(config.addr)
+        .await
+        .map_err(|source| Error::Listen {
+            addr: config.addr,
+            source,
+        })?;
+
+    let router = router(profiles.clone(), metrics);
+    let server = tokio::spawn(serve_tls(listener, tls, router, shutdown.clone()));
+
+    profiles.wait_until_ready().await.ok();
+    if config.register {
+        let ca_bundle = config
+            .cert_dir
+            .is_none()
+            .then_some(certificate.ca_pem.as_str());
+        register(&client, &config, ca_bundle)
+            .await
+            .map_err(Error::Register)?;
+        info!("webhook configurations registered");
+    }
+    let _ = server.await;
+    Ok(())
+}
+
+/// The routes of the webhook server.
+fn router(profiles: Store<FargateProfile>, metrics: Arc<WebhookMetrics>) -> Router {
+    Router::new()
+        .route(MUTATE_PATH, post(mutate_handler))
+        .route(VALIDATE_PATH, post(validate_handler))
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(AppState { profiles, metrics })
+}
+
+async fn mutate_handler(
+    State(state): State<AppState>,
+    Json(review): Json<AdmissionReview<Pod>>,
+) -> Json<AdmissionReview<DynamicObject>> {
+    decide(&state, "mutate", review, admission::mutate)
+}
+
+async fn validate_handler(
+    State(state): State<AppState>,
+    Json(review): Json<AdmissionReview<Pod>>,
+) -> Json<AdmissionReview<DynamicObject>> {
+    decide(&state, "validate", review, admission::validate)
+}
+
+fn decide(
+    state: &AppState,
+    webhook: &'static str,
+    review: AdmissionReview<Pod>,
+    decision: fn(&AdmissionRequest<Pod>, &[Arc<FargateProfile>]) -> AdmissionResponse,
+) -> Json<AdmissionReview<DynamicObject>> {
+    let started = Instant::now();
+    let request: AdmissionRequest<Pod> = match review.try_into() {
+        Ok(request) => request,
+        Err(error) => {
+            warn!(%error, "malformed admission review");
+            return Json(AdmissionResponse::invalid(error.to_string()).into_review());
+        }
+    };
+    let response = decision(&request, &state.profiles.state());
+    if !response.allowed {
+        info!(
+            webhook,
+            namespace = request.namespace.as_deref().unwrap_or_default(),
+            name = %request.name,
+            reason = %response.result.message,
+            "pod refused"
+        );
+    }
+    state
+        .metrics
+        .decisions
+        .get_or_create(&AdmissionLabels {
+            webhook,
+            allowed: response.allowed,
+        })
+        .observe(started.elapsed().as_secs_f64());
+    Json(response.into_review())
+}
+
+/// A rustls server configuration for `certificate` (HTTP/2 and HTTP/1.1).
+pub fn tls_config(certificate: &WebhookCertificate) -> Result<rustls::ServerConfig, Error> {
+    let chain = CertificateDer::pem_slice_iter(certificate.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Error::Tls(format!("certificate: {e}")))?;
+    let key = PrivateKeyDer::from_pem_slice(certificate.key_pem.as_bytes())
+        .map_err(|e| Error::Tls(format!("private key: {e}")))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| Error::Tls(e.to_string()))?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .map_err(|e| Error::Tls(e.to_string()))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// Accepts TLS connections until `shutdown`, each served on its own task.
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    tls: rustls::ServerConfig,
+    router: Router,
+    shutdown: CancellationToken,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, "serving the admission webhook");
+    }
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    warn!(%error, "accepting a webhook connection failed");
+                    continue;
+                }
+            },
+        };
+        let acceptor = acceptor.clone();
+        let service = TowerToHyperService::new(router.clone());
+        tokio::spawn(async move {
+            let Ok(stream) = acceptor.accept(stream).await else {
+                return;
+            };
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn service_hosts(config: &Config) -> Vec<String> {
+    let (name, namespace) = (&config.service_name, &config.service_namespace);
+    vec![
+        format!("{name}.{namespace}.svc"),
+        format!("{name}.{namespace}.svc.cluster.local"),
+        format!("{name}.{namespace}"),
+    ]
+}
+
+fn client_config(config: &Config, path: &str, ca_bundle: Option<&str>) -> WebhookClientConfig {
+    WebhookClientConfig {
+        ca_bundle: ca_bundle.map(|ca| ByteString(ca.as_bytes().to_vec())),
+        url: config
+            .url
+            .as_ref()
+            .map(|base| format!("{}{path}", base.trim_end_matches('/'))),
+        service: config.url.is_none().then(|| ServiceReference {
+            namespace: config.service_namespace.clone(),
+            name: config.service_name.clone(),
+            path: Some(path.into()),
+            port: Some(443),
+        }),
+    }
+}
+
+fn pod_create_rule() -> Vec<RuleWithOperations> {
+    vec![RuleWithOperations {
+        operations: Some(vec!["CREATE".into()]),
+        api_groups: Some(vec!["".into()]),
+        api_versions: Some(vec!["v1".into()]),
+        resources: Some(vec!["pods".into()]),
+        scope: Some("Namespaced".into()),
+    }]
+}
+
+fn profiled_namespaces() -> LabelSelector {
+    LabelSelector {
+        match_labels: Some([(PROFILED_NAMESPACE_LABEL.to_string(), "true".to_string())].into()),
+        ..LabelSelector::default()
+    }
+}
+
+/// Both webhook configurations, as the controller applies them.
+pub fn configurations(
+    config: &Config,
+    ca_bundle: Option<&str>,
+) -> (MutatingWebhookConfiguration, ValidatingWebhookConfiguration) {
+    let mut mutating = MutatingWebhookConfiguration {
+        webhooks: Some(vec![MutatingWebhook {
+            name: "pods.mutate.fargo.dev".into(),
+            client_config: client_config(config, MUTATE_PATH, ca_bundle),
+            rules: Some(pod_create_rule()),
+            namespace_selector: Some(profiled_namespaces()),
+            failure_policy: Some("Fail".into()),
+            side_effects: "None".into(),
+            admission_review_versions: vec!["v1".into()],
+            timeout_seconds: Some(5),
+            reinvocation_policy: Some("IfNeeded".into()),
+            ..MutatingWebhook::default()
+        }]),
+        ..MutatingWebhookConfiguration::default()
+    };
+    mutating.metadata.name = Some(CONFIGURATION_NAME.into());
+    let mut validating = ValidatingWebhookConfiguration {
+        webhooks: Some(vec![ValidatingWebhook {
+            name: "pods.validate.fargo.dev".into(),
+            client_config: client_config(config, VALIDATE_PATH, ca_bundle),
+            rules: Some(pod_create_rule()),
+            namespace_selector: Some(profiled_namespaces()),
+            failure_policy: Some("Fail".into()),
+            side_effects: "None".into(),
+            admission_review_versions: vec!["v1".into()],
+            timeout_seconds: Some(5),
+            ..ValidatingWebhook::default()
+        }]),
+        ..ValidatingWebhookConfiguration::default()
+    };
+    validating.metadata.name = Some(CONFIGURATION_NAME.into());
+    (mutating, validating)
+}
+
+async fn register(
+    client: &Client,
+    config: &Config,
+    ca_bundle: Option<&str>,
+) -> Result<(), kube::Error> {
+    let (mutating, validating) = configurations(config, ca_bundle);
+    let params = PatchParams::apply(CONTROLLER_MANAGER).force();
+    Api::<MutatingWebhookConfiguration>::all(client.clone())
+        .patch(CONFIGURATION_NAME, &params, &Patch::Apply(&mutating))
+        .await?;
+    Api::<ValidatingWebhookConfiguration>::all(client.clone())
+        .patch(CONFIGURATION_NAME, &params, &Patch::Apply(&validating))
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,630 @@
+//! FargateProfile end to end against the local cluster: the API server calls the controller's
+//! webhook over TLS, and the profile reconciler labels namespaces and keeps NetworkPolicies.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::{client, eventually, install_crds, shared_controller, unique_name};
+use fargo::api::profile::FargateProfile;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::node::v1::RuntimeClass;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+
+const WEBHOOK_PORT: u16 = 18443;
+const HEALTH_PORT: u16 = 19090;
+
+async fn setup() -> Client {
+    let client = client().await;
+    install_crds(&client).await;
+    shared_controller(&client, WEBHOOK_PORT, HEALTH_PORT).await;
+    client
+}
+
+/// A profile named `name` from YAML `spec`, applied; deleted (with its finalizer run) by
+/// [`delete_profile`].
+async fn apply_profile(client: &Client, name: &str, spec: serde_json::Value) -> FargateProfile {
+    let profiles: Api<FargateProfile> = Api::all(client.clone());
+    let object = json!({
+        "apiVersion": "fargo.dev/v1alpha1",
+        "kind": "FargateProfile",
+        "metadata": {"name": name},
+        "spec": spec,
+    });
+    profiles
+        .patch(
+            name,
+            &PatchParams::apply("fargo-test").force(),
+            &Patch::Apply(&object),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("applying profile {name}: {e}"))
+}
+
+async fn delete_profile(client: &Client, name: &str) {
+    let profiles: Api<FargateProfile> = Api::all(client.clone());
+    let _ = profiles.delete(name, &DeleteParams::default()).await;
+    eventually(30, &format!("profile {name} to be gone"), || {
+        let profiles = profiles.clone();
+        async move {
+            profiles
+                .get_opt(name)
+                .await
+                .ok()
+                .flatten()
+                .is_none()
+                .then_some(())
+        }
+    })
+    .await;
+}
+
+async fn create_namespace(client: &Client, name: &str, labels: &[(&str, &str)]) {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let mut ns = Namespace::default();
+    ns.metadata.name = Some(name.into());
+    ns.metadata.labels = Some(
+        labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    );
+    namespaces
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap_or_else(|e| panic!("creating namespace {name}: {e}"));
+}
+
+async fn delete_namespace(client: &Client, name: &str) {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let _ = namespaces.delete(name, &DeleteParams::background()).await;
+}
+
+/// Waits until the controller has labelled `namespace` as profiled (or not).
+async fn wait_profiled(client: &Client, namespace: &str, profiled: bool) {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    eventually(
+        30,
+        &format!("namespace {namespace} profiled={profiled}"),
+        || {
+            let namespaces = namespaces.clone();
+            async move {
+                let ns = namespaces.get(namespace).await.ok()?;
+                let labelled = ns
+                    .labels()
+                    .get("fargo.dev/profiled")
+                    .is_some_and(|v| v == "true");
+                (labelled == profiled).then_some(())
+            }
+        },
+    )
+    .await;
+}
+
+async fn network_policy(client: &Client, namespace: &str, name: &str) -> Option<NetworkPolicy> {
+    Api::<NetworkPolicy>::namespaced(client.clone(), namespace)
+        .get_opt(&format!("fargo-{name}"))
+        .await
+        .expect("reading the NetworkPolicy")
+}
+
+fn pod(name: &str, labels: &[(&str, &str)], spec: serde_json::Value) -> Pod {
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "labels": labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
+        },
+        "spec": spec,
+    }))
+    .expect("a valid pod")
+}
+
+fn app_container(extra: serde_json::Value) -> serde_json::Value {
+    let mut container = json!({"name": "app", "image": "fargo.dev/echo:dev"});
+    if let (Some(container), Some(extra)) = (container.as_object_mut(), extra.as_object()) {
+        container.extend(extra.clone());
+    }
+    container
+}
+
+#[tokio::test]
+async fn matched_pod_is_mutated_into_a_fargate_pod() {
+    let client = setup().await;
+    let name = unique_name("mutate");
+    let runtime_class = format!("{name}-sandbox");
+    let rc: RuntimeClass = serde_json::from_value(json!({
+        "apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass",
+        "metadata": {"name": runtime_class}, "handler": "crun",
+    }))
+    .expect("a RuntimeClass");
+    Api::<RuntimeClass>::all(client.clone())
+        .create(&PostParams::default(), &rc)
+        .await
+        .expect("creating the RuntimeClass");
+    apply_profile(
+        &client,
+        &name,
+        json!({
+            "selectors": [{"namespace": format!("{name}-*"), "labels": {"tier": "backend"}}],
+            "runtimeClassName": runtime_class,
+            "scheduling": {"nodeSelector": {"fargo.dev/capacity": "fargate"}},
+        }),
+    )
+    .await;
+    let namespace = format!("{name}-ns");
+    create_namespace(&client, &namespace, &[]).await;
+    wait_profiled(&client, &namespace, true).await;
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    let created = pods
+        .create(
+            &PostParams::default(),
+            &pod(
+                "sized",
+                &[("tier", "backend")],
+                json!({"containers": [app_container(json!({
+                    "resources": {"requests": {"cpu": "1", "memory": "8Gi"}},
+                }))]}),
+            ),
+        )
+        .await
+        .expect("the matched pod is admitted");
+
+    assert_eq!(created.labels().get("fargo.dev/profile"), Some(&name));
+    assert_eq!(
+        created
+            .annotations()
+            .get("fargo.dev/capacity-provisioned")
+            .map(String::as_str),
+        Some("2vCPU 9GB")
+    );
+    let spec = created.spec.as_ref().expect("a spec");
+    assert_eq!(
+        spec.runtime_class_name.as_deref(),
+        Some(runtime_class.as_str())
+    );
+    let resources = spec.resources.as_ref().expect("pod-level resources");
+    for quantities in [&resources.requests, &resources.limits] {
+        let quantities = quantities.as_ref().expect("requests and limits");
+        assert_eq!(quantities.get("cpu").map(|q| q.0.as_str()), Some("2"));
+        assert_eq!(quantities.get("memory").map(|q| q.0.as_str()), Some("9Gi"));
+    }
+    assert_eq!(
+        spec.node_selector
+            .as_ref()
+            .and_then(|s| s.get("fargo.dev/capacity"))
+            .map(String::as_str),
+        Some("fargate")
+    );
+    assert_eq!(spec.automount_service_account_token, Some(false));
+    let seccomp = spec
+        .security_context
+        .as_ref()
+        .and_then(|s| s.seccomp_profile.as_ref())
+        .map(|p| p.type_.as_str());
+    assert_eq!(seccomp, Some("RuntimeDefault"));
+    let container = &spec.containers[0];
+    assert_eq!(
+        container
+            .security_context
+            .as_ref()
+            .and_then(|s| s.allow_privilege_escalation),
+        Some(false)
+    );
+
+    delete_namespace(&client, &namespace).await;
+    delete_profile(&client, &name).await;
+    let _ = Api::<RuntimeClass>::all(client.clone())
+        .delete(&runtime_class, &DeleteParams::default())
+        .await;
+}
+
+#[tokio::test]
+async fn each_forbidden_field_is_refused_with_its_reason() {
+    let client = setup().await;
+    let name = unique_name("forbid");
+    apply_profile(
+        &client,
+        &name,
+        json!({"selectors": [{"namespace": format!("{name}-*")}]}),
+    )
+    .await;
+    let namespace = format!("{name}-ns");
+    create_namespace(&client, &namespace, &[]).await;
+    wait_profiled(&client, &namespace, true).await;
+
+    let cases = [
+        (
+            "privileged",
+            json!({"containers": [app_container(json!({"securityContext": {"privileged": true}}))]}),
+            "privileged",
+        ),
+        (
+            "host-network",
+            json!({"hostNetwork": true, "containers": [app_container(json!({}))]}),
+            "hostNetwork",
+        ),
+        (
+            "host-pid",
+            json!({"hostPID": true, "containers": [app_container(json!({}))]}),
+            "hostPID",
+        ),
+        (
+            "host-ipc",
+            json!({"hostIPC": true, "containers": [app_container(json!({}))]}),
+            "hostIPC",
+        ),
+        (
+            "host-path",
+            json!({"volumes": [{"name": "root", "hostPath": {"path": "/"}}], "containers": [app_container(json!({}))]}),
+            "hostPath",
+        ),
+        (
+            "host-port",
+            json!({"containers": [app_container(json!({"ports": [{"containerPort": 8080, "hostPort": 8080}]}))]}),
+            "hostPort",
+        ),
+        (
+            "capability",
+            json!({"containers": [app_container(json!({"securityContext": {"capabilities": {"add": ["SYS_ADMIN"]}}}))]}),
+            "capabilities",
+        ),
+    ];
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    let mut failures = vec![];
+    for (case, spec, field) in cases {
+        match pods
+            .create(&PostParams::default(), &pod(case, &[], spec))
+            .await
+        {
+            Ok(_) => failures.push(format!("{case}: admitted")),
+            Err(kube::Error::Api(status)) => {
+                let message = &status.message;
+                // Pod-level fields have no container to name; the others must name "app".
+                let container_level = matches!(field, "privileged" | "hostPort" | "capabilities");
+                let names_container = !container_level || message.contains("app");
+                if !(message.contains(&name) && message.contains(field) && names_container) {
+                    failures.push(format!(
+                        "{case}: message lacks profile/field/container: {message}"
+                    ));
+                }
+            }
+            Err(other) => failures.push(format!("{case}: {other}")),
+        }
+    }
+    // Binding to privileged ports is what NET_BIND_SERVICE is for; it stays allowed.
+    pods.create(
+        &PostParams::default(),
+        &pod(
+            "net-bind",
+            &[],
+            json!({"containers": [app_container(json!({"securityContext": {"capabilities": {"add": ["NET_BIND_SERVICE"]}}}))]}),
+        ),
+    )
+    .await
+    .expect("NET_BIND_SERVICE is allowed");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    delete_namespace(&client, &namespace).await;
+    delete_profile(&client, &name).await;
+}
+
+#[tokio::test]
+async fn pods_outside_the_profile_are_untouched() {
+    let client = setup().await;
+    let name = unique_name("untouched");
+    apply_profile(
+        &client,
+        &name,
+        json!({"selectors": [{"namespace": format!("{name}-in"), "labels": {"tier": "backend"}}]}),
+    )
+    .await;
+    let matched = format!("{name}-in");
+    let other = format!("{name}-out");
+    create_namespace(&client, &matched, &[]).await;
+    create_namespace(&client, &other, &[]).await;
+    wait_profiled(&client, &matched, true).await;
+
+    // A namespace no profile selects: not labelled, and a privileged pod there is none of
+    // fargo's business.
+    let outside = Api::<Pod>::namespaced(client.clone(), &other)
+        .create(
+            &PostParams::default(),
+            &pod("outside", &[("tier", "backend")], json!({"containers": [app_container(json!({"securityContext": {"privileged": true}}))]})),
+        )
+        .await
+        .expect("pods in other namespaces are admitted");
+    assert!(!outside.labels().contains_key("fargo.dev/profile"));
+    assert!(
+        outside
+            .spec
+            .as_ref()
+            .and_then(|s| s.resources.as_ref())
+            .is_none()
+    );
+    let ns = Api::<Namespace>::all(client.clone())
+        .get(&other)
+        .await
+        .expect("namespace");
+    assert!(!ns.labels().contains_key("fargo.dev/profiled"));
+
+    // The matched namespace, but the pod misses the selector's labels.
+    let unlabelled = Api::<Pod>::namespaced(client.clone(), &matched)
+        .create(
+            &PostParams::default(),
+            &pod(
+                "unlabelled",
+                &[("tier", "frontend")],
+                json!({"containers": [app_container(json!({}))]}),
+            ),
+        )
+        .await
+        .expect("pods that miss the labels are admitted");
+    assert!(!unlabelled.labels().contains_key("fargo.dev/profile"));
+    assert!(
+        !unlabelled
+            .annotations()
+            .contains_key("fargo.dev/capacity-provisioned")
+    );
+    assert_eq!(
+        unlabelled
+            .spec
+            .as_ref()
+            .and_then(|s| s.automount_service_account_token),
+        None
+    );
+
+    delete_namespace(&client, &matched).await;
+    delete_namespace(&client, &other).await;
+    delete_profile(&client, &name).await;
+}
+
+#[tokio::test]
+async fn editing_egress_updates_the_network_policy() {
+    let client = setup().await;
+    let name = unique_name("egress");
+    let namespace = format!("{name}-ns");
+    create_namespace(&client, &namespace, &[]).await;
+    let selectors = json!([{"namespace": format!("{name}-*")}]);
+    apply_profile(
+        &client,
+        &name,
+        json!({"selectors": selectors, "network": {"egress": [{"cidr": "10.20.0.0/16"}]}}),
+    )
+    .await;
+    let has_cidr = |cidr: &'static str| {
+        let client = client.clone();
+        let namespace = namespace.clone();
+        let name = name.clone();
+        move || {
+            let client = client.clone();
+            let namespace = namespace.clone();
+            let name = name.clone();
+            async move {
+                let policy = network_policy(&client, &namespace, &name).await?;
+                let spec = policy.spec?;
+                let types = spec.policy_types.clone().unwrap_or_default();
+                assert!(
+                    types.contains(&"Ingress".to_string()) && types.contains(&"Egress".to_string())
+                );
+                spec.egress
+                    .unwrap_or_default()
+                    .iter()
+                    .flat_map(|rule| rule.to.clone().unwrap_or_default())
+                    .any(|peer| peer.ip_block.is_some_and(|b| b.cidr == cidr))
+                    .then_some(())
+            }
+        }
+    };
+    eventually(30, "the policy with 10.20.0.0/16", has_cidr("10.20.0.0/16")).await;
+
+    apply_profile(
+        &client,
+        &name,
+        json!({"selectors": selectors, "network": {"egress": [{"cidr": "10.30.0.0/16"}]}}),
+    )
+    .await;
+    eventually(30, "the policy with 10.30.0.0/16", has_cidr("10.30.0.0/16")).await;
+
+    delete_namespace(&client, &namespace).await;
+    delete_profile(&client, &name).await;
+}
+
+#[tokio::test]
+async fn a_namespace_created_later_that_matches_a_wildcard_gets_its_policy() {
+    let client = setup().await;
+    let name = unique_name("later");
+    apply_profile(
+        &client,
+        &name,
+        json!({"selectors": [{"namespace": format!("{name}-team-?")}]}),
+    )
+    .await;
+    let profiles: Api<FargateProfile> = Api::all(client.clone());
+    eventually(30, "the profile to be Active", || {
+        let profiles = profiles.clone();
+        let name = name.clone();
+        async move {
+            let profile = profiles.get(&name).await.ok()?;
+            (profile.status?.phase? == fargo::api::profile::ProfilePhase::Active).then_some(())
+        }
+    })
+    .await;
+
+    let namespace = format!("{name}-team-a");
+    let not_matching = format!("{name}-team-ab");
+    create_namespace(&client, &namespace, &[]).await;
+    create_namespace(&client, &not_matching, &[]).await;
+    wait_profiled(&client, &namespace, true).await;
+    eventually(30, "the policy in the new namespace", || {
+        let client = client.clone();
+        let namespace = namespace.clone();
+        let name = name.clone();
+        async move { network_policy(&client, &namespace, &name).await.map(|_| ()) }
+    })
+    .await;
+    assert!(
+        network_policy(&client, &not_matching, &name)
+            .await
+            .is_none()
+    );
+    let status = profiles
+        .get(&name)
+        .await
+        .expect("profile")
+        .status
+        .expect("status");
+    assert_eq!(status.matched_namespaces, vec![namespace.clone()]);
+
+    delete_namespace(&client, &namespace).await;
+    delete_namespace(&client, &not_matching).await;
+    delete_profile(&client, &name).await;
+}
+
+#[tokio::test]
+async fn deleting_a_profile_removes_its_policies_and_labels_and_orphans_pods() {
+    let client = setup().await;
+    let name = unique_name("delete");
+    let namespace = format!("{name}-ns");
+    create_namespace(&client, &namespace, &[]).await;
+    apply_profile(
+        &client,
+        &name,
+        json!({"selectors": [{"namespace": namespace}]}),
+    )
+    .await;
+    wait_profiled(&client, &namespace, true).await;
+    eventually(30, "the policy", || {
+        let client = client.clone();
+        let namespace = namespace.clone();
+        let name = name.clone();
+        async move { network_policy(&client, &namespace, &name).await.map(|_| ()) }
+    })
+    .await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    pods.create(
+        &PostParams::default(),
+        &pod(
+            "kept",
+            &[],
+            json!({"containers": [app_container(json!({}))]}),
+        ),
+    )
+    .await
+    .expect("admitted");
+
+    delete_profile(&client, &name).await;
+    assert!(network_policy(&client, &namespace, &name).await.is_none());
+    wait_profiled(&client, &namespace, false).await;
+    let kept = pods.get_opt("kept").await.expect("reading the pod");
+    assert!(
+        kept.is_some_and(|p| p.metadata.deletion_timestamp.is_none()),
+        "deletionPolicy Orphan leaves the pods running"
+    );
+    delete_namespace(&client, &namespace).await;
+}
+
+#[tokio::test]
+async fn deletion_policy_delete_pods_deletes_the_profiles_pods() {
+    let client = setup().await;
+    let name = unique_name("deletepods");
+    let namespace = format!("{name}-ns");
+    create_namespace(&client, &namespace, &[]).await;
+    apply_profile(
+        &client,
+        &name,
+        json!({"selectors": [{"namespace": namespace}], "deletionPolicy": "DeletePods"}),
+    )
+    .await;
+    wait_profiled(&client, &namespace, true).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    pods.create(
+        &PostParams::default(),
+        &pod(
+            "doomed",
+            &[],
+            json!({"containers": [app_container(json!({}))]}),
+        ),
+    )
+    .await
+    .expect("admitted");
+    delete_profile(&client, &name).await;
+    let doomed = pods.get_opt("doomed").await.expect("reading the pod");
+    assert!(
+        doomed.is_none_or(|p| p.metadata.deletion_timestamp.is_some()),
+        "deletionPolicy DeletePods deletes the profile's pods"
+    );
+    delete_namespace(&client, &namespace).await;
+}
+
+#[tokio::test]
+async fn a_missing_runtime_class_is_reported_and_resolves_when_it_appears() {
+    let client = setup().await;
+    let name = unique_name("norc");
+    let runtime_class = format!("{name}-missing");
+    apply_profile(
+        &client,
+        &name,
+        json!({"selectors": [{"namespace": format!("{name}-*")}], "runtimeClassName": runtime_class}),
+    )
+    .await;
+    let profiles: Api<FargateProfile> = Api::all(client.clone());
+    let condition = |status: &'static str| {
+        let profiles = profiles.clone();
+        let name = name.clone();
+        move || {
+            let profiles = profiles.clone();
+            let name = name.clone();
+            async move {
+                let profile = profiles.get(&name).await.ok()?;
+                let conditions = profile.status?.conditions;
+                let found = conditions.iter().find(|c| c.type_ == "RuntimeClassFound")?;
+                (found.status == status).then(|| found.clone())
+            }
+        }
+    };
+    let missing = eventually(30, "RuntimeClassFound=False", condition("False")).await;
+    assert_eq!(missing.reason, "RuntimeClassNotFound");
+    assert!(missing.message.contains(&runtime_class));
+    let phase = profiles
+        .get(&name)
+        .await
+        .expect("profile")
+        .status
+        .and_then(|s| s.phase);
+    assert_eq!(phase, Some(fargo::api::profile::ProfilePhase::Failed));
+
+    let rc: RuntimeClass = serde_json::from_value(json!({
+        "apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass",
+        "metadata": {"name": runtime_class}, "handler": "crun",
+    }))
+    .expect("a RuntimeClass");
+    Api::<RuntimeClass>::all(client.clone())
+        .create(&PostParams::default(), &rc)
+        .await
+        .expect("creating the RuntimeClass");
+    eventually(30, "RuntimeClassFound=True", condition("True")).await;
+
+    // `kubectl wait --for=condition=Ready` works on profiles.
+    let kubectl = std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into());
+    let status = std::process::Command::new(kubectl)
+        .args([
+            "wait",
+            "--for=condition=Ready",
+            &format!("fp/{name}"),
+            "--timeout=30s",
+        ])
+        .status()
+        .expect("running kubectl");
+    assert!(status.success());
+
+    delete_profile(&client, &name).await;
+    let _ = Api::<RuntimeClass>::all(client.clone())
+        .delete(&runtime_class, &DeleteParams::default())
+        .await;
+}
