@@ -42,7 +42,7 @@ cluster-down:
 
 ## crds: regenerate crds/ from the Rust types
 crds:
-	cargo run --quiet -- crds --out-dir crds
+	cargo run --quiet --bin fargo -- crds --out-dir crds
 
 ## dev: a local cluster with the CRDs and examples, and the controller in the foreground
 dev: cluster-up
@@ -50,7 +50,7 @@ dev: cluster-up
 	kubectl apply --server-side -f crds/
 	kubectl wait --for=condition=Established crd --all --timeout=60s
 	kubectl apply --server-side -f examples/
-	cargo run -- controller
+	cargo run --bin fargo -- controller
 
 bench:
 	cargo bench

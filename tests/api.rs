@@ -5,7 +5,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{apply_yaml, client, install_crds, with_temp_ns};
+use common::{apply_yaml, client, create_yaml_dry_run, install_crds, with_temp_ns};
 
 #[tokio::test]
 async fn crds_install_and_become_established() {
@@ -24,7 +24,10 @@ async fn every_example_is_accepted_by_server_side_apply() {
         .filter(|path| path.extension().is_some_and(|ext| ext == "yaml"))
         .collect();
     files.sort();
-    assert!(files.len() >= 2, "examples/ holds at least the two DESIGN.md examples");
+    assert!(
+        files.len() >= 2,
+        "examples/ holds at least the two DESIGN.md examples"
+    );
     for file in files {
         let yaml = std::fs::read_to_string(&file).expect("readable example");
         // Namespaces the examples create must exist before their objects, so apply for real
@@ -46,7 +49,7 @@ spec:
 const VALID_FUNCTION: &str = r#"
 apiVersion: fargo.dev/v1alpha1
 kind: ServerlessFunction
-metadata: {name: NAME, namespace: NAMESPACE}
+metadata: {name: NAME, namespace: TEST_NS}
 spec:
   image: registry.example/echo:1
 "#;
@@ -56,14 +59,24 @@ spec:
 fn invalid_objects() -> Vec<(&'static str, &'static str, &'static str, &'static str)> {
     // (rule, kind, spec YAML, expected message part)
     vec![
-        ("no selectors", "profile", "selectors: []", "between 1 and 5 selectors"),
+        (
+            "no selectors",
+            "profile",
+            "selectors: []",
+            "between 1 and 5 selectors",
+        ),
         (
             "six selectors",
             "profile",
             "selectors: [{namespace: a}, {namespace: b}, {namespace: c}, {namespace: d}, {namespace: e}, {namespace: f}]",
             "must have at most 5 items",
         ),
-        ("empty namespace", "profile", "selectors: [{namespace: ''}]", "selector namespace must not be empty"),
+        (
+            "empty namespace",
+            "profile",
+            "selectors: [{namespace: ''}]",
+            "selector namespace must not be empty",
+        ),
         (
             "namespace not a name",
             "profile",
@@ -118,17 +131,72 @@ fn invalid_objects() -> Vec<(&'static str, &'static str, &'static str, &'static 
             "selectors: [{namespace: a}]\nnetwork: {egress: [{cidr: 10.0.0.0/8, podSelector: {}}]}",
             "either cidr or namespaceSelector/podSelector",
         ),
-        ("empty image", "function", "image: ''", "image must not be empty"),
-        ("port zero", "function", "image: x\nport: 0", "port must be between 1 and 65535"),
-        ("too little memory", "function", "image: x\nmemory: 64Mi", "memory must be a quantity between 128Mi and 10Gi"),
-        ("too much memory", "function", "image: x\nmemory: 20Gi", "memory must be a quantity between 128Mi and 10Gi"),
-        ("timeout too long", "function", "image: x\ntimeout: 901s", "timeout must be a duration between 1s and 900s"),
-        ("timeout too short", "function", "image: x\ntimeout: 500ms", "timeout must be a duration between 1s and 900s"),
-        ("idle timeout too short", "function", "image: x\nscale: {idleTimeout: 100ms}", "scale.idleTimeout must be a duration of at least 1s"),
-        ("min above max", "function", "image: x\nscale: {min: 3, max: 2}", "scale.min must not exceed scale.max"),
-        ("initial above max", "function", "image: x\nscale: {max: 3, initial: 5}", "scale.initial must lie between scale.min and scale.max"),
-        ("negative perInstance", "function", "image: x\nconcurrency: {perInstance: -1}", "concurrency.perInstance must be 0 (unlimited) or more"),
-        ("target above perInstance", "function", "image: x\nconcurrency: {perInstance: 10, target: 20}", "concurrency.target must not exceed concurrency.perInstance"),
+        (
+            "empty image",
+            "function",
+            "image: ''",
+            "image must not be empty",
+        ),
+        (
+            "port zero",
+            "function",
+            "image: x\nport: 0",
+            "port must be between 1 and 65535",
+        ),
+        (
+            "too little memory",
+            "function",
+            "image: x\nmemory: 64Mi",
+            "memory must be a quantity between 128Mi and 10Gi",
+        ),
+        (
+            "too much memory",
+            "function",
+            "image: x\nmemory: 20Gi",
+            "memory must be a quantity between 128Mi and 10Gi",
+        ),
+        (
+            "timeout too long",
+            "function",
+            "image: x\ntimeout: 901s",
+            "timeout must be a duration between 1s and 900s",
+        ),
+        (
+            "timeout too short",
+            "function",
+            "image: x\ntimeout: 500ms",
+            "timeout must be a duration between 1s and 900s",
+        ),
+        (
+            "idle timeout too short",
+            "function",
+            "image: x\nscale: {idleTimeout: 100ms}",
+            "scale.idleTimeout must be a duration of at least 1s",
+        ),
+        (
+            "min above max",
+            "function",
+            "image: x\nscale: {min: 3, max: 2}",
+            "scale.min must not exceed scale.max",
+        ),
+        (
+            "initial above max",
+            "function",
+            "image: x\nscale: {max: 3, initial: 5}",
+            "scale.initial must lie between scale.min and scale.max",
+        ),
+        (
+            "negative perInstance",
+            "function",
+            "image: x\nconcurrency: {perInstance: -1}",
+            "concurrency.perInstance must be 0 (unlimited) or more",
+        ),
+        (
+            "target above perInstance",
+            "function",
+            "image: x\nconcurrency: {perInstance: 10, target: 20}",
+            "concurrency.target must not exceed concurrency.perInstance",
+        ),
         (
             "duplicate schedule names",
             "function",
@@ -140,12 +208,16 @@ fn invalid_objects() -> Vec<(&'static str, &'static str, &'static str, &'static 
 
 fn object_yaml(kind: &str, spec: &str, namespace: &str) -> String {
     let header = match kind {
-        "profile" => "apiVersion: fargo.dev/v1alpha1\nkind: FargateProfile\nmetadata: {name: invalid}\n",
-        "function" => "apiVersion: fargo.dev/v1alpha1\nkind: ServerlessFunction\nmetadata: {name: invalid, namespace: NAMESPACE}\n",
+        "profile" => {
+            "apiVersion: fargo.dev/v1alpha1\nkind: FargateProfile\nmetadata: {name: invalid}\n"
+        }
+        "function" => {
+            "apiVersion: fargo.dev/v1alpha1\nkind: ServerlessFunction\nmetadata: {name: invalid, namespace: TEST_NS}\n"
+        }
         other => panic!("unknown kind {other}"),
     };
     let indented: String = spec.lines().map(|line| format!("  {line}\n")).collect();
-    format!("{header}spec:\n{indented}").replace("NAMESPACE", namespace)
+    format!("{header}spec:\n{indented}").replace("TEST_NS", namespace)
 }
 
 #[tokio::test]
@@ -157,19 +229,30 @@ async fn invalid_objects_are_refused_with_a_message_that_says_what_to_fix() {
         apply_yaml(&client, &VALID_PROFILE.replace("NAME", "valid"), true)
             .await
             .expect("a valid profile is accepted");
-        apply_yaml(&client, &VALID_FUNCTION.replace("NAME", "valid").replace("NAMESPACE", &ns), true)
-            .await
-            .expect("a valid function is accepted");
+        apply_yaml(
+            &client,
+            &VALID_FUNCTION
+                .replace("NAME", "valid")
+                .replace("TEST_NS", &ns),
+            true,
+        )
+        .await
+        .expect("a valid function is accepted");
 
         let cases = invalid_objects();
         assert!(cases.len() >= 14);
         let mut failures = vec![];
         for (rule, kind, spec, expected) in cases {
             let yaml = object_yaml(kind, spec, &ns);
-            match apply_yaml(&client, &yaml, true).await {
+            // POST, as `kubectl create` does: the refusals are those of validation, not of
+            // server-side apply's merge.
+            match create_yaml_dry_run(&client, &yaml).await {
                 Ok(()) => failures.push(format!("{rule}: accepted\n{yaml}")),
-                Err(kube::Error::Api(status)) if status.code == 422 && status.message.contains(expected) => {}
-                Err(other) => failures.push(format!("{rule}: expected 422 with {expected:?}, got {other}")),
+                Err(kube::Error::Api(status))
+                    if status.code == 422 && status.message.contains(expected) => {}
+                Err(other) => failures.push(format!(
+                    "{rule}: expected 422 with {expected:?}, got {other}"
+                )),
             }
         }
         assert!(failures.is_empty(), "{}", failures.join("\n\n"));
@@ -182,13 +265,19 @@ async fn defaults_are_filled_in_by_the_api_server() {
     let client = client().await;
     install_crds(&client).await;
     with_temp_ns(&client, &[], |client, ns| async move {
-        let yaml = VALID_FUNCTION.replace("NAME", "defaults").replace("NAMESPACE", &ns);
+        let yaml = VALID_FUNCTION
+            .replace("NAME", "defaults")
+            .replace("TEST_NS", &ns);
         apply_yaml(&client, &yaml, false).await.expect("applied");
-        let functions: kube::Api<fargo::api::ServerlessFunction> = kube::Api::namespaced(client, &ns);
+        let functions: kube::Api<fargo::api::ServerlessFunction> =
+            kube::Api::namespaced(client, &ns);
         let function = functions.get("defaults").await.expect("stored");
         assert_eq!(function.spec.port, 8080);
         assert_eq!(function.spec.memory.0, "128Mi");
-        assert_eq!(function.spec.timeout.to_string(), "1m");
+        assert_eq!(
+            function.spec.timeout,
+            "60s".parse::<kube::core::Duration>().unwrap()
+        );
         assert_eq!(function.spec.scale.min, 0);
         assert!(function.spec.triggers.http.enabled);
     })
@@ -224,6 +313,9 @@ async fn kubectl_explain_prints_the_field_docs() {
         "max",
         "Most instances; unset means no limit",
     ] {
-        assert!(last.contains(expected), "`kubectl explain fn.spec.scale` lacks {expected:?}:\n{last}");
+        assert!(
+            last.contains(expected),
+            "`kubectl explain fn.spec.scale` lacks {expected:?}:\n{last}"
+        );
     }
 }

@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 /// A ServerlessFunction is a container that serves HTTP on `port`, fronted by the fargo
 /// activator: it scales to zero when idle, wakes on the first request (the activator holds that
 /// request meanwhile), scales out with load, and can be fired on a cron schedule.
+// Printer columns repeat `type_`, which clippy takes for a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "fargo.dev",

@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 /// right-sized, network-fenced "Fargate pods": they get a sandboxing RuntimeClass, a size from the
 /// Fargate CPU/memory menu, hardened security settings, and a NetworkPolicy that stands in for a
 /// VPC. Privileged or host-level pods that match are refused with a reason.
+// Printer columns repeat `type_`, which clippy takes for a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "fargo.dev",
@@ -82,14 +84,15 @@ pub struct ProfileSelector {
     /// Namespace of the pods, as a pattern: `*` matches any run of characters and `?` exactly one
     /// (`payments-*`).
     #[x_kube(validation = Rule::new("size(self) > 0").message("selector namespace must not be empty; use '*' for every namespace"))]
-    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9*?]([-a-z0-9*?]*[a-z0-9*?])?$') && size(self) <= 63").message("selector namespace must be a namespace name of at most 63 characters (lower-case letters, digits, '-') where '*' and '?' are wildcards"))]
+    #[schemars(length(max = 63))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9*?]([-a-z0-9*?]*[a-z0-9*?])?$')").message("selector namespace must be a namespace name of at most 63 characters (lower-case letters, digits, '-') where '*' and '?' are wildcards"))]
     pub namespace: String,
 
     /// Labels the pod must carry, all of them. Values may use the `*` and `?` wildcards.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(extend("maxProperties" = 32))]
+    #[schemars(schema_with = "label_map_schema")]
     #[x_kube(validation = Rule::new(r"self.all(k, k.matches('^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$') && size(k) <= 317)").message("selector label keys must be valid label keys: an optional DNS-subdomain prefix and '/', then up to 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit"))]
-    #[x_kube(validation = Rule::new(r"self.all(k, size(self[k]) <= 63 && self[k].matches('^([A-Za-z0-9*?]([-A-Za-z0-9_.*?]*[A-Za-z0-9*?])?)?$'))").message("selector label values must be label values (up to 63 letters, digits, '-', '_', '.') where '*' and '?' are wildcards"))]
+    #[x_kube(validation = Rule::new(r"self.all(k, self[k].matches('^([A-Za-z0-9*?]([-A-Za-z0-9_.*?]*[A-Za-z0-9*?])?)?$'))").message("selector label values must be label values (up to 63 letters, digits, '-', '_', '.') where '*' and '?' are wildcards"))]
     pub labels: BTreeMap<String, String>,
 }
 
@@ -104,7 +107,7 @@ pub struct Sizing {
 
     /// Memory added to the pod's need before rounding, for the pod's own agents (EKS adds 256Mi).
     #[serde(default = "default_overhead")]
-    #[x_kube(validation = Rule::new("isQuantity(string(self)) && quantity(string(self)).sign() >= 0").message("sizing.overhead must be a non-negative quantity such as 256Mi"))]
+    #[x_kube(validation = Rule::new("isQuantity(string(self)) && quantity(string(self)).compareTo(quantity('0')) >= 0").message("sizing.overhead must be a non-negative quantity such as 256Mi"))]
     pub overhead: Quantity,
 }
 
@@ -115,6 +118,15 @@ impl Default for Sizing {
             overhead: default_overhead(),
         }
     }
+}
+
+/// Labels with bounded sizes, so the API server can budget the CEL rules that check them.
+fn label_map_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "maxProperties": 32,
+        "additionalProperties": {"type": "string", "maxLength": 63},
+    })
 }
 
 fn default_overhead() -> Quantity {
@@ -145,12 +157,12 @@ pub struct Network {
 
     /// Where the profile's pods may connect to (the "subnets"), beyond DNS and the profile itself.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = 16))]
     pub egress: Vec<EgressRule>,
 
     /// Who may connect to the profile's pods, beyond the profile itself and the fargo activator.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = 16))]
     pub ingress: Vec<IngressRule>,
 }
 
@@ -179,13 +191,14 @@ fn yes() -> bool {
 pub struct EgressRule {
     /// Destination address block, such as `10.20.0.0/16`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("size(self) <= 64 && isCIDR(self)").message("cidr must be a CIDR block such as 10.20.0.0/16"))]
+    #[schemars(length(max = 43))]
+    #[x_kube(validation = Rule::new("isCIDR(self)").message("cidr must be a CIDR block such as 10.20.0.0/16"))]
     pub cidr: Option<String>,
 
     /// Blocks inside `cidr` that stay denied, such as `10.20.99.0/24`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 32))]
-    #[x_kube(validation = Rule::new("self.all(e, size(e) <= 64 && isCIDR(e))").message("every except entry must be a CIDR block such as 10.20.99.0/24"))]
+    #[schemars(length(max = 16), inner(length(max = 43)))]
+    #[x_kube(validation = Rule::new("self.all(e, isCIDR(e))").message("every except entry must be a CIDR block such as 10.20.99.0/24"))]
     pub except: Vec<String>,
 
     /// Destination namespaces, by label.

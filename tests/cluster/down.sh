@@ -31,7 +31,7 @@ fi
 # to something else.
 runs() {
   local pid="$1" name="$2" argv0 stat
-  IFS= read -r -d '' argv0 <"/proc/$pid/cmdline" 2>/dev/null || return 1
+  IFS= read -r -d '' argv0 2>/dev/null <"/proc/$pid/cmdline" || return 1
   [[ "${argv0##*/}" == "$name" ]] || return 1
   # A zombie has exited; it only waits for a parent that may never reap it.
   stat="$(cat "/proc/$pid/stat" 2>/dev/null)" || return 1
@@ -39,21 +39,7 @@ runs() {
   [[ "${stat%% *}" != Z ]]
 }
 
-# Every pid file, not a fixed list, so components added to up.sh later are stopped too.
-declare -A stopping=()
-shopt -s nullglob
-for file in "$state"/pids/*.pid; do
-  name="$(basename "$file" .pid)"
-  pid="$(cat "$file")"
-  if [[ "$pid" =~ ^[0-9]+$ ]] && runs "$pid" "$name"; then
-    log "stopping $name (pid $pid)"
-    kill -TERM "$pid" 2>/dev/null || true
-    stopping[$pid]="$name"
-  fi
-done
-
-# wait_gone SECONDS: true once every signalled process has exited. They were all signalled
-# together, so a grace period is spent once, not once per component.
+# wait_gone SECONDS: true once every process in `stopping` has exited.
 wait_gone() {
   local deadline=$((SECONDS + $1)) pid
   while true; do
@@ -66,17 +52,40 @@ wait_gone() {
   done
 }
 
-if ! wait_gone "$grace"; then
+# stop PIDFILE...: SIGTERM to all of them at once, so the grace period is spent once rather
+# than once per component; SIGKILL to whatever outlives it.
+stop() {
+  local file name pid
+  declare -gA stopping=()
+  for file in "$@"; do
+    name="$(basename "$file" .pid)"
+    pid="$(cat "$file" 2>/dev/null)" || continue
+    if [[ "$pid" =~ ^[0-9]+$ ]] && runs "$pid" "$name"; then
+      log "stopping $name (pid $pid)"
+      kill -TERM "$pid" 2>/dev/null || true
+      stopping[$pid]="$name"
+    fi
+  done
+  wait_gone "$grace" && return 0
   for pid in "${!stopping[@]}"; do
     log "${stopping[$pid]} (pid $pid) outlived SIGTERM by ${grace}s; sending SIGKILL"
     kill -KILL "$pid" 2>/dev/null || true
   done
-  if ! wait_gone 10; then
-    # Its files are left in place: deleting them under a live process hides the problem.
-    log "error: still running: ${stopping[*]}; $state is kept"
-    exit 1
-  fi
-fi
+  wait_gone 10 && return 0
+  # The state is left in place: deleting it under a live process would hide the problem.
+  log "error: still running: ${stopping[*]}; $state is kept"
+  exit 1
+}
+
+# Every pid file rather than a fixed list, so components added to up.sh later are stopped too;
+# etcd last, because the apiserver cannot finish shutting down without its storage.
+shopt -s nullglob
+first=()
+for file in "$state"/pids/*.pid; do
+  [[ "$file" == */etcd.pid ]] || first+=("$file")
+done
+stop "${first[@]}"
+stop "$state"/pids/etcd.pid
 
 rm -rf -- "$state"
 log "cluster stopped; $state removed"

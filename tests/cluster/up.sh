@@ -2,7 +2,8 @@
 # Runs a real local control plane on 127.0.0.1, without Docker or systemd: etcd, kube-apiserver,
 # kube-controller-manager, kube-scheduler, and kwok with two fake nodes.
 #
-#   tests/cluster/up.sh     start the cluster, or reuse the one already running
+#   tests/cluster/up.sh            start the cluster, or reuse the one already running
+#   tests/cluster/up.sh --running  only tell (exit status) whether a cluster is running
 #   tests/cluster/down.sh   stop it and delete its state
 #
 # State lives in <repo>/.cluster/ (pids/, logs/, pki/, etcd/, kubeconfig); use it with
@@ -10,6 +11,7 @@
 # Ports (all on 127.0.0.1) can be moved when something else holds them:
 #   FARGO_APISERVER_PORT (6443), FARGO_ETCD_PORT (23790), FARGO_ETCD_PEER_PORT (23800),
 #   FARGO_CONTROLLER_MANAGER_PORT (10257), FARGO_SCHEDULER_PORT (10259).
+# FARGO_READY_TIMEOUT (120) is how many seconds each start-up step may take.
 # Binaries come from build.sh's cache, $FARGO_CACHE (default ~/.cache/fargo).
 set -euo pipefail
 
@@ -24,6 +26,9 @@ kubectl="$k8s/kubectl"
 kwok_dir="$bin/kwok-$KWOK_VERSION"
 state="$root/.cluster"
 kubeconfig="$state/kubeconfig"
+# Written when start-up has finished, nodes included: live processes alone may be the remains of
+# an up.sh that failed half-way.
+ready_marker="$state/ready"
 
 apiserver_port="${FARGO_APISERVER_PORT:-6443}"
 etcd_port="${FARGO_ETCD_PORT:-23790}"
@@ -38,7 +43,9 @@ kwok_nodes=(kwok-node-0 kwok-node-1)
 # How long each step may take to become ready, in seconds.
 ready_timeout="${FARGO_READY_TIMEOUT:-120}"
 
-log() { printf '[up] %s\n' "$*" >&2; }
+# Seconds since up.sh started, to a tenth.
+elapsed() { awk -v a="$started_at" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'; }
+log() { printf '[up %5ss] %s\n' "$(elapsed)" "$*" >&2; }
 die() {
   printf '[up] error: %s\n' "$*" >&2
   exit 1
@@ -60,7 +67,7 @@ ours() {
   local name="$1" pid argv0 stat
   pid="$(cat "$state/pids/$name.pid" 2>/dev/null)" || return 1
   [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-  IFS= read -r -d '' argv0 <"/proc/$pid/cmdline" 2>/dev/null || return 1
+  IFS= read -r -d '' argv0 2>/dev/null <"/proc/$pid/cmdline" || return 1
   [[ "${argv0##*/}" == "$name" ]] || return 1
   # A zombie has exited; it only waits for a parent that may never reap it.
   stat="$(cat "/proc/$pid/stat" 2>/dev/null)" || return 1
@@ -77,7 +84,14 @@ all_running() {
   for c in "${components[@]}"; do ours "$c" || return 1; done
 }
 
-if [[ -f "$kubeconfig" && -x "$kubectl" ]] && all_running && apiserver_ready; then
+running() { [[ -f "$ready_marker" && -x "$kubectl" ]] && all_running && apiserver_ready; }
+
+if [[ "${1:-}" == "--running" ]]; then
+  running
+  exit
+fi
+
+if running; then
   log "cluster already running; kubeconfig: $kubeconfig"
   exit 0
 fi
@@ -121,13 +135,17 @@ keyUsage = critical, keyCertSign, cRLSign, digitalSignature
 subjectKeyIdentifier = hash
 EOF
 
-new_key "$pki/ca.key"
-openssl req -x509 -new -config "$pki/openssl.cnf" -extensions ca -key "$pki/ca.key" \
-  -subj "/CN=fargo-local-ca" -days 3650 -out "$pki/ca.crt"
+# new_ca NAME COMMON_NAME: writes NAME.key and the self-signed NAME.crt.
+new_ca() {
+  new_key "$pki/$1.key"
+  openssl req -x509 -new -config "$pki/openssl.cnf" -extensions ca -key "$pki/$1.key" \
+    -subj "/CN=$2" -days 3650 -out "$pki/$1.crt"
+}
 
-# sign NAME SUBJECT EXTENDED_KEY_USAGE [SUBJECT_ALT_NAMES]: writes NAME.key and NAME.crt.
+# sign CA NAME SUBJECT EXTENDED_KEY_USAGE [SUBJECT_ALT_NAMES]: writes NAME.key and NAME.crt,
+# signed by CA.
 sign() {
-  local name="$1" subject="$2" usage="$3" sans="${4:-}"
+  local ca="$1" name="$2" subject="$3" usage="$4" sans="${5:-}"
   new_key "$pki/$name.key"
   {
     echo "[leaf]"
@@ -139,21 +157,27 @@ sign() {
   } >"$pki/$name.ext"
   openssl req -new -config "$pki/openssl.cnf" -key "$pki/$name.key" -subj "$subject" \
     -out "$pki/$name.csr"
-  openssl x509 -req -in "$pki/$name.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" \
+  openssl x509 -req -in "$pki/$name.csr" -CA "$pki/$ca.crt" -CAkey "$pki/$ca.key" \
     -set_serial "0x$(openssl rand -hex 16)" -days 3650 \
     -extfile "$pki/$name.ext" -extensions leaf -out "$pki/$name.crt" 2>/dev/null
   rm "$pki/$name.csr" "$pki/$name.ext"
 }
 
-sign kube-apiserver "/CN=kube-apiserver" serverAuth \
+new_ca ca fargo-local-ca
+sign ca kube-apiserver "/CN=kube-apiserver" serverAuth \
   "IP:127.0.0.1, IP:$first_service_ip, DNS:localhost, DNS:kubernetes, DNS:kubernetes.default, DNS:kubernetes.default.svc, DNS:kubernetes.default.svc.cluster.local"
 # kubectl, tests and kwok; system:masters bypasses RBAC.
-sign admin "/O=system:masters/CN=fargo-admin" clientAuth
+sign ca admin "/O=system:masters/CN=fargo-admin" clientAuth
 # RBAC's bootstrap policy grants these two users exactly what the components need.
-sign kube-controller-manager "/CN=system:kube-controller-manager" clientAuth
-sign kube-scheduler "/CN=system:kube-scheduler" clientAuth
+sign ca kube-controller-manager "/CN=system:kube-controller-manager" clientAuth
+sign ca kube-scheduler "/CN=system:kube-scheduler" clientAuth
 # For logs, exec and port-forward through kubelets, once real nodes join.
-sign kube-apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" clientAuth
+sign ca kube-apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" clientAuth
+# The front proxy, with a CA of its own as upstream advises: the apiserver vouches with it for
+# the users of requests it forwards to aggregated APIs. Components that delegate authentication
+# (controller manager, scheduler) also look for this CA and log errors while it is unset.
+new_ca front-proxy-ca fargo-front-proxy-ca
+sign front-proxy-ca front-proxy-client "/CN=front-proxy-client" clientAuth
 # Service-account tokens: the apiserver signs with the private half, verifies with the public.
 new_key "$pki/service-account.key"
 openssl pkey -in "$pki/service-account.key" -pubout -out "$pki/service-account.pub"
@@ -185,7 +209,6 @@ EOF
 }
 write_kubeconfig "$state/kube-controller-manager.kubeconfig" kube-controller-manager
 write_kubeconfig "$state/kube-scheduler.kubeconfig" kube-scheduler
-# Written last among the files: its presence plus live pids is what marks a usable cluster.
 write_kubeconfig "$kubeconfig" admin
 
 # --- processes ----------------------------------------------------------------------------
@@ -207,12 +230,12 @@ wait_until() {
     for c in "${components[@]}"; do
       if [[ -f "$state/pids/$c.pid" ]] && ! ours "$c"; then
         show_log "$c"
-        die "$c exited while waiting for $what"
+        die "$c exited while waiting for $what; logs in $state/logs, $here/down.sh cleans up"
       fi
     done
     if ((SECONDS >= deadline)); then
       show_log "$logname"
-      die "$what was not ready after ${ready_timeout}s"
+      die "$what was not ready after ${ready_timeout}s; logs in $state/logs, $here/down.sh cleans up"
     fi
     sleep 0.3
   done
@@ -223,6 +246,7 @@ show_log() {
   tail -n 40 "$state/logs/$1.log" >&2 || true
 }
 
+# -k: these two serve with certificates they generate in memory at start.
 healthz() { curl -fsSk --max-time 2 "https://127.0.0.1:$1/healthz"; }
 
 log "starting etcd on 127.0.0.1:$etcd_port"
@@ -236,12 +260,17 @@ start "$bin/etcd-$ETCD_VERSION/etcd" \
   --initial-advertise-peer-urls="http://127.0.0.1:$etcd_peer_port" \
   --initial-cluster="fargo=http://127.0.0.1:$etcd_peer_port" \
   --unsafe-no-fsync
+# The apiserver would wait for etcd too, but fill its log with dial errors meanwhile.
+wait_until "etcd /health" etcd curl -fsS --max-time 2 "http://127.0.0.1:$etcd_port/health"
 
 log "starting kube-apiserver on 127.0.0.1:$apiserver_port"
 # --advertise-address: this machine has no default route, from which the apiserver would
-# otherwise pick the address it publishes.
+# otherwise pick the address it publishes. Endpoints may not hold a loopback address, so the
+# `kubernetes` service cannot have endpoints here; without --endpoint-reconciler-type=none the
+# apiserver logs that failure every 10 seconds.
 start "$k8s/kube-apiserver" \
   --advertise-address=127.0.0.1 \
+  --endpoint-reconciler-type=none \
   --bind-address=127.0.0.1 \
   --secure-port="$apiserver_port" \
   --etcd-servers="http://127.0.0.1:$etcd_port" \
@@ -250,6 +279,13 @@ start "$k8s/kube-apiserver" \
   --client-ca-file="$pki/ca.crt" \
   --kubelet-client-certificate="$pki/kube-apiserver-kubelet-client.crt" \
   --kubelet-client-key="$pki/kube-apiserver-kubelet-client.key" \
+  --requestheader-client-ca-file="$pki/front-proxy-ca.crt" \
+  --requestheader-allowed-names=front-proxy-client \
+  --requestheader-username-headers=X-Remote-User \
+  --requestheader-group-headers=X-Remote-Group \
+  --requestheader-extra-headers-prefix=X-Remote-Extra- \
+  --proxy-client-cert-file="$pki/front-proxy-client.crt" \
+  --proxy-client-key-file="$pki/front-proxy-client.key" \
   --authorization-mode=Node,RBAC \
   --enable-admission-plugins=NodeRestriction \
   --allow-privileged=true \
@@ -257,11 +293,14 @@ start "$k8s/kube-apiserver" \
   --service-account-issuer=https://kubernetes.default.svc.cluster.local \
   --service-account-key-file="$pki/service-account.pub" \
   --service-account-signing-key-file="$pki/service-account.key"
+log "waiting for kube-apiserver /readyz"
 wait_until "kube-apiserver /readyz" kube-apiserver apiserver_ready
 
 log "starting kube-controller-manager and kube-scheduler"
 # The authentication/authorization kubeconfigs let their secure ports check callers; without
-# them each logs a stream of warnings. Leader election only slows a single-instance start.
+# them each logs a stream of warnings. Leader election only slows a single-instance start. With
+# one credential per controller, start-up is bound by the client rate limit: the default 20
+# requests/s made the controller manager take 6s to start its controllers instead of 1.5s.
 start "$k8s/kube-controller-manager" \
   --kubeconfig="$state/kube-controller-manager.kubeconfig" \
   --authentication-kubeconfig="$state/kube-controller-manager.kubeconfig" \
@@ -270,12 +309,13 @@ start "$k8s/kube-controller-manager" \
   --secure-port="$kcm_port" \
   --leader-elect=false \
   --use-service-account-credentials=true \
+  --kube-api-qps=200 \
+  --kube-api-burst=400 \
   --controllers='*,-node-ipam-controller' \
   --service-account-private-key-file="$pki/service-account.key" \
   --root-ca-file="$pki/ca.crt" \
   --cluster-signing-cert-file="$pki/ca.crt" \
   --cluster-signing-key-file="$pki/ca.key" \
-  --service-cluster-ip-range="$service_cidr" \
   --cluster-name=fargo
 start "$k8s/kube-scheduler" \
   --kubeconfig="$state/kube-scheduler.kubeconfig" \
@@ -286,14 +326,19 @@ start "$k8s/kube-scheduler" \
   --leader-elect=false
 
 log "starting kwok"
-# The nodes kwok fakes carry this annotation; any real node (kubelet) is left alone.
+# The nodes kwok fakes carry this annotation; any real node (kubelet) is left alone. kwok's flag
+# default is no node leases, and its heartbeat stage only refreshes node status every 10
+# minutes: without leases the node lifecycle controller finds the nodes silent after 50s,
+# marks them NotReady and taints them, and pods would be evicted.
 start "$kwok_dir/kwok" \
   --kubeconfig="$kubeconfig" \
   --config="$kwok_dir/stages/node.yaml" \
   --config="$kwok_dir/stages/pod.yaml" \
   --manage-all-nodes=false \
-  --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake
+  --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
+  --node-lease-duration-seconds=40
 
+log "waiting for kube-controller-manager and kube-scheduler"
 wait_until "kube-controller-manager /healthz" kube-controller-manager healthz "$kcm_port"
 wait_until "kube-scheduler /healthz" kube-scheduler healthz "$scheduler_port"
 # Pods cannot be created in a namespace until its default service account exists.
@@ -331,5 +376,6 @@ node_ready() {
 }
 wait_until "kwok nodes Ready" kwok node_ready
 
-elapsed="$(awk -v a="$started_at" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')"
-log "cluster up in ${elapsed}s; kubeconfig: $kubeconfig"
+touch "$ready_marker"
+
+log "cluster up in $(elapsed)s; kubeconfig: $kubeconfig"

@@ -101,6 +101,40 @@ pub async fn apply_yaml(client: &Client, yaml: &str, dry_run: bool) -> Result<()
     Ok(())
 }
 
+/// The API of `object`'s kind (and namespace), found through discovery.
+async fn dynamic_api(
+    client: &Client,
+    object: &DynamicObject,
+) -> Result<Api<DynamicObject>, kube::Error> {
+    let types = object.types.as_ref().expect("apiVersion and kind");
+    let gvk = GroupVersionKind::try_from(types).expect("a valid apiVersion");
+    let (resource, capabilities) = discovery::pinned_kind(client, &gvk).await?;
+    Ok(match capabilities.scope {
+        Scope::Cluster => Api::all_with(client.clone(), &resource),
+        Scope::Namespaced => Api::namespaced_with(
+            client.clone(),
+            object.namespace().as_deref().unwrap_or("default"),
+            &resource,
+        ),
+    })
+}
+
+/// Creates (POST, dry run) every document of a YAML stream.
+pub async fn create_yaml_dry_run(client: &Client, yaml: &str) -> Result<(), kube::Error> {
+    for object in parse_objects(yaml) {
+        let api = dynamic_api(client, &object).await?;
+        api.create(
+            &PostParams {
+                dry_run: true,
+                field_manager: None,
+            },
+            &object,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 /// The objects of a multi-document YAML stream.
 pub fn parse_objects(yaml: &str) -> Vec<DynamicObject> {
     serde_yaml::Deserializer::from_str(yaml)
@@ -115,17 +149,7 @@ pub async fn apply_object(
     object: &DynamicObject,
     dry_run: bool,
 ) -> Result<DynamicObject, kube::Error> {
-    let types = object.types.as_ref().expect("apiVersion and kind");
-    let gvk = GroupVersionKind::try_from(types).expect("a valid apiVersion");
-    let (resource, capabilities) = discovery::pinned_kind(client, &gvk).await?;
-    let api: Api<DynamicObject> = match capabilities.scope {
-        Scope::Cluster => Api::all_with(client.clone(), &resource),
-        Scope::Namespaced => Api::namespaced_with(
-            client.clone(),
-            object.namespace().as_deref().unwrap_or("default"),
-            &resource,
-        ),
-    };
+    let api = dynamic_api(client, object).await?;
     let mut params = PatchParams::apply(TEST_MANAGER).force();
     params.dry_run = dry_run;
     api.patch(&object.name_any(), &params, &Patch::Apply(object))
@@ -279,11 +303,10 @@ pub async fn shared_controller(client: &Client, webhook_port: u16, health_port: 
     STARTED.get_or_init(|| {
         let (started, wait) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let _child = spawn_controller(webhook_port, health_port);
+            let mut child = spawn_controller(webhook_port, health_port);
             let _ = started.send(());
-            loop {
-                std::thread::park();
-            }
+            // The thread must outlive the tests: the child gets SIGTERM when it ends.
+            let _ = child.wait();
         });
         wait.recv().expect("the controller thread started");
     });

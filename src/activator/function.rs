@@ -1,0 +1,609 @@
+//! One function's live state in the activator — its pods, its hold queue and its counters —
+//! behind one lock that is never held across an await.
+//!
+//! A request is [admitted](FunctionState::admit): it either gets a [`Lease`] (a place on a pod)
+//! at once, or waits in the hold queue as a [`HeldRequest`] until a place frees or a pod becomes
+//! usable, or is turned away when the queue is full. Dropping a `Lease` frees its place and
+//! hands it to the oldest held request.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use hyper::http::uri::Authority;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use tokio::sync::oneshot;
+
+use super::balancer::{Balancer, Endpoint, Slot};
+use super::hold::{HoldQueue, WaiterId};
+use super::metrics::FunctionMetrics;
+use super::stats::{ConcurrencyMeter, FunctionStats};
+
+/// What the activator needs of a function's spec.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FunctionConfig {
+    /// `spec.timeout`: the longest a request may take, held time included.
+    pub timeout: Duration,
+    /// `spec.concurrency.perInstance`; 0 is unlimited.
+    pub per_instance: u32,
+    /// `spec.port`, for EndpointSlices that list no port.
+    pub port: u16,
+}
+
+impl Default for FunctionConfig {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(60),
+            per_instance: 0,
+            port: 8080,
+        }
+    }
+}
+
+/// An address from one of the function's EndpointSlices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ObservedEndpoint {
+    pub ip: IpAddr,
+    /// The slice's port; `None` when the slice lists none.
+    pub port: Option<u16>,
+    pub ready: bool,
+    pub terminating: bool,
+}
+
+/// How the function's pods stand, to explain a request that timed out while held.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PodSummary {
+    pub listed: usize,
+    pub usable: usize,
+    pub per_instance: u32,
+}
+
+pub struct FunctionState {
+    namespace: String,
+    name: String,
+    inner: Mutex<Inner>,
+    metrics: FunctionMetrics,
+    /// Last explanation of why the function's pods are not ready, so that a burst of requests
+    /// timing out together lists the pods once.
+    pub(super) diagnosis: tokio::sync::Mutex<Option<(Instant, Arc<str>)>>,
+}
+
+struct Inner {
+    config: FunctionConfig,
+    balancer: Balancer,
+    queue: HoldQueue<Slot>,
+    /// Requests admitted and not finished (proxied and held).
+    meter: ConcurrencyMeter,
+    requests: u64,
+    last_request: Option<SystemTime>,
+    poke_running: bool,
+    /// No new poke before this instant (the last one found or set replicas).
+    poke_not_before: Option<Instant>,
+}
+
+/// What became of a request on arrival.
+pub enum Admission {
+    /// A place on a pod: proxy now.
+    Proxy(Lease),
+    /// No free place: wait.
+    Hold(HeldRequest),
+    /// The hold queue is full (its capacity given): answer 429.
+    QueueFull(usize),
+}
+
+impl FunctionState {
+    pub fn new(
+        namespace: &str,
+        name: &str,
+        config: FunctionConfig,
+        queue_depth: usize,
+        metrics: FunctionMetrics,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            inner: Mutex::new(Inner {
+                balancer: Balancer::new(config.per_instance),
+                config,
+                queue: HoldQueue::new(queue_depth),
+                meter: ConcurrencyMeter::new(Instant::now()),
+                requests: 0,
+                last_request: None,
+                poke_running: false,
+                poke_not_before: None,
+            }),
+            metrics,
+            diagnosis: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn metrics(&self) -> &FunctionMetrics {
+        &self.metrics
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Nothing panics while holding the lock; if something did, the counts are still usable.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn config(&self) -> FunctionConfig {
+        self.lock().config.clone()
+    }
+
+    pub fn set_config(&self, config: FunctionConfig) {
+        let mut inner = self.lock();
+        inner.balancer.set_per_instance(config.per_instance);
+        inner.config = config;
+        self.dispatch(&mut inner);
+    }
+
+    /// Replaces the pods with what the function's EndpointSlices list; returns the addresses
+    /// to probe (listed, not ready yet).
+    pub fn set_endpoints(&self, endpoints: &[ObservedEndpoint]) -> Vec<SocketAddr> {
+        let mut inner = self.lock();
+        let port = inner.config.port;
+        let endpoints: Vec<Endpoint> = endpoints
+            .iter()
+            .map(|e| Endpoint {
+                addr: SocketAddr::new(e.ip, e.port.unwrap_or(port)),
+                ready: e.ready,
+                terminating: e.terminating,
+            })
+            .collect();
+        let to_probe = inner.balancer.set_endpoints(&endpoints);
+        self.dispatch(&mut inner);
+        to_probe
+    }
+
+    pub fn has_endpoints(&self) -> bool {
+        self.lock().balancer.pod_count() > 0
+    }
+
+    pub fn pod_summary(&self) -> PodSummary {
+        let inner = self.lock();
+        PodSummary {
+            listed: inner.balancer.pod_count(),
+            usable: inner.balancer.usable_count(),
+            per_instance: inner.config.per_instance,
+        }
+    }
+
+    pub fn needs_probe(&self, addr: SocketAddr) -> bool {
+        self.lock().balancer.needs_probe(addr)
+    }
+
+    /// The pod at `addr` answered HTTP: use it now, before its readiness reaches the
+    /// EndpointSlice.
+    pub fn mark_alive(&self, addr: SocketAddr) -> bool {
+        let mut inner = self.lock();
+        let became_usable = inner.balancer.mark_alive(addr);
+        if became_usable {
+            self.dispatch(&mut inner);
+        }
+        became_usable
+    }
+
+    pub fn probe_finished(&self, addr: SocketAddr) {
+        self.lock().balancer.probe_finished(addr);
+    }
+
+    /// Whether requests are waiting in the hold queue.
+    pub fn is_holding(&self) -> bool {
+        !self.lock().queue.is_empty()
+    }
+
+    /// Takes in a request: counts it, and gives it a place on a pod, a place in the hold queue,
+    /// or neither. Also returns the function's timeout.
+    pub fn admit(self: &Arc<Self>) -> (Duration, Admission) {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        inner.requests += 1;
+        inner.last_request = Some(SystemTime::now());
+        let timeout = inner.config.timeout;
+        if let Some(slot) = inner.balancer.pick() {
+            inner.meter.increment(now);
+            self.publish(&inner);
+            let lease = Lease {
+                function: self.clone(),
+                slot,
+            };
+            return (timeout, Admission::Proxy(lease));
+        }
+        let Ok((id, receiver)) = inner.queue.push() else {
+            return (timeout, Admission::QueueFull(inner.queue.capacity()));
+        };
+        inner.meter.increment(now);
+        let poke = !inner.poke_running
+            && inner.poke_not_before.is_none_or(|t| now >= t)
+            && !inner.balancer.has_usable();
+        inner.poke_running |= poke;
+        self.publish(&inner);
+        let held = HeldRequest {
+            function: self.clone(),
+            id,
+            receiver: Some(receiver),
+            poke,
+        };
+        (timeout, Admission::Hold(held))
+    }
+
+    /// The scale-from-zero poke ended; `settled` when it found or set replicas, so the next one
+    /// may wait a while.
+    pub fn poke_finished(&self, settled: bool) {
+        let mut inner = self.lock();
+        inner.poke_running = false;
+        inner.poke_not_before = settled.then(|| Instant::now() + POKE_INTERVAL);
+    }
+
+    /// Counters for `/stats`; starts a new concurrency window. `None` before the first request.
+    pub fn stats(&self) -> Option<FunctionStats> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        if inner.requests == 0 {
+            return None;
+        }
+        Some(FunctionStats {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            concurrency: inner.meter.take_average(now),
+            in_flight: inner.balancer.in_flight(),
+            held: u32::try_from(inner.queue.len()).unwrap_or(u32::MAX),
+            requests: inner.requests,
+            last_request: inner
+                .last_request
+                .and_then(|t| k8s_openapi::jiff::Timestamp::try_from(t).ok())
+                .map(Time),
+        })
+    }
+
+    /// Hands free places to held requests, oldest first.
+    fn dispatch(&self, inner: &mut Inner) {
+        while !inner.queue.is_empty() {
+            let Some(slot) = inner.balancer.pick() else {
+                break;
+            };
+            if let Err(slot) = inner.queue.release_one(slot) {
+                inner.balancer.release(slot.pod);
+                break;
+            }
+        }
+        self.publish(inner);
+    }
+
+    fn publish(&self, inner: &Inner) {
+        self.metrics
+            .in_flight
+            .set(i64::from(inner.balancer.in_flight()));
+        self.metrics
+            .held
+            .set(i64::try_from(inner.queue.len()).unwrap_or(i64::MAX));
+    }
+
+    fn finish(&self, slot: &Slot) {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        inner.balancer.release(slot.pod);
+        inner.meter.decrement(now);
+        self.dispatch(&mut inner);
+    }
+
+    fn abandon(&self, id: WaiterId, receiver: &mut oneshot::Receiver<Slot>) {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        inner.queue.remove(id);
+        // A place may have been handed over after the waiter stopped listening.
+        receiver.close();
+        if let Ok(slot) = receiver.try_recv() {
+            inner.balancer.release(slot.pod);
+        }
+        inner.meter.decrement(now);
+        self.dispatch(&mut inner);
+    }
+}
+
+/// Between two scale-from-zero pokes of one function that found replicas or set them.
+const POKE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A place on one pod for one request; freed when dropped.
+pub struct Lease {
+    function: Arc<FunctionState>,
+    slot: Slot,
+}
+
+impl Lease {
+    pub fn function(&self) -> &Arc<FunctionState> {
+        &self.function
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.slot.addr
+    }
+
+    pub fn authority(&self) -> &Authority {
+        &self.slot.authority
+    }
+
+    /// Moves to a free place on another usable pod, for a retry; false when there is none.
+    pub fn switch_pod(&mut self) -> bool {
+        let mut inner = self.function.lock();
+        let Some(other) = inner.balancer.pick_other(self.slot.pod) else {
+            return false;
+        };
+        inner.balancer.release(self.slot.pod);
+        self.slot = other;
+        self.function.dispatch(&mut inner);
+        true
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.function.finish(&self.slot);
+    }
+}
+
+/// A request in the hold queue.
+pub struct HeldRequest {
+    function: Arc<FunctionState>,
+    id: WaiterId,
+    /// `None` once the request got its place.
+    receiver: Option<oneshot::Receiver<Slot>>,
+    poke: bool,
+}
+
+impl HeldRequest {
+    /// Whether this request is the one that should ask for the function to scale from zero
+    /// (no usable pod, no poke running or recent).
+    pub fn should_poke(&self) -> bool {
+        self.poke
+    }
+
+    /// Waits for a place on a pod until `deadline`; `None` when the deadline passed.
+    pub async fn wait_until(mut self, deadline: tokio::time::Instant) -> Option<Lease> {
+        let receiver = self.receiver.as_mut()?;
+        match tokio::time::timeout_at(deadline, receiver).await {
+            Ok(Ok(slot)) => {
+                self.receiver = None;
+                Some(Lease {
+                    function: self.function.clone(),
+                    slot,
+                })
+            }
+            // The queue never drops a waiter it has not served; treat it as a timeout.
+            Ok(Err(_)) | Err(_) => None,
+        }
+    }
+}
+
+impl Drop for HeldRequest {
+    fn drop(&mut self) {
+        if let Some(mut receiver) = self.receiver.take() {
+            self.function.abandon(self.id, &mut receiver);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::activator::metrics::ActivatorMetrics;
+
+    fn function(per_instance: u32, queue_depth: usize) -> Arc<FunctionState> {
+        let metrics = ActivatorMetrics::default().for_function("media", "thumbnail");
+        let config = FunctionConfig {
+            per_instance,
+            ..FunctionConfig::default()
+        };
+        FunctionState::new("media", "thumbnail", config, queue_depth, metrics)
+    }
+
+    fn pod(last_octet: u8, ready: bool) -> ObservedEndpoint {
+        ObservedEndpoint {
+            ip: IpAddr::from([10, 0, 0, last_octet]),
+            port: Some(8080),
+            ready,
+            terminating: false,
+        }
+    }
+
+    fn held(admission: Admission) -> HeldRequest {
+        match admission {
+            Admission::Hold(held) => held,
+            _ => panic!("expected the request to be held"),
+        }
+    }
+
+    fn proxied(admission: Admission) -> Lease {
+        match admission {
+            Admission::Proxy(lease) => lease,
+            _ => panic!("expected the request to be proxied"),
+        }
+    }
+
+    fn later(ms: u64) -> tokio::time::Instant {
+        tokio::time::Instant::now() + Duration::from_millis(ms)
+    }
+
+    #[test]
+    fn request_to_a_function_with_ready_pod_is_proxied_at_once() {
+        let function = function(0, 10);
+        function.set_endpoints(&[pod(1, true)]);
+        let (timeout, admission) = function.admit();
+        assert_eq!(timeout, Duration::from_secs(60));
+        let lease = proxied(admission);
+        assert_eq!(lease.addr(), SocketAddr::from(([10, 0, 0, 1], 8080)));
+    }
+
+    #[test]
+    fn slice_without_port_uses_the_function_port() {
+        let function = function(0, 10);
+        function.set_endpoints(&[ObservedEndpoint {
+            port: None,
+            ..pod(1, true)
+        }]);
+        let lease = proxied(function.admit().1);
+        assert_eq!(lease.addr().port(), 8080);
+    }
+
+    #[test]
+    fn hold_queue_full_rejects_the_request() {
+        let function = function(0, 2);
+        let _first = held(function.admit().1);
+        let _second = held(function.admit().1);
+        assert!(matches!(function.admit().1, Admission::QueueFull(2)));
+        let stats = function.stats().expect("requests arrived");
+        assert_eq!(stats.held, 2);
+        assert_eq!(stats.requests, 3);
+    }
+
+    #[test]
+    fn only_the_first_held_request_pokes() {
+        let function = function(0, 10);
+        let first = held(function.admit().1);
+        let second = held(function.admit().1);
+        assert!(first.should_poke());
+        assert!(!second.should_poke());
+        function.poke_finished(true);
+        assert!(
+            !held(function.admit().1).should_poke(),
+            "a poke that found replicas is not repeated at once"
+        );
+        function.poke_finished(false);
+        assert!(
+            held(function.admit().1).should_poke(),
+            "a failed poke is retried"
+        );
+    }
+
+    #[test]
+    fn busy_pods_do_not_poke() {
+        let function = function(1, 10);
+        function.set_endpoints(&[pod(1, true)]);
+        let _busy = proxied(function.admit().1);
+        assert!(!held(function.admit().1).should_poke());
+    }
+
+    #[tokio::test]
+    async fn held_request_times_out_when_no_pod_becomes_ready() {
+        let function = function(0, 10);
+        let request = held(function.admit().1);
+        assert!(request.wait_until(later(20)).await.is_none());
+        let stats = function.stats().expect("a request arrived");
+        assert_eq!(stats.held, 0, "the timed-out request left the queue");
+        assert!(!function.is_holding());
+    }
+
+    #[tokio::test]
+    async fn held_requests_are_released_when_a_pod_becomes_ready() {
+        let function = function(0, 10);
+        let first = held(function.admit().1);
+        let second = held(function.admit().1);
+        let waiting = tokio::spawn(async move {
+            let a = first.wait_until(later(5_000)).await;
+            let b = second.wait_until(later(5_000)).await;
+            (a.map(|l| l.addr()), b.map(|l| l.addr()))
+        });
+        tokio::task::yield_now().await;
+        function.set_endpoints(&[pod(1, true)]);
+        let (a, b) = waiting.await.expect("waiters finish");
+        assert_eq!(a, Some(pod_addr(1)));
+        assert_eq!(b, Some(pod_addr(1)));
+        assert!(!function.is_holding());
+    }
+
+    #[tokio::test]
+    async fn probed_pod_releases_held_requests_before_it_is_ready() {
+        let function = function(0, 10);
+        let request = held(function.admit().1);
+        let to_probe = function.set_endpoints(&[pod(1, false)]);
+        assert_eq!(to_probe, vec![pod_addr(1)]);
+        assert!(function.is_holding());
+        assert!(function.mark_alive(pod_addr(1)));
+        let lease = request.wait_until(later(5_000)).await;
+        assert_eq!(lease.map(|l| l.addr()), Some(pod_addr(1)));
+    }
+
+    #[tokio::test]
+    async fn finished_request_hands_its_place_to_the_oldest_held_one() {
+        let function = function(1, 10);
+        function.set_endpoints(&[pod(1, true)]);
+        let running = proxied(function.admit().1);
+        let first = held(function.admit().1);
+        let second = held(function.admit().1);
+        drop(running);
+        let lease = first
+            .wait_until(later(5_000))
+            .await
+            .expect("first gets the place");
+        assert!(
+            function.is_holding(),
+            "second still waits: perInstance is 1"
+        );
+        drop(lease);
+        assert!(second.wait_until(later(5_000)).await.is_some());
+        let stats = function.stats().expect("requests arrived");
+        assert_eq!((stats.in_flight, stats.held), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn place_handed_to_a_request_that_gave_up_is_not_lost() {
+        let function = function(1, 10);
+        function.set_endpoints(&[pod(1, true)]);
+        let running = proxied(function.admit().1);
+        let gave_up = held(function.admit().1);
+        drop(running); // hands the place to `gave_up` …
+        drop(gave_up); // … which never takes it.
+        let next = function.admit().1;
+        assert!(
+            matches!(next, Admission::Proxy(_)),
+            "the place is free again"
+        );
+    }
+
+    #[test]
+    fn concurrency_counts_held_and_proxied_requests() {
+        let function = function(1, 10);
+        function.set_endpoints(&[pod(1, true)]);
+        let _running = proxied(function.admit().1);
+        let _held = held(function.admit().1);
+        let stats = function.stats().expect("requests arrived");
+        assert_eq!((stats.in_flight, stats.held), (1, 1));
+        // The window since creation is microseconds long; the exact average is the meter's test.
+        assert!(
+            stats.concurrency > 0.0 && stats.concurrency <= 2.0,
+            "{}",
+            stats.concurrency
+        );
+        assert!(stats.last_request.is_some());
+    }
+
+    #[test]
+    fn idle_function_has_no_stats() {
+        assert_eq!(function(0, 10).stats(), None);
+    }
+
+    #[test]
+    fn retry_switches_to_another_pod_and_keeps_the_count() {
+        let function = function(0, 10);
+        function.set_endpoints(&[pod(1, true), pod(2, true)]);
+        let mut lease = proxied(function.admit().1);
+        let before = lease.addr();
+        assert!(lease.switch_pod());
+        assert_ne!(lease.addr(), before);
+        assert_eq!(function.stats().map(|s| s.in_flight), Some(1));
+        drop(lease);
+        assert_eq!(function.stats().map(|s| s.in_flight), Some(0));
+    }
+
+    fn pod_addr(last_octet: u8) -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, last_octet], 8080))
+    }
+}

@@ -1,0 +1,420 @@
+//! The functions the activator knows: routes from the ServerlessFunction watch, pods from the
+//! EndpointSlice watch, joined by `(namespace, name)`.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::core::DeserializeGuard;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use tokio::sync::oneshot;
+
+use super::function::{FunctionConfig, FunctionState, ObservedEndpoint};
+use super::metrics::ActivatorMetrics;
+use super::router::{HttpRoute, RouteError, RouteTable};
+use super::stats::ActivatorStats;
+use crate::api::{ServerlessFunction, ServerlessFunctionSpec};
+
+/// A request's function, and how much of its path to cut before proxying.
+pub struct Resolved {
+    pub function: Arc<FunctionState>,
+    pub strip: usize,
+}
+
+pub struct FunctionIndex {
+    inner: RwLock<Inner>,
+    queue_depth: usize,
+    metrics: ActivatorMetrics,
+}
+
+struct Inner {
+    /// Functions that exist (from the ServerlessFunction watch).
+    routes: RouteTable<Arc<FunctionState>>,
+    /// Every function state: routed ones, and ones with pods whose ServerlessFunction is not
+    /// (or no longer) seen.
+    states: HashMap<String, HashMap<String, Arc<FunctionState>>>,
+}
+
+impl FunctionIndex {
+    pub fn new(domain: &str, queue_depth: usize, metrics: ActivatorMetrics) -> Self {
+        Self {
+            inner: RwLock::new(Inner {
+                routes: RouteTable::new(domain),
+                states: HashMap::new(),
+            }),
+            queue_depth,
+            metrics,
+        }
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Inner> {
+        self.inner.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The function a request is for.
+    pub fn resolve(&self, host: Option<&str>, path: &str) -> Result<Resolved, RouteError> {
+        let inner = self.read();
+        let route = inner.routes.resolve(host, path)?;
+        Ok(Resolved {
+            function: route.target.clone(),
+            strip: route.strip,
+        })
+    }
+
+    /// Functions that exist (routed or disabled).
+    pub fn function_count(&self) -> usize {
+        self.read().routes.len()
+    }
+
+    pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<FunctionState>> {
+        self.read()
+            .states
+            .get(namespace)
+            .and_then(|functions| functions.get(name))
+            .cloned()
+    }
+
+    /// Adds or updates a function from its ServerlessFunction; returns its key.
+    pub fn apply(&self, function: &ServerlessFunction) -> Option<(String, String)> {
+        let namespace = function.metadata.namespace.as_deref()?;
+        let name = function.metadata.name.as_deref()?;
+        let (config, http) = settings_of(&function.spec);
+        self.upsert(namespace, name, config, http);
+        Some((namespace.to_string(), name.to_string()))
+    }
+
+    pub fn upsert(&self, namespace: &str, name: &str, config: FunctionConfig, http: HttpRoute) {
+        let mut inner = self.write();
+        let state = match inner.states.get(namespace).and_then(|f| f.get(name)) {
+            Some(state) => {
+                state.set_config(config);
+                state.clone()
+            }
+            None => {
+                let metrics = self.metrics.for_function(namespace, name);
+                let state = FunctionState::new(namespace, name, config, self.queue_depth, metrics);
+                inner
+                    .states
+                    .entry(namespace.to_string())
+                    .or_default()
+                    .insert(name.to_string(), state.clone());
+                state
+            }
+        };
+        inner.routes.upsert(namespace, name, http, state);
+    }
+
+    /// The function was deleted: stop routing to it.
+    pub fn remove(&self, namespace: &str, name: &str) {
+        let mut inner = self.write();
+        inner.routes.remove(namespace, name);
+        inner.forget_if_unused(namespace, name);
+    }
+
+    /// Removes every routed function for which `keep` is false (after a relist).
+    pub fn retain(&self, keep: impl Fn(&str, &str) -> bool) {
+        let mut inner = self.write();
+        let gone: Vec<(String, String)> = inner
+            .routes
+            .keys()
+            .filter(|(namespace, name)| !keep(namespace, name))
+            .map(|(namespace, name)| (namespace.to_string(), name.to_string()))
+            .collect();
+        for (namespace, name) in gone {
+            inner.routes.remove(&namespace, &name);
+            inner.forget_if_unused(&namespace, &name);
+        }
+    }
+
+    /// Replaces the pods of a function; returns its state and the addresses to probe.
+    pub fn set_endpoints(
+        &self,
+        namespace: &str,
+        name: &str,
+        endpoints: &[ObservedEndpoint],
+    ) -> (Arc<FunctionState>, Vec<SocketAddr>) {
+        let existing = self.get(namespace, name);
+        let state = existing.unwrap_or_else(|| {
+            let mut inner = self.write();
+            inner
+                .states
+                .entry(namespace.to_string())
+                .or_default()
+                .entry(name.to_string())
+                .or_insert_with(|| {
+                    let metrics = self.metrics.for_function(namespace, name);
+                    let config = FunctionConfig::default();
+                    FunctionState::new(namespace, name, config, self.queue_depth, metrics)
+                })
+                .clone()
+        });
+        let to_probe = state.set_endpoints(endpoints);
+        if endpoints.is_empty() {
+            self.write().forget_if_unused(namespace, name);
+        }
+        (state, to_probe)
+    }
+
+    /// Every function that has had requests, for `/stats`.
+    pub fn stats(&self) -> ActivatorStats {
+        let states: Vec<Arc<FunctionState>> = self
+            .read()
+            .states
+            .values()
+            .flat_map(|functions| functions.values().cloned())
+            .collect();
+        let mut functions: Vec<_> = states.iter().filter_map(|state| state.stats()).collect();
+        functions.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        ActivatorStats { functions }
+    }
+}
+
+impl Inner {
+    /// Drops a function's state once it is neither routed nor has pods.
+    fn forget_if_unused(&mut self, namespace: &str, name: &str) {
+        if self.routes.get(namespace, name).is_some() {
+            return;
+        }
+        let Some(functions) = self.states.get_mut(namespace) else {
+            return;
+        };
+        if functions
+            .get(name)
+            .is_some_and(|state| !state.has_endpoints())
+            && let Some(state) = functions.remove(name)
+        {
+            state.metrics().remove();
+        }
+        if functions.is_empty() {
+            self.states.remove(namespace);
+        }
+    }
+}
+
+/// What the activator uses of a function's spec.
+pub fn settings_of(spec: &ServerlessFunctionSpec) -> (FunctionConfig, HttpRoute) {
+    let timeout = if spec.timeout.is_negative() {
+        FunctionConfig::default().timeout
+    } else {
+        Duration::from(spec.timeout).clamp(Duration::from_secs(1), Duration::from_secs(900))
+    };
+    let config = FunctionConfig {
+        timeout,
+        per_instance: spec
+            .concurrency
+            .per_instance
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(0),
+        port: u16::try_from(spec.port).unwrap_or(FunctionConfig::default().port),
+    };
+    let http = HttpRoute {
+        enabled: spec.triggers.http.enabled,
+        hosts: spec.triggers.http.hosts.clone(),
+        path: spec.triggers.http.path.clone(),
+    };
+    (config, http)
+}
+
+/// Keeps `index` in step with every ServerlessFunction in the cluster. Sends on `synced` once
+/// the first full list is in. Runs until the task is dropped.
+pub async fn watch_functions(
+    client: Client,
+    index: Arc<FunctionIndex>,
+    synced: oneshot::Sender<()>,
+) {
+    // Through DeserializeGuard, so that one object that does not parse stalls nothing.
+    let api: Api<DeserializeGuard<ServerlessFunction>> = Api::all(client);
+    let mut events = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .boxed();
+    let mut synced = Some(synced);
+    let mut relisted: Option<HashSet<(String, String)>> = None;
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(watcher::Event::Init) => relisted = Some(HashSet::new()),
+            Ok(watcher::Event::InitApply(object)) => {
+                if let Some(key) = apply_guarded(&index, &object)
+                    && let Some(seen) = relisted.as_mut()
+                {
+                    seen.insert(key);
+                }
+            }
+            Ok(watcher::Event::InitDone) => {
+                if let Some(seen) = relisted.take() {
+                    index.retain(|namespace, name| {
+                        seen.contains(&(namespace.to_string(), name.to_string()))
+                    });
+                }
+                if let Some(synced) = synced.take() {
+                    let _ = synced.send(());
+                }
+            }
+            Ok(watcher::Event::Apply(object)) => {
+                apply_guarded(&index, &object);
+            }
+            Ok(watcher::Event::Delete(object)) => {
+                if let (Some(namespace), Some(name)) =
+                    (object.namespace(), object.meta().name.as_deref())
+                {
+                    index.remove(&namespace, name);
+                }
+            }
+            Err(error) => tracing::warn!(%error, "watching ServerlessFunctions"),
+        }
+    }
+}
+
+/// Applies a function that parsed; keeps the last good version of one that does not.
+fn apply_guarded(
+    index: &FunctionIndex,
+    object: &DeserializeGuard<ServerlessFunction>,
+) -> Option<(String, String)> {
+    match &object.0 {
+        Ok(function) => index.apply(function),
+        Err(invalid) => {
+            let namespace = invalid.metadata.namespace.clone()?;
+            let name = invalid.metadata.name.clone()?;
+            tracing::warn!(
+                %namespace, %name, error = %invalid.error,
+                "ServerlessFunction does not parse; keeping its last valid version"
+            );
+            Some((namespace, name))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use super::*;
+
+    fn function(yaml: &str) -> ServerlessFunction {
+        serde_yaml::from_str(yaml).expect("test function parses")
+    }
+
+    fn index() -> FunctionIndex {
+        FunctionIndex::new("fargo.local", 10, ActivatorMetrics::default())
+    }
+
+    fn endpoint(last_octet: u8) -> ObservedEndpoint {
+        ObservedEndpoint {
+            ip: IpAddr::from([10, 0, 0, last_octet]),
+            port: Some(9000),
+            ready: true,
+            terminating: false,
+        }
+    }
+
+    const THUMBNAIL: &str = r#"
+apiVersion: fargo.dev/v1alpha1
+kind: ServerlessFunction
+metadata: {name: thumbnail, namespace: media}
+spec:
+  image: registry.example/thumbnail:1.0
+  port: 9000
+  timeout: 30s
+  concurrency: {perInstance: 10}
+  triggers:
+    http: {hosts: [thumbnail.example.com], path: /}
+"#;
+
+    #[test]
+    fn settings_come_from_the_spec() {
+        let (config, http) = settings_of(&function(THUMBNAIL).spec);
+        assert_eq!(
+            config,
+            FunctionConfig {
+                timeout: Duration::from_secs(30),
+                per_instance: 10,
+                port: 9000
+            }
+        );
+        assert!(http.enabled);
+        assert_eq!(http.hosts, vec!["thumbnail.example.com".to_string()]);
+    }
+
+    #[test]
+    fn applied_function_is_routed_by_path_and_host() {
+        let index = index();
+        index.apply(&function(THUMBNAIL));
+        let by_path = index.resolve(None, "/media/thumbnail/x").expect("routed");
+        assert_eq!(by_path.function.name(), "thumbnail");
+        assert_eq!(by_path.strip, "/media/thumbnail".len());
+        let by_host = index
+            .resolve(Some("thumbnail.example.com"), "/x")
+            .expect("routed");
+        assert!(Arc::ptr_eq(&by_path.function, &by_host.function));
+    }
+
+    #[test]
+    fn endpoints_seen_before_the_function_join_it() {
+        let index = index();
+        let (early, _) = index.set_endpoints("media", "thumbnail", &[endpoint(1)]);
+        index.apply(&function(THUMBNAIL));
+        let routed = index.resolve(None, "/media/thumbnail/").expect("routed");
+        assert!(Arc::ptr_eq(&early, &routed.function));
+        assert_eq!(routed.function.config().per_instance, 10);
+    }
+
+    #[test]
+    fn deleted_function_is_not_routed() {
+        let index = index();
+        index.apply(&function(THUMBNAIL));
+        index.remove("media", "thumbnail");
+        assert!(matches!(
+            index.resolve(None, "/media/thumbnail/"),
+            Err(RouteError::UnknownFunction { .. })
+        ));
+        assert!(index.get("media", "thumbnail").is_none());
+    }
+
+    #[test]
+    fn relist_drops_functions_that_are_gone() {
+        let index = index();
+        index.apply(&function(THUMBNAIL));
+        index.upsert(
+            "media",
+            "other",
+            FunctionConfig::default(),
+            HttpRoute::default(),
+        );
+        index.retain(|_, name| name == "other");
+        assert!(index.resolve(None, "/media/thumbnail/").is_err());
+        assert!(index.resolve(None, "/media/other/").is_ok());
+    }
+
+    #[test]
+    fn state_of_a_function_without_pods_or_spec_is_dropped() {
+        let index = index();
+        index.set_endpoints("media", "orphan", &[endpoint(1)]);
+        assert!(index.get("media", "orphan").is_some());
+        index.set_endpoints("media", "orphan", &[]);
+        assert!(index.get("media", "orphan").is_none());
+    }
+
+    #[test]
+    fn stats_list_functions_that_had_requests() {
+        let index = index();
+        index.apply(&function(THUMBNAIL));
+        index.upsert(
+            "media",
+            "idle",
+            FunctionConfig::default(),
+            HttpRoute::default(),
+        );
+        let resolved = index.resolve(None, "/media/thumbnail/").expect("routed");
+        drop(resolved.function.admit());
+        let stats = index.stats();
+        assert_eq!(stats.functions.len(), 1);
+        assert_eq!(stats.functions[0].name, "thumbnail");
+        assert_eq!(stats.functions[0].requests, 1);
+    }
+}

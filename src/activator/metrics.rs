@@ -1,0 +1,178 @@
+//! The activator's metrics (sub-registry `activator`): labels are namespace, function and
+//! status class only, so series are bounded by the functions that exist.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FunctionLabels {
+    pub namespace: String,
+    pub function: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub namespace: String,
+    pub function: String,
+    /// `2xx`, `4xx`, …
+    pub code: &'static str,
+}
+
+type HistogramFamily = Family<FunctionLabels, Histogram, fn() -> Histogram>;
+
+/// Families shared by every function.
+#[derive(Clone, Debug)]
+pub struct ActivatorMetrics {
+    requests: Family<RequestLabels, Counter>,
+    in_flight: Family<FunctionLabels, Gauge>,
+    held: Family<FunctionLabels, Gauge>,
+    duration: HistogramFamily,
+}
+
+fn duration_histogram() -> Histogram {
+    Histogram::new([
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+        60.0, 300.0, 900.0,
+    ])
+}
+
+impl Default for ActivatorMetrics {
+    fn default() -> Self {
+        Self {
+            requests: Family::default(),
+            in_flight: Family::default(),
+            held: Family::default(),
+            duration: Family::new_with_constructor(duration_histogram),
+        }
+    }
+}
+
+impl ActivatorMetrics {
+    /// Registers the families in `registry` (the `activator` sub-registry).
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        registry.register(
+            "requests",
+            "Requests received, by function and status class",
+            metrics.requests.clone(),
+        );
+        registry.register(
+            "in_flight",
+            "Requests being proxied to a function's pods",
+            metrics.in_flight.clone(),
+        );
+        registry.register(
+            "held",
+            "Requests held while a function has no free pod",
+            metrics.held.clone(),
+        );
+        registry.register_with_unit(
+            "request_duration",
+            "Time from a request's arrival to its response headers, including time held",
+            Unit::Seconds,
+            metrics.duration.clone(),
+        );
+        metrics
+    }
+
+    /// Handles for one function, so that requests touch no label map.
+    pub fn for_function(&self, namespace: &str, name: &str) -> FunctionMetrics {
+        let labels = FunctionLabels {
+            namespace: namespace.to_string(),
+            function: name.to_string(),
+        };
+        FunctionMetrics {
+            in_flight: self.in_flight.get_or_create_owned(&labels),
+            held: self.held.get_or_create_owned(&labels),
+            duration: self.duration.get_or_create_owned(&labels),
+            requests: Default::default(),
+            families: self.clone(),
+            labels,
+        }
+    }
+}
+
+/// One function's series.
+#[derive(Debug)]
+pub struct FunctionMetrics {
+    pub in_flight: Gauge,
+    pub held: Gauge,
+    duration: Histogram,
+    /// By status class 1xx..5xx, made on first use.
+    requests: [OnceLock<Counter>; 5],
+    families: ActivatorMetrics,
+    labels: FunctionLabels,
+}
+
+impl FunctionMetrics {
+    /// Counts a response and how long it took to start.
+    pub fn record(&self, status: u16, elapsed: Duration) {
+        self.duration.observe(elapsed.as_secs_f64());
+        let class = usize::from((status / 100).clamp(1, 5)) - 1;
+        self.requests[class]
+            .get_or_init(|| {
+                self.families.requests.get_or_create_owned(&RequestLabels {
+                    namespace: self.labels.namespace.clone(),
+                    function: self.labels.function.clone(),
+                    code: CODE_CLASSES[class],
+                })
+            })
+            .inc();
+    }
+
+    /// Drops the function's series (it was deleted).
+    pub fn remove(&self) {
+        self.families.in_flight.remove(&self.labels);
+        self.families.held.remove(&self.labels);
+        self.families.duration.remove(&self.labels);
+        for code in CODE_CLASSES {
+            self.families.requests.remove(&RequestLabels {
+                namespace: self.labels.namespace.clone(),
+                function: self.labels.function.clone(),
+                code,
+            });
+        }
+    }
+}
+
+const CODE_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encode(registry: &Registry) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).expect("metrics encode");
+        text
+    }
+
+    #[test]
+    fn requests_are_counted_by_status_class() {
+        let mut registry = Registry::with_prefix("fargo");
+        let metrics = ActivatorMetrics::register(registry.sub_registry_with_prefix("activator"));
+        let function = metrics.for_function("media", "thumbnail");
+        function.record(200, Duration::from_millis(3));
+        function.record(204, Duration::from_millis(3));
+        function.record(504, Duration::from_secs(30));
+        let text = encode(&registry);
+        assert!(
+            text.contains(
+                r#"fargo_activator_requests_total{namespace="media",function="thumbnail",code="2xx"} 2"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains(r#"code="5xx"} 1"#), "{text}");
+        assert!(text.contains("fargo_activator_request_duration_seconds_count"));
+
+        function.remove();
+        assert!(!encode(&registry).contains("thumbnail"));
+    }
+}

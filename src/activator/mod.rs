@@ -1,0 +1,174 @@
+//! `fargo activator`: the HTTP gateway in front of every function.
+//!
+//! It routes each request to its function ([`router`]), holds it while the function has no
+//! free pod ([`hold`], [`function`]) and asks for a scale from zero at once ([`scale`]),
+//! balances over the function's pods ([`balancer`]) learned from EndpointSlices
+//! ([`endpoints`]), streams the request through ([`proxy`]) and reports per-function
+//! concurrency to the autoscaler on `GET /stats` ([`stats`]).
+
+pub mod balancer;
+pub mod endpoints;
+pub mod function;
+pub mod hold;
+pub mod index;
+pub mod metrics;
+pub mod proxy;
+pub mod router;
+pub mod scale;
+pub mod stats;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::routing::get;
+use prometheus_client::registry::Registry;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use crate::telemetry;
+use index::FunctionIndex;
+use metrics::ActivatorMetrics;
+use proxy::Proxy;
+use scale::Cluster;
+
+/// How the activator runs (the `fargo activator` flags).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Where the proxy listens.
+    pub addr: SocketAddr,
+    /// Where `/healthz`, `/readyz`, `/metrics` and `/stats` are served.
+    pub health_addr: SocketAddr,
+    /// Functions are also reached as `{function}.{namespace}.<domain>`.
+    pub domain: String,
+    /// Requests each function may hold at once; more get 429.
+    pub queue_depth: usize,
+    /// After SIGTERM, how long to keep serving while not ready, so that Service endpoints drop
+    /// this pod before it stops accepting.
+    pub drain_delay: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot listen on {addr} for the proxy: {source}; choose another --addr")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("serving health, metrics and stats on {addr}: {source}; choose another --health-addr")]
+    Health {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Runs the activator until `shutdown` is cancelled, then drains: `/readyz` turns not ready,
+/// the proxy keeps serving for `drain_delay`, stops accepting, and returns once every request
+/// in flight or held has finished.
+pub async fn run(
+    client: kube::Client,
+    settings: Settings,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let mut registry = Registry::with_prefix("fargo");
+    let metrics = ActivatorMetrics::register(registry.sub_registry_with_prefix("activator"));
+    let index = Arc::new(FunctionIndex::new(
+        &settings.domain,
+        settings.queue_depth,
+        metrics,
+    ));
+
+    let (functions_synced, functions_ready) = oneshot::channel();
+    let (endpoints_synced, endpoints_ready) = oneshot::channel();
+    let watches = [
+        tokio::spawn(index::watch_functions(
+            client.clone(),
+            index.clone(),
+            functions_synced,
+        )),
+        tokio::spawn(endpoints::watch_endpoint_slices(
+            client.clone(),
+            index.clone(),
+            endpoints_synced,
+        )),
+    ];
+
+    let readiness = telemetry::Readiness::default();
+    let stats_index = index.clone();
+    let health_router = telemetry::health_router(Arc::new(registry), readiness.clone()).route(
+        "/stats",
+        get(move || {
+            let index = stats_index.clone();
+            async move { Json(index.stats()) }
+        }),
+    );
+    let stop_health = CancellationToken::new();
+    let mut health = tokio::spawn(telemetry::serve(
+        settings.health_addr,
+        health_router,
+        stop_health.clone(),
+    ));
+
+    let listener = tokio::net::TcpListener::bind(settings.addr)
+        .await
+        .map_err(|source| Error::Bind {
+            addr: settings.addr,
+            source,
+        })?;
+    tracing::info!(addr = %settings.addr, domain = %settings.domain, "activator proxy listening");
+    let proxy = Arc::new(Proxy::new(index.clone(), Some(Cluster::new(client))));
+    let stop_accepting = CancellationToken::new();
+    let mut proxy_served = tokio::spawn(proxy::serve(listener, proxy, stop_accepting.clone()));
+
+    // Ready once both watches have listed everything, so no request meets an empty index.
+    let synced = async {
+        let _ = functions_ready.await;
+        let _ = endpoints_ready.await;
+    };
+    tokio::select! {
+        () = synced => {
+            readiness.set(true);
+            tracing::info!(functions = index.function_count(), "activator ready");
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                result = &mut health => return health_failed(result, settings.health_addr),
+            }
+        }
+        () = shutdown.cancelled() => {}
+        result = &mut health => return health_failed(result, settings.health_addr),
+    }
+
+    readiness.set(false);
+    tracing::info!(delay = ?settings.drain_delay, "draining: not ready, still serving");
+    tokio::time::sleep(settings.drain_delay).await;
+    tracing::info!("draining: no new connections; finishing requests in flight and held");
+    stop_accepting.cancel();
+    if let Err(error) = (&mut proxy_served).await {
+        tracing::error!(%error, "proxy task failed");
+    }
+    for watch in watches {
+        watch.abort();
+    }
+    stop_health.cancel();
+    match health.await {
+        Ok(Ok(())) => {}
+        result => return health_failed(result, settings.health_addr),
+    }
+    tracing::info!("activator stopped");
+    Ok(())
+}
+
+fn health_failed(
+    result: Result<std::io::Result<()>, tokio::task::JoinError>,
+    addr: SocketAddr,
+) -> Result<(), Error> {
+    match result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(source)) => Err(Error::Health { addr, source }),
+        Err(join) => Err(Error::Health {
+            addr,
+            source: std::io::Error::other(join),
+        }),
+    }
+}

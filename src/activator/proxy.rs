@@ -1,0 +1,539 @@
+//! The proxy: routes a request to its function, holds it while the function has no free pod,
+//! then streams it to a pod and the answer back (bodies are never buffered).
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{Either, Empty};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::http::uri::{self, Authority, PathAndQuery, Scheme};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode, Uri};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use pin_project_lite::pin_project;
+use tokio::net::TcpListener;
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::CancellationToken;
+
+use super::function::{Admission, FunctionState, Lease};
+use super::index::FunctionIndex;
+use super::router::upstream_path;
+use super::scale::{Cluster, spawn_poke};
+
+type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the
+/// non-standard `keep-alive` and `proxy-connection`.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Pooled connections to pods are closed after this long unused.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
+/// A pod that is listed accepts at once or not at all.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub struct Proxy {
+    index: Arc<FunctionIndex>,
+    client: Client<HttpConnector, UpstreamBody>,
+    /// `None` runs without a cluster (tests): no scale-from-zero poke, no pod diagnosis.
+    cluster: Option<Cluster>,
+}
+
+impl Proxy {
+    pub fn new(index: Arc<FunctionIndex>, cluster: Option<Cluster>) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .build(connector);
+        Self {
+            index,
+            client,
+            cluster,
+        }
+    }
+
+    /// Answers one request. `client_ip` is the peer's address, ready for `X-Forwarded-For`.
+    #[tracing::instrument(level = "debug", skip_all, fields(method = %request.method(), path = request.uri().path()))]
+    pub async fn handle(
+        &self,
+        request: Request<Incoming>,
+        client_ip: &HeaderValue,
+    ) -> Response<ProxyBody> {
+        let arrived = Instant::now();
+        let resolved = match self
+            .index
+            .resolve(request_host(&request), request.uri().path())
+        {
+            Ok(resolved) => resolved,
+            Err(error) => return text_response(StatusCode::NOT_FOUND, error.to_string()),
+        };
+        let function = resolved.function;
+        let (timeout, admission) = function.admit();
+        let deadline = arrived + timeout;
+        let lease = match admission {
+            Admission::Proxy(lease) => lease,
+            Admission::QueueFull(depth) => {
+                let message = format!(
+                    "function {}/{} already holds {depth} requests waiting for a pod; retry later",
+                    function.namespace(),
+                    function.name()
+                );
+                let mut response =
+                    refuse(&function, arrived, StatusCode::TOO_MANY_REQUESTS, message);
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return response;
+            }
+            Admission::Hold(held) => {
+                if held.should_poke() {
+                    match &self.cluster {
+                        Some(cluster) => spawn_poke(cluster.clone(), function.clone()),
+                        None => function.poke_finished(true),
+                    }
+                }
+                match held.wait_until(deadline).await {
+                    Some(lease) => lease,
+                    None => {
+                        let message = self.explain_hold_timeout(&function, timeout).await;
+                        return refuse(&function, arrived, StatusCode::GATEWAY_TIMEOUT, message);
+                    }
+                }
+            }
+        };
+        let timing = Timing {
+            arrived,
+            deadline,
+            timeout,
+        };
+        self.forward(request, resolved.strip, lease, client_ip, timing)
+            .await
+    }
+
+    /// Sends the request to the leased pod (retrying once elsewhere when that is safe) and
+    /// returns the pod's answer with a body that holds the lease until it ends.
+    async fn forward(
+        &self,
+        request: Request<Incoming>,
+        strip: usize,
+        mut lease: Lease,
+        client_ip: &HeaderValue,
+        timing: Timing,
+    ) -> Response<ProxyBody> {
+        let Timing {
+            arrived,
+            deadline,
+            timeout,
+        } = timing;
+        let function = lease.function().clone();
+        let (mut parts, body) = request.into_parts();
+        let Ok(path_and_query) = upstream_path_and_query(&parts.uri, strip) else {
+            let message = format!("request path {} is not valid", parts.uri.path());
+            return refuse(&function, arrived, StatusCode::BAD_REQUEST, message);
+        };
+        prepare_request_headers(&mut parts.headers, &parts.uri, client_ip);
+        let idempotent = parts.method == Method::GET || parts.method == Method::HEAD;
+        // A request whose body is not read yet can be sent again; keep what that needs.
+        let replay = (idempotent || body.is_end_stream())
+            .then(|| (parts.method.clone(), parts.headers.clone()));
+
+        let first = upstream_request(
+            parts.method,
+            lease.authority(),
+            &path_and_query,
+            parts.headers,
+            Either::Left(body),
+        );
+        let mut outcome = tokio::time::timeout_at(deadline, self.client.request(first)).await;
+        if let Ok(Err(error)) = &outcome
+            && let Some((method, headers)) = replay
+            && (error.is_connect() || idempotent)
+        {
+            tracing::debug!(%error, pod = %lease.addr(), "retrying on another pod");
+            // Another pod if there is one; a fresh connection to the same pod otherwise.
+            lease.switch_pod();
+            let again = upstream_request(
+                method,
+                lease.authority(),
+                &path_and_query,
+                headers,
+                Either::Right(Empty::new()),
+            );
+            outcome = tokio::time::timeout_at(deadline, self.client.request(again)).await;
+        }
+        let response = match outcome {
+            Ok(Ok(response)) => response,
+            Ok(Err(error)) => {
+                let message = format!(
+                    "function {}/{}: pod {} failed: {}",
+                    function.namespace(),
+                    function.name(),
+                    lease.addr(),
+                    error_chain(&error)
+                );
+                return refuse(&function, arrived, StatusCode::BAD_GATEWAY, message);
+            }
+            Err(_) => {
+                let message = format!(
+                    "function {}/{} did not answer within its timeout of {}",
+                    function.namespace(),
+                    function.name(),
+                    seconds(timeout)
+                );
+                return refuse(&function, arrived, StatusCode::GATEWAY_TIMEOUT, message);
+            }
+        };
+        let (mut parts, body) = response.into_parts();
+        remove_hop_by_hop(&mut parts.headers);
+        function
+            .metrics()
+            .record(parts.status.as_u16(), arrived.elapsed());
+        Response::from_parts(parts, ProxyBody::upstream(body, lease, deadline))
+    }
+
+    /// The body of a 504 for a request held until its timeout: busy pods, or why no pod is
+    /// ready (from the pods as they are now).
+    async fn explain_hold_timeout(&self, function: &FunctionState, timeout: Duration) -> String {
+        let pods = function.pod_summary();
+        let prefix = format!("function {}/{}", function.namespace(), function.name());
+        if pods.usable > 0 {
+            return format!(
+                "{prefix}: all {} ready pods stayed busy for {} (concurrency.perInstance is {})",
+                pods.usable,
+                seconds(timeout),
+                pods.per_instance
+            );
+        }
+        let problems = match &self.cluster {
+            Some(cluster) => cluster.why_not_ready(function).await,
+            None => None,
+        };
+        match problems {
+            Some(problems) if !problems.is_empty() => format!(
+                "{prefix}: no pod became ready within {}: {problems}",
+                seconds(timeout)
+            ),
+            _ => format!(
+                "{prefix}: no pod became ready within {} ({})",
+                seconds(timeout),
+                match pods.listed {
+                    0 => "no pod is listed for it".to_string(),
+                    1 => "1 pod is starting".to_string(),
+                    n => format!("{n} pods are starting"),
+                }
+            ),
+        }
+    }
+}
+
+/// When a request arrived and when it must be done.
+#[derive(Clone, Copy)]
+struct Timing {
+    arrived: Instant,
+    deadline: Instant,
+    /// The function's timeout, for messages.
+    timeout: Duration,
+}
+
+/// Counts a response the activator makes itself, and makes it.
+fn refuse(
+    function: &FunctionState,
+    arrived: Instant,
+    status: StatusCode,
+    message: String,
+) -> Response<ProxyBody> {
+    function
+        .metrics()
+        .record(status.as_u16(), arrived.elapsed());
+    text_response(status, message)
+}
+
+fn text_response(status: StatusCode, mut message: String) -> Response<ProxyBody> {
+    message.push('\n');
+    let mut response = Response::new(ProxyBody::message(message));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+fn request_host<B>(request: &Request<B>) -> Option<&str> {
+    match request.headers().get(header::HOST) {
+        Some(host) => host.to_str().ok(),
+        // HTTP/2 carries it in :authority.
+        None => request.uri().authority().map(Authority::as_str),
+    }
+}
+
+/// The request target for the pod: the path without the route's prefix, and the query.
+fn upstream_path_and_query(uri: &Uri, strip: usize) -> Result<PathAndQuery, uri::InvalidUri> {
+    if strip == 0 {
+        return Ok(uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")));
+    }
+    let path = upstream_path(uri.path(), strip);
+    match uri.query() {
+        Some(query) => PathAndQuery::try_from(format!("{path}?{query}")),
+        None => PathAndQuery::try_from(path),
+    }
+}
+
+fn upstream_request(
+    method: Method,
+    authority: &Authority,
+    path_and_query: &PathAndQuery,
+    headers: HeaderMap,
+    body: UpstreamBody,
+) -> Request<UpstreamBody> {
+    let mut parts = uri::Parts::default();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(authority.clone());
+    parts.path_and_query = Some(path_and_query.clone());
+    let mut request = Request::new(body);
+    *request.method_mut() = method;
+    // Scheme, authority and path are all present, which is all `from_parts` asks.
+    *request.uri_mut() = Uri::from_parts(parts).unwrap_or_default();
+    *request.headers_mut() = headers;
+    request
+}
+
+/// Drops hop-by-hop headers and adds the `X-Forwarded-*` ones.
+fn prepare_request_headers(headers: &mut HeaderMap, uri: &Uri, client_ip: &HeaderValue) {
+    remove_hop_by_hop(headers);
+    if !headers.contains_key(header::HOST)
+        && let Some(authority) = uri.authority()
+        && let Ok(host) = HeaderValue::from_str(authority.as_str())
+    {
+        headers.insert(header::HOST, host);
+    }
+    if !headers.contains_key(X_FORWARDED_HOST)
+        && let Some(host) = headers.get(header::HOST).cloned()
+    {
+        headers.insert(X_FORWARDED_HOST, host);
+    }
+    if !headers.contains_key(X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    }
+    let forwarded_for = match headers.get(X_FORWARDED_FOR) {
+        None => client_ip.clone(),
+        Some(earlier) => {
+            let mut joined = Vec::with_capacity(earlier.len() + 2 + client_ip.len());
+            joined.extend_from_slice(earlier.as_bytes());
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(client_ip.as_bytes());
+            HeaderValue::from_bytes(&joined).unwrap_or_else(|_| client_ip.clone())
+        }
+    };
+    headers.insert(X_FORWARDED_FOR, forwarded_for);
+}
+
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    if let Some(connection) = headers.get(header::CONNECTION) {
+        // Headers the sender named in `Connection` are hop-by-hop too.
+        let named: Vec<HeaderName> = connection
+            .to_str()
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|name| {
+                !name.eq_ignore_ascii_case("close") && !name.eq_ignore_ascii_case("keep-alive")
+            })
+            .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn seconds(duration: Duration) -> String {
+    if duration.subsec_nanos() == 0 {
+        format!("{}s", duration.as_secs())
+    } else {
+        format!("{:.3}s", duration.as_secs_f64())
+    }
+}
+
+pin_project! {
+    /// A response body: the activator's own message, or the pod's body streamed through. The
+    /// pod's body keeps the request's place on the pod until it ends, and is cut at the
+    /// function's timeout.
+    #[project = ProxyBodyProjection]
+    pub enum ProxyBody {
+        Message { text: Option<Bytes> },
+        Upstream {
+            #[pin]
+            body: Incoming,
+            #[pin]
+            deadline: Sleep,
+            lease: Option<Lease>,
+        },
+    }
+}
+
+impl ProxyBody {
+    fn message(text: String) -> Self {
+        ProxyBody::Message {
+            text: Some(Bytes::from(text)),
+        }
+    }
+
+    fn upstream(body: Incoming, lease: Lease, deadline: Instant) -> Self {
+        ProxyBody::Upstream {
+            body,
+            deadline: tokio::time::sleep_until(deadline),
+            lease: Some(lease),
+        }
+    }
+}
+
+/// The function's timeout passed while its response was still streaming.
+#[derive(Debug, thiserror::Error)]
+#[error("the function's timeout passed while its response was streaming")]
+struct ResponseTimedOut;
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.project() {
+            ProxyBodyProjection::Message { text } => {
+                Poll::Ready(text.take().map(|text| Ok(Frame::data(text))))
+            }
+            ProxyBodyProjection::Upstream {
+                body,
+                deadline,
+                lease,
+            } => match body.poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
+                Poll::Ready(Some(Err(error))) => {
+                    lease.take();
+                    Poll::Ready(Some(Err(error.into())))
+                }
+                Poll::Ready(None) => {
+                    // The request is done as soon as its body is: free the place now.
+                    lease.take();
+                    Poll::Ready(None)
+                }
+                Poll::Pending => match deadline.poll(cx) {
+                    Poll::Ready(()) => {
+                        lease.take();
+                        Poll::Ready(Some(Err(ResponseTimedOut.into())))
+                    }
+                    Poll::Pending => Poll::Pending,
+                },
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Message { text } => text.is_none(),
+            ProxyBody::Upstream { body, .. } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Message { text } => {
+                SizeHint::with_exact(text.as_ref().map_or(0, |t| t.len() as u64))
+            }
+            ProxyBody::Upstream { body, .. } => body.size_hint(),
+        }
+    }
+}
+
+/// Accepts connections on `listener` and serves them with `proxy` until `stop` is cancelled;
+/// then stops accepting and returns once every open connection has finished its requests
+/// (held ones included).
+pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, stop: CancellationToken) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new());
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: do not spin.
+                    tracing::warn!(%error, "accepting a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let client_ip = HeaderValue::from_str(&peer.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        let proxy = proxy.clone();
+        let service = service_fn(move |request| {
+            let proxy = proxy.clone();
+            let client_ip = client_ip.clone();
+            async move { Ok::<_, Infallible>(proxy.handle(request, &client_ip).await) }
+        });
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(error = %error, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,333 @@
+//! The proxy end to end on loopback: a real activator in front of real HTTP pods (tiny hyper
+//! servers), with the function index filled directly instead of from a cluster.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper::server::conn::http1;
+
+use super::*;
+use crate::activator::function::{FunctionConfig, ObservedEndpoint};
+use crate::activator::metrics::ActivatorMetrics;
+use crate::activator::router::HttpRoute;
+
+struct Activator {
+    addr: SocketAddr,
+    index: Arc<FunctionIndex>,
+    stop: CancellationToken,
+    served: tokio::task::JoinHandle<()>,
+}
+
+async fn activator(queue_depth: usize) -> Activator {
+    let index = Arc::new(FunctionIndex::new(
+        "fargo.local",
+        queue_depth,
+        ActivatorMetrics::default(),
+    ));
+    let proxy = Arc::new(Proxy::new(index.clone(), None));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("bound address");
+    let stop = CancellationToken::new();
+    let served = tokio::spawn(serve(listener, proxy, stop.clone()));
+    Activator {
+        addr,
+        index,
+        stop,
+        served,
+    }
+}
+
+fn config(timeout_ms: u64, per_instance: u32) -> FunctionConfig {
+    FunctionConfig {
+        timeout: Duration::from_millis(timeout_ms),
+        per_instance,
+        port: 8080,
+    }
+}
+
+fn ready(addr: SocketAddr) -> ObservedEndpoint {
+    ObservedEndpoint {
+        ip: addr.ip(),
+        port: Some(addr.port()),
+        ready: true,
+        terminating: false,
+    }
+}
+
+/// A pod that answers with what it received: method, target, some headers, and the body.
+async fn echo_pod() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("bound address");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let service = service_fn(|request: Request<Incoming>| async move {
+                let header = |name: &str| {
+                    request
+                        .headers()
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("-")
+                        .to_string()
+                };
+                let mut text = format!(
+                    "{} {}\nhost: {}\nx-forwarded-for: {}\nx-forwarded-host: {}\nx-forwarded-proto: {}\nx-private: {}\n",
+                    request.method(),
+                    request.uri(),
+                    header("host"),
+                    header("x-forwarded-for"),
+                    header("x-forwarded-host"),
+                    header("x-forwarded-proto"),
+                    header("x-private"),
+                );
+                let body = request.into_body().collect().await?.to_bytes();
+                text.push_str(&String::from_utf8_lossy(&body));
+                Ok::<_, hyper::Error>(Response::new(Full::new(Bytes::from(text))))
+            });
+            tokio::spawn(http1::Builder::new().serve_connection(TokioIo::new(stream), service));
+        }
+    });
+    addr
+}
+
+/// A loopback address where nothing listens.
+fn dead_pod() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("bound address")
+}
+
+async fn send(
+    activator: SocketAddr,
+    method: Method,
+    host: &str,
+    target: &str,
+    body: &'static str,
+) -> (StatusCode, String) {
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let request = Request::builder()
+        .method(method)
+        .uri(format!("http://{activator}{target}"))
+        .header(header::HOST, host)
+        .header(header::CONNECTION, "x-private")
+        .header("x-private", "secret")
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .expect("valid request");
+    let response = client.request(request).await.expect("activator answers");
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body arrives")
+        .to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+async fn get(activator: SocketAddr, target: &str) -> (StatusCode, String) {
+    send(activator, Method::GET, "activator.test", target, "").await
+}
+
+#[tokio::test]
+async fn proxies_to_the_pod_without_the_route_prefix() {
+    let activator = activator(10).await;
+    let pod = echo_pod().await;
+    activator
+        .index
+        .upsert("media", "echo", config(5_000, 0), HttpRoute::default());
+    activator
+        .index
+        .set_endpoints("media", "echo", &[ready(pod)]);
+
+    let (status, body) = get(activator.addr, "/media/echo/a/b?size=2").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.starts_with("GET /a/b?size=2\n"), "{body}");
+    assert!(body.contains("host: activator.test\n"), "{body}");
+    assert!(body.contains("x-forwarded-for: 127.0.0.1\n"), "{body}");
+    assert!(
+        body.contains("x-forwarded-host: activator.test\n"),
+        "{body}"
+    );
+    assert!(body.contains("x-forwarded-proto: http\n"), "{body}");
+    assert!(
+        body.contains("x-private: -\n"),
+        "headers named in Connection are hop-by-hop: {body}"
+    );
+
+    let (status, body) = get(activator.addr, "/media/echo").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.starts_with("GET /\n"), "{body}");
+}
+
+#[tokio::test]
+async fn function_host_passes_the_whole_path() {
+    let activator = activator(10).await;
+    let pod = echo_pod().await;
+    activator
+        .index
+        .upsert("media", "echo", config(5_000, 0), HttpRoute::default());
+    activator
+        .index
+        .set_endpoints("media", "echo", &[ready(pod)]);
+    let (status, body) = send(
+        activator.addr,
+        Method::GET,
+        "echo.media.fargo.local",
+        "/media/x",
+        "",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.starts_with("GET /media/x\n"), "{body}");
+}
+
+#[tokio::test]
+async fn request_body_streams_to_the_pod() {
+    let activator = activator(10).await;
+    let pod = echo_pod().await;
+    activator
+        .index
+        .upsert("media", "echo", config(5_000, 0), HttpRoute::default());
+    activator
+        .index
+        .set_endpoints("media", "echo", &[ready(pod)]);
+    let (status, body) = send(
+        activator.addr,
+        Method::POST,
+        "activator.test",
+        "/media/echo/upload",
+        "hello pod",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.starts_with("POST /upload\n"), "{body}");
+    assert!(body.ends_with("hello pod"), "{body}");
+}
+
+#[tokio::test]
+async fn unknown_function_gets_404_naming_it() {
+    let activator = activator(10).await;
+    let (status, body) = get(activator.addr, "/media/missing/").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body, "no function \"missing\" in namespace \"media\"\n");
+}
+
+#[tokio::test]
+async fn held_request_is_proxied_once_a_pod_is_ready() {
+    let activator = activator(10).await;
+    let pod = echo_pod().await;
+    activator
+        .index
+        .upsert("media", "echo", config(5_000, 0), HttpRoute::default());
+    let request = tokio::spawn(get(activator.addr, "/media/echo/wake"));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let function = activator
+        .index
+        .get("media", "echo")
+        .expect("function is known");
+    assert!(function.is_holding(), "the request waits for a pod");
+    activator
+        .index
+        .set_endpoints("media", "echo", &[ready(pod)]);
+    let (status, body) = request.await.expect("request finishes");
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.starts_with("GET /wake\n"), "{body}");
+}
+
+#[tokio::test]
+async fn held_request_times_out_with_504_naming_the_function() {
+    let activator = activator(10).await;
+    activator
+        .index
+        .upsert("media", "echo", config(200, 0), HttpRoute::default());
+    let (status, body) = get(activator.addr, "/media/echo/").await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(
+        body,
+        "function media/echo: no pod became ready within 0.200s (no pod is listed for it)\n"
+    );
+}
+
+#[tokio::test]
+async fn full_hold_queue_answers_429() {
+    let activator = activator(1).await;
+    activator
+        .index
+        .upsert("media", "echo", config(2_000, 0), HttpRoute::default());
+    let held = tokio::spawn(get(activator.addr, "/media/echo/"));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (status, body) = get(activator.addr, "/media/echo/").await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(
+        body.contains("media/echo already holds 1 requests"),
+        "{body}"
+    );
+    held.abort();
+}
+
+#[tokio::test]
+async fn refused_connection_is_retried_on_another_pod() {
+    let activator = activator(10).await;
+    let pod = echo_pod().await;
+    activator
+        .index
+        .upsert("media", "echo", config(5_000, 0), HttpRoute::default());
+    activator
+        .index
+        .set_endpoints("media", "echo", &[ready(dead_pod()), ready(pod)]);
+    for _ in 0..4 {
+        let (status, body) = get(activator.addr, "/media/echo/").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+}
+
+#[tokio::test]
+async fn refused_connection_with_a_body_is_a_502() {
+    let activator = activator(10).await;
+    let dead = dead_pod();
+    activator
+        .index
+        .upsert("media", "echo", config(5_000, 0), HttpRoute::default());
+    activator
+        .index
+        .set_endpoints("media", "echo", &[ready(dead)]);
+    let (status, body) = send(
+        activator.addr,
+        Method::POST,
+        "activator.test",
+        "/media/echo/",
+        "payload",
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert!(
+        body.starts_with(&format!("function media/echo: pod {dead} failed")),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn stopping_finishes_held_requests() {
+    let activator = activator(10).await;
+    let pod = echo_pod().await;
+    activator
+        .index
+        .upsert("media", "echo", config(5_000, 0), HttpRoute::default());
+    let request = tokio::spawn(get(activator.addr, "/media/echo/late"));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    activator.stop.cancel();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        !activator.served.is_finished(),
+        "a held request keeps the server up"
+    );
+    activator
+        .index
+        .set_endpoints("media", "echo", &[ready(pod)]);
+    let (status, _) = request.await.expect("request finishes");
+    assert_eq!(status, StatusCode::OK);
+    tokio::time::timeout(Duration::from_secs(5), activator.served)
+        .await
+        .expect("server stops once nothing is in flight")
+        .expect("server task ends cleanly");
+}

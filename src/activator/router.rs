@@ -1,0 +1,491 @@
+//! Which function a request is for: by path (`/{namespace}/{function}/…`), by the function's
+//! own host name (`{function}.{namespace}.<domain>`) or by a host from `triggers.http.hosts`.
+//!
+//! Pure: the table is filled from the ServerlessFunction watch and read on every request, so
+//! lookups borrow the request's host and path and allocate nothing.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+/// How a function takes HTTP requests (its `spec.triggers.http`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpRoute {
+    pub enabled: bool,
+    /// Extra host names, besides `{function}.{namespace}.<domain>`.
+    pub hosts: Vec<String>,
+    /// Path prefix that requests on `hosts` must start with.
+    pub path: String,
+}
+
+impl Default for HttpRoute {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            hosts: vec![],
+            path: "/".into(),
+        }
+    }
+}
+
+/// A request matched to a function.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Route<'a, T> {
+    pub target: &'a T,
+    /// Bytes to cut from the front of the request path before proxying (the
+    /// `/{namespace}/{function}` prefix); an empty remainder stands for `/`.
+    pub strip: usize,
+}
+
+/// Why a request matches no function; the text is the body of the 404.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    #[error("no function \"{name}\" in namespace \"{namespace}\"")]
+    UnknownFunction { namespace: String, name: String },
+    #[error(
+        "function \"{name}\" in namespace \"{namespace}\" does not take HTTP requests \
+         (spec.triggers.http.enabled is false)"
+    )]
+    Disabled { namespace: String, name: String },
+    #[error(
+        "no function is served at host \"{host}\", path \"{path}\": use \
+         /{{namespace}}/{{function}}/ or the host {{function}}.{{namespace}}.{domain}"
+    )]
+    NoRoute {
+        host: String,
+        path: String,
+        domain: String,
+    },
+}
+
+/// Every routable function, by name and by host.
+#[derive(Debug)]
+pub struct RouteTable<T> {
+    /// Lower-case domain of the function host names, without leading or trailing dot.
+    domain: String,
+    /// namespace → function → entry.
+    functions: HashMap<String, HashMap<String, Entry<T>>>,
+    /// Lower-case host → routes on it, longest prefix first.
+    hosts: HashMap<String, Vec<HostRoute>>,
+}
+
+#[derive(Debug)]
+struct Entry<T> {
+    target: T,
+    http: HttpRoute,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct HostRoute {
+    /// Without trailing slash: `""` for `/`, `"/api"` for `/api/`.
+    prefix: String,
+    namespace: String,
+    name: String,
+}
+
+impl<T> RouteTable<T> {
+    pub fn new(domain: &str) -> Self {
+        Self {
+            domain: domain.trim_matches('.').to_ascii_lowercase(),
+            functions: HashMap::new(),
+            hosts: HashMap::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.functions.values().map(HashMap::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.functions.is_empty()
+    }
+
+    pub fn get(&self, namespace: &str, name: &str) -> Option<&T> {
+        self.functions
+            .get(namespace)
+            .and_then(|functions| functions.get(name))
+            .map(|entry| &entry.target)
+    }
+
+    /// Adds or replaces a function.
+    pub fn upsert(&mut self, namespace: &str, name: &str, http: HttpRoute, target: T) {
+        self.remove_hosts(namespace, name);
+        if http.enabled {
+            let prefix = http.path.trim_end_matches('/').to_string();
+            for host in &http.hosts {
+                let host = normalize_host(host).into_owned();
+                if host.is_empty() {
+                    continue;
+                }
+                let routes = self.hosts.entry(host).or_default();
+                routes.push(HostRoute {
+                    prefix: prefix.clone(),
+                    namespace: namespace.to_string(),
+                    name: name.to_string(),
+                });
+                // Longest prefix first; ties by name so the choice does not depend on the
+                // order functions were seen in.
+                routes.sort_by(|a, b| {
+                    b.prefix
+                        .len()
+                        .cmp(&a.prefix.len())
+                        .then_with(|| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)))
+                });
+            }
+        }
+        self.functions
+            .entry(namespace.to_string())
+            .or_default()
+            .insert(name.to_string(), Entry { target, http });
+    }
+
+    /// Removes a function; gives back its target.
+    pub fn remove(&mut self, namespace: &str, name: &str) -> Option<T> {
+        self.remove_hosts(namespace, name);
+        let functions = self.functions.get_mut(namespace)?;
+        let removed = functions.remove(name).map(|entry| entry.target);
+        if functions.is_empty() {
+            self.functions.remove(namespace);
+        }
+        removed
+    }
+
+    /// Every function, as `(namespace, name)`.
+    pub fn keys(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.functions.iter().flat_map(|(namespace, functions)| {
+            functions
+                .keys()
+                .map(move |name| (namespace.as_str(), name.as_str()))
+        })
+    }
+
+    fn remove_hosts(&mut self, namespace: &str, name: &str) {
+        let Some(entry) = self.functions.get(namespace).and_then(|f| f.get(name)) else {
+            return;
+        };
+        for host in &entry.http.hosts {
+            let host = normalize_host(host);
+            if let Some(routes) = self.hosts.get_mut(host.as_ref()) {
+                routes.retain(|r| !(r.namespace == namespace && r.name == name));
+                if routes.is_empty() {
+                    self.hosts.remove(host.as_ref());
+                }
+            }
+        }
+    }
+
+    /// The function a request with this `Host` header and path is for.
+    ///
+    /// Hosts from `triggers.http.hosts` come first (longest matching path prefix wins, the path
+    /// is passed on whole), then `{function}.{namespace}.<domain>` (path passed on whole), then
+    /// `/{namespace}/{function}/rest` (only `/rest` is passed on).
+    pub fn resolve<'a>(
+        &'a self,
+        host: Option<&str>,
+        path: &str,
+    ) -> Result<Route<'a, T>, RouteError> {
+        if let Some(host) = host {
+            let host = normalize_host(host);
+            if let Some(routes) = self.hosts.get(host.as_ref()) {
+                let matched = routes
+                    .iter()
+                    .find(|route| prefix_matches(path, &route.prefix));
+                if let Some(route) = matched {
+                    return self.lookup(&route.namespace, &route.name, 0);
+                }
+            }
+            if let Some((namespace, name)) = self.function_host(&host) {
+                return self.lookup(namespace, name, 0);
+            }
+        }
+        match split_function_path(path) {
+            Some((namespace, name, strip)) => self.lookup(namespace, name, strip),
+            None => Err(RouteError::NoRoute {
+                host: host.unwrap_or_default().to_string(),
+                path: path.to_string(),
+                domain: self.domain.clone(),
+            }),
+        }
+    }
+
+    fn lookup<'a>(
+        &'a self,
+        namespace: &str,
+        name: &str,
+        strip: usize,
+    ) -> Result<Route<'a, T>, RouteError> {
+        let entry = self
+            .functions
+            .get(namespace)
+            .and_then(|functions| functions.get(name))
+            .ok_or_else(|| RouteError::UnknownFunction {
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+            })?;
+        if !entry.http.enabled {
+            return Err(RouteError::Disabled {
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+            });
+        }
+        Ok(Route {
+            target: &entry.target,
+            strip,
+        })
+    }
+
+    /// `(namespace, function)` of a host `{function}.{namespace}.<domain>`.
+    fn function_host<'h>(&self, host: &'h str) -> Option<(&'h str, &'h str)> {
+        let rest = host.strip_suffix(self.domain.as_str())?.strip_suffix('.')?;
+        let (name, namespace) = rest.rsplit_once('.')?;
+        (!name.is_empty() && !namespace.is_empty()).then_some((namespace, name))
+    }
+}
+
+/// `(namespace, function, bytes of the prefix)` of `/{namespace}/{function}[/rest]`.
+fn split_function_path(path: &str) -> Option<(&str, &str, usize)> {
+    let rest = path.strip_prefix('/')?;
+    let (namespace, rest) = rest.split_once('/')?;
+    let name = rest.split_once('/').map_or(rest, |(name, _)| name);
+    if namespace.is_empty() || name.is_empty() {
+        return None;
+    }
+    Some((namespace, name, 1 + namespace.len() + 1 + name.len()))
+}
+
+/// Whether `path` lies under `prefix` (given without trailing slash), on a segment boundary.
+fn prefix_matches(path: &str, prefix: &str) -> bool {
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/') || prefix.is_empty(),
+        None => false,
+    }
+}
+
+/// Lower case, without port or trailing dot; borrows unless the host has upper-case letters.
+fn normalize_host(host: &str) -> Cow<'_, str> {
+    let host = match host.rsplit_once(':') {
+        Some((name, port)) if !name.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => {
+            name
+        }
+        _ => host,
+    };
+    let host = host.trim_end_matches('.');
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    }
+}
+
+/// The path to send upstream: the request path without the first `strip` bytes, `/` when
+/// nothing is left.
+pub fn upstream_path(path: &str, strip: usize) -> &str {
+    match path.get(strip..) {
+        Some("") | None => "/",
+        Some(rest) => rest,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> RouteTable<&'static str> {
+        let mut table = RouteTable::new("fargo.local");
+        table.upsert("media", "thumbnail", HttpRoute::default(), "thumbnail");
+        table.upsert(
+            "media",
+            "resize",
+            HttpRoute {
+                enabled: true,
+                hosts: vec!["img.example.com".into()],
+                path: "/resize/".into(),
+            },
+            "resize",
+        );
+        table.upsert(
+            "media",
+            "site",
+            HttpRoute {
+                enabled: true,
+                hosts: vec!["img.example.com".into()],
+                path: "/".into(),
+            },
+            "site",
+        );
+        table.upsert(
+            "media",
+            "internal",
+            HttpRoute {
+                enabled: false,
+                hosts: vec!["internal.example.com".into()],
+                path: "/".into(),
+            },
+            "internal",
+        );
+        table
+    }
+
+    fn routed(
+        table: &RouteTable<&'static str>,
+        host: Option<&str>,
+        path: &str,
+    ) -> (String, String) {
+        let route = table.resolve(host, path).expect("request is routed");
+        (
+            route.target.to_string(),
+            upstream_path(path, route.strip).to_string(),
+        )
+    }
+
+    #[test]
+    fn path_route_strips_namespace_and_function() {
+        let table = table();
+        let host = Some("fargo-activator.fargo-system.svc");
+        assert_eq!(
+            routed(&table, host, "/media/thumbnail/a/b.png"),
+            ("thumbnail".into(), "/a/b.png".into())
+        );
+        assert_eq!(
+            routed(&table, host, "/media/thumbnail/"),
+            ("thumbnail".into(), "/".into())
+        );
+    }
+
+    #[test]
+    fn path_route_without_trailing_slash_proxies_root() {
+        assert_eq!(
+            routed(&table(), None, "/media/thumbnail"),
+            ("thumbnail".into(), "/".into())
+        );
+    }
+
+    #[test]
+    fn function_host_routes_whole_path() {
+        let table = table();
+        assert_eq!(
+            routed(&table, Some("thumbnail.media.fargo.local"), "/a"),
+            ("thumbnail".into(), "/a".into())
+        );
+        assert_eq!(
+            routed(&table, Some("Thumbnail.Media.Fargo.Local:8080"), "/media/x"),
+            ("thumbnail".into(), "/media/x".into())
+        );
+    }
+
+    #[test]
+    fn custom_host_picks_longest_matching_path_prefix() {
+        let table = table();
+        let host = Some("img.example.com");
+        assert_eq!(
+            routed(&table, host, "/resize/x.png"),
+            ("resize".into(), "/resize/x.png".into())
+        );
+        assert_eq!(
+            routed(&table, host, "/resize"),
+            ("resize".into(), "/resize".into())
+        );
+        assert_eq!(
+            routed(&table, host, "/resized"),
+            ("site".into(), "/resized".into())
+        );
+        assert_eq!(routed(&table, host, "/"), ("site".into(), "/".into()));
+    }
+
+    #[test]
+    fn custom_host_with_unmatched_prefix_falls_back_to_path_route() {
+        let mut table = RouteTable::new("fargo.local");
+        table.upsert(
+            "media",
+            "resize",
+            HttpRoute {
+                enabled: true,
+                hosts: vec!["img.example.com".into()],
+                path: "/resize".into(),
+            },
+            "resize",
+        );
+        table.upsert("media", "thumbnail", HttpRoute::default(), "thumbnail");
+        assert_eq!(
+            routed(&table, Some("img.example.com"), "/media/thumbnail/x"),
+            ("thumbnail".into(), "/x".into())
+        );
+        assert!(matches!(
+            table.resolve(Some("img.example.com"), "/other"),
+            Err(RouteError::NoRoute { .. })
+        ));
+    }
+
+    #[test]
+    fn unknown_function_is_reported_by_name() {
+        let error = table()
+            .resolve(None, "/media/missing/x")
+            .expect_err("no such function");
+        assert_eq!(
+            error.to_string(),
+            "no function \"missing\" in namespace \"media\""
+        );
+        let error = table()
+            .resolve(Some("missing.media.fargo.local"), "/")
+            .expect_err("no such function");
+        assert!(matches!(error, RouteError::UnknownFunction { .. }));
+    }
+
+    #[test]
+    fn disabled_function_is_not_routed() {
+        let table = table();
+        for (host, path) in [
+            (None, "/media/internal/"),
+            (Some("internal.media.fargo.local"), "/"),
+        ] {
+            let error = table.resolve(host, path).expect_err("function is disabled");
+            assert!(matches!(error, RouteError::Disabled { .. }), "{error}");
+            assert!(error.to_string().contains("triggers.http.enabled"));
+        }
+        // Its own hosts are not indexed at all.
+        assert!(matches!(
+            table.resolve(Some("internal.example.com"), "/"),
+            Err(RouteError::NoRoute { .. })
+        ));
+    }
+
+    #[test]
+    fn paths_that_name_no_function_are_not_routed() {
+        let table = table();
+        for path in ["/", "/media", "/media/", "//thumbnail"] {
+            let error = table.resolve(None, path).expect_err("no function in path");
+            assert!(
+                matches!(error, RouteError::NoRoute { .. }),
+                "{path}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn replacing_a_function_moves_its_hosts() {
+        let mut table = table();
+        table.upsert(
+            "media",
+            "resize",
+            HttpRoute {
+                enabled: true,
+                hosts: vec!["resize.example.com".into()],
+                path: "/".into(),
+            },
+            "resize",
+        );
+        assert_eq!(
+            routed(&table, Some("img.example.com"), "/resize/x"),
+            ("site".into(), "/resize/x".into())
+        );
+        assert_eq!(
+            routed(&table, Some("resize.example.com"), "/x"),
+            ("resize".into(), "/x".into())
+        );
+        assert_eq!(table.remove("media", "resize"), Some("resize"));
+        assert!(matches!(
+            table.resolve(Some("resize.example.com"), "/x"),
+            Err(RouteError::NoRoute { .. })
+        ));
+        assert_eq!(table.len(), 3);
+    }
+}

@@ -1,0 +1,313 @@
+//! What the activator asks of the cluster: scale a function from zero (the "poke"), and say
+//! why a function's pods are not ready when a held request times out.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::{Api, Client};
+
+use super::function::FunctionState;
+use crate::api::{AUTOSCALER_MANAGER, FUNCTION_LABEL};
+
+/// Access to the cluster for the request path's two rare needs.
+#[derive(Clone)]
+pub struct Cluster {
+    client: Client,
+}
+
+/// What a poke did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PokeOutcome {
+    /// Replicas were 0 and are now 1.
+    Scaled,
+    /// Replicas were already above 0 (pods are on their way).
+    AlreadyScaled(i32),
+    /// The function has no Deployment (yet).
+    NoDeployment,
+}
+
+/// Attempts at the read-then-apply of the scale when another writer gets in between.
+const POKE_ATTEMPTS: usize = 3;
+/// Between two pokes that failed, while requests are still held.
+const POKE_RETRY: Duration = Duration::from_millis(200);
+/// How long the explanation of a function's unready pods is reused.
+const DIAGNOSIS_TTL: Duration = Duration::from_secs(1);
+/// Listing pods for an explanation must not hold a 504 long.
+const DIAGNOSIS_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl Cluster {
+    pub fn new(client: Client) -> Self {
+        Self { client }
+    }
+
+    /// Sets the function's Deployment to 1 replica if it has 0, through the `scale`
+    /// subresource with server-side apply as the autoscaler's field manager. The apply carries
+    /// the resourceVersion read with the 0, so it never lowers replicas someone else raised.
+    pub async fn scale_from_zero(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<PokeOutcome, kube::Error> {
+        let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), namespace);
+        let params = PatchParams::apply(AUTOSCALER_MANAGER).force();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let scale = match deployments.get_scale(name).await {
+                Ok(scale) => scale,
+                Err(kube::Error::Api(status)) if status.code == 404 => {
+                    return Ok(PokeOutcome::NoDeployment);
+                }
+                Err(error) => return Err(error),
+            };
+            let replicas = scale.spec.and_then(|s| s.replicas).unwrap_or(0);
+            if replicas > 0 {
+                return Ok(PokeOutcome::AlreadyScaled(replicas));
+            }
+            let patch = serde_json::json!({
+                "apiVersion": "autoscaling/v1",
+                "kind": "Scale",
+                "metadata": {
+                    "name": name,
+                    "namespace": namespace,
+                    "resourceVersion": scale.metadata.resource_version,
+                },
+                "spec": {"replicas": 1},
+            });
+            match deployments
+                .patch_scale(name, &params, &Patch::Apply(&patch))
+                .await
+            {
+                Ok(_) => return Ok(PokeOutcome::Scaled),
+                Err(kube::Error::Api(status)) if status.code == 409 && attempt < POKE_ATTEMPTS => {}
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// Why a function's pods are not ready, from the pods as they are now; cached briefly so
+    /// that requests timing out together list the pods once.
+    pub async fn why_not_ready(&self, function: &FunctionState) -> Option<Arc<str>> {
+        let mut cached = function.diagnosis.lock().await;
+        if let Some((at, text)) = cached.as_ref()
+            && at.elapsed() < DIAGNOSIS_TTL
+        {
+            return Some(text.clone());
+        }
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), function.namespace());
+        let params = ListParams::default().labels(&format!("{FUNCTION_LABEL}={}", function.name()));
+        let listed = tokio::time::timeout(DIAGNOSIS_TIMEOUT, pods.list(&params)).await;
+        let text: Arc<str> = match listed {
+            Ok(Ok(list)) => pod_problems(&list.items).join("; ").into(),
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "listing a function's pods to explain a timeout");
+                return None;
+            }
+            Err(_) => return None,
+        };
+        *cached = Some((Instant::now(), text.clone()));
+        Some(text)
+    }
+}
+
+/// Asks for the function to scale from zero, in the background; retries while requests are
+/// held and the API server fails.
+pub fn spawn_poke(cluster: Cluster, function: Arc<FunctionState>) {
+    tokio::spawn(async move {
+        loop {
+            let started = Instant::now();
+            match cluster
+                .scale_from_zero(function.namespace(), function.name())
+                .await
+            {
+                Ok(outcome) => {
+                    tracing::info!(
+                        namespace = function.namespace(), function = function.name(),
+                        ?outcome, elapsed = ?started.elapsed(), "scale from zero"
+                    );
+                    function.poke_finished(true);
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(
+                        namespace = function.namespace(), function = function.name(), %error,
+                        "could not scale the function from zero"
+                    );
+                    if !function.is_holding() {
+                        function.poke_finished(false);
+                        return;
+                    }
+                    tokio::time::sleep(POKE_RETRY).await;
+                }
+            }
+        }
+    });
+}
+
+/// Container states that say a pod will not become ready by itself soon.
+const NORMAL_WAITING: [&str; 2] = ["ContainerCreating", "PodInitializing"];
+
+/// What keeps each of these pods from serving, one line per problem; empty when they are just
+/// starting.
+pub fn pod_problems(pods: &[Pod]) -> Vec<String> {
+    let mut problems = vec![];
+    for pod in pods {
+        if pod.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let name = pod.metadata.name.as_deref().unwrap_or("(unnamed)");
+        let Some(status) = pod.status.as_ref() else {
+            continue;
+        };
+        for condition in status.conditions.iter().flatten() {
+            if condition.type_ == "PodScheduled" && condition.status == "False" {
+                problems.push(format!(
+                    "pod {name} is not scheduled: {}{}",
+                    condition.reason.as_deref().unwrap_or("Unschedulable"),
+                    with_message(condition.message.as_deref()),
+                ));
+            }
+        }
+        let containers = status
+            .init_container_statuses
+            .iter()
+            .flatten()
+            .chain(status.container_statuses.iter().flatten());
+        for container in containers {
+            if let Some(problem) = container_problem(container) {
+                problems.push(format!(
+                    "pod {name}, container {}: {problem}",
+                    container.name
+                ));
+            }
+        }
+    }
+    problems
+}
+
+fn container_problem(container: &ContainerStatus) -> Option<String> {
+    let state = container.state.as_ref()?;
+    if let Some(waiting) = &state.waiting {
+        let reason = waiting.reason.as_deref().unwrap_or_default();
+        if reason.is_empty() || NORMAL_WAITING.contains(&reason) {
+            return None;
+        }
+        let last_exit = container
+            .last_state
+            .as_ref()
+            .and_then(|s| s.terminated.as_ref())
+            .map(|t| format!(" (last exit code {})", t.exit_code))
+            .unwrap_or_default();
+        return Some(format!(
+            "{reason}{}{last_exit}",
+            with_message(waiting.message.as_deref())
+        ));
+    }
+    if let Some(terminated) = &state.terminated
+        && terminated.exit_code != 0
+    {
+        return Some(format!(
+            "exited with code {}{}",
+            terminated.exit_code,
+            with_message(terminated.reason.as_deref())
+        ));
+    }
+    None
+}
+
+fn with_message(message: Option<&str>) -> String {
+    match message {
+        Some(message) if !message.is_empty() => format!(": {message}"),
+        _ => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(yaml: &str) -> Pod {
+        serde_yaml::from_str(yaml).expect("test pod parses")
+    }
+
+    #[test]
+    fn image_pull_failures_are_reported_with_their_message() {
+        let pods = [pod(r#"
+metadata: {name: thumbnail-abc}
+status:
+  containerStatuses:
+    - name: function
+      image: registry.example/thumbnail:1.0
+      imageID: ""
+      ready: false
+      restartCount: 0
+      state:
+        waiting: {reason: ImagePullBackOff, message: 'Back-off pulling image "registry.example/thumbnail:1.0"'}
+"#)];
+        assert_eq!(
+            pod_problems(&pods),
+            vec![
+                "pod thumbnail-abc, container function: ImagePullBackOff: Back-off pulling image \"registry.example/thumbnail:1.0\""
+                    .to_string()
+            ]
+        );
+    }
+
+    #[test]
+    fn crash_loops_report_the_last_exit_code() {
+        let pods = [pod(r#"
+metadata: {name: thumbnail-abc}
+status:
+  containerStatuses:
+    - name: function
+      image: x
+      imageID: ""
+      ready: false
+      restartCount: 4
+      state:
+        waiting: {reason: CrashLoopBackOff}
+      lastState:
+        terminated: {exitCode: 3}
+"#)];
+        assert_eq!(
+            pod_problems(&pods),
+            vec!["pod thumbnail-abc, container function: CrashLoopBackOff (last exit code 3)"]
+        );
+    }
+
+    #[test]
+    fn unschedulable_pods_are_reported() {
+        let pods = [pod(r#"
+metadata: {name: thumbnail-abc}
+status:
+  conditions:
+    - {type: PodScheduled, status: "False", reason: Unschedulable, message: "0/1 nodes are available"}
+"#)];
+        assert_eq!(
+            pod_problems(&pods),
+            vec!["pod thumbnail-abc is not scheduled: Unschedulable: 0/1 nodes are available"]
+        );
+    }
+
+    #[test]
+    fn starting_and_terminating_pods_are_not_problems() {
+        let pods = [
+            pod(r#"
+metadata: {name: starting}
+status:
+  containerStatuses:
+    - {name: function, image: x, imageID: "", ready: false, restartCount: 0, state: {waiting: {reason: ContainerCreating}}}
+"#),
+            pod(r#"
+metadata: {name: leaving, deletionTimestamp: "2026-01-01T00:00:00Z"}
+status:
+  containerStatuses:
+    - {name: function, image: x, imageID: "", ready: false, restartCount: 0, state: {waiting: {reason: ErrImageNeverPull}}}
+"#),
+        ];
+        assert!(pod_problems(&pods).is_empty());
+    }
+}
