@@ -209,6 +209,8 @@ fn is_daemon_set(owner: &OwnerReference) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use serde::Deserialize;
+
     use super::*;
 
     fn profiles(yaml: &str) -> Vec<FargateProfile> {
@@ -216,8 +218,6 @@ mod tests {
             .map(|doc| FargateProfile::deserialize(doc).expect("valid profile fixture"))
             .collect()
     }
-
-    use serde::Deserialize;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs
