@@ -473,13 +473,20 @@ async fn a_namespace_created_later_that_matches_a_wildcard_gets_its_policy() {
             .await
             .is_none()
     );
-    let status = profiles
-        .get(&name)
-        .await
-        .expect("profile")
-        .status
-        .expect("status");
-    assert_eq!(status.matched_namespaces, vec![namespace.clone()]);
+    eventually(
+        30,
+        "status.matchedNamespaces to list only the new namespace",
+        || {
+            let profiles = profiles.clone();
+            let name = name.clone();
+            let expected = vec![namespace.clone()];
+            async move {
+                let status = profiles.get(&name).await.ok()?.status?;
+                (status.matched_namespaces == expected).then_some(())
+            }
+        },
+    )
+    .await;
 
     delete_namespace(&client, &namespace).await;
     delete_namespace(&client, &not_matching).await;

@@ -40,6 +40,22 @@ pub enum Error {
 }
 
 impl Error {
+    /// A write that failed only because the cached profile was out of date: the finalizer was
+    /// already removed (404), or added to a profile already being deleted (422).
+    fn is_stale_view(&self) -> bool {
+        use kube::runtime::finalizer::Error as F;
+        match self {
+            Error::Finalizer(inner) => match inner.as_ref() {
+                F::RemoveFinalizer(kube::Error::Api(status)) => status.code == 404,
+                F::AddFinalizer(kube::Error::Api(status)) => {
+                    status.code == 404 || status.code == 422
+                }
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+
     /// A bounded name for metrics and Event reasons.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -141,6 +157,11 @@ async fn reconcile(profile: Arc<FargateProfile>, ctx: Arc<Context>) -> Result<Ac
 }
 
 fn error_policy(profile: Arc<FargateProfile>, error: &Error, ctx: Arc<Context>) -> Action {
+    if error.is_stale_view() {
+        // The profile went away (or is going) between the watch event and our write: the next
+        // event, if any, tells the truth.
+        return Action::await_change();
+    }
     warn!(profile = %profile.name_any(), %error, "reconcile failed");
     ctx.metrics
         .reconcile_failed("FargateProfile", error.reason());

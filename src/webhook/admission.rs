@@ -50,6 +50,12 @@ pub fn mutate(
         Ok(None) => return response,
         Err(reason) => return response.deny(reason),
     };
+    // Refused here already, with fargo's reason: hardening a privileged container would make the
+    // API server refuse the pod first with a message about the contradiction fargo introduced.
+    let found = violations(&kube::ResourceExt::name_any(profile), pod);
+    if !found.is_empty() {
+        return response.deny(rejection_message(&found));
+    }
     let capacity = match size_for(profile, pod) {
         Ok(capacity) => capacity,
         Err(error) => {

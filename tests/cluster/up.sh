@@ -330,7 +330,11 @@ log "starting kwok"
 # default is no node leases, and its heartbeat stage only refreshes node status every 10
 # minutes: without leases the node lifecycle controller finds the nodes silent after 50s,
 # marks them NotReady and taints them, and pods would be evicted.
+# Fake pods get loopback addresses: anything that dials one (the activator probing a function
+# pod) stays on this machine, where nothing serves it, instead of leaving through the default
+# route for an address that exists nowhere.
 start "$kwok_dir/kwok" \
+  --cidr=127.88.0.1/16 \
   --kubeconfig="$kubeconfig" \
   --config="$kwok_dir/stages/node.yaml" \
   --config="$kwok_dir/stages/pod.yaml" \

@@ -261,6 +261,17 @@ fn spawn_controller(webhook_port: u16, health_port: u16) -> std::process::Child 
             Ok(())
         });
     }
+    // The controller's log goes to a file beside the test binaries, not into the test output.
+    let log_path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("controller-{webhook_port}.log"));
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .expect("opening the controller log");
+    command
+        .stderr(log.try_clone().expect("a second handle to the log"))
+        .stdout(log);
     command.spawn().expect("starting the fargo controller")
 }
 
