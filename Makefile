@@ -52,5 +52,6 @@ dev: cluster-up
 	kubectl apply --server-side -f examples/
 	cargo run --bin fargo -- controller
 
-bench:
-	cargo bench
+## bench: benchmarks against a local cluster (started if none runs; left running)
+bench: cluster-up
+	cargo bench --locked
