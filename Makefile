@@ -55,3 +55,13 @@ dev: cluster-up
 ## bench: benchmarks against a local cluster (started if none runs; left running)
 bench: cluster-up
 	cargo bench --locked
+
+.PHONY: chart
+## chart: regenerate charts/fargo/crds/ from the Rust types, lint the chart and render
+## deploy/fargo.yaml from it (tests/chart.rs fails when either is out of date)
+chart:
+	rm -f charts/fargo/crds/*.yaml
+	cargo run --quiet --bin fargo -- crds --out-dir charts/fargo/crds
+	helm lint --strict --quiet charts/fargo
+	deploy/render.sh > deploy/fargo.yaml.tmp
+	mv deploy/fargo.yaml.tmp deploy/fargo.yaml

@@ -48,6 +48,8 @@ pub struct Config {
     /// Identity in the leader election; the pod name in cluster.
     pub identity: String,
     pub webhook: webhook::Config,
+    /// Where the activators are, for function URLs, the autoscaler and the schedules.
+    pub functions: crate::function::Settings,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -133,6 +135,8 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
     let controller_metrics =
         ControllerMetrics::register(registry.sub_registry_with_prefix("controller"));
     let webhook_metrics = WebhookMetrics::register(registry.sub_registry_with_prefix("webhook"));
+    let function_metrics =
+        crate::function::FunctionMetrics::register(registry.sub_registry_with_prefix("functions"));
     let readiness = Readiness::default();
 
     let health = {
@@ -154,7 +158,14 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
     ));
     readiness.set(true);
 
-    let leader = lead(client, &config, controller_metrics, shutdown.clone()).await;
+    let leader = lead(
+        client,
+        &config,
+        controller_metrics,
+        function_metrics,
+        shutdown.clone(),
+    )
+    .await;
     if leader.is_err() {
         shutdown.cancel();
     }
@@ -169,11 +180,19 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
     Ok(())
 }
 
+/// fargo's own namespaces, which no profile may take.
+fn reserved_namespaces(config: &Config) -> Vec<String> {
+    let mut reserved = vec![config.namespace.clone(), config.activator_namespace.clone()];
+    reserved.dedup();
+    reserved
+}
+
 /// Waits for the leader Lease, then runs the reconcilers while holding it.
 async fn lead(
     client: Client,
     config: &Config,
     metrics: Arc<ControllerMetrics>,
+    function_metrics: Arc<crate::function::FunctionMetrics>,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), LEASE_NAME)
@@ -207,6 +226,15 @@ async fn lead(
         recorder.clone(),
         metrics.clone(),
         config.activator_namespace.clone(),
+        reserved_namespaces(config),
+        leader_work.clone(),
+    ));
+    let functions = tokio::spawn(crate::function::run(
+        client.clone(),
+        recorder.clone(),
+        metrics.clone(),
+        function_metrics,
+        config.functions.clone(),
         leader_work.clone(),
     ));
 
@@ -216,7 +244,10 @@ async fn lead(
     };
     leader_work.cancel();
     // Reconciles in flight finish before the Lease is released.
-    let _ = tokio::time::timeout(Duration::from_secs(10), profiles).await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        let _ = tokio::join!(profiles, functions);
+    })
+    .await;
     drop(leading);
     let _ = lease_task.await;
     outcome

@@ -5,7 +5,10 @@
 
 pub mod activator;
 pub mod api;
+pub mod autoscaler;
 pub mod controller;
+pub mod function;
 pub mod profile;
+pub mod schedule;
 pub mod telemetry;
 pub mod webhook;

@@ -82,6 +82,32 @@ struct ControllerArgs {
     /// Whether the controller applies the webhook configurations (with their caBundle) itself.
     #[arg(long, env = "FARGO_WEBHOOK_REGISTER", default_value_t = true, action = clap::ArgAction::Set)]
     webhook_register: bool,
+
+    /// Base URL of the activator Service: function URLs are `<this>/{namespace}/{function}/`,
+    /// and schedules send their requests there.
+    #[arg(
+        long,
+        env = "FARGO_ACTIVATOR_URL",
+        default_value = "http://fargo-activator.fargo-system.svc"
+    )]
+    activator_url: String,
+
+    /// Activator Service (in `--activator-namespace`) whose pods the autoscaler scrapes.
+    #[arg(
+        long,
+        env = "FARGO_ACTIVATOR_SERVICE",
+        default_value = "fargo-activator"
+    )]
+    activator_service: String,
+
+    /// Port of the activators' `/stats`, when their Service has no port named `health`.
+    #[arg(long, env = "FARGO_ACTIVATOR_STATS_PORT", default_value_t = 9091)]
+    activator_stats_port: u16,
+
+    /// Out of cluster: `/stats` URLs of the activators to scrape, comma-separated (e.g.
+    /// http://127.0.0.1:9091/stats), instead of the pods behind `--activator-service`.
+    #[arg(long, env = "FARGO_ACTIVATOR_STATS_URLS", value_delimiter = ',')]
+    activator_stats_url: Vec<String>,
 }
 
 impl ControllerArgs {
@@ -91,6 +117,15 @@ impl ControllerArgs {
                 .map(|h| h.trim().to_string())
                 .unwrap_or_else(|_| format!("fargo-{}", std::process::id()))
         });
+        let stats = if self.activator_stats_url.is_empty() {
+            fargo::function::StatsSource::Service {
+                namespace: self.activator_namespace.clone(),
+                name: self.activator_service,
+                fallback_port: self.activator_stats_port,
+            }
+        } else {
+            fargo::function::StatsSource::Urls(self.activator_stats_url)
+        };
         fargo::controller::Config {
             health_addr: self.health_addr,
             namespace: self.namespace.clone(),
@@ -104,6 +139,10 @@ impl ControllerArgs {
                 cert_dir: self.webhook_cert_dir,
                 secret_name: self.webhook_secret,
                 register: self.webhook_register,
+            },
+            functions: fargo::function::Settings {
+                activator_url: self.activator_url,
+                stats,
             },
         }
     }

@@ -75,6 +75,9 @@ pub struct Context {
     pub metrics: Arc<ControllerMetrics>,
     /// Namespace the fargo activator runs in; its pods may always reach function pods.
     pub activator_namespace: String,
+    /// Namespaces no profile may take: fargo's own, whose pods must never wait on fargo's
+    /// fail-closed webhook or sit behind its default-deny policies.
+    pub reserved_namespaces: Vec<String>,
     pub namespaces: Store<Namespace>,
     pub profiles: Store<FargateProfile>,
 }
@@ -85,6 +88,7 @@ pub async fn run(
     recorder: Recorder,
     metrics: Arc<ControllerMetrics>,
     activator_namespace: String,
+    reserved_namespaces: Vec<String>,
     shutdown: CancellationToken,
 ) {
     let controller = Controller::new(
@@ -118,6 +122,7 @@ pub async fn run(
         recorder,
         metrics,
         activator_namespace,
+        reserved_namespaces,
         namespaces,
         profiles: profiles.clone(),
     });
@@ -182,12 +187,13 @@ fn error_policy(profile: Arc<FargateProfile>, error: &Error, ctx: Arc<Context>) 
 
 impl FargateProfile {
     /// Namespaces this profile selects now (terminating ones excluded).
-    fn matched_namespaces(&self, namespaces: &Store<Namespace>) -> BTreeSet<String> {
-        namespaces
+    fn matched_namespaces(&self, ctx: &Context) -> BTreeSet<String> {
+        ctx.namespaces
             .state()
             .iter()
             .filter(|ns| ns.metadata.deletion_timestamp.is_none())
             .map(|ns| ns.name_any())
+            .filter(|name| !ctx.reserved_namespaces.contains(name))
             .filter(|name| namespace_is_selected(self, name))
             .collect()
     }
@@ -195,7 +201,7 @@ impl FargateProfile {
     async fn apply(&self, ctx: &Context) -> Result<Action> {
         ctx.namespaces.wait_until_ready().await.ok();
         let name = self.name_any();
-        let matched = self.matched_namespaces(&ctx.namespaces);
+        let matched = self.matched_namespaces(ctx);
 
         sync_namespace_labels(ctx, None).await?;
         self.apply_network_policies(ctx, &matched).await?;
@@ -435,7 +441,8 @@ async fn sync_namespace_labels(ctx: &Context, leaving: Option<&str>) -> Result<(
             continue;
         }
         let name = namespace.name_any();
-        let selected = profiles.iter().any(|p| namespace_is_selected(p, &name));
+        let selected = !ctx.reserved_namespaces.contains(&name)
+            && profiles.iter().any(|p| namespace_is_selected(p, &name));
         let labelled = namespace
             .labels()
             .get(PROFILED_NAMESPACE_LABEL)

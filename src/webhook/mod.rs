@@ -167,11 +167,28 @@ pub async fn run(
         let ca_bundle = config
             .cert_dir
             .is_none()
-            .then_some(certificate.ca_pem.as_str());
-        register(&client, &config, ca_bundle)
+            .then_some(certificate.ca_pem.clone());
+        register(&client, &config, ca_bundle.as_deref())
             .await
             .map_err(Error::Register)?;
         info!("webhook configurations registered");
+        // Re-applied every minute: a configuration replaced or stripped of its caBundle (a
+        // `kubectl replace`, a forced Helm upgrade) would otherwise refuse every pod in the
+        // profiled namespaces until a controller restarts.
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut every_minute = tokio::time::interval(std::time::Duration::from_secs(60));
+            every_minute.tick().await;
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = every_minute.tick() => {}
+                }
+                if let Err(error) = register(&client, &config, ca_bundle.as_deref()).await {
+                    warn!(%error, "re-applying the webhook configurations failed");
+                }
+            }
+        });
     }
     let _ = server.await;
     Ok(())

@@ -1,0 +1,431 @@
+//! The ServerlessFunction reconciler: validate → build → apply → status.
+//!
+//! Children (Deployment, Service) are owned through controller references, so deleting a
+//! function lets the garbage collector remove them; the reconciler keeps no state outside the
+//! cluster and needs no finalizer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::core::DeserializeGuard;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, instrument, warn};
+
+use super::FunctionStore;
+use super::build::{self, BuildError};
+use super::status::{self, Instances, Observed, ProfileCheck, reason};
+use crate::api::conditions::{PROFILE_FOUND, READY, SCHEDULES_VALID};
+use crate::api::profile::FargateProfile;
+use crate::api::{
+    CONTROLLER_MANAGER, FUNCTION_LABEL, ServerlessFunction, ServerlessFunctionStatus,
+};
+use crate::controller::ControllerMetrics;
+use crate::profile::matching::namespace_is_selected;
+
+const KIND: &str = "ServerlessFunction";
+/// While instances are wanted and none is ready, the pods are looked at this often: a crash
+/// loop changes no Deployment field that would trigger a reconcile.
+const POD_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+/// A function at rest is reconciled this often, to catch what no watch reports.
+const RESYNC_INTERVAL: Duration = Duration::from_secs(600);
+
+/// Errors of one reconcile; each becomes a Warning Event.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API call failed: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("the function's children cannot be built: {0}")]
+    Build(#[from] BuildError),
+    #[error("the ServerlessFunction cannot be read: {0}; fix the object so it matches the CRD")]
+    InvalidObject(String),
+    #[error("setting the initial replicas: {0}")]
+    InitialScale(#[source] kube::Error),
+}
+
+impl Error {
+    /// A bounded name for metrics and Event reasons.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "KubernetesApiError",
+            Error::Build(BuildError::Memory(_)) => "InvalidMemory",
+            Error::Build(BuildError::MissingMetadata(_)) => "MissingMetadata",
+            Error::InvalidObject(_) => "InvalidObject",
+            Error::InitialScale(_) => "InitialScaleFailed",
+        }
+    }
+
+    /// Whether the spec itself is wrong, so retrying before it changes is pointless.
+    fn is_spec_error(&self) -> bool {
+        matches!(
+            self,
+            Error::Build(BuildError::Memory(_)) | Error::InvalidObject(_)
+        )
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What the reconciler shares between calls.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Arc<ControllerMetrics>,
+    /// The functions' Deployments, trimmed (see [`super::trim_deployment`]).
+    pub deployments: Store<Deployment>,
+    /// Base URL of the activator, for `status.url`.
+    pub activator_url: String,
+}
+
+/// The controller of functions; its store is shared with the autoscaler and the schedules.
+pub fn controller(client: Client) -> Controller<DeserializeGuard<ServerlessFunction>> {
+    Controller::new(
+        Api::<DeserializeGuard<ServerlessFunction>>::all(client),
+        watcher::Config::default(),
+    )
+}
+
+/// Runs the function reconciler until `shutdown` is cancelled.
+pub async fn run(
+    controller: Controller<DeserializeGuard<ServerlessFunction>>,
+    ctx: Context,
+    shutdown: CancellationToken,
+) {
+    let client = ctx.client.clone();
+    let functions = controller.store();
+    controller
+        .owns(
+            Api::<Deployment>::all(client.clone()),
+            watcher::Config::default().labels(FUNCTION_LABEL),
+        )
+        .owns(
+            Api::<Service>::all(client.clone()),
+            watcher::Config::default().labels(FUNCTION_LABEL),
+        )
+        .watches(
+            Api::<FargateProfile>::all(client),
+            watcher::Config::default(),
+            move |profile| functions_using(&functions, &profile.name_any()),
+        )
+        .graceful_shutdown_on(async move { shutdown.cancelled().await })
+        .run(reconcile, error_policy, Arc::new(ctx))
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => tracing::debug!(function = %object.name, "reconciled"),
+                Err(error) => tracing::debug!(%error, "function reconcile failed"),
+            }
+        })
+        .await;
+}
+
+/// Functions that name `profile`: a profile appearing, changing or going away changes them.
+fn functions_using(
+    functions: &FunctionStore,
+    profile: &str,
+) -> Vec<ObjectRef<DeserializeGuard<ServerlessFunction>>> {
+    functions
+        .state()
+        .iter()
+        .filter(|guard| {
+            guard
+                .0
+                .as_ref()
+                .is_ok_and(|f| f.spec.profile.as_deref() == Some(profile))
+        })
+        .map(|guard| ObjectRef::from_obj(guard.as_ref()))
+        .collect()
+}
+
+#[instrument(skip_all, fields(function = %guard.name_any(), namespace = %guard.namespace().unwrap_or_default()))]
+async fn reconcile(
+    guard: Arc<DeserializeGuard<ServerlessFunction>>,
+    ctx: Arc<Context>,
+) -> Result<Action> {
+    let _timer = ctx.metrics.reconcile_started(KIND);
+    match &guard.0 {
+        Err(invalid) => Err(Error::InvalidObject(invalid.error.clone())),
+        // The garbage collector removes the children.
+        Ok(function) if function.metadata.deletion_timestamp.is_some() => {
+            Ok(Action::await_change())
+        }
+        Ok(function) => function.reconcile(&ctx).await,
+    }
+}
+
+fn error_policy(
+    guard: Arc<DeserializeGuard<ServerlessFunction>>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> Action {
+    warn!(function = %guard.name_any(), namespace = %guard.namespace().unwrap_or_default(), %error, "reconcile failed");
+    ctx.metrics.reconcile_failed(KIND, error.reason());
+    let recorder = ctx.recorder.clone();
+    let reference = guard.object_ref(&());
+    let event = Event {
+        type_: EventType::Warning,
+        reason: error.reason().into(),
+        note: Some(error.to_string().chars().take(1000).collect()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    tokio::spawn(async move {
+        let _ = recorder.publish(&event, &reference).await;
+    });
+    if error.is_spec_error() {
+        Action::await_change()
+    } else {
+        Action::requeue(Duration::from_secs(5))
+    }
+}
+
+impl ServerlessFunction {
+    async fn reconcile(&self, ctx: &Context) -> Result<Action> {
+        let namespace = self
+            .namespace()
+            .ok_or(BuildError::MissingMetadata("metadata.namespace"))?;
+        let name = self.name_any();
+
+        let name_problem = build::name_problem(&name);
+        let schedule_problems = crate::schedule::validate(&self.spec.triggers.schedules);
+        let profile = self.check_profile(ctx, &namespace).await?;
+
+        let deployment = if name_problem.is_some() {
+            None
+        } else {
+            self.apply_service(ctx, &namespace).await?;
+            if profile.admits_pods() {
+                Some(self.apply_deployment(ctx, &namespace).await?)
+            } else {
+                // Pods under a missing profile would run unfenced or be refused: keep what
+                // runs, start nothing new.
+                self.existing_deployment(ctx, &namespace).await?
+            }
+        };
+
+        let instances = deployment.as_ref().map(Instances::of);
+        let pod_problems = match (&deployment, instances) {
+            (Some(deployment), Some(instances)) if instances.none_ready() => {
+                self.pod_problems(ctx, &namespace, deployment).await?
+            }
+            _ => vec![],
+        };
+
+        let observed = Observed {
+            deployment: deployment.as_ref(),
+            profile,
+            schedule_problems: &schedule_problems,
+            name_problem: name_problem.as_deref(),
+            pod_problems: &pod_problems,
+            activator_url: &ctx.activator_url,
+        };
+        let now = Time(k8s_openapi::jiff::Timestamp::now());
+        let status = status::compute(self, &observed, now);
+        let previous = self.status.clone().unwrap_or_default();
+        if !same_status(&previous, &status) {
+            self.patch_status(ctx, &status).await?;
+        }
+        self.publish_transitions(ctx, &previous, &status).await;
+
+        info!(
+            replicas = status.replicas,
+            ready = status.ready_replicas,
+            "function reconciled"
+        );
+        Ok(match instances {
+            Some(instances) if instances.none_ready() => Action::requeue(POD_CHECK_INTERVAL),
+            _ => Action::requeue(RESYNC_INTERVAL),
+        })
+    }
+
+    async fn check_profile(&self, ctx: &Context, namespace: &str) -> Result<ProfileCheck> {
+        let Some(profile) = &self.spec.profile else {
+            return Ok(ProfileCheck::NotRequested);
+        };
+        let found = Api::<FargateProfile>::all(ctx.client.clone())
+            .get_opt(profile)
+            .await?;
+        Ok(match found {
+            Some(p) if p.metadata.deletion_timestamp.is_none() => {
+                if namespace_is_selected(&p, namespace) {
+                    ProfileCheck::Found(profile.clone())
+                } else {
+                    ProfileCheck::NotSelecting {
+                        profile: profile.clone(),
+                        namespace: namespace.to_string(),
+                    }
+                }
+            }
+            _ => ProfileCheck::Missing(profile.clone()),
+        })
+    }
+
+    async fn apply_service(&self, ctx: &Context, namespace: &str) -> Result<Service> {
+        let service = build::service(self)?;
+        let api: Api<Service> = Api::namespaced(ctx.client.clone(), namespace);
+        Ok(api
+            .patch(
+                &self.name_any(),
+                &PatchParams::apply(CONTROLLER_MANAGER).force(),
+                &Patch::Apply(&service),
+            )
+            .await?)
+    }
+
+    /// The Deployment from the cache, or from the API server when the cache does not show it
+    /// written by the autoscaler (it may lag behind a Deployment just created).
+    async fn existing_deployment(
+        &self,
+        ctx: &Context,
+        namespace: &str,
+    ) -> Result<Option<Deployment>> {
+        let name = self.name_any();
+        if let Some(cached) = ctx
+            .deployments
+            .get(&ObjectRef::new(&name).within(namespace))
+            && build::autoscaler_owns_replicas(&cached)
+        {
+            return Ok(Some((*cached).clone()));
+        }
+        Ok(Api::<Deployment>::namespaced(ctx.client.clone(), namespace)
+            .get_opt(&name)
+            .await?)
+    }
+
+    /// Applies the Deployment without `replicas`. When the autoscaler has not yet written the
+    /// Deployment (it is new, or an earlier reconcile stopped half-way), a first apply carries
+    /// the replicas to start with (so a function with `initial: 0` never starts a pod), the
+    /// autoscaler's manager takes the field over, and the apply without it leaves the field to
+    /// the autoscaler alone: no later apply can reset it.
+    async fn apply_deployment(&self, ctx: &Context, namespace: &str) -> Result<Deployment> {
+        let name = self.name_any();
+        let existing = self.existing_deployment(ctx, namespace).await?;
+        let seed = match &existing {
+            Some(deployment) if build::autoscaler_owns_replicas(deployment) => None,
+            Some(deployment) => Some(
+                deployment
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.replicas)
+                    .unwrap_or_else(|| build::initial_replicas(&self.spec)),
+            ),
+            None => Some(build::initial_replicas(&self.spec)),
+        };
+        let desired = build::deployment(self)?;
+        let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
+        let params = PatchParams::apply(CONTROLLER_MANAGER).force();
+        if let Some(seed) = seed {
+            let mut seeded = desired.clone();
+            if let Some(spec) = seeded.spec.as_mut() {
+                spec.replicas = Some(seed);
+            }
+            api.patch(&name, &params, &Patch::Apply(&seeded)).await?;
+            crate::autoscaler::apply_replicas(&ctx.client, namespace, &name, seed)
+                .await
+                .map_err(Error::InitialScale)?;
+            info!(
+                replicas = seed,
+                "deployment created with its initial replicas"
+            );
+        }
+        // Without `replicas`: after a seed, this drops the controller's claim on the field.
+        Ok(api.patch(&name, &params, &Patch::Apply(&desired)).await?)
+    }
+
+    /// What keeps the function's pods from serving, when none is ready.
+    async fn pod_problems(
+        &self,
+        ctx: &Context,
+        namespace: &str,
+        deployment: &Deployment,
+    ) -> Result<Vec<String>> {
+        let mut problems: Vec<String> = status::replica_failure(deployment).into_iter().collect();
+        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+        let listed = pods
+            .list(&ListParams::default().labels(&format!("{FUNCTION_LABEL}={}", self.name_any())))
+            .await?;
+        problems.extend(crate::activator::scale::pod_problems(&listed.items));
+        Ok(problems)
+    }
+
+    async fn patch_status(&self, ctx: &Context, status: &ServerlessFunctionStatus) -> Result<()> {
+        let api: Api<ServerlessFunction> =
+            Api::namespaced(ctx.client.clone(), &self.namespace().unwrap_or_default());
+        let patch = json!({
+            "apiVersion": "fargo.dev/v1alpha1",
+            "kind": KIND,
+            "status": status,
+        });
+        api.patch_status(
+            &self.name_any(),
+            &PatchParams::apply(CONTROLLER_MANAGER).force(),
+            &Patch::Apply(patch),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Events for conditions that turned bad (or changed their complaint).
+    async fn publish_transitions(
+        &self,
+        ctx: &Context,
+        previous: &ServerlessFunctionStatus,
+        current: &ServerlessFunctionStatus,
+    ) {
+        for (type_, watched) in [
+            (SCHEDULES_VALID, &[reason::INVALID_SCHEDULE][..]),
+            (
+                PROFILE_FOUND,
+                &[
+                    reason::PROFILE_NOT_FOUND,
+                    reason::PROFILE_DOES_NOT_SELECT_NAMESPACE,
+                ][..],
+            ),
+            (READY, &[reason::PODS_FAILING, reason::INVALID_NAME][..]),
+        ] {
+            let Some(now) = current.conditions.iter().find(|c| c.type_ == type_) else {
+                continue;
+            };
+            if now.status != "False" || !watched.contains(&now.reason.as_str()) {
+                continue;
+            }
+            let before = previous.conditions.iter().find(|c| c.type_ == type_);
+            let unchanged = before.is_some_and(|b| {
+                b.status == now.status && b.reason == now.reason && b.message == now.message
+            });
+            if !unchanged {
+                self.publish(ctx, EventType::Warning, &now.reason, now.message.clone())
+                    .await;
+            }
+        }
+    }
+
+    async fn publish(&self, ctx: &Context, type_: EventType, reason: &str, note: String) {
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note.chars().take(1000).collect()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(error) = ctx.recorder.publish(&event, &self.object_ref(&())).await {
+            warn!(%error, "publishing an event failed");
+        }
+    }
+}
+
+/// Whether writing `new` would change what the reconciler owns of `old`.
+fn same_status(old: &ServerlessFunctionStatus, new: &ServerlessFunctionStatus) -> bool {
+    let mut old = old.clone();
+    old.last_request_time = None;
+    old == *new
+}
