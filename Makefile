@@ -11,15 +11,16 @@ export KUBECONFIG := $(CURDIR)/.cluster/kubeconfig
 export KUBECTL := $(K8S_BIN)/kubectl
 export PATH := $(K8S_BIN):$(HELM_BIN):$(PATH)
 
-.PHONY: test lint unit integration cluster-up cluster-down crds dev bench
+.PHONY: test lint unit integration cluster-up cluster-down images crds dev bench
 
 ## test: lint, unit tests, then the integration tests against a local cluster started for them
 test: lint unit
 	@if tests/cluster/up.sh --running 2>/dev/null; then \
-	  echo "reusing the running local cluster"; $(MAKE) --no-print-directory integration; \
+	  echo "reusing the running local cluster"; \
+	  $(MAKE) --no-print-directory images integration; \
 	else \
 	  tests/cluster/up.sh; \
-	  status=0; $(MAKE) --no-print-directory integration || status=$$?; \
+	  status=0; $(MAKE) --no-print-directory images integration || status=$$?; \
 	  tests/cluster/down.sh; exit $$status; \
 	fi
 
@@ -39,6 +40,10 @@ cluster-up:
 
 cluster-down:
 	tests/cluster/down.sh
+
+## images: build the fargo and echo images from release binaries and import them into the node
+images:
+	tests/cluster/images.sh all
 
 ## crds: regenerate crds/ from the Rust types
 crds:

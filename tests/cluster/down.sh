@@ -26,6 +26,9 @@ if [[ -z "${FARGO_CLUSTER_LOCK_HELD:-}" ]]; then
 fi
 
 [[ -d "$state" ]] || exit 0
+# The node first: its containers' mounts and pod volumes live under the state directory, which
+# must not be removed through them.
+FARGO_CLUSTER_LOCK_HELD=1 "$here/node.sh" down
 
 # True when pid $1 is alive and runs binary $2: a pid left from an earlier boot may since belong
 # to something else.

@@ -36,6 +36,10 @@ etcd_peer_port="${FARGO_ETCD_PEER_PORT:-23800}"
 kcm_port="${FARGO_CONTROLLER_MANAGER_PORT:-10257}"
 scheduler_port="${FARGO_SCHEDULER_PORT:-10259}"
 service_cidr="10.96.0.0/16"
+# Gateway of the node's pod bridge (node.sh); also the apiserver's advertised address.
+node_gateway="10.244.0.1"
+# FARGO_NODE=none starts the control plane and kwok only, without the real node.
+node="${FARGO_NODE:-real}"
 first_service_ip="10.96.0.1"
 # Everything up.sh starts, in start order; down.sh stops whatever has a pid file.
 components=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
@@ -93,6 +97,7 @@ fi
 
 if running; then
   log "cluster already running; kubeconfig: $kubeconfig"
+  [[ "$node" == none ]] || FARGO_CLUSTER_LOCK_HELD=1 "$here/node.sh" up
   exit 0
 fi
 
@@ -165,7 +170,7 @@ sign() {
 
 new_ca ca fargo-local-ca
 sign ca kube-apiserver "/CN=kube-apiserver" serverAuth \
-  "IP:127.0.0.1, IP:$first_service_ip, DNS:localhost, DNS:kubernetes, DNS:kubernetes.default, DNS:kubernetes.default.svc, DNS:kubernetes.default.svc.cluster.local"
+  "IP:127.0.0.1, IP:$node_gateway, IP:$first_service_ip, DNS:localhost, DNS:kubernetes, DNS:kubernetes.default, DNS:kubernetes.default.svc, DNS:kubernetes.default.svc.cluster.local"
 # kubectl, tests and kwok; system:masters bypasses RBAC.
 sign ca admin "/O=system:masters/CN=fargo-admin" clientAuth
 # RBAC's bootstrap policy grants these two users exactly what the components need.
@@ -264,14 +269,14 @@ start "$bin/etcd-$ETCD_VERSION/etcd" \
 wait_until "etcd /health" etcd curl -fsS --max-time 2 "http://127.0.0.1:$etcd_port/health"
 
 log "starting kube-apiserver on 127.0.0.1:$apiserver_port"
-# --advertise-address: this machine has no default route, from which the apiserver would
-# otherwise pick the address it publishes. Endpoints may not hold a loopback address, so the
-# `kubernetes` service cannot have endpoints here; without --endpoint-reconciler-type=none the
-# apiserver logs that failure every 10 seconds.
+# The apiserver publishes the node bridge's gateway (node.sh creates bridge fargo0 with
+# 10.244.0.1) as its address, so pods reach it through the `kubernetes` Service; an endpoint may
+# not be a loopback address. Until the bridge exists that endpoint is merely unreachable. The
+# apiserver reaches the kubelet by its InternalIP: the node's name resolves nowhere.
 start "$k8s/kube-apiserver" \
-  --advertise-address=127.0.0.1 \
-  --endpoint-reconciler-type=none \
-  --bind-address=127.0.0.1 \
+  --advertise-address="$node_gateway" \
+  --bind-address=0.0.0.0 \
+  --kubelet-preferred-address-types=InternalIP,Hostname \
   --secure-port="$apiserver_port" \
   --etcd-servers="http://127.0.0.1:$etcd_port" \
   --tls-cert-file="$pki/kube-apiserver.crt" \
@@ -380,6 +385,10 @@ node_ready() {
 }
 wait_until "kwok nodes Ready" kwok node_ready
 
+if [[ "$node" != none ]]; then
+  log "starting the real node"
+  FARGO_CLUSTER_LOCK_HELD=1 "$here/node.sh" up
+fi
 touch "$ready_marker"
 
 log "cluster up in $(elapsed)s; kubeconfig: $kubeconfig"

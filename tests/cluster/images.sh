@@ -1,0 +1,190 @@
+#!/usr/bin/env bash
+# Builds OCI images from binaries of this machine, without Docker or a registry, and imports them
+# into the local node's containerd (tests/cluster/node.sh), where pods use them with
+# `imagePullPolicy: Never` (or IfNotPresent).
+#
+#   tests/cluster/images.sh [all]     fargo.dev/fargo:dev and fargo.dev/echo:dev (runs cargo build)
+#   tests/cluster/images.sh fargo     fargo.dev/fargo:dev from target/release/fargo
+#   tests/cluster/images.sh echo      fargo.dev/echo:dev from target/release/fargo-echo
+#   tests/cluster/images.sh image NAME BINARY USER [PORT]
+#                                     any binary; node.sh builds the pause image this way
+#
+# An image is one layer: the binary, the shared libraries `ldd` names (and the dynamic loader),
+# /etc/passwd, /etc/group and /tmp. Archives are written to <repo>/target/images/NAME.tar
+# (an OCI image layout) and imported with `ctr images import`; with FARGO_IMAGES_NO_IMPORT=1
+# they are only written. FARGO_CONTAINERD_SOCKET names another containerd.
+set -euo pipefail
+# The image's files are read by its non-root user, whatever umask the caller (node.sh) has.
+umask 022
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+out="$root/target/images"
+socket="${FARGO_CONTAINERD_SOCKET:-$root/.cluster/node/containerd/containerd.sock}"
+
+log() { printf '[images] %s\n' "$*" >&2; }
+die() {
+  printf '[images] error: %s\n' "$*" >&2
+  exit 1
+}
+
+sha256() { sha256sum "$1" | cut -d' ' -f1; }
+size() { stat -c %s "$1"; }
+
+# blob FILE: moves FILE into the layout's blobs as sha256:<digest>, prints the digest.
+blob() {
+  local digest
+  digest="$(sha256 "$1")"
+  mv "$1" "$layout/blobs/sha256/$digest"
+  echo "$digest"
+}
+
+# rootfs DIR BINARY: the binary as /usr/local/bin/<name>, with what it needs to run.
+rootfs() {
+  local dir="$1" binary="$2" lib
+  mkdir -p "$dir/usr/local/bin" "$dir/etc" "$dir/tmp"
+  chmod 1777 "$dir/tmp"
+  cp "$binary" "$dir/usr/local/bin/"
+  # ldd lists `name => /path (addr)` and the loader as `/path (addr)`; a static binary makes
+  # it fail with "not a dynamic executable".
+  if ldd "$binary" >/dev/null 2>&1; then
+    while read -r lib; do
+      mkdir -p "$dir$(dirname "$lib")"
+      cp -L "$lib" "$dir$lib"
+    done < <(ldd "$binary" | grep -o '/[^ ]*')
+  fi
+  cat >"$dir/etc/passwd" <<'EOF'
+root:x:0:0:root:/root:/sbin/nologin
+nonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin
+nobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin
+EOF
+  cat >"$dir/etc/group" <<'EOF'
+root:x:0:
+nonroot:x:65532:
+nogroup:x:65534:
+EOF
+  echo "hosts: files dns" >"$dir/etc/nsswitch.conf"
+}
+
+# image NAME BINARY USER [PORT]: writes $out/<repository>.tar and imports it.
+image() {
+  local name="$1" binary="$2" user="$3" port="${4:-}"
+  [[ -x "$binary" ]] || die "$binary is missing or not executable"
+  local entry="/usr/local/bin/${binary##*/}" work file
+  work="$(mktemp -d)"
+  # Closes over $work, which is gone once this function returns.
+  # shellcheck disable=SC2064
+  trap "rm -rf '$work'" RETURN
+  layout="$work/layout"
+  mkdir -p "$layout/blobs/sha256"
+
+  rootfs "$work/rootfs" "$binary"
+  # Reproducible: the same binary gives the same digests.
+  tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$work/rootfs" \
+    -cf "$work/layer.tar" .
+  local diff_id layer layer_size
+  diff_id="$(sha256 "$work/layer.tar")"
+  gzip -n "$work/layer.tar"
+  layer_size="$(size "$work/layer.tar.gz")"
+  layer="$(blob "$work/layer.tar.gz")"
+
+  local exposed="{}"
+  [[ -z "$port" ]] || exposed="{\"$port/tcp\": {}}"
+  cat >"$work/config.json" <<EOF
+{
+  "created": "1970-01-01T00:00:00Z",
+  "architecture": "amd64",
+  "os": "linux",
+  "config": {
+    "User": "$user:$user",
+    "Entrypoint": ["$entry"],
+    "Env": ["PATH=/usr/local/bin:/usr/bin:/bin"],
+    "WorkingDir": "/",
+    "ExposedPorts": $exposed
+  },
+  "rootfs": {"type": "layers", "diff_ids": ["sha256:$diff_id"]},
+  "history": [{"created": "1970-01-01T00:00:00Z", "created_by": "tests/cluster/images.sh"}]
+}
+EOF
+  local config_size config
+  config_size="$(size "$work/config.json")"
+  config="$(blob "$work/config.json")"
+
+  cat >"$work/manifest.json" <<EOF
+{
+  "schemaVersion": 2,
+  "mediaType": "application/vnd.oci.image.manifest.v1+json",
+  "config": {
+    "mediaType": "application/vnd.oci.image.config.v1+json",
+    "digest": "sha256:$config",
+    "size": $config_size
+  },
+  "layers": [{
+    "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+    "digest": "sha256:$layer",
+    "size": $layer_size
+  }]
+}
+EOF
+  local manifest_size manifest
+  manifest_size="$(size "$work/manifest.json")"
+  manifest="$(blob "$work/manifest.json")"
+
+  cat >"$layout/index.json" <<EOF
+{
+  "schemaVersion": 2,
+  "mediaType": "application/vnd.oci.image.index.v1+json",
+  "manifests": [{
+    "mediaType": "application/vnd.oci.image.manifest.v1+json",
+    "digest": "sha256:$manifest",
+    "size": $manifest_size,
+    "platform": {"architecture": "amd64", "os": "linux"},
+    "annotations": {
+      "io.containerd.image.name": "$name",
+      "org.opencontainers.image.ref.name": "${name##*:}"
+    }
+  }]
+}
+EOF
+  echo '{"imageLayoutVersion": "1.0.0"}' >"$layout/oci-layout"
+
+  mkdir -p "$out"
+  file="$out/$(basename "${name%:*}").tar"
+  tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$layout" -cf "$file" .
+  log "$name: $file (manifest sha256:$manifest)"
+
+  [[ -z "${FARGO_IMAGES_NO_IMPORT:-}" ]] || return 0
+  [[ -S "$socket" ]] || die "no containerd at $socket; start it with tests/cluster/node.sh up"
+  # The CRI plugin sees images of the k8s.io namespace only.
+  ctr --address "$socket" --namespace k8s.io images import "$file" >/dev/null
+  log "$name: imported into $socket"
+}
+
+cargo_binaries() {
+  log "cargo build --release $*"
+  (cd "$root" && cargo build --release --locked "$@")
+}
+
+command -v ctr >/dev/null || [[ -n "${FARGO_IMAGES_NO_IMPORT:-}" ]] ||
+  die "ctr is missing; install containerd (apt-get install -y containerd)"
+
+case "${1:-all}" in
+  all)
+    cargo_binaries --bin fargo --bin fargo-echo
+    image fargo.dev/fargo:dev "$root/target/release/fargo" 65532 9090
+    image fargo.dev/echo:dev "$root/target/release/fargo-echo" 65532 8080
+    ;;
+  fargo)
+    cargo_binaries --bin fargo
+    image fargo.dev/fargo:dev "$root/target/release/fargo" 65532 9090
+    ;;
+  echo)
+    cargo_binaries --bin fargo-echo
+    image fargo.dev/echo:dev "$root/target/release/fargo-echo" 65532 8080
+    ;;
+  image)
+    (($# >= 4)) || die "usage: $0 image NAME BINARY USER [PORT]"
+    image "$2" "$3" "$4" "${5:-}"
+    ;;
+  *) die "usage: $0 [all|fargo|echo|image NAME BINARY USER [PORT]]" ;;
+esac
