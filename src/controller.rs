@@ -129,6 +129,27 @@ impl ControllerMetrics {
     }
 }
 
+/// Publishes a Warning Event for a failed reconcile of `reference`, in the background: the error
+/// policy that calls it cannot wait.
+pub fn publish_failure(
+    recorder: &Recorder,
+    reference: k8s_openapi::api::core::v1::ObjectReference,
+    reason: &'static str,
+    error: &dyn std::fmt::Display,
+) {
+    let recorder = recorder.clone();
+    let event = kube::runtime::events::Event {
+        type_: kube::runtime::events::EventType::Warning,
+        reason: reason.into(),
+        note: Some(error.to_string().chars().take(1000).collect()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    tokio::spawn(async move {
+        let _ = recorder.publish(&event, &reference).await;
+    });
+}
+
 /// Runs the controller until `shutdown`.
 pub async fn run(client: Client, config: Config, shutdown: CancellationToken) -> Result<(), Error> {
     let mut registry = Registry::with_prefix("fargo");

@@ -169,18 +169,7 @@ fn error_policy(
 ) -> Action {
     warn!(function = %guard.name_any(), namespace = %guard.namespace().unwrap_or_default(), %error, "reconcile failed");
     ctx.metrics.reconcile_failed(KIND, error.reason());
-    let recorder = ctx.recorder.clone();
-    let reference = guard.object_ref(&());
-    let event = Event {
-        type_: EventType::Warning,
-        reason: error.reason().into(),
-        note: Some(error.to_string().chars().take(1000).collect()),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    tokio::spawn(async move {
-        let _ = recorder.publish(&event, &reference).await;
-    });
+    crate::controller::publish_failure(&ctx.recorder, guard.object_ref(&()), error.reason(), error);
     if error.is_spec_error() {
         Action::await_change()
     } else {

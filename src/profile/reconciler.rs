@@ -170,18 +170,12 @@ fn error_policy(profile: Arc<FargateProfile>, error: &Error, ctx: Arc<Context>) 
     warn!(profile = %profile.name_any(), %error, "reconcile failed");
     ctx.metrics
         .reconcile_failed("FargateProfile", error.reason());
-    let recorder = ctx.recorder.clone();
-    let reference = profile.object_ref(&());
-    let event = Event {
-        type_: EventType::Warning,
-        reason: error.reason().into(),
-        note: Some(error.to_string().chars().take(1000).collect()),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    tokio::spawn(async move {
-        let _ = recorder.publish(&event, &reference).await;
-    });
+    crate::controller::publish_failure(
+        &ctx.recorder,
+        profile.object_ref(&()),
+        error.reason(),
+        error,
+    );
     Action::requeue(Duration::from_secs(5))
 }
 

@@ -11,12 +11,27 @@ use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
 use crate::api::profile::FargateProfile;
 use crate::profile::{Match, fargate_pod, match_pod, rejection_message, size_for, violations};
 
-/// Which profile takes the pod of `request`, or why the pod must be refused.
-fn matched<'a>(
-    request: &AdmissionRequest<Pod>,
-    pod: &Pod,
-    profiles: &'a [Arc<FargateProfile>],
-) -> Result<Option<&'a FargateProfile>, String> {
+/// What matching says of the pod of a request.
+enum Matched<'a, 'p> {
+    /// Not a pod creation, or no profile takes the pod: admit it untouched.
+    Untouched,
+    /// The pod forces a profile that cannot take it.
+    Refused(String),
+    /// The pod being created and the profile that takes it.
+    Profile(&'a Pod, &'p FargateProfile),
+}
+
+fn matched<'a, 'p>(
+    request: &'a AdmissionRequest<Pod>,
+    profiles: &'p [Arc<FargateProfile>],
+) -> Matched<'a, 'p> {
+    let Some(pod) = request
+        .object
+        .as_ref()
+        .filter(|_| request.operation == Operation::Create)
+    else {
+        return Matched::Untouched;
+    };
     let namespace = request
         .namespace
         .as_deref()
@@ -26,9 +41,9 @@ fn matched<'a>(
     let labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
     let owners = pod.metadata.owner_references.as_deref().unwrap_or_default();
     match match_pod(namespace, labels, owners, profiles) {
-        Ok(Match::Profile(profile)) => Ok(Some(profile)),
-        Ok(Match::None) => Ok(None),
-        Err(error) => Err(error.to_string()),
+        Ok(Match::Profile(profile)) => Matched::Profile(pod, profile),
+        Ok(Match::None) => Matched::Untouched,
+        Err(error) => Matched::Refused(error.to_string()),
     }
 }
 
@@ -38,17 +53,10 @@ pub fn mutate(
     profiles: &[Arc<FargateProfile>],
 ) -> AdmissionResponse {
     let response = AdmissionResponse::from(request);
-    let Some(pod) = request
-        .object
-        .as_ref()
-        .filter(|_| request.operation == Operation::Create)
-    else {
-        return response;
-    };
-    let profile = match matched(request, pod, profiles) {
-        Ok(Some(profile)) => profile,
-        Ok(None) => return response,
-        Err(reason) => return response.deny(reason),
+    let (pod, profile) = match matched(request, profiles) {
+        Matched::Profile(pod, profile) => (pod, profile),
+        Matched::Untouched => return response,
+        Matched::Refused(reason) => return response.deny(reason),
     };
     // Refused here already, with fargo's reason: hardening a privileged container would make the
     // API server refuse the pod first with a message about the contradiction fargo introduced.
@@ -87,17 +95,10 @@ pub fn validate(
     profiles: &[Arc<FargateProfile>],
 ) -> AdmissionResponse {
     let response = AdmissionResponse::from(request);
-    let Some(pod) = request
-        .object
-        .as_ref()
-        .filter(|_| request.operation == Operation::Create)
-    else {
-        return response;
-    };
-    let profile = match matched(request, pod, profiles) {
-        Ok(Some(profile)) => profile,
-        Ok(None) => return response,
-        Err(reason) => return response.deny(reason),
+    let (pod, profile) = match matched(request, profiles) {
+        Matched::Profile(pod, profile) => (pod, profile),
+        Matched::Untouched => return response,
+        Matched::Refused(reason) => return response.deny(reason),
     };
     let found = violations(&kube::ResourceExt::name_any(profile), pod);
     if found.is_empty() {
