@@ -23,8 +23,14 @@ pub const LEASE_NAME: &str = "fargo-controller";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("leader election: {0}")]
-    LeaderElection(#[from] kube_lease_manager::LeaseManagerError),
+    #[error(
+        "leader election through Lease {LEASE_NAME} in namespace {namespace} failed (the namespace must exist; --namespace / FARGO_NAMESPACE names it): {source}"
+    )]
+    LeaderElection {
+        namespace: String,
+        #[source]
+        source: kube_lease_manager::LeaseManagerError,
+    },
     #[error("lost the leader Lease; exiting so a fresh process competes again")]
     LostLeadership,
     #[error(transparent)]
@@ -222,7 +228,11 @@ async fn lead(
         .with_duration(15)
         .with_grace(5)
         .build()
-        .await?;
+        .await
+        .map_err(|source| Error::LeaderElection {
+            namespace: config.namespace.clone(),
+            source,
+        })?;
     let (mut leading, lease_task) = manager.watch().await;
 
     let elected = tokio::select! {
