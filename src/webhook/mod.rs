@@ -140,7 +140,7 @@ pub async fn run(
 
     let certificate = match (&config.cert_dir, &config.url) {
         (Some(dir), _) => certs::read_dir(dir)?,
-        (None, Some(_)) => certs::generate(&["127.0.0.1".into(), "localhost".into()])?,
+        (None, Some(url)) => certs::generate(&url_hosts(url))?,
         (None, None) => {
             certs::from_secret(
                 &client,
@@ -306,6 +306,28 @@ pub async fn serve_tls(
     }
 }
 
+/// The names a certificate for an out-of-cluster webhook at `url` must carry: the URL's host,
+/// and this machine's loopback names.
+fn url_hosts(url: &str) -> Vec<String> {
+    let authority = url
+        .split_once("://")
+        .map_or(url, |(_, rest)| rest)
+        .split(['/', '?'])
+        .next()
+        .unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority
+            .rsplit_once(':')
+            .map_or(authority, |(host, _)| host),
+    };
+    let mut hosts = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+    if !host.is_empty() && !hosts.iter().any(|h| h == host) {
+        hosts.push(host.to_string());
+    }
+    hosts
+}
+
 fn service_hosts(config: &Config) -> Vec<String> {
     let (name, namespace) = (&config.service_name, &config.service_namespace);
     vec![
@@ -401,4 +423,25 @@ async fn register(
         .patch(CONFIGURATION_NAME, &params, &Patch::Apply(&validating))
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::url_hosts;
+
+    #[test]
+    fn out_of_cluster_certificate_names_the_url_host() {
+        assert_eq!(
+            url_hosts("https://127.0.0.1:8443"),
+            ["127.0.0.1", "localhost"]
+        );
+        assert_eq!(
+            url_hosts("https://172.18.0.1:18443/"),
+            ["127.0.0.1", "localhost", "172.18.0.1"]
+        );
+        assert_eq!(
+            url_hosts("https://[::1]:8443"),
+            ["127.0.0.1", "localhost", "::1"]
+        );
+    }
 }
