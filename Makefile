@@ -27,13 +27,17 @@ test: lint unit
 lint:
 	cargo fmt --check
 	cargo clippy --all-targets --locked -- -D warnings
+# --all-targets leaves out tests marked `test = false` (tests/install.rs).
+	cargo clippy --test install --locked -- -D warnings
 
 unit:
 	cargo test --locked --lib --bins
 
-## integration: the tests under tests/ against the cluster in KUBECONFIG
+## integration: the tests under tests/ against the cluster in KUBECONFIG; then, alone, the Helm
+## install test (tests/install.rs), whose release would collide with the other tests' controllers
 integration:
-	cargo test --locked --test '*'
+	cargo test --locked --tests
+	cargo test --locked --test install
 
 cluster-up:
 	tests/cluster/up.sh
@@ -49,13 +53,25 @@ images:
 crds:
 	cargo run --quiet --bin fargo -- crds --out-dir crds
 
-## dev: a local cluster with the CRDs and examples, and the controller in the foreground
-dev: cluster-up
-	cargo build
+## dev: the local cluster with its real node, the images, the CRDs, fargo installed with Helm, and
+## the example function examples/echo-function.yaml; then how to call it from this machine
+dev:
+	FARGO_NODE=real tests/cluster/up.sh
+	tests/cluster/images.sh all
 	kubectl apply --server-side -f crds/
 	kubectl wait --for=condition=Established crd --all --timeout=60s
-	kubectl apply --server-side -f examples/
-	cargo run --bin fargo -- controller
+# Webhook configurations registered by the tests' out-of-cluster controllers (not Helm's) would
+# block the release from taking them over.
+	kubectl delete mutatingwebhookconfiguration,validatingwebhookconfiguration --ignore-not-found \
+	  --field-selector metadata.name=fargo -l 'app.kubernetes.io/managed-by!=Helm'
+	helm upgrade --install fargo charts/fargo -n fargo-system --create-namespace --wait --timeout 300s
+	kubectl apply --server-side -f examples/echo-function.yaml
+	kubectl wait --for=condition=Ready fn/echo -n demo --timeout=60s
+	@activator="$$(kubectl -n fargo-system get service fargo-activator -o jsonpath='{.spec.clusterIP}')"; \
+	printf '\nfargo runs in fargo-system; function demo/echo is at zero. From this machine:\n\n'; \
+	printf '  export KUBECONFIG=%s PATH=%s:%s:$$PATH\n' "$(KUBECONFIG)" "$(K8S_BIN)" "$(HELM_BIN)"; \
+	printf '  curl http://%s/demo/echo/        # wakes it: the first answer waits for its pod\n' "$$activator"; \
+	printf '  kubectl get fn,pods -n demo -w         # watch it wake, and go back to zero after 30s idle\n\n'
 
 ## bench: benchmarks against a local cluster (started if none runs; left running)
 bench: cluster-up

@@ -6,7 +6,8 @@
 //! window asks for at least twice the ready instances, the scaler panics: it follows the panic
 //! window and never scales down until the condition has been gone for a stable window. Scale-up
 //! is immediate; scale to zero needs `scale.min == 0`, no request for `idleTimeout` and nothing
-//! in flight.
+//! in flight — and then happens whatever the windows still remember, even with an idleTimeout
+//! shorter than the stable window.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -154,14 +155,19 @@ impl FunctionScaler {
             }
         }
 
-        if desired == 0 && observed.current > 0 {
-            let idle = policy.min == 0
-                && observed.idle_for >= policy.idle_timeout
-                && observed.in_flight == 0
-                && concurrency == 0.0;
-            if !idle {
-                desired = 1;
-            }
+        // No request for idleTimeout and none in the activators: the load the windows remember
+        // is over, so neither it nor a panic keeps (or brings back) an instance.
+        let idle = policy.min == 0
+            && observed.idle_for >= policy.idle_timeout
+            && observed.in_flight == 0
+            && concurrency == 0.0;
+        if idle {
+            desired = 0;
+            self.samples.clear();
+            self.panic_since = None;
+            self.max_panic_replicas = 0;
+        } else if desired == 0 && observed.current > 0 {
+            desired = 1;
         }
 
         // A scaler that has not yet seen a whole stable window (a new leader, a new function)
@@ -333,6 +339,45 @@ mod tests {
         assert_eq!(run.current, 1, "idle for less than idleTimeout: keep one");
         run.idle_for = Duration::from_secs(61);
         assert_eq!(run.tick(0.0).desired, 0);
+    }
+
+    #[test]
+    fn an_idle_timeout_shorter_than_the_stable_window_is_honoured() {
+        let mut run = Run::new(
+            ScalePolicy {
+                idle_timeout: Duration::from_secs(5),
+                ..policy(0, None, 1.0)
+            },
+            1,
+        );
+        run.run(120, 1.0);
+        run.run(3, 0.0);
+        assert_eq!(run.current, 1, "the load ended 3s ago");
+        run.idle_for = Duration::from_secs(6);
+        assert_eq!(run.tick(0.0).desired, 0, "{:?}", run.scaler);
+    }
+
+    #[test]
+    fn an_idle_function_is_not_scaled_back_up_by_the_load_the_window_remembers() {
+        // Scaled to zero by someone else (or by the idle rule) right after a burst.
+        let mut run = Run::new(
+            ScalePolicy {
+                idle_timeout: Duration::from_secs(1),
+                ..policy(0, None, 1.0)
+            },
+            4,
+        );
+        run.run(120, 1.0);
+        run.run(6, 10.0);
+        run.current = 0;
+        run.ready = 0;
+        run.idle_for = Duration::from_secs(2);
+        assert_eq!(run.run(10, 0.0).desired, 0);
+        // Woken again, it starts from one instance, not from the burst's panic maximum.
+        run.idle_for = Duration::ZERO;
+        run.current = 1;
+        run.ready = 1;
+        assert_eq!(run.tick(0.5).desired, 1);
     }
 
     #[test]

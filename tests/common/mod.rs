@@ -239,21 +239,41 @@ impl Drop for ControllerProcess {
 }
 
 fn spawn_controller(webhook_port: u16, health_port: u16) -> std::process::Child {
+    spawn_controller_with(webhook_port, health_port, &[])
+}
+
+/// Starts `fargo controller` on 127.0.0.1 (webhook registered by URL) with `extra` flags after
+/// the usual ones, e.g. `--activator-url`. It gets SIGTERM when the calling thread ends.
+pub fn spawn_controller_with(
+    webhook_port: u16,
+    health_port: u16,
+    extra: &[String],
+) -> std::process::Child {
+    let mut args: Vec<String> = ["controller", "--namespace", "fargo-system"]
+        .map(String::from)
+        .into();
+    args.extend([
+        "--webhook-addr".into(),
+        format!("127.0.0.1:{webhook_port}"),
+        "--webhook-url".into(),
+        format!("https://127.0.0.1:{webhook_port}"),
+        "--health-addr".into(),
+        format!("127.0.0.1:{health_port}"),
+    ]);
+    args.extend_from_slice(extra);
+    spawn_fargo(&args, &format!("controller-{webhook_port}.log"))
+}
+
+/// Runs the `fargo` binary built by this `cargo test` (or `cargo bench`) with `args`, its log in
+/// `log_name` beside the test binaries rather than in the test output.
+fn spawn_fargo(args: &[String], log_name: &str) -> std::process::Child {
     use std::os::unix::process::CommandExt;
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_fargo"));
-    command
-        .args(["controller", "--namespace", "fargo-system"])
-        .arg("--webhook-addr")
-        .arg(format!("127.0.0.1:{webhook_port}"))
-        .arg("--webhook-url")
-        .arg(format!("https://127.0.0.1:{webhook_port}"))
-        .arg("--health-addr")
-        .arg(format!("127.0.0.1:{health_port}"))
-        .env(
-            "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "info,kube=warn".into()),
-        );
-    // SAFETY: prctl(2) only, between fork and exec: the controller gets SIGTERM when the thread
+    command.args(args).env(
+        "RUST_LOG",
+        std::env::var("RUST_LOG").unwrap_or_else(|_| "info,kube=warn".into()),
+    );
+    // SAFETY: prctl(2) only, between fork and exec: the process gets SIGTERM when the thread
     // that started it ends, so no test run leaves one behind.
     unsafe {
         command.pre_exec(|| {
@@ -261,18 +281,18 @@ fn spawn_controller(webhook_port: u16, health_port: u16) -> std::process::Child 
             Ok(())
         });
     }
-    // The controller's log goes to a file beside the test binaries, not into the test output.
-    let log_path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("controller-{webhook_port}.log"));
+    let log_path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(log_name);
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&log_path)
-        .expect("opening the controller log");
+        .unwrap_or_else(|e| panic!("opening {}: {e}", log_path.display()));
     command
         .stderr(log.try_clone().expect("a second handle to the log"))
         .stdout(log);
-    command.spawn().expect("starting the fargo controller")
+    command
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting fargo {}: {e}", args[0]))
 }
 
 /// Creates namespace `name` unless it exists.
@@ -322,4 +342,320 @@ pub async fn shared_controller(client: &Client, webhook_port: u16, health_port: 
         wait.recv().expect("the controller thread started");
     });
     wait_until_serving(client, webhook_port).await;
+}
+
+/// A TCP port of 127.0.0.1 that was free a moment ago (bound, then released), for a process
+/// that cannot report the port it bound.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("a free port on 127.0.0.1")
+}
+
+/// Where an out-of-cluster `fargo activator` listens.
+#[derive(Clone, Copy, Debug)]
+pub struct ActivatorAddrs {
+    /// The proxy.
+    pub port: u16,
+    /// `/healthz`, `/readyz`, `/metrics`, `/stats`.
+    pub health_port: u16,
+}
+
+impl ActivatorAddrs {
+    /// Base URL of the proxy, as the controller's `--activator-url`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// `http://127.0.0.1:<port>/{namespace}/{function}/`.
+    pub fn function_url(&self, namespace: &str, function: &str) -> String {
+        format!("{}/{namespace}/{function}/", self.url())
+    }
+
+    pub fn stats_url(&self) -> String {
+        format!("http://127.0.0.1:{}/stats", self.health_port)
+    }
+
+    /// What the activator reports for one function on `/stats`, once it has had a request.
+    pub async fn function_stats(
+        &self,
+        namespace: &str,
+        function: &str,
+    ) -> Option<fargo::activator::stats::FunctionStats> {
+        let (status, body) = http_request("GET", &self.stats_url(), None).await.ok()?;
+        if status != 200 {
+            return None;
+        }
+        let stats: fargo::activator::stats::ActivatorStats = serde_json::from_str(&body).ok()?;
+        stats
+            .functions
+            .into_iter()
+            .find(|f| f.namespace == namespace && f.name == function)
+    }
+
+    /// The controller flags that point it at this activator.
+    pub fn controller_args(&self) -> Vec<String> {
+        vec![
+            "--activator-url".into(),
+            self.url(),
+            "--activator-stats-url".into(),
+            self.stats_url(),
+        ]
+    }
+
+    /// Waits until `/readyz` answers 200 (both watches have listed everything).
+    pub async fn wait_until_ready(&self) {
+        let url = format!("http://127.0.0.1:{}/readyz", self.health_port);
+        eventually(60, "the activator to be ready", || {
+            let url = url.clone();
+            async move {
+                let (status, _) = http_request("GET", &url, None).await.ok()?;
+                (status == 200).then_some(())
+            }
+        })
+        .await;
+    }
+}
+
+/// Starts `fargo activator` on 127.0.0.1; run out of cluster, it reaches pod IPs directly. It
+/// gets SIGTERM when the calling thread ends.
+pub fn spawn_activator(addrs: ActivatorAddrs) -> std::process::Child {
+    let args = [
+        "activator".to_string(),
+        "--addr".into(),
+        format!("127.0.0.1:{}", addrs.port),
+        "--health-addr".into(),
+        format!("127.0.0.1:{}", addrs.health_port),
+        "--drain-delay".into(),
+        "0s".into(),
+    ];
+    spawn_fargo(&args, &format!("activator-{}.log", addrs.port))
+}
+
+/// A `fargo` process that is stopped (SIGTERM, then waited for) when dropped.
+pub struct FargoProcess {
+    child: std::process::Child,
+}
+
+impl FargoProcess {
+    pub fn new(child: std::process::Child) -> Self {
+        Self { child }
+    }
+
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for FargoProcess {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the pid of our own child process.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts an activator on free ports and waits until it is ready; it stops when dropped.
+pub async fn start_activator() -> (FargoProcess, ActivatorAddrs) {
+    let addrs = ActivatorAddrs {
+        port: free_port(),
+        health_port: free_port(),
+    };
+    let process = FargoProcess::new(spawn_activator(addrs));
+    addrs.wait_until_ready().await;
+    (process, addrs)
+}
+
+/// Starts `spawn` on a thread that lives as long as the test process, so that the child (which
+/// gets SIGTERM when the thread that started it ends) outlives each test's runtime.
+fn spawn_for_the_process(spawn: impl FnOnce() -> std::process::Child + Send + 'static) {
+    let (started, wait) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut child = spawn();
+        let _ = started.send(());
+        let _ = child.wait();
+    });
+    wait.recv().expect("the process thread started");
+}
+
+/// One activator for all the tests of a test binary, started by the first that asks.
+pub async fn shared_activator() -> ActivatorAddrs {
+    static ADDRS: std::sync::OnceLock<ActivatorAddrs> = std::sync::OnceLock::new();
+    let addrs = *ADDRS.get_or_init(|| {
+        let addrs = ActivatorAddrs {
+            port: free_port(),
+            health_port: free_port(),
+        };
+        spawn_for_the_process(move || spawn_activator(addrs));
+        addrs
+    });
+    addrs.wait_until_ready().await;
+    addrs
+}
+
+/// Waits until the controller Lease in fargo-system names `identity` as its holder.
+pub async fn wait_until_leading(client: &Client, identity: &str, seconds: u64) {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "fargo-system");
+    eventually(seconds, &format!("controller {identity} to lead"), || {
+        let leases = leases.clone();
+        async move {
+            let lease = leases.get_opt("fargo-controller").await.ok()??;
+            (lease.spec?.holder_identity? == identity).then_some(())
+        }
+    })
+    .await;
+}
+
+/// The parts that serve functions, for all the tests of a test binary: one activator and one
+/// controller pointed at it (its webhook left unregistered: functions without a profile need
+/// none), which leads once any earlier controller has let go of the Lease.
+pub async fn shared_function_stack(client: &Client) -> ActivatorAddrs {
+    static IDENTITY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ensure_namespace(client, "fargo-system").await;
+    let activator = shared_activator().await;
+    let identity = IDENTITY.get_or_init(|| {
+        let identity = format!("fargo-test-functions-{}", std::process::id());
+        let mut extra = vec![
+            "--identity".to_string(),
+            identity.clone(),
+            "--webhook-register".into(),
+            "false".into(),
+        ];
+        extra.extend(activator.controller_args());
+        let (webhook_port, health_port) = (free_port(), free_port());
+        spawn_for_the_process(move || spawn_controller_with(webhook_port, health_port, &extra));
+        identity
+    });
+    wait_until_leading(client, identity, 120).await;
+    activator
+}
+
+/// Sends one HTTP/1.1 request (a fresh connection each time) and returns the status and body.
+pub async fn http_request(
+    method: &str,
+    url: &str,
+    body: Option<&str>,
+) -> Result<(u16, String), String> {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::client::legacy::Client as HttpClient;
+    use hyper_util::rt::TokioExecutor;
+    let client = HttpClient::builder(TokioExecutor::new()).build_http::<Full<bytes::Bytes>>();
+    let request = hyper::Request::builder()
+        .method(method)
+        .uri(url)
+        .body(Full::new(bytes::Bytes::from(
+            body.unwrap_or_default().to_string(),
+        )))
+        .map_err(|e| format!("{method} {url}: {e}"))?;
+    let response = client
+        .request(request)
+        .await
+        .map_err(|e| format!("{method} {url}: {e:?}"))?;
+    let status = response.status().as_u16();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("{method} {url}: reading the body: {e}"))?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// The kubectl of the local cluster: `KUBECTL` (as `make` sets it), else the one
+/// `tests/cluster/` cached for the pinned version, else `kubectl` on PATH.
+pub fn kubectl() -> std::process::Command {
+    if let Some(kubectl) = std::env::var_os("KUBECTL") {
+        return std::process::Command::new(kubectl);
+    }
+    let version = include_str!("../cluster/versions.env")
+        .lines()
+        .find_map(|line| line.strip_prefix("KUBERNETES_VERSION="));
+    let cache = std::env::var_os("FARGO_CACHE")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|home| std::path::Path::new(&home).join(".cache/fargo"))
+        });
+    if let (Some(version), Some(cache)) = (version, cache) {
+        let cached = cache.join(format!("bin/kubernetes-{}/kubectl", version.trim()));
+        if cached.exists() {
+            return std::process::Command::new(cached);
+        }
+    }
+    std::process::Command::new("kubectl")
+}
+
+/// Server-side applies a ServerlessFunction with `spec`.
+pub async fn apply_function(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    spec: serde_json::Value,
+) -> fargo::api::ServerlessFunction {
+    let object = serde_json::json!({
+        "apiVersion": "fargo.dev/v1alpha1",
+        "kind": "ServerlessFunction",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": spec,
+    });
+    Api::<fargo::api::ServerlessFunction>::namespaced(client.clone(), namespace)
+        .patch(
+            name,
+            &PatchParams::apply(TEST_MANAGER).force(),
+            &Patch::Apply(&object),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("applying function {namespace}/{name}: {e}"))
+}
+
+/// `(status, reason, message)` of a condition of the function, once it has one.
+pub async fn function_condition(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    type_: &str,
+) -> Option<(String, String, String)> {
+    let function = Api::<fargo::api::ServerlessFunction>::namespaced(client.clone(), namespace)
+        .get_opt(name)
+        .await
+        .ok()??;
+    let condition = function
+        .status?
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == type_)?;
+    Some((condition.status, condition.reason, condition.message))
+}
+
+/// Waits (up to `seconds`) for a condition of the function with this status and reason;
+/// returns its message.
+pub async fn wait_function_condition(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    (type_, status, reason): (&str, &str, &str),
+    seconds: u64,
+) -> String {
+    eventually(
+        seconds,
+        &format!("{namespace}/{name} {type_}={status} ({reason})"),
+        || async move {
+            let (s, r, message) = function_condition(client, namespace, name, type_).await?;
+            (s == status && r == reason).then_some(message)
+        },
+    )
+    .await
+}
+
+/// `spec.replicas` of the function's Deployment; `None` while there is none.
+pub async fn function_replicas(client: &Client, namespace: &str, name: &str) -> Option<i32> {
+    Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), namespace)
+        .get_opt(name)
+        .await
+        .ok()??
+        .spec?
+        .replicas
 }

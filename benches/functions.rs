@@ -1,0 +1,455 @@
+//! Functions on the local cluster's real node, through the real `fargo activator` and `fargo
+//! controller` (the binaries this `cargo bench` built, run out of cluster on 127.0.0.1):
+//!
+//! - **cold start**: a request to a function at zero replicas until its response, against the
+//!   pod's own start in the same runs — from the scale write (seen by a watch) to the first
+//!   answer of the pod's IP to a prober polling it every few milliseconds. fargo's share is
+//!   (cold start − pod start) / pod start.
+//! - **proxy overhead**: one warm pod, requests straight to its IP against requests through the
+//!   activator, interleaved, at 1, 16 and 64 connections (keep-alive clients).
+//!
+//! `make bench` runs it; it needs KUBECONFIG (it is skipped, saying so, without one) and the
+//! fargo-echo image imported into the node (`make images`).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::Client;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::watcher;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const COLD_RUNS: usize = 20;
+const LEVELS: [usize; 3] = [1, 16, 64];
+/// Requests per path and level, in rounds that alternate the two paths.
+const REQUESTS_PER_LEVEL: usize = 20_000;
+const ROUNDS: usize = 10;
+
+type Keepalive = HttpClient<HttpConnector, Empty<Bytes>>;
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index]
+}
+
+fn report(what: &str, mut samples: Vec<Duration>) -> (Duration, Duration) {
+    samples.sort();
+    let (p50, p99) = (percentile(&samples, 0.50), percentile(&samples, 0.99));
+    println!(
+        "{what:<52} n={:<6} p50={:>10.1?} p99={:>10.1?}",
+        samples.len(),
+        p50,
+        p99
+    );
+    (p50, p99)
+}
+
+fn keepalive_client() -> Keepalive {
+    HttpClient::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(256)
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build_http()
+}
+
+/// One GET, body read to the end; its latency.
+async fn get(client: &Keepalive, url: &hyper::Uri) -> Duration {
+    let started = Instant::now();
+    let response = client
+        .get(url.clone())
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e:?}"));
+    assert!(
+        response.status().is_success(),
+        "GET {url}: {}",
+        response.status()
+    );
+    response
+        .into_body()
+        .collect()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: body: {e}"));
+    started.elapsed()
+}
+
+/// Whether the pod at `addr` answers `GET /healthz` over a fresh connection.
+async fn answers(addr: SocketAddr) -> bool {
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: pod\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).await?;
+        Ok::<bool, std::io::Error>(head.starts_with(b"HTTP/1.1 200"))
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_millis(200), exchange).await,
+        Ok(Ok(true))
+    )
+}
+
+/// The function's pods, with those being deleted.
+async fn pods_of(client: &Client, namespace: &str, function: &str) -> Vec<Pod> {
+    Api::<Pod>::namespaced(client.clone(), namespace)
+        .list(&ListParams::default().labels(&format!("fargo.dev/function={function}")))
+        .await
+        .map(|list| list.items)
+        .unwrap_or_default()
+}
+
+/// Scales the function to zero as the autoscaler would, and waits until no pod and no endpoint
+/// of it is left.
+async fn scale_to_zero(client: &Client, namespace: &str, function: &str) {
+    Api::<Deployment>::namespaced(client.clone(), namespace)
+        .patch_scale(
+            function,
+            &PatchParams::apply("fargo.dev/autoscaler").force(),
+            &Patch::Apply(json!({
+                "apiVersion": "autoscaling/v1", "kind": "Scale",
+                "metadata": {"name": function, "namespace": namespace},
+                "spec": {"replicas": 0},
+            })),
+        )
+        .await
+        .expect("scaling to zero");
+    common::eventually(120, "no pod and no endpoint left", || async {
+        if !pods_of(client, namespace, function).await.is_empty() {
+            return None;
+        }
+        let slices = Api::<EndpointSlice>::namespaced(client.clone(), namespace)
+            .list(&ListParams::default().labels(&format!("kubernetes.io/service-name={function}")))
+            .await
+            .ok()?;
+        let endpoints = slices
+            .items
+            .iter()
+            .map(|s| s.endpoints.as_ref().map_or(0, Vec::len))
+            .sum::<usize>();
+        (endpoints == 0).then_some(())
+    })
+    .await;
+    // The activator learns of the empty slice through its own watch.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
+/// When the Deployment's replicas were first seen above zero, by a watch opened before the
+/// request. Sends on `watching` once the watch has its initial list.
+async fn replicas_raised(
+    client: Client,
+    namespace: String,
+    function: String,
+    watching: tokio::sync::oneshot::Sender<()>,
+) -> Instant {
+    let api: Api<Deployment> = Api::namespaced(client, &namespace);
+    let config = watcher::Config::default().fields(&format!("metadata.name={function}"));
+    let mut events = watcher(api, config).boxed();
+    let mut watching = Some(watching);
+    while let Some(event) = events.next().await {
+        let deployment = match event {
+            Ok(watcher::Event::InitDone) => {
+                if let Some(watching) = watching.take() {
+                    let _ = watching.send(());
+                }
+                continue;
+            }
+            Ok(watcher::Event::Apply(d)) => d,
+            _ => continue,
+        };
+        if deployment.spec.and_then(|s| s.replicas).unwrap_or(0) > 0 {
+            return Instant::now();
+        }
+    }
+    panic!("the Deployment watch ended");
+}
+
+/// When the function's new pod first answered on its IP, polled every 2 ms from the moment a
+/// pod watch shows its address.
+async fn pod_answered(client: Client, namespace: String, function: String) -> Instant {
+    let api: Api<Pod> = Api::namespaced(client, &namespace);
+    let config = watcher::Config::default().labels(&format!("fargo.dev/function={function}"));
+    let mut events = watcher(api, config).boxed();
+    let mut ip = None;
+    while ip.is_none() {
+        match events.next().await {
+            Some(Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod))) => {
+                if pod.metadata.deletion_timestamp.is_none() {
+                    ip = pod.status.and_then(|s| s.pod_ip);
+                }
+            }
+            Some(_) => {}
+            None => panic!("the pod watch ended"),
+        }
+    }
+    let ip = ip.unwrap_or_default();
+    let addr: SocketAddr = format!("{ip}:8080").parse().expect("a pod address");
+    loop {
+        if answers(addr).await {
+            return Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+async fn cold_start(client: &Client, activator: &common::ActivatorAddrs, namespace: &str) {
+    let function = "cold";
+    common::apply_function(
+        client,
+        namespace,
+        function,
+        json!({"image": "fargo.dev/echo:dev", "timeout": "30s",
+               "scale": {"idleTimeout": "1s"}}),
+    )
+    .await;
+    common::wait_function_condition(
+        client,
+        namespace,
+        function,
+        ("Ready", "True", "ScaledToZero"),
+        60,
+    )
+    .await;
+    let url: hyper::Uri = activator
+        .function_url(namespace, function)
+        .parse()
+        .expect("a URL");
+    let (mut cold, mut pod_start, mut poke) = (vec![], vec![], vec![]);
+    for run in 0..COLD_RUNS {
+        scale_to_zero(client, namespace, function).await;
+        let (watching, watch_ready) = tokio::sync::oneshot::channel();
+        let raised = tokio::spawn(replicas_raised(
+            client.clone(),
+            namespace.to_string(),
+            function.to_string(),
+            watching,
+        ));
+        watch_ready.await.expect("the Deployment watch started");
+        let answered = tokio::spawn(pod_answered(
+            client.clone(),
+            namespace.to_string(),
+            function.to_string(),
+        ));
+        // A fresh client: no connection kept from the previous run.
+        let http = keepalive_client();
+        let sent = Instant::now();
+        let took = get(&http, &url).await;
+        let raised = raised.await.expect("the Deployment watch");
+        let answered = tokio::time::timeout(Duration::from_secs(30), answered)
+            .await
+            .expect("the pod answered its prober")
+            .expect("the pod prober");
+        let started = answered.saturating_duration_since(raised);
+        println!(
+            "  cold run {run:>2}: request→response {took:>8.1?}  scale write seen {:>8.1?} after \
+             the request  pod start {started:>8.1?}",
+            raised.saturating_duration_since(sent)
+        );
+        cold.push(took);
+        pod_start.push(started);
+        poke.push(raised.saturating_duration_since(sent));
+        // Idle for longer than idleTimeout before the next scale to zero, so the autoscaler
+        // agrees with it.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    let added: Vec<Duration> = cold
+        .iter()
+        .zip(&pod_start)
+        .map(|(cold, pod)| cold.saturating_sub(*pod))
+        .collect();
+    let (c50, c99) = report("cold start: request → response", cold);
+    let (s50, s99) = report("pod start: scale write → pod answers on its IP", pod_start);
+    report("  request → scale write seen (poke, by a watch)", poke);
+    let (a50, _) = report("  fargo's time per run (cold start − pod start)", added);
+    let percent =
+        |part: Duration, whole: Duration| part.as_secs_f64() / whole.as_secs_f64() * 100.0;
+    println!(
+        "{:<52} p50={:>9.1}%  (of p50s: {:.1}%, of p99s: {:.1}%)",
+        "  fargo's share of the pod start",
+        percent(a50, s50),
+        percent(c50.saturating_sub(s50), s50),
+        percent(c99.saturating_sub(s99), s99),
+    );
+}
+
+/// `count` GETs of `url` over `concurrency` keep-alive connections; the latencies and the
+/// wall time.
+async fn load(
+    client: &Keepalive,
+    url: &hyper::Uri,
+    count: usize,
+    concurrency: usize,
+) -> (Vec<Duration>, Duration) {
+    let started = Instant::now();
+    let latencies = futures::stream::iter(0..count)
+        .map(|_| get(client, url))
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    (latencies, started.elapsed())
+}
+
+/// CPU time the process has used so far, summed over its threads (nanosecond schedstat).
+fn cpu_time(pid: u32) -> Duration {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Duration::ZERO;
+    };
+    let nanos: u64 = tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+        .filter_map(|text| text.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    Duration::from_nanos(nanos)
+}
+
+async fn proxy_overhead(
+    client: &Client,
+    activator: &common::ActivatorAddrs,
+    activator_pid: u32,
+    namespace: &str,
+) {
+    let function = "warm";
+    common::apply_function(
+        client,
+        namespace,
+        function,
+        // No CPU limit to speak of: the pod must not be what limits either path.
+        json!({"image": "fargo.dev/echo:dev", "scale": {"min": 1, "max": 1},
+               "resources": {"requests": {"cpu": "100m", "memory": "128Mi"},
+                             "limits": {"cpu": "2", "memory": "256Mi"}}}),
+    )
+    .await;
+    let ip = common::eventually(120, "the warm pod's IP, ready", || async {
+        let pods = pods_of(client, namespace, function).await;
+        let pod = pods.first()?;
+        let status = pod.status.as_ref()?;
+        let ready = status
+            .conditions
+            .iter()
+            .flatten()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+        ready.then(|| status.pod_ip.clone()).flatten()
+    })
+    .await;
+    let direct: hyper::Uri = format!("http://{ip}:8080/").parse().expect("a URL");
+    let proxied: hyper::Uri = activator
+        .function_url(namespace, function)
+        .parse()
+        .expect("a URL");
+    let (direct_client, proxied_client) = (keepalive_client(), keepalive_client());
+    // Connections opened and caches warm on both paths before measuring.
+    load(&direct_client, &direct, 1_000, 64).await;
+    load(&proxied_client, &proxied, 1_000, 64).await;
+
+    for concurrency in LEVELS {
+        let per_round = REQUESTS_PER_LEVEL / ROUNDS;
+        let (mut base, mut through) = (vec![], vec![]);
+        let (mut base_time, mut through_time) = (Duration::ZERO, Duration::ZERO);
+        let mut activator_cpu = Duration::ZERO;
+        for round in 0..ROUNDS {
+            // Alternate which path goes first, so both see the same machine noise.
+            for path in [round % 2, 1 - round % 2] {
+                if path == 0 {
+                    let (latencies, took) =
+                        load(&direct_client, &direct, per_round, concurrency).await;
+                    base.extend(latencies);
+                    base_time += took;
+                } else {
+                    let cpu_before = cpu_time(activator_pid);
+                    let (latencies, took) =
+                        load(&proxied_client, &proxied, per_round, concurrency).await;
+                    activator_cpu += cpu_time(activator_pid).saturating_sub(cpu_before);
+                    through.extend(latencies);
+                    through_time += took;
+                }
+            }
+        }
+        let per_request = activator_cpu / through.len() as u32;
+        let base_rps = base.len() as f64 / base_time.as_secs_f64();
+        let through_rps = through.len() as f64 / through_time.as_secs_f64();
+        let (b50, b99) = report(
+            &format!("straight to the pod, {concurrency} connections ({base_rps:.0} rps)"),
+            base,
+        );
+        let (t50, t99) = report(
+            &format!("through the activator, {concurrency} connections ({through_rps:.0} rps)"),
+            through,
+        );
+        println!(
+            "{:<52} throughput {:.2}x  p50=+{:?} p99=+{:?}",
+            "  activator vs direct",
+            through_rps / base_rps,
+            t50.saturating_sub(b50),
+            t99.saturating_sub(b99),
+        );
+        println!(
+            "{:<52} {per_request:.1?} per request = {:.0} rps per core",
+            "  activator CPU",
+            1.0 / per_request.as_secs_f64().max(f64::MIN_POSITIVE),
+        );
+    }
+}
+
+async fn on_the_cluster() {
+    if std::env::var_os("KUBECONFIG").is_none() {
+        println!("functions: skipped (no KUBECONFIG; `make bench` starts a cluster)");
+        return;
+    }
+    let client = common::client().await;
+    common::install_crds(&client).await;
+    common::ensure_namespace(&client, "fargo-system").await;
+    let (activator_process, activator) = common::start_activator().await;
+    let identity = format!("fargo-bench-functions-{}", std::process::id());
+    let mut extra = vec![
+        "--identity".to_string(),
+        identity.clone(),
+        "--webhook-register".into(),
+        "false".into(),
+    ];
+    extra.extend(activator.controller_args());
+    let _controller = common::FargoProcess::new(common::spawn_controller_with(
+        common::free_port(),
+        common::free_port(),
+        &extra,
+    ));
+    common::wait_until_leading(&client, &identity, 120).await;
+
+    let namespace = common::unique_name("bench-functions");
+    common::ensure_namespace(&client, &namespace).await;
+    println!("load average before: {}", load_average());
+    cold_start(&client, &activator, &namespace).await;
+    proxy_overhead(&client, &activator, activator_process.id(), &namespace).await;
+    println!("load average after: {}", load_average());
+    let _ = Api::<Namespace>::all(client.clone())
+        .delete(&namespace, &DeleteParams::background())
+        .await;
+}
+
+/// The machine is shared: what else ran shows in the load average.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|text| {
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
+}
+
+fn main() {
+    tokio::runtime::Runtime::new()
+        .expect("a Tokio runtime")
+        .block_on(on_the_cluster());
+}

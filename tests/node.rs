@@ -1,0 +1,438 @@
+//! End to end on the local cluster's real node (`fargo-node`, tests/cluster/node.sh: containerd,
+//! runc and crun, a CNI bridge, kube-router enforcing NetworkPolicies): pods run from the images
+//! built here (tests/cluster/images.sh), profiles fence real traffic, and a profile's RuntimeClass
+//! decides which OCI runtime runs a pod. Pod IPs (10.244.0.0/24) are reached from this machine
+//! directly; nothing here sends traffic anywhere else.
+//!
+//! Every test makes its own namespaces (and profile) and removes them, also when it fails; a wait
+//! that times out reports the pods and events of those namespaces.
+
+mod common;
+mod real_node;
+
+use std::time::Duration;
+
+use common::{client, install_crds, shared_controller, unique_name, with_temp_ns};
+use fargo::api::profile::FargateProfile;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use real_node::{http_get, wait_for};
+use serde_json::{Value, json};
+
+/// Ports of this binary's controller, apart from those of the other test binaries.
+const WEBHOOK_PORT: u16 = 18446;
+const HEALTH_PORT: u16 = 19093;
+
+const ECHO_IMAGE: &str = "fargo.dev/echo:dev";
+const ECHO_PORT: u16 = 8080;
+const NODE_NAME: &str = "fargo-node";
+/// The label node.sh gives the real node; kwok's simulated nodes are tainted and lack it.
+const REAL_NODE: (&str, &str) = ("fargo.dev/node", "real");
+/// A pod on the real node starts in seconds; the margin is for a busy two-core machine.
+const POD_READY_SECONDS: u64 = 120;
+/// kube-router applies a policy change within a second or two of seeing it.
+const POLICY_SECONDS: u64 = 30;
+/// Where the containerd shim keeps the state of both runtimes: node.sh sets no `Root` for
+/// them, so io.containerd.runc.v2 uses its default, /run/containerd/runc/<containerd namespace>,
+/// and the CRI plugin's namespace is k8s.io.
+const RUNTIME_ROOT: &str = "/run/containerd/runc/k8s.io";
+
+async fn setup() -> Client {
+    let client = client().await;
+    install_crds(&client).await;
+    shared_controller(&client, WEBHOOK_PORT, HEALTH_PORT).await;
+    client
+}
+
+/// An echo pod that the kubelet reports Ready once it answers HTTP. `on_real_node` pins it with
+/// a nodeSelector; profiled pods get theirs from the profile instead.
+fn echo_pod(name: &str, on_real_node: bool) -> Pod {
+    let mut spec = json!({
+        "containers": [{
+            "name": "echo",
+            "image": ECHO_IMAGE,
+            // Imported into the node's containerd; there is no registry to pull from.
+            "imagePullPolicy": "Never",
+            "ports": [{"containerPort": ECHO_PORT}],
+            // The kubelet probes from the node itself, which kube-router lets through to fenced
+            // pods as well.
+            "readinessProbe": {
+                "httpGet": {"path": "/healthz", "port": ECHO_PORT},
+                "periodSeconds": 1,
+            },
+        }],
+        "terminationGracePeriodSeconds": 1,
+    });
+    if on_real_node {
+        spec["nodeSelector"] = json!({REAL_NODE.0: REAL_NODE.1});
+    }
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": name}},
+        "spec": spec,
+    }))
+    .expect("a valid pod")
+}
+
+async fn create_pod(client: &Client, namespace: &str, pod: &Pod) -> Pod {
+    Api::<Pod>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), pod)
+        .await
+        .unwrap_or_else(|e| panic!("creating pod {namespace}/{}: {e}", pod.name_any()))
+}
+
+/// Waits until pod `namespace/name` is Ready, and returns it.
+async fn wait_ready(client: &Client, namespace: &str, name: &str) -> Pod {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    wait_for(
+        client,
+        &[namespace.to_string()],
+        POD_READY_SECONDS,
+        &format!("pod {namespace}/{name} to be Ready"),
+        || {
+            let pods = pods.clone();
+            async move {
+                let pod = pods.get(name).await.map_err(|e| e.to_string())?;
+                let ready = pod
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|conditions| {
+                        conditions
+                            .iter()
+                            .any(|c| c.type_ == "Ready" && c.status == "True")
+                    });
+                if ready {
+                    Ok(pod)
+                } else {
+                    Err(format!("phase {:?}", pod.status.and_then(|s| s.phase)))
+                }
+            }
+        },
+    )
+    .await
+}
+
+fn pod_ip(pod: &Pod) -> String {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.pod_ip.clone())
+        .unwrap_or_else(|| panic!("pod {} has no IP", pod.name_any()))
+}
+
+fn node_name(pod: &Pod) -> Option<&str> {
+    pod.spec.as_ref().and_then(|s| s.node_name.as_deref())
+}
+
+/// Asks the echo pod at `from_ip` to GET `http://to_ip:8080/` (its `/call` endpoint): the status
+/// and body it got, or 502 with the error when the connection failed.
+async fn call_between(from_ip: &str, to_ip: &str) -> Result<(u16, String), String> {
+    http_get(
+        from_ip,
+        ECHO_PORT,
+        &format!("/call?url=http://{to_ip}:{ECHO_PORT}/"),
+        Duration::from_secs(10),
+    )
+    .await
+}
+
+/// Waits until `from_ip` reaches `to_ip` and the answer comes from pod `to`.
+async fn wait_reachable(
+    client: &Client,
+    namespaces: &[String],
+    (from, from_ip): (&str, &str),
+    (to, to_ip): (&str, &str),
+) {
+    wait_for(
+        client,
+        namespaces,
+        POLICY_SECONDS,
+        &format!("{from} ({from_ip}) to reach {to} ({to_ip})"),
+        || async move {
+            let (status, body) = call_between(from_ip, to_ip).await?;
+            let echo: Value = serde_json::from_str(&body)
+                .map_err(|_| format!("status {status}, body {body:?}"))?;
+            if status == 200 && echo["hostname"] == to {
+                Ok(())
+            } else {
+                Err(format!("status {status}, body {body:?}"))
+            }
+        },
+    )
+    .await
+}
+
+/// Waits until `from_ip`'s call to `to_ip` fails: its `/call` answers 502 with the connection
+/// error (kube-router rejects fenced packets, so the error is "Connection refused"). The fence
+/// holds once kube-router has seen the pod and the policy, a moment after the pod starts.
+async fn wait_fenced(
+    client: &Client,
+    namespaces: &[String],
+    (from, from_ip): (&str, &str),
+    (to, to_ip): (&str, &str),
+) {
+    wait_for(
+        client,
+        namespaces,
+        POLICY_SECONDS,
+        &format!("{from} ({from_ip}) to be fenced off from {to} ({to_ip})"),
+        || async move {
+            let (status, body) = call_between(from_ip, to_ip).await?;
+            if status == 502 && body.starts_with(&format!("calling http://{to_ip}:")) {
+                Ok(())
+            } else {
+                Err(format!("status {status}, body {body:?}"))
+            }
+        },
+    )
+    .await
+}
+
+async fn create_namespace(client: &Client, name: &str) {
+    let mut namespace = Namespace::default();
+    namespace.metadata.name = Some(name.into());
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &namespace)
+        .await
+        .unwrap_or_else(|e| panic!("creating namespace {name}: {e}"));
+}
+
+async fn apply_profile(client: &Client, name: &str, spec: Value) {
+    let object = json!({
+        "apiVersion": "fargo.dev/v1alpha1",
+        "kind": "FargateProfile",
+        "metadata": {"name": name},
+        "spec": spec,
+    });
+    Api::<FargateProfile>::all(client.clone())
+        .patch(
+            name,
+            &PatchParams::apply(common::TEST_MANAGER).force(),
+            &Patch::Apply(&object),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("applying profile {name}: {e}"));
+}
+
+/// Waits until the controller has labelled `namespace` profiled and written the profile's
+/// NetworkPolicy there: from then on the webhook mutates its pods and the fence exists.
+async fn wait_fenced_namespace(client: &Client, namespace: &str, profile: &str) {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), namespace);
+    let policy = format!("fargo-{profile}");
+    wait_for(
+        client,
+        &[namespace.to_string()],
+        30,
+        &format!("namespace {namespace} to be profiled with NetworkPolicy {policy}"),
+        || {
+            let (namespaces, policies, policy) =
+                (namespaces.clone(), policies.clone(), policy.clone());
+            async move {
+                let ns = namespaces.get(namespace).await.map_err(|e| e.to_string())?;
+                if ns.labels().get("fargo.dev/profiled").map(String::as_str) != Some("true") {
+                    return Err("namespace not labelled fargo.dev/profiled=true".into());
+                }
+                match policies.get_opt(&policy).await {
+                    Ok(Some(_)) => Ok(()),
+                    Ok(None) => Err("no NetworkPolicy yet".into()),
+                    Err(error) => Err(error.to_string()),
+                }
+            }
+        },
+    )
+    .await;
+}
+
+/// Runs `test`, then deletes `namespaces` and `profile` (waiting for the profile's finalizer),
+/// also when the test panics.
+async fn cleaning_up<Fut>(client: &Client, namespaces: &[String], profile: &str, test: Fut)
+where
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let outcome = tokio::spawn(test).await;
+    let namespace_api: Api<Namespace> = Api::all(client.clone());
+    for namespace in namespaces {
+        let _ = namespace_api
+            .delete(namespace, &DeleteParams::background())
+            .await;
+    }
+    let profiles: Api<FargateProfile> = Api::all(client.clone());
+    let _ = profiles.delete(profile, &DeleteParams::default()).await;
+    common::eventually(30, &format!("profile {profile} to be gone"), || {
+        let profiles = profiles.clone();
+        async move { matches!(profiles.get_opt(profile).await, Ok(None)).then_some(()) }
+    })
+    .await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic.into_panic());
+    }
+}
+
+/// The container ids `<runtime> --root RUNTIME_ROOT list` prints (run on this machine, which is
+/// the node).
+fn runtime_list(runtime: &str) -> Vec<String> {
+    let output = std::process::Command::new(runtime)
+        .args(["--root", RUNTIME_ROOT, "list"])
+        .output()
+        .unwrap_or_else(|e| panic!("running `{runtime} list` (is {runtime} installed?): {e}"));
+    assert!(
+        output.status.success(),
+        "`{runtime} --root {RUNTIME_ROOT} list` failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .skip(1) // the header
+        .filter_map(|line| line.split_whitespace().next().map(str::to_string))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_pod_with_a_locally_built_image_runs_and_answers_http() {
+    let client = client().await;
+    with_temp_ns(&client, &[], |client, namespace| async move {
+        create_pod(&client, &namespace, &echo_pod("echo", true)).await;
+        let pod = wait_ready(&client, &namespace, "echo").await;
+        assert_eq!(node_name(&pod), Some(NODE_NAME));
+
+        let ip = pod_ip(&pod);
+        let (status, body) = http_get(&ip, ECHO_PORT, "/hello?from=host", Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|e| panic!("GET http://{ip}:{ECHO_PORT}/hello: {e}"));
+        assert_eq!(status, 200, "body: {body}");
+        let echo: Value = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("the echo is JSON ({e}): {body}"));
+        assert_eq!(echo["method"], "GET");
+        assert_eq!(echo["path"], "/hello");
+        assert_eq!(echo["query"], json!({"from": "host"}));
+        // The pod's hostname is its name: the answer came from inside this pod.
+        assert_eq!(echo["hostname"], "echo");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn profile_egress_fences_pods_until_the_profile_allows_it() {
+    let client = setup().await;
+    let profile = unique_name("fence");
+    let fenced_ns = format!("{profile}-a");
+    let open_ns = format!("{profile}-b");
+    let namespaces = vec![fenced_ns.clone(), open_ns.clone()];
+    let test = {
+        let (client, profile, namespaces) = (client.clone(), profile.clone(), namespaces.clone());
+        async move {
+            // Nothing allowed but DNS: not even the profile's own pods.
+            let network = |allowed: Value| {
+                let mut network = json!({"allowDNS": true, "allowSameProfile": false});
+                if let (Some(network), Some(allowed)) =
+                    (network.as_object_mut(), allowed.as_object())
+                {
+                    network.extend(allowed.clone());
+                }
+                network
+            };
+            let spec = |allowed: Value| {
+                json!({
+                    "selectors": [{"namespace": fenced_ns}],
+                    "network": network(allowed),
+                    "scheduling": {"nodeSelector": {REAL_NODE.0: REAL_NODE.1}},
+                })
+            };
+            create_namespace(&client, &open_ns).await;
+            create_namespace(&client, &fenced_ns).await;
+            apply_profile(&client, &profile, spec(json!({}))).await;
+            wait_fenced_namespace(&client, &fenced_ns, &profile).await;
+
+            // Pod A in the profile (placed on the real node by the profile alone), pod B outside.
+            let a = create_pod(&client, &fenced_ns, &echo_pod("a", false)).await;
+            assert_eq!(a.labels().get("fargo.dev/profile"), Some(&profile));
+            create_pod(&client, &open_ns, &echo_pod("b", true)).await;
+            let a = wait_ready(&client, &fenced_ns, "a").await;
+            let b = wait_ready(&client, &open_ns, "b").await;
+            assert_eq!(node_name(&a), Some(NODE_NAME));
+            let (a_ip, b_ip) = (pod_ip(&a), pod_ip(&b));
+            let a = ("a", a_ip.as_str());
+            let b = ("b", b_ip.as_str());
+
+            // A may not connect out, and B may not connect in: A's ingress is denied too.
+            wait_fenced(&client, &namespaces, a, b).await;
+            wait_fenced(&client, &namespaces, b, a).await;
+
+            // The profile opens both directions to B's namespace; running pods follow.
+            let b_namespace = json!([{"namespaceSelector": {"matchLabels": {
+                "kubernetes.io/metadata.name": open_ns,
+            }}}]);
+            apply_profile(
+                &client,
+                &profile,
+                spec(json!({"egress": b_namespace, "ingress": b_namespace})),
+            )
+            .await;
+            wait_reachable(&client, &namespaces, a, b).await;
+            wait_reachable(&client, &namespaces, b, a).await;
+        }
+    };
+    cleaning_up(&client, &namespaces, &profile, test).await;
+}
+
+#[tokio::test]
+async fn a_profiles_runtime_class_runs_the_pod_under_crun() {
+    let client = setup().await;
+    let profile = unique_name("crun");
+    let namespace = format!("{profile}-ns");
+    let namespaces = vec![namespace.clone()];
+    let test = {
+        let (client, profile) = (client.clone(), profile.clone());
+        async move {
+            // RuntimeClass `crun` (handler crun) is one of the two node.sh creates.
+            apply_profile(
+                &client,
+                &profile,
+                json!({
+                    "selectors": [{"namespace": namespace}],
+                    "runtimeClassName": "crun",
+                    "scheduling": {"nodeSelector": {REAL_NODE.0: REAL_NODE.1}},
+                }),
+            )
+            .await;
+            create_namespace(&client, &namespace).await;
+            wait_fenced_namespace(&client, &namespace, &profile).await;
+
+            let created = create_pod(&client, &namespace, &echo_pod("sandboxed", false)).await;
+            assert_eq!(
+                created
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.runtime_class_name.as_deref()),
+                Some("crun")
+            );
+            let pod = wait_ready(&client, &namespace, "sandboxed").await;
+            assert_eq!(node_name(&pod), Some(NODE_NAME));
+            let container_id = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.container_statuses.as_ref())
+                .and_then(|statuses| statuses.first())
+                .and_then(|status| status.container_id.as_deref())
+                .and_then(|id| id.strip_prefix("containerd://"))
+                .expect("a containerd:// container id")
+                .to_string();
+
+            let crun = runtime_list("crun");
+            assert!(
+                crun.contains(&container_id),
+                "crun does not run container {container_id}; it runs {crun:?}"
+            );
+            let runc = runtime_list("runc");
+            assert!(
+                !runc.contains(&container_id),
+                "runc lists container {container_id}, which crun should run"
+            );
+        }
+    };
+    cleaning_up(&client, &namespaces, &profile, test).await;
+}
