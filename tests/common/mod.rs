@@ -205,11 +205,17 @@ impl ControllerProcess {
     }
 }
 
-/// Waits until the webhook configuration points at 127.0.0.1:`webhook_port` and that port
-/// accepts connections.
+/// Where the API server reaches the tests' out-of-cluster webhook: 127.0.0.1 for the local
+/// cluster; the Docker gateway for kind (`FARGO_TEST_WEBHOOK_HOST`, set by tests/e2e/kind.sh).
+fn webhook_host() -> String {
+    std::env::var("FARGO_TEST_WEBHOOK_HOST").unwrap_or_else(|_| "127.0.0.1".into())
+}
+
+/// Waits until the webhook configuration points at this test run's webhook and its port accepts
+/// connections.
 async fn wait_until_serving(client: &Client, webhook_port: u16) {
     use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
-    let url = format!("https://127.0.0.1:{webhook_port}/");
+    let url = format!("https://{}:{webhook_port}/", webhook_host());
     let configs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     for _ in 0..120 {
         if let Ok(Some(config)) = configs.get_opt("fargo").await {
@@ -252,11 +258,17 @@ pub fn spawn_controller_with(
     let mut args: Vec<String> = ["controller", "--namespace", "fargo-system"]
         .map(String::from)
         .into();
+    let host = webhook_host();
+    let listen = if host == "127.0.0.1" {
+        "127.0.0.1"
+    } else {
+        "0.0.0.0"
+    };
     args.extend([
         "--webhook-addr".into(),
-        format!("127.0.0.1:{webhook_port}"),
+        format!("{listen}:{webhook_port}"),
         "--webhook-url".into(),
-        format!("https://127.0.0.1:{webhook_port}"),
+        format!("https://{host}:{webhook_port}"),
         "--health-addr".into(),
         format!("127.0.0.1:{health_port}"),
     ]);
