@@ -5,7 +5,8 @@
 #   tests/e2e/kind.sh          create cluster `fargo`, build and load the images, run the tests
 #   KEEP=1 tests/e2e/kind.sh   leave the cluster running afterwards
 #
-# What differs from the local cluster: kind's node runs runc only, so a `crun` RuntimeClass is
+# What differs from the local cluster: pod IPs are reached through a route this script adds
+# (sudo), kind's node runs runc only, so a `crun` RuntimeClass is
 # created pointing at runc's handler (the test that proves crun from the node is skipped), and
 # the tests reach the out-of-cluster controller's webhook through the Docker bridge gateway
 # instead of 127.0.0.1.
@@ -43,6 +44,11 @@ metadata: {name: $handler}
 handler: runc
 YAML
 done
+
+# The tests talk to pod IPs from this machine, as on the local cluster: route the pod network
+# through the node's container (needs root; kind's default pod subnet).
+node_ip="$(docker inspect -f '{{.NetworkSettings.Networks.kind.IPAddress}}' "$cluster-control-plane")"
+sudo ip route replace 10.244.0.0/16 via "$node_ip"
 
 # The API server runs in a container: it calls the tests' webhook at the Docker gateway.
 gateway="$(docker network inspect kind -f '{{(index .IPAM.Config 0).Gateway}}')"
