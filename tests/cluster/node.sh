@@ -122,6 +122,16 @@ ours() {
 
 # start BINARY ARGS...: in its own session, output in logs/, pid in pids/; the lock's
 # descriptor (9, held by up.sh or by us) is closed in it.
+# True while the process started as $1 has not exited. Unlike `ours`, it does not look at the
+# command line: right after `start`, the pid may still be setsid's or bash's on its way to exec.
+alive() {
+  local pid stat
+  pid="$(cat "$state/pids/$1.pid" 2>/dev/null)" || return 1
+  stat="$(cat "/proc/$pid/stat" 2>/dev/null)" || return 1
+  stat="${stat##*) }"
+  [[ "${stat%% *}" != Z ]]
+}
+
 start() {
   local name="${1##*/}"
   setsid "$@" </dev/null >"$state/logs/$name.log" 2>&1 9<&- &
@@ -140,7 +150,7 @@ wait_until() {
   shift 2
   until "$@" >/dev/null 2>&1; do
     for c in "${components[@]}"; do
-      if [[ -f "$state/pids/$c.pid" ]] && ! ours "$c"; then
+      if [[ -f "$state/pids/$c.pid" ]] && ! alive "$c"; then
         show_log "$c"
         die "$c exited while waiting for $what"
       fi

@@ -79,6 +79,16 @@ ours() {
   [[ "${stat%% *}" != Z ]]
 }
 
+# True while the process started as $1 has not exited. Unlike `ours`, it does not look at the
+# command line: right after `start`, the pid may still be setsid's or bash's on its way to exec.
+alive() {
+  local pid stat
+  pid="$(cat "$state/pids/$1.pid" 2>/dev/null)" || return 1
+  stat="$(cat "/proc/$pid/stat" 2>/dev/null)" || return 1
+  stat="${stat##*) }"
+  [[ "${stat%% *}" != Z ]]
+}
+
 apiserver_ready() {
   "$kubectl" --kubeconfig "$kubeconfig" --request-timeout=2s get --raw /readyz >/dev/null 2>&1
 }
@@ -233,7 +243,7 @@ wait_until() {
   shift 2
   until "$@" >/dev/null 2>&1; do
     for c in "${components[@]}"; do
-      if [[ -f "$state/pids/$c.pid" ]] && ! ours "$c"; then
+      if [[ -f "$state/pids/$c.pid" ]] && ! alive "$c"; then
         show_log "$c"
         die "$c exited while waiting for $what; logs in $state/logs, $here/down.sh cleans up"
       fi
