@@ -12,7 +12,9 @@ mod real_node;
 
 use std::time::Duration;
 
-use common::{client, install_crds, shared_controller, unique_name, with_temp_ns};
+use common::{
+    client, create_namespace, install_crds, shared_controller, unique_name, with_temp_ns,
+};
 use fargo::api::profile::FargateProfile;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -191,15 +193,6 @@ async fn wait_fenced(
     .await
 }
 
-async fn create_namespace(client: &Client, name: &str) {
-    let mut namespace = Namespace::default();
-    namespace.metadata.name = Some(name.into());
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &namespace)
-        .await
-        .unwrap_or_else(|e| panic!("creating namespace {name}: {e}"));
-}
-
 async fn apply_profile(client: &Client, name: &str, spec: Value) {
     let object = json!({
         "apiVersion": "fargo.dev/v1alpha1",
@@ -342,8 +335,8 @@ async fn profile_egress_fences_pods_until_the_profile_allows_it() {
                     "scheduling": {"nodeSelector": {REAL_NODE.0: REAL_NODE.1}},
                 })
             };
-            create_namespace(&client, &open_ns).await;
-            create_namespace(&client, &fenced_ns).await;
+            create_namespace(&client, &open_ns, &[]).await;
+            create_namespace(&client, &fenced_ns, &[]).await;
             apply_profile(&client, &profile, spec(json!({}))).await;
             wait_fenced_namespace(&client, &fenced_ns, &profile).await;
 
@@ -399,7 +392,7 @@ async fn a_profiles_runtime_class_runs_the_pod_under_crun() {
                 }),
             )
             .await;
-            create_namespace(&client, &namespace).await;
+            create_namespace(&client, &namespace, &[]).await;
             wait_fenced_namespace(&client, &namespace, &profile).await;
 
             let created = create_pod(&client, &namespace, &echo_pod("sandboxed", false)).await;

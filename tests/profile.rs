@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{client, eventually, install_crds, shared_controller, unique_name};
+use common::{client, create_namespace, eventually, install_crds, shared_controller, unique_name};
 use fargo::api::profile::FargateProfile;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -60,22 +60,6 @@ async fn delete_profile(client: &Client, name: &str) {
         }
     })
     .await;
-}
-
-async fn create_namespace(client: &Client, name: &str, labels: &[(&str, &str)]) {
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let mut ns = Namespace::default();
-    ns.metadata.name = Some(name.into());
-    ns.metadata.labels = Some(
-        labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-    );
-    namespaces
-        .create(&PostParams::default(), &ns)
-        .await
-        .unwrap_or_else(|e| panic!("creating namespace {name}: {e}"));
 }
 
 async fn delete_namespace(client: &Client, name: &str) {

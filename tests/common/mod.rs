@@ -73,18 +73,7 @@ where
 {
     let name = unique_name("fargo-test");
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    let mut ns = Namespace::default();
-    ns.metadata.name = Some(name.clone());
-    ns.metadata.labels = Some(
-        labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-    );
-    namespaces
-        .create(&PostParams::default(), &ns)
-        .await
-        .unwrap_or_else(|e| panic!("creating namespace {name}: {e}"));
+    create_namespace(client, &name, labels).await;
     let outcome = tokio::spawn(test(client.clone(), name.clone())).await;
     let _ = namespaces.delete(&name, &DeleteParams::background()).await;
     if let Err(panic) = outcome {
@@ -305,6 +294,23 @@ fn spawn_fargo(args: &[String], log_name: &str) -> std::process::Child {
     command
         .spawn()
         .unwrap_or_else(|e| panic!("starting fargo {}: {e}", args[0]))
+}
+
+/// Creates namespace `name` with `labels`; panics when it cannot.
+pub async fn create_namespace(client: &Client, name: &str, labels: &[(&str, &str)]) {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let mut ns = Namespace::default();
+    ns.metadata.name = Some(name.into());
+    ns.metadata.labels = Some(
+        labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    );
+    namespaces
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap_or_else(|e| panic!("creating namespace {name}: {e}"));
 }
 
 /// Creates namespace `name` unless it exists.
