@@ -12,12 +12,15 @@ use axum::routing::get;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
-/// Starts logging to stderr, filtered by `RUST_LOG` (default `info`), as JSON when asked.
+/// Starts logging to stderr, filtered by `RUST_LOG` (default `info`), as JSON when asked;
+/// colored only on a terminal, so pod logs and log files stay plain text.
 pub fn init_logging(json: bool) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if json {
         builder.json().init();

@@ -14,7 +14,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
@@ -98,17 +98,41 @@ pub async fn run(
     let profiles = controller.store();
 
     // Any namespace or RuntimeClass change can change what every profile selects or reports;
-    // there are few profiles, so all of them are reconciled.
+    // there are few profiles, so all of them are reconciled. The namespace cache is filled by a
+    // task of its own, and the controller starts once it holds the first full list: reconciles
+    // then read it without waiting (`Store::wait_until_ready` wakes only one of several
+    // concurrent waiters, so reconciles must not wait on it).
     let (namespaces, namespaces_writer) = reflector::store();
-    let namespace_changes = watcher(
-        Api::<Namespace>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .modify(|ns| ns.managed_fields_mut().clear())
-    .reflect(namespaces_writer)
-    .applied_objects()
-    .filter_map(|ns| async move { ns.ok().map(|_| ()) });
+    let (namespaces_changed, namespace_changes) = futures::channel::mpsc::channel::<()>(1);
+    let namespace_cache = tokio::spawn({
+        let api = Api::<Namespace>::all(client.clone());
+        let shutdown = shutdown.clone();
+        async move {
+            let mut namespaces_changed = namespaces_changed;
+            watcher(api, watcher::Config::default())
+                .default_backoff()
+                .modify(|ns| ns.managed_fields_mut().clear())
+                .reflect(namespaces_writer)
+                .applied_objects()
+                .take_until(shutdown.cancelled_owned())
+                .for_each(|ns| {
+                    // A full channel already holds a pending bulk reconcile, which reads the
+                    // cache after this change.
+                    if ns.is_ok() {
+                        let _ = namespaces_changed.try_send(());
+                    }
+                    async {}
+                })
+                .await;
+        }
+    });
+    tokio::select! {
+        _ = namespaces.wait_until_ready() => {}
+        () = shutdown.cancelled() => {
+            let _ = namespace_cache.await;
+            return;
+        }
+    }
     let runtime_class_changes = watcher(
         Api::<RuntimeClass>::all(client.clone()),
         watcher::Config::default(),
@@ -128,9 +152,17 @@ pub async fn run(
     });
 
     controller
-        .owns(
+        // Not `owns`: it would name the cluster-scoped owner with the policy's namespace, a
+        // distinct key to the scheduler, and so reconcile one profile several times at once.
+        .watches(
             Api::<NetworkPolicy>::all(client),
             watcher::Config::default().labels(PROFILE_LABEL),
+            |policy| {
+                policy
+                    .labels()
+                    .get(PROFILE_LABEL)
+                    .map(|profile| ObjectRef::<FargateProfile>::new(profile))
+            },
         )
         .reconcile_all_on(futures::stream::select(
             namespace_changes,
@@ -145,6 +177,7 @@ pub async fn run(
             }
         })
         .await;
+    let _ = namespace_cache.await;
 }
 
 #[instrument(skip_all, fields(profile = %profile.name_any()))]
@@ -193,7 +226,6 @@ impl FargateProfile {
     }
 
     async fn apply(&self, ctx: &Context) -> Result<Action> {
-        ctx.namespaces.wait_until_ready().await.ok();
         let name = self.name_any();
         let matched = self.matched_namespaces(ctx);
 

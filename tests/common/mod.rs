@@ -224,6 +224,7 @@ async fn wait_until_serving(client: &Client, webhook_port: u16) {
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    print_fargo_logs();
     panic!("the controller did not register its webhook at {url} within 30s");
 }
 
@@ -265,6 +266,25 @@ pub fn spawn_controller_with(
     spawn_fargo(&args, &format!("controller-{webhook_port}.log"))
 }
 
+/// Logs of the fargo processes this test binary started.
+static FARGO_LOGS: std::sync::Mutex<Vec<std::path::PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// Prints the end of every fargo log of this test binary, so that a failure shows what the
+/// controller and activators were doing.
+pub fn print_fargo_logs() {
+    const LINES: usize = 40;
+    let logs = FARGO_LOGS.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    for path in logs {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(LINES)..];
+        eprintln!("---- last {} lines of {} ----", tail.len(), path.display());
+        for line in tail {
+            eprintln!("{line}");
+        }
+    }
+}
+
 /// Runs the `fargo` binary built by this `cargo test` (or `cargo bench`) with `args`, its log in
 /// `log_name` beside the test binaries rather than in the test output.
 fn spawn_fargo(args: &[String], log_name: &str) -> std::process::Child {
@@ -283,6 +303,11 @@ fn spawn_fargo(args: &[String], log_name: &str) -> std::process::Child {
         });
     }
     let log_path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(log_name);
+    let mut logs = FARGO_LOGS.lock().unwrap_or_else(|e| e.into_inner());
+    if !logs.contains(&log_path) {
+        logs.push(log_path.clone());
+    }
+    drop(logs);
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -337,6 +362,7 @@ where
             return value;
         }
         if tokio::time::Instant::now() > deadline {
+            print_fargo_logs();
             panic!("timed out after {seconds}s waiting for {what}");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
