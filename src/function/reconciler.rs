@@ -65,6 +65,23 @@ impl Error {
         }
     }
 
+    /// Whether the function's namespace is being deleted: it and its children are going away,
+    /// and the API server refuses to create anything there meanwhile.
+    fn is_namespace_terminating(&self) -> bool {
+        let status = match self {
+            Error::Kube(kube::Error::Api(status))
+            | Error::InitialScale(kube::Error::Api(status)) => status,
+            _ => return false,
+        };
+        status.code == 403
+            && status.details.as_ref().is_some_and(|details| {
+                details
+                    .causes
+                    .iter()
+                    .any(|cause| cause.reason == "NamespaceTerminating")
+            })
+    }
+
     /// Whether the spec itself is wrong, so retrying before it changes is pointless.
     fn is_spec_error(&self) -> bool {
         matches!(
@@ -167,6 +184,10 @@ fn error_policy(
     error: &Error,
     ctx: Arc<Context>,
 ) -> Action {
+    if error.is_namespace_terminating() {
+        // Nothing to report: the function goes with its namespace.
+        return Action::await_change();
+    }
     warn!(function = %guard.name_any(), namespace = %guard.namespace().unwrap_or_default(), %error, "reconcile failed");
     ctx.metrics.reconcile_failed(KIND, error.reason());
     crate::controller::publish_failure(&ctx.recorder, guard.object_ref(&()), error.reason(), error);

@@ -159,10 +159,16 @@ pub async fn run(
             source,
         })?;
 
+    // Admission answers from the profile cache, so nothing is answered before the cache holds
+    // every profile: until then the API server's calls wait in the listen backlog (and fail
+    // closed at their timeout) instead of letting a pod through unfenced.
+    tokio::select! {
+        _ = profiles.wait_until_ready() => {}
+        () = shutdown.cancelled() => return Ok(()),
+    }
     let router = router(profiles.clone(), metrics);
     let server = tokio::spawn(serve_tls(listener, tls, router, shutdown.clone()));
 
-    profiles.wait_until_ready().await.ok();
     if config.register {
         let ca_bundle = config
             .cert_dir
