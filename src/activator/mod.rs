@@ -64,8 +64,9 @@ pub enum Error {
 }
 
 /// Runs the activator until `shutdown` is cancelled, then drains: `/readyz` turns not ready,
-/// the proxy keeps serving for `drain_delay`, stops accepting, and returns once every request
-/// in flight or held has finished.
+/// the proxy keeps serving for `drain_delay` (closing each HTTP/1 connection after its next
+/// response, so clients move to the other replicas), stops accepting, and returns once every
+/// request in flight or held has finished.
 pub async fn run(
     client: kube::Client,
     settings: Settings,
@@ -118,8 +119,8 @@ pub async fn run(
         })?;
     tracing::info!(addr = %settings.addr, domain = %settings.domain, "activator proxy listening");
     let proxy = Arc::new(Proxy::new(index.clone(), Some(Cluster::new(client))));
-    let stop_accepting = CancellationToken::new();
-    let mut proxy_served = tokio::spawn(proxy::serve(listener, proxy, stop_accepting.clone()));
+    let proxy_shutdown = proxy::Shutdown::default();
+    let mut proxy_served = tokio::spawn(proxy::serve(listener, proxy, proxy_shutdown.clone()));
 
     // Ready once both watches have listed everything, so no request meets an empty index.
     let synced = async {
@@ -140,10 +141,11 @@ pub async fn run(
     }
 
     readiness.set(false);
-    tracing::info!(delay = ?settings.drain_delay, "draining: not ready, still serving");
+    proxy_shutdown.draining.cancel();
+    tracing::info!(delay = ?settings.drain_delay, "draining: not ready, still serving, closing connections after each response");
     tokio::time::sleep(settings.drain_delay).await;
     tracing::info!("draining: no new connections; finishing requests in flight and held");
-    stop_accepting.cancel();
+    proxy_shutdown.stop.cancel();
     if let Err(error) = (&mut proxy_served).await {
         tracing::error!(%error, "proxy task failed");
     }

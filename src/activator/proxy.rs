@@ -491,10 +491,20 @@ impl Body for ProxyBody {
     }
 }
 
-/// Accepts connections on `listener` and serves them with `proxy` until `stop` is cancelled;
-/// then stops accepting and returns once every open connection has finished its requests
-/// (held ones included).
-pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, stop: CancellationToken) {
+/// When the server winds down: `draining` first (still serving, but every HTTP/1 response says
+/// `Connection: close`, so keep-alive clients reconnect — through the Service, to a replica
+/// that stays — instead of reusing a connection that is about to close), then `stop`.
+#[derive(Clone, Default)]
+pub struct Shutdown {
+    pub draining: CancellationToken,
+    pub stop: CancellationToken,
+}
+
+/// Accepts connections on `listener` and serves them with `proxy` until `shutdown.stop` is
+/// cancelled; then stops accepting and returns once every open connection has finished its
+/// requests (held ones included).
+pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: Shutdown) {
+    let Shutdown { draining, stop } = shutdown;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
@@ -516,10 +526,22 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, stop: CancellationT
         let client_ip = HeaderValue::from_str(&peer.ip().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
         let proxy = proxy.clone();
-        let service = service_fn(move |request| {
+        let draining = draining.clone();
+        let service = service_fn(move |request: Request<Incoming>| {
             let proxy = proxy.clone();
             let client_ip = client_ip.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(request, &client_ip).await) }
+            let draining = draining.clone();
+            async move {
+                // HTTP/2 needs no header: graceful shutdown sends GOAWAY.
+                let http1 = request.version() < hyper::Version::HTTP_2;
+                let mut response = proxy.handle(request, &client_ip).await;
+                if http1 && draining.is_cancelled() {
+                    response
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                Ok::<_, Infallible>(response)
+            }
         });
         let connection = builder
             .serve_connection(TokioIo::new(stream), service)

@@ -15,7 +15,7 @@ use crate::activator::router::HttpRoute;
 struct Activator {
     addr: SocketAddr,
     index: Arc<FunctionIndex>,
-    stop: CancellationToken,
+    shutdown: Shutdown,
     served: tokio::task::JoinHandle<()>,
 }
 
@@ -28,12 +28,12 @@ async fn activator(queue_depth: usize) -> Activator {
     let proxy = Arc::new(Proxy::new(index.clone(), None));
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("bound address");
-    let stop = CancellationToken::new();
-    let served = tokio::spawn(serve(listener, proxy, stop.clone()));
+    let shutdown = Shutdown::default();
+    let served = tokio::spawn(serve(listener, proxy, shutdown.clone()));
     Activator {
         addr,
         index,
-        stop,
+        shutdown,
         served,
     }
 }
@@ -315,7 +315,7 @@ async fn stopping_finishes_held_requests() {
         .upsert("media", "echo", config(5_000, 0), HttpRoute::default());
     let request = tokio::spawn(get(activator.addr, "/media/echo/late"));
     tokio::time::sleep(Duration::from_millis(50)).await;
-    activator.stop.cancel();
+    activator.shutdown.stop.cancel();
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(
         !activator.served.is_finished(),
@@ -330,4 +330,47 @@ async fn stopping_finishes_held_requests() {
         .await
         .expect("server stops once nothing is in flight")
         .expect("server task ends cleanly");
+}
+
+#[tokio::test]
+async fn draining_closes_each_keepalive_connection_after_its_response() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let activator = activator(10).await;
+    let pod = echo_pod().await;
+    activator
+        .index
+        .upsert("media", "echo", config(5_000, 0), HttpRoute::default());
+    activator
+        .index
+        .set_endpoints("media", "echo", &[ready(pod)]);
+    let request = b"GET /media/echo/ HTTP/1.1\r\nhost: activator.test\r\n\r\n";
+
+    // Before the drain the connection stays open for the next request.
+    let mut kept = tokio::net::TcpStream::connect(activator.addr)
+        .await
+        .expect("connect");
+    kept.write_all(request).await.expect("request sent");
+    let mut buffer = vec![0; 4096];
+    let read = kept.read(&mut buffer).await.expect("response");
+    let first = String::from_utf8_lossy(&buffer[..read]).to_lowercase();
+    assert!(first.starts_with("http/1.1 200"), "{first}");
+    assert!(!first.contains("connection: close"), "{first}");
+
+    // Draining: the next response on the same connection says close, and the server closes it.
+    activator.shutdown.draining.cancel();
+    kept.write_all(request).await.expect("second request sent");
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), kept.read_to_end(&mut rest))
+        .await
+        .expect("the server closes the connection after the response")
+        .expect("read to the end");
+    let second = String::from_utf8_lossy(&rest).to_lowercase();
+    assert!(second.starts_with("http/1.1 200"), "{second}");
+    assert!(second.contains("connection: close"), "{second}");
+    assert!(
+        !activator.served.is_finished(),
+        "draining still serves new connections"
+    );
+    let (status, _) = get(activator.addr, "/media/echo/").await;
+    assert_eq!(status, StatusCode::OK);
 }
