@@ -187,6 +187,7 @@ pub async fn run(
             recorder,
             metrics,
             deployments,
+            applied: Default::default(),
             activator_url: settings.activator_url,
         },
         shutdown,

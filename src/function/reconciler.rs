@@ -4,6 +4,7 @@
 //! function lets the garbage collector remove them; the reconciler keeps no state outside the
 //! cluster and needs no finalizer.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -100,8 +101,72 @@ pub struct Context {
     pub metrics: Arc<ControllerMetrics>,
     /// The functions' Deployments, trimmed (see [`super::trim_deployment`]).
     pub deployments: Store<Deployment>,
+    /// What this process last applied to each function's Deployment.
+    pub applied: Arc<AppliedDeployments>,
     /// Base URL of the activator, for `status.url`.
     pub activator_url: String,
+}
+
+/// How long a function's reconcile waits for more changes to the function or its children.
+/// A new function's Deployment and Service appearing, the scale write, the Deployment's first
+/// status and the function's own status each trigger a reconcile; waiting this long folds the
+/// burst into one or two.
+const DEBOUNCE: Duration = Duration::from_millis(300);
+
+/// What the controller last applied to each function's Deployment: a hash of the object, and
+/// the Deployment's uid and generation right after. While the cached Deployment is still that
+/// one at that generation (nobody changed its spec since: a change by anyone, the autoscaler
+/// included, bumps the generation) and the function still builds the same object, applying again
+/// would change nothing and is skipped. Kept in memory only: a new process applies once.
+#[derive(Default)]
+pub struct AppliedDeployments(std::sync::Mutex<HashMap<(String, String), Applied>>);
+
+#[derive(Clone, PartialEq, Eq)]
+struct Applied {
+    hash: u64,
+    uid: Option<String>,
+    generation: Option<i64>,
+}
+
+impl AppliedDeployments {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Applied>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn unchanged(&self, key: &(String, String), hash: u64, current: &Deployment) -> bool {
+        self.lock().get(key).is_some_and(|applied| {
+            applied.hash == hash
+                && applied.uid == current.metadata.uid
+                && applied.generation.is_some()
+                && applied.generation == current.metadata.generation
+        })
+    }
+
+    fn record(&self, key: (String, String), hash: u64, applied: &Deployment) {
+        self.lock().insert(
+            key,
+            Applied {
+                hash,
+                uid: applied.metadata.uid.clone(),
+                generation: applied.metadata.generation,
+            },
+        );
+    }
+
+    /// Forgets the functions `live` does not know any more.
+    fn retain(&self, live: impl Fn(&str, &str) -> bool) {
+        self.lock()
+            .retain(|(namespace, name), _| live(namespace, name));
+    }
+}
+
+fn hash_of(deployment: &Deployment) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_vec(deployment)
+        .unwrap_or_default()
+        .hash(&mut hasher);
+    hasher.finish()
 }
 
 /// The controller of functions; its store is shared with the autoscaler and the schedules.
@@ -110,6 +175,7 @@ pub fn controller(client: Client) -> Controller<DeserializeGuard<ServerlessFunct
         Api::<DeserializeGuard<ServerlessFunction>>::all(client),
         watcher::Config::default(),
     )
+    .with_config(kube::runtime::controller::Config::default().debounce(DEBOUNCE))
 }
 
 /// Runs the function reconciler until `shutdown` is cancelled.
@@ -120,6 +186,21 @@ pub async fn run(
 ) {
     let client = ctx.client.clone();
     let functions = controller.store();
+    let pruning = tokio::spawn({
+        let (applied, functions, shutdown) =
+            (ctx.applied.clone(), functions.clone(), shutdown.clone());
+        async move {
+            let mut every = tokio::time::interval(RESYNC_INTERVAL);
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    _ = every.tick() => applied.retain(|namespace, name| {
+                        functions.get(&ObjectRef::new(name).within(namespace)).is_some()
+                    }),
+                }
+            }
+        }
+    });
     controller
         .owns(
             Api::<Deployment>::all(client.clone()),
@@ -143,6 +224,7 @@ pub async fn run(
             }
         })
         .await;
+    let _ = pruning.await;
 }
 
 /// Functions that name `profile`: a profile appearing, changing or going away changes them.
@@ -331,6 +413,14 @@ impl ServerlessFunction {
             None => Some(build::initial_replicas(&self.spec)),
         };
         let desired = build::deployment(self)?;
+        let key = (namespace.to_string(), name.clone());
+        let hash = hash_of(&desired);
+        if seed.is_none()
+            && let Some(current) = existing
+            && ctx.applied.unchanged(&key, hash, &current)
+        {
+            return Ok(current);
+        }
         let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
         let params = PatchParams::apply(CONTROLLER_MANAGER).force();
         if let Some(seed) = seed {
@@ -348,7 +438,9 @@ impl ServerlessFunction {
             );
         }
         // Without `replicas`: after a seed, this drops the controller's claim on the field.
-        Ok(api.patch(&name, &params, &Patch::Apply(&desired)).await?)
+        let applied = api.patch(&name, &params, &Patch::Apply(&desired)).await?;
+        ctx.applied.record(key, hash, &applied);
+        Ok(applied)
     }
 
     /// What keeps the function's pods from serving, when none is ready.
@@ -438,4 +530,46 @@ fn same_status(old: &ServerlessFunctionStatus, new: &ServerlessFunctionStatus) -
     let mut old = old.clone();
     old.last_request_time = None;
     old == *new
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deployment(uid: &str, generation: i64) -> Deployment {
+        let mut deployment = Deployment::default();
+        deployment.metadata.uid = Some(uid.into());
+        deployment.metadata.generation = Some(generation);
+        deployment
+    }
+
+    #[test]
+    fn an_apply_is_skipped_only_while_nobody_changed_the_deployment_since() {
+        let applied = AppliedDeployments::default();
+        let key = ("media".to_string(), "thumbnail".to_string());
+        let ours = deployment("uid-1", 3);
+        assert!(
+            !applied.unchanged(&key, 7, &ours),
+            "nothing recorded: apply"
+        );
+        applied.record(key.clone(), 7, &ours);
+        assert!(applied.unchanged(&key, 7, &ours));
+        assert!(
+            !applied.unchanged(&key, 8, &ours),
+            "the function builds another object"
+        );
+        assert!(
+            !applied.unchanged(&key, 7, &deployment("uid-1", 4)),
+            "someone changed the spec (or the cache is behind)"
+        );
+        assert!(
+            !applied.unchanged(&key, 7, &deployment("uid-2", 3)),
+            "deleted and made again by someone else"
+        );
+        applied.retain(|_, name| name != "thumbnail");
+        assert!(
+            !applied.unchanged(&key, 7, &ours),
+            "forgotten with its function"
+        );
+    }
 }
