@@ -169,13 +169,22 @@ fn hash_of(deployment: &Deployment) -> u64 {
     hasher.finish()
 }
 
+/// Reconciles running at once. Each holds a connection to the API server while it waits on it;
+/// unbounded, a thousand new functions opened a thousand TLS connections (and kept them pooled,
+/// tens of MiB), without converging any faster: the API server is the bottleneck.
+const CONCURRENCY: u16 = 16;
+
 /// The controller of functions; its store is shared with the autoscaler and the schedules.
 pub fn controller(client: Client) -> Controller<DeserializeGuard<ServerlessFunction>> {
     Controller::new(
         Api::<DeserializeGuard<ServerlessFunction>>::all(client),
         watcher::Config::default(),
     )
-    .with_config(kube::runtime::controller::Config::default().debounce(DEBOUNCE))
+    .with_config(
+        kube::runtime::controller::Config::default()
+            .debounce(DEBOUNCE)
+            .concurrency(CONCURRENCY),
+    )
 }
 
 /// Runs the function reconciler until `shutdown` is cancelled.
