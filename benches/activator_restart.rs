@@ -58,23 +58,12 @@ async fn one_request(client: Keepalive, uri: hyper::Uri, tally: Arc<Mutex<Tally>
     .await
     {
         Ok(Ok(status)) => status.as_u16().to_string(),
-        Ok(Err(error)) => format!("error: {}", error_chain(error.as_ref())),
+        Ok(Err(error)) => format!("error: {}", fargo::telemetry::error_chain(error.as_ref())),
         Err(_) => "error: timed out".into(),
     };
     let mut tally = tally.lock().unwrap_or_else(|e| e.into_inner());
     *tally.outcomes.entry(outcome).or_default() += 1;
     tally.latencies.push(started.elapsed());
-}
-
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Whether the activator Deployment has rolled out `generation` completely and the old pods

@@ -197,22 +197,8 @@ async fn on_the_cluster() {
         return;
     }
     common::install_crds(&client).await;
-    common::ensure_namespace(&client, "fargo-system").await;
-    let (_activator, activator) = common::start_activator().await;
     let identity = format!("fargo-bench-scale-{}", std::process::id());
-    let mut extra = vec![
-        "--identity".to_string(),
-        identity.clone(),
-        "--webhook-register".into(),
-        "false".into(),
-    ];
-    extra.extend(activator.controller_args());
-    let controller = common::FargoProcess::new(common::spawn_controller_with(
-        common::free_port(),
-        common::free_port(),
-        &extra,
-    ));
-    common::wait_until_leading(&client, &identity, 120).await;
+    let (_activator, controller, _) = common::start_function_stack(&client, &identity).await;
     let (idle_rss, _) = memory_mib(controller.id());
 
     let raw_namespace = common::unique_name("bench-raw");

@@ -408,22 +408,9 @@ async fn on_the_cluster() {
     }
     let client = common::client().await;
     common::install_crds(&client).await;
-    common::ensure_namespace(&client, "fargo-system").await;
-    let (activator_process, activator) = common::start_activator().await;
     let identity = format!("fargo-bench-functions-{}", std::process::id());
-    let mut extra = vec![
-        "--identity".to_string(),
-        identity.clone(),
-        "--webhook-register".into(),
-        "false".into(),
-    ];
-    extra.extend(activator.controller_args());
-    let _controller = common::FargoProcess::new(common::spawn_controller_with(
-        common::free_port(),
-        common::free_port(),
-        &extra,
-    ));
-    common::wait_until_leading(&client, &identity, 120).await;
+    let (activator_process, _controller, activator) =
+        common::start_function_stack(&client, &identity).await;
 
     let namespace = common::unique_name("bench-functions");
     common::ensure_namespace(&client, &namespace).await;

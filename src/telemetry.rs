@@ -29,6 +29,19 @@ pub fn init_logging(json: bool) {
     }
 }
 
+/// An error with its causes, colon-separated: hyper's own message ("client error (Connect)")
+/// hides the reason.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// Whether a component is ready to take work; `/readyz` answers from it.
 #[derive(Clone, Default)]
 pub struct Readiness(Arc<AtomicBool>);

@@ -28,6 +28,7 @@ use super::function::{Admission, FunctionState, Lease};
 use super::index::FunctionIndex;
 use super::router::upstream_path;
 use super::scale::{Cluster, spawn_poke};
+use crate::telemetry::error_chain;
 
 type UpstreamBody = Either<Incoming, Empty<Bytes>>;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -377,17 +378,6 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
     for name in &HOP_BY_HOP {
         headers.remove(name);
     }
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 fn seconds(duration: Duration) -> String {

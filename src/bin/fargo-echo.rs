@@ -19,6 +19,7 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use fargo::telemetry::error_chain;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -151,18 +152,6 @@ async fn call(Query(query): Query<BTreeMap<String, String>>) -> Response {
         )
             .into_response(),
     }
-}
-
-/// An error with its causes: hyper's own message ("client error (Connect)") hides the reason.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 async fn shutdown() {

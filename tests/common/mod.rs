@@ -554,6 +554,26 @@ pub async fn wait_until_leading(client: &Client, identity: &str, seconds: u64) {
     .await;
 }
 
+/// An activator and a controller pointed at it (webhook unregistered), run out of cluster for
+/// one benchmark, `identity` leading; both stop when dropped.
+pub async fn start_function_stack(
+    client: &Client,
+    identity: &str,
+) -> (FargoProcess, FargoProcess, ActivatorAddrs) {
+    ensure_namespace(client, "fargo-system").await;
+    let (activator_process, activator) = start_activator().await;
+    let mut extra = vec![
+        "--identity".to_string(),
+        identity.to_string(),
+        "--webhook-register".into(),
+        "false".into(),
+    ];
+    extra.extend(activator.controller_args());
+    let controller = FargoProcess::new(spawn_controller_with(free_port(), free_port(), &extra));
+    wait_until_leading(client, identity, 120).await;
+    (activator_process, controller, activator)
+}
+
 /// The parts that serve functions, for all the tests of a test binary: one activator and one
 /// controller pointed at it (its webhook left unregistered: functions without a profile need
 /// none), which leads once any earlier controller has let go of the Lease.
