@@ -1,8 +1,9 @@
 //! The ServerlessFunction reconciler: validate → build → apply → status.
 //!
 //! Children (Deployment, Service) are owned through controller references, so deleting a
-//! function lets the garbage collector remove them; the reconciler keeps no state outside the
-//! cluster and needs no finalizer.
+//! function lets the garbage collector remove them; the reconciler needs no finalizer. What it
+//! keeps in memory (what it last applied, to skip applies that would change nothing) is a cache
+//! that a new process starts without.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -116,8 +117,10 @@ const DEBOUNCE: Duration = Duration::from_millis(300);
 /// What the controller last applied to each function's Deployment: a hash of the object, and
 /// the Deployment's uid and generation right after. While the cached Deployment is still that
 /// one at that generation (nobody changed its spec since: a change by anyone, the autoscaler
-/// included, bumps the generation) and the function still builds the same object, applying again
-/// would change nothing and is skipped. Kept in memory only: a new process applies once.
+/// included, bumps the generation), still carries the labels and owner reference it was given
+/// (metadata changes leave the generation alone), and the function still builds the same
+/// object, applying again would change nothing and is skipped. Kept in memory only: a new
+/// process applies once.
 #[derive(Default)]
 pub struct AppliedDeployments(std::sync::Mutex<HashMap<(String, String), Applied>>);
 
@@ -133,13 +136,30 @@ impl AppliedDeployments {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn unchanged(&self, key: &(String, String), hash: u64, current: &Deployment) -> bool {
-        self.lock().get(key).is_some_and(|applied| {
+    fn unchanged(
+        &self,
+        key: &(String, String),
+        hash: u64,
+        desired: &Deployment,
+        current: &Deployment,
+    ) -> bool {
+        let recorded = self.lock().get(key).is_some_and(|applied| {
             applied.hash == hash
                 && applied.uid == current.metadata.uid
                 && applied.generation.is_some()
                 && applied.generation == current.metadata.generation
-        })
+        });
+        let labels_kept = desired
+            .labels()
+            .iter()
+            .all(|(key, value)| current.labels().get(key) == Some(value));
+        let owners_kept = desired.owner_references().iter().all(|wanted| {
+            current
+                .owner_references()
+                .iter()
+                .any(|owner| owner.uid == wanted.uid && owner.controller == wanted.controller)
+        });
+        recorded && labels_kept && owners_kept
     }
 
     fn record(&self, key: (String, String), hash: u64, applied: &Deployment) {
@@ -426,7 +446,7 @@ impl ServerlessFunction {
         let hash = hash_of(&desired);
         if seed.is_none()
             && let Some(current) = existing
-            && ctx.applied.unchanged(&key, hash, &current)
+            && ctx.applied.unchanged(&key, hash, &desired, &current)
         {
             return Ok(current);
         }
@@ -546,9 +566,23 @@ mod tests {
     use super::*;
 
     fn deployment(uid: &str, generation: i64) -> Deployment {
-        let mut deployment = Deployment::default();
+        let mut deployment = desired();
         deployment.metadata.uid = Some(uid.into());
         deployment.metadata.generation = Some(generation);
+        deployment
+    }
+
+    /// What the reconciler builds: labels and an owner reference, no uid or generation.
+    fn desired() -> Deployment {
+        let mut deployment = Deployment::default();
+        deployment.metadata.labels = Some(build::labels("thumbnail"));
+        deployment.metadata.owner_references = Some(vec![
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                uid: "function-uid".into(),
+                controller: Some(true),
+                ..Default::default()
+            },
+        ]);
         deployment
     }
 
@@ -558,26 +592,38 @@ mod tests {
         let key = ("media".to_string(), "thumbnail".to_string());
         let ours = deployment("uid-1", 3);
         assert!(
-            !applied.unchanged(&key, 7, &ours),
+            !applied.unchanged(&key, 7, &desired(), &ours),
             "nothing recorded: apply"
         );
         applied.record(key.clone(), 7, &ours);
-        assert!(applied.unchanged(&key, 7, &ours));
+        assert!(applied.unchanged(&key, 7, &desired(), &ours));
         assert!(
-            !applied.unchanged(&key, 8, &ours),
+            !applied.unchanged(&key, 8, &desired(), &ours),
             "the function builds another object"
         );
         assert!(
-            !applied.unchanged(&key, 7, &deployment("uid-1", 4)),
+            !applied.unchanged(&key, 7, &desired(), &deployment("uid-1", 4)),
             "someone changed the spec (or the cache is behind)"
         );
         assert!(
-            !applied.unchanged(&key, 7, &deployment("uid-2", 3)),
+            !applied.unchanged(&key, 7, &desired(), &deployment("uid-2", 3)),
             "deleted and made again by someone else"
+        );
+        let mut unlabelled = ours.clone();
+        unlabelled.metadata.labels = None;
+        assert!(
+            !applied.unchanged(&key, 7, &desired(), &unlabelled),
+            "its labels were taken off (metadata changes keep the generation)"
+        );
+        let mut orphaned = ours.clone();
+        orphaned.metadata.owner_references = None;
+        assert!(
+            !applied.unchanged(&key, 7, &desired(), &orphaned),
+            "its owner reference was taken off"
         );
         applied.retain(|_, name| name != "thumbnail");
         assert!(
-            !applied.unchanged(&key, 7, &ours),
+            !applied.unchanged(&key, 7, &desired(), &ours),
             "forgotten with its function"
         );
     }
