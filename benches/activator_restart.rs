@@ -9,6 +9,7 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod support;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -201,8 +202,7 @@ async fn on_the_cluster() {
     let sent: u64 = tally.outcomes.values().sum();
     let answered = tally.outcomes.get("200").copied().unwrap_or(0);
     tally.latencies.sort();
-    let percentile =
-        |p: f64| tally.latencies[((tally.latencies.len() as f64 - 1.0) * p).round() as usize];
+    let percentile = |p: f64| support::percentile(&tally.latencies, p);
     println!(
         "{ROLLS} rolls of the activator Deployment under {RATE} rps, each {rolls:.1?} until the \
          old pods were gone, {CALM:?} apart"
@@ -225,7 +225,5 @@ async fn on_the_cluster() {
 }
 
 fn main() {
-    tokio::runtime::Runtime::new()
-        .expect("a Tokio runtime")
-        .block_on(on_the_cluster());
+    support::run(on_the_cluster());
 }

@@ -7,6 +7,7 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,14 +19,12 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::core::admission::{AdmissionRequest, AdmissionReview};
 use serde_json::json;
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index]
-}
-
 fn report(what: &str, mut samples: Vec<Duration>) -> (Duration, Duration) {
     samples.sort();
-    let (p50, p99) = (percentile(&samples, 0.50), percentile(&samples, 0.99));
+    let (p50, p99) = (
+        support::percentile(&samples, 0.50),
+        support::percentile(&samples, 0.99),
+    );
     println!(
         "{what:<48} n={:<6} p50={:>10.1?} p99={:>10.1?}",
         samples.len(),
@@ -213,7 +212,5 @@ async fn through_api_server() {
 
 fn main() {
     in_process();
-    tokio::runtime::Runtime::new()
-        .expect("a Tokio runtime")
-        .block_on(through_api_server());
+    support::run(through_api_server());
 }

@@ -13,6 +13,7 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod support;
 
 use std::time::{Duration, Instant};
 
@@ -227,7 +228,5 @@ async fn on_the_cluster() {
 }
 
 fn main() {
-    tokio::runtime::Runtime::new()
-        .expect("a Tokio runtime")
-        .block_on(on_the_cluster());
+    support::run(on_the_cluster());
 }

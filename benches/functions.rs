@@ -13,6 +13,7 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod support;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -40,14 +41,12 @@ const ROUNDS: usize = 10;
 
 type Keepalive = HttpClient<HttpConnector, Empty<Bytes>>;
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index]
-}
-
 fn report(what: &str, mut samples: Vec<Duration>) -> (Duration, Duration) {
     samples.sort();
-    let (p50, p99) = (percentile(&samples, 0.50), percentile(&samples, 0.99));
+    let (p50, p99) = (
+        support::percentile(&samples, 0.50),
+        support::percentile(&samples, 0.99),
+    );
     println!(
         "{what:<52} n={:<6} p50={:>10.1?} p99={:>10.1?}",
         samples.len(),
@@ -436,7 +435,5 @@ fn load_average() -> String {
 }
 
 fn main() {
-    tokio::runtime::Runtime::new()
-        .expect("a Tokio runtime")
-        .block_on(on_the_cluster());
+    support::run(on_the_cluster());
 }
