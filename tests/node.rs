@@ -268,10 +268,22 @@ where
 /// The container ids `<runtime> --root RUNTIME_ROOT list` prints (run on this machine, which is
 /// the node).
 fn runtime_list(runtime: &str) -> Vec<String> {
-    let output = std::process::Command::new(runtime)
-        .args(["--root", RUNTIME_ROOT, "list"])
-        .output()
-        .unwrap_or_else(|e| panic!("running `{runtime} list` (is {runtime} installed?): {e}"));
+    let list = || {
+        std::process::Command::new(runtime)
+            .args(["--root", RUNTIME_ROOT, "list"])
+            .output()
+            .unwrap_or_else(|e| panic!("running `{runtime} list` (is {runtime} installed?): {e}"))
+    };
+    // A container removed while the runtime walks its state directory fails the whole listing
+    // ("container does not exist"); the node runs other tests' pods, so ask again a few times.
+    let mut output = list();
+    for _ in 0..5 {
+        if output.status.success() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        output = list();
+    }
     assert!(
         output.status.success(),
         "`{runtime} --root {RUNTIME_ROOT} list` failed: {}",
