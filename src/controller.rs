@@ -1,30 +1,30 @@
-//! `fargo controller`: the admission webhook on every replica, and — on the replica holding the
-//! leader Lease — the reconcilers.
+//! `fargo controller`, wired: the health server and the admission webhook on every replica and,
+//! on the replica holding the leader Lease, every loop of the controller side — the profile and
+//! function reconcilers, the autoscaler and the schedule trigger — over the caches they share.
+//!
+//! This is the only place that starts loops; no room imports from it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kube::Client;
-use kube::runtime::events::{Recorder, Reporter};
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
+use crate::api::LEASE_NAME;
+use crate::autoscaler::{AutoscalerMetrics, StatsSource};
+use crate::reconcile::{EventPublisher, ReconcileMetrics, Reporting};
+use crate::schedule::trigger::ScheduleMetrics;
 use crate::telemetry::{self, Readiness};
 use crate::webhook::{self, WebhookMetrics};
-
-/// Name of the Lease that elects the leader, in the controller's namespace.
-pub const LEASE_NAME: &str = "fargo-controller";
+use crate::{autoscaler, caches, function, profile, schedule};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(
-        "leader election through Lease {LEASE_NAME} in namespace {namespace} failed (the namespace must exist; --namespace / FARGO_NAMESPACE names it): {source}"
+        "leader election through Lease {LEASE_NAME} in namespace {namespace} failed (the namespace must exist; --namespace / FARGO_NAMESPACE names it)"
     )]
     LeaderElection {
         namespace: String,
@@ -35,7 +35,9 @@ pub enum Error {
     LostLeadership,
     #[error(transparent)]
     Webhook(#[from] webhook::Error),
-    #[error("serving health on {addr}: {source}")]
+    #[error("the admission webhook stopped unexpectedly")]
+    WebhookPanicked(#[source] tokio::task::JoinError),
+    #[error("serving health and metrics on {addr}; choose another --health-addr")]
     Health {
         addr: SocketAddr,
         #[source]
@@ -43,7 +45,7 @@ pub enum Error {
     },
 }
 
-/// Settings of `fargo controller`.
+/// How `fargo controller` runs (its flags).
 #[derive(Clone, Debug)]
 pub struct Config {
     pub health_addr: SocketAddr,
@@ -54,154 +56,86 @@ pub struct Config {
     /// Identity in the leader election; the pod name in cluster.
     pub identity: String,
     pub webhook: webhook::Config,
-    /// Where the activators are, for function URLs, the autoscaler and the schedules.
-    pub functions: crate::function::Settings,
+    /// Base URL of the activator Service: function URLs and schedule ticks go there.
+    pub activator_url: String,
+    /// Where the autoscaler reads the activators' `/stats`.
+    pub stats: StatsSource,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct KindLabels {
-    kind: &'static str,
+/// The metrics of every part, registered once under `fargo_`.
+struct Metrics {
+    reconcile: Arc<ReconcileMetrics>,
+    webhook: Arc<WebhookMetrics>,
+    autoscaler: Arc<AutoscalerMetrics>,
+    schedules: Arc<ScheduleMetrics>,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct FailureLabels {
-    kind: &'static str,
-    reason: &'static str,
-}
-
-/// Reconcile counts, failures by reason, and durations, by resource kind.
-pub struct ControllerMetrics {
-    reconciles: Family<KindLabels, Counter>,
-    failures: Family<FailureLabels, Counter>,
-    duration: Family<KindLabels, Histogram>,
-}
-
-/// Observes a reconcile's duration when dropped.
-pub struct ReconcileTimer<'a> {
-    metrics: &'a ControllerMetrics,
-    kind: &'static str,
-    started: Instant,
-}
-
-impl Drop for ReconcileTimer<'_> {
-    fn drop(&mut self) {
-        self.metrics
-            .duration
-            .get_or_create(&KindLabels { kind: self.kind })
-            .observe(self.started.elapsed().as_secs_f64());
-    }
-}
-
-impl ControllerMetrics {
-    pub fn register(registry: &mut Registry) -> Arc<Self> {
-        let metrics = Self {
-            reconciles: Family::default(),
-            failures: Family::default(),
-            duration: Family::new_with_constructor(|| {
-                Histogram::new([0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0])
-            }),
-        };
-        registry.register(
-            "reconciles",
-            "Reconciles started, by kind",
-            metrics.reconciles.clone(),
-        );
-        registry.register(
-            "reconcile_failures",
-            "Reconciles that failed, by kind and reason",
-            metrics.failures.clone(),
-        );
-        registry.register(
-            "reconcile_duration_seconds",
-            "Reconcile duration, by kind",
-            metrics.duration.clone(),
-        );
-        Arc::new(metrics)
-    }
-
-    pub fn reconcile_started(&self, kind: &'static str) -> ReconcileTimer<'_> {
-        self.reconciles.get_or_create(&KindLabels { kind }).inc();
-        ReconcileTimer {
-            metrics: self,
-            kind,
-            started: Instant::now(),
+impl Metrics {
+    fn register(registry: &mut Registry) -> Self {
+        let reconcile = ReconcileMetrics::register(registry.sub_registry_with_prefix("controller"));
+        let webhook = WebhookMetrics::register(registry.sub_registry_with_prefix("webhook"));
+        let functions = registry.sub_registry_with_prefix("functions");
+        let autoscaler = AutoscalerMetrics::register(functions);
+        let schedules = ScheduleMetrics::register(functions);
+        Self {
+            reconcile,
+            webhook,
+            autoscaler,
+            schedules,
         }
     }
-
-    pub fn reconcile_failed(&self, kind: &'static str, reason: &'static str) {
-        self.failures
-            .get_or_create(&FailureLabels { kind, reason })
-            .inc();
-    }
-}
-
-/// Publishes a Warning Event for a failed reconcile of `reference`, in the background: the error
-/// policy that calls it cannot wait.
-pub fn publish_failure(
-    recorder: &Recorder,
-    reference: k8s_openapi::api::core::v1::ObjectReference,
-    reason: &'static str,
-    error: &dyn std::fmt::Display,
-) {
-    let recorder = recorder.clone();
-    let event = kube::runtime::events::Event {
-        type_: kube::runtime::events::EventType::Warning,
-        reason: reason.into(),
-        note: Some(error.to_string().chars().take(1000).collect()),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    tokio::spawn(async move {
-        let _ = recorder.publish(&event, &reference).await;
-    });
 }
 
 /// Runs the controller until `shutdown`.
 pub async fn run(client: Client, config: Config, shutdown: CancellationToken) -> Result<(), Error> {
     let mut registry = Registry::with_prefix("fargo");
-    let controller_metrics =
-        ControllerMetrics::register(registry.sub_registry_with_prefix("controller"));
-    let webhook_metrics = WebhookMetrics::register(registry.sub_registry_with_prefix("webhook"));
-    let function_metrics =
-        crate::function::FunctionMetrics::register(registry.sub_registry_with_prefix("functions"));
+    let metrics = Metrics::register(&mut registry);
     let readiness = Readiness::default();
 
-    let health = {
-        let router = telemetry::health_router(Arc::new(registry), readiness.clone());
-        let addr = config.health_addr;
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            telemetry::serve(addr, router, shutdown)
-                .await
-                .map_err(|source| Error::Health { addr, source })
-        })
+    let health_addr = config.health_addr;
+    let health_failed = |source| Error::Health {
+        addr: health_addr,
+        source,
     };
+    // Bound here, so that an address in use stops the controller at once with its reason.
+    let health_listener = tokio::net::TcpListener::bind(health_addr)
+        .await
+        .map_err(health_failed)?;
+    let health = tokio::spawn(telemetry::serve(
+        health_listener,
+        telemetry::health_router(Arc::new(registry), readiness.clone()),
+        shutdown.clone(),
+    ));
 
-    let webhook = tokio::spawn(webhook::run(
+    let mut webhook = tokio::spawn(webhook::run(
         client.clone(),
         config.webhook.clone(),
-        webhook_metrics,
+        metrics.webhook.clone(),
         shutdown.clone(),
     ));
     readiness.set(true);
 
-    let leader = lead(
-        client,
-        &config,
-        controller_metrics,
-        function_metrics,
-        shutdown.clone(),
-    )
-    .await;
-    if leader.is_err() {
-        shutdown.cancel();
-    }
-    let webhook = webhook.await;
-    let _ = health.await;
+    // The webhook ends before `shutdown` only when it failed: that stops the controller too.
+    let leader = lead(client, &config, &metrics, shutdown.clone());
+    tokio::pin!(leader);
+    let (leader, webhook) = tokio::select! {
+        led = &mut leader => {
+            if led.is_err() {
+                shutdown.cancel();
+            }
+            (led, webhook.await)
+        }
+        served = &mut webhook => {
+            shutdown.cancel();
+            (leader.await, served)
+        }
+    };
+    let health = health.await;
+    webhook.map_err(Error::WebhookPanicked)??;
     leader?;
-    match webhook {
-        Ok(result) => result?,
-        Err(join) => error!(%join, "the webhook task panicked"),
+    match health {
+        Ok(served) => served.map_err(health_failed)?,
+        Err(join) => error!(%join, "the health server panicked"),
     }
     info!("controller stopped");
     Ok(())
@@ -214,12 +148,11 @@ fn reserved_namespaces(config: &Config) -> Vec<String> {
     reserved
 }
 
-/// Waits for the leader Lease, then runs the reconcilers while holding it.
+/// Waits for the leader Lease, then runs every loop while holding it.
 async fn lead(
     client: Client,
     config: &Config,
-    metrics: Arc<ControllerMetrics>,
-    function_metrics: Arc<crate::function::FunctionMetrics>,
+    metrics: &Metrics,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), LEASE_NAME)
@@ -246,28 +179,8 @@ async fn lead(
     }
     info!(identity = %config.identity, "became the leader");
 
-    let reporter = Reporter {
-        controller: "fargo-controller".into(),
-        instance: Some(config.identity.clone()),
-    };
-    let recorder = Recorder::new(client.clone(), reporter);
     let leader_work = CancellationToken::new();
-    let profiles = tokio::spawn(crate::profile::reconciler::run(
-        client.clone(),
-        recorder.clone(),
-        metrics.clone(),
-        config.activator_namespace.clone(),
-        reserved_namespaces(config),
-        leader_work.clone(),
-    ));
-    let functions = tokio::spawn(crate::function::run(
-        client.clone(),
-        recorder.clone(),
-        metrics.clone(),
-        function_metrics,
-        config.functions.clone(),
-        leader_work.clone(),
-    ));
+    let loops = start_loops(client, config, metrics, leader_work.clone());
 
     let outcome = tokio::select! {
         _ = shutdown.cancelled() => Ok(()),
@@ -275,11 +188,90 @@ async fn lead(
     };
     leader_work.cancel();
     // Reconciles in flight finish before the Lease is released.
-    let _ = tokio::time::timeout(Duration::from_secs(10), async {
-        let _ = tokio::join!(profiles, functions);
-    })
-    .await;
+    let finished =
+        tokio::time::timeout(Duration::from_secs(10), futures::future::join_all(loops)).await;
+    match finished {
+        Ok(results) => {
+            for (result, name) in results.into_iter().zip(LOOP_NAMES) {
+                if let Err(join) = result {
+                    error!(%join, part = name, "a controller loop panicked");
+                }
+            }
+        }
+        Err(_) => error!("the controller loops did not stop within 10s"),
+    }
     drop(leading);
     let _ = lease_task.await;
     outcome
+}
+
+/// What [`start_loops`] returns, in order.
+const LOOP_NAMES: [&str; 5] = [
+    "function Deployment cache",
+    "profile reconciler",
+    "function reconciler",
+    "autoscaler",
+    "schedule trigger",
+];
+
+/// Starts the leader's loops over the caches they share; each stops on `shutdown`.
+fn start_loops(
+    client: Client,
+    config: &Config,
+    metrics: &Metrics,
+    shutdown: CancellationToken,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let events = EventPublisher::new(client.clone(), &config.identity);
+    let reporting = Reporting {
+        events: events.clone(),
+        metrics: metrics.reconcile.clone(),
+    };
+
+    let functions_controller = function::reconciler::controller(client.clone());
+    let functions = functions_controller.store();
+    let (deployments, deployment_watch) =
+        caches::function_deployments(client.clone(), shutdown.clone());
+
+    vec![
+        tokio::spawn(deployment_watch),
+        tokio::spawn(profile::reconciler::run(
+            client.clone(),
+            reporting.clone(),
+            config.activator_namespace.clone(),
+            reserved_namespaces(config),
+            shutdown.clone(),
+        )),
+        tokio::spawn(function::reconciler::run(
+            functions_controller,
+            function::reconciler::Context {
+                client: client.clone(),
+                reporting,
+                deployments: deployments.clone(),
+                applied: Default::default(),
+                activator_url: config.activator_url.clone(),
+            },
+            shutdown.clone(),
+        )),
+        tokio::spawn(autoscaler::run(
+            autoscaler::Context {
+                client: client.clone(),
+                events: events.clone(),
+                metrics: metrics.autoscaler.clone(),
+                functions: functions.clone(),
+                deployments,
+                stats: config.stats.clone(),
+            },
+            shutdown.clone(),
+        )),
+        tokio::spawn(schedule::trigger::run(
+            schedule::trigger::Context {
+                client,
+                events,
+                metrics: metrics.schedules.clone(),
+                functions,
+                activator_url: config.activator_url.clone(),
+            },
+            shutdown,
+        )),
+    ]
 }

@@ -1,14 +1,27 @@
 //! fargo: Fargate profiles and serverless functions for any Kubernetes cluster.
 //!
 //! The binary (`src/main.rs`) is thin; everything it runs lives here so tests and benchmarks can
-//! reach it.
+//! reach it. Data flows one way (README, "Layout"):
+//! - shared by both sides: [`api`] (resources, names, the activator's `/stats` contract),
+//!   [`telemetry`], [`quantity`], [`diagnosis`];
+//! - the request path: [`activator`];
+//! - the controller side's shared plumbing: [`reconcile`] (Events, metrics, status patches),
+//!   [`caches`], [`replicas`], [`http_client`];
+//! - its rooms: [`profile`], [`webhook`], [`function`], [`autoscaler`], [`schedule`];
+//! - its wiring, which only `main` imports: [`controller`].
 
 pub mod activator;
 pub mod api;
 pub mod autoscaler;
+pub mod caches;
 pub mod controller;
+pub mod diagnosis;
 pub mod function;
+pub mod http_client;
 pub mod profile;
+pub mod quantity;
+pub mod reconcile;
+pub mod replicas;
 pub mod schedule;
 pub mod telemetry;
 pub mod webhook;

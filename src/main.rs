@@ -118,13 +118,13 @@ impl ControllerArgs {
                 .unwrap_or_else(|_| format!("fargo-{}", std::process::id()))
         });
         let stats = if self.activator_stats_url.is_empty() {
-            fargo::function::StatsSource::Service {
+            fargo::autoscaler::StatsSource::Service {
                 namespace: self.activator_namespace.clone(),
                 name: self.activator_service,
                 fallback_port: self.activator_stats_port,
             }
         } else {
-            fargo::function::StatsSource::Urls(self.activator_stats_url)
+            fargo::autoscaler::StatsSource::Urls(self.activator_stats_url)
         };
         fargo::controller::Config {
             health_addr: self.health_addr,
@@ -140,10 +140,8 @@ impl ControllerArgs {
                 secret_name: self.webhook_secret,
                 register: self.webhook_register,
             },
-            functions: fargo::function::Settings {
-                activator_url: self.activator_url,
-                stats,
-            },
+            activator_url: self.activator_url,
+            stats,
         }
     }
 }
@@ -173,8 +171,8 @@ struct ActivatorArgs {
 }
 
 impl ActivatorArgs {
-    fn into_settings(self) -> fargo::activator::Settings {
-        fargo::activator::Settings {
+    fn into_config(self) -> fargo::activator::Config {
+        fargo::activator::Config {
             addr: self.addr,
             health_addr: self.health_addr,
             domain: self.domain,
@@ -201,7 +199,7 @@ async fn main() -> anyhow::Result<()> {
             telemetry::init_logging(cli.log_json);
             let shutdown = telemetry::shutdown_on_signal().context("installing signal handlers")?;
             let client = connect().await?;
-            fargo::activator::run(client, args.into_settings(), shutdown)
+            fargo::activator::run(client, args.into_config(), shutdown)
                 .await
                 .context("the activator failed")
         }

@@ -1,6 +1,5 @@
 //! Logs, metrics and the health endpoints every component serves.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -30,13 +29,17 @@ pub fn init_logging(json: bool) {
 }
 
 /// An error with its causes, colon-separated: hyper's own message ("client error (Connect)")
-/// hides the reason.
+/// hides the reason. A cause whose message the text already holds (an error that prints its
+/// source and also returns it from `source()`) is not repeated.
 pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
+        let message = cause.to_string();
+        if !text.contains(&message) {
+            text.push_str(": ");
+            text.push_str(&message);
+        }
         source = cause.source();
     }
     text
@@ -98,14 +101,16 @@ async fn metrics(State(state): State<HealthState>) -> impl IntoResponse {
     }
 }
 
-/// Serves `router` on `addr` until `shutdown` is cancelled, then finishes requests in flight.
+/// Serves `router` on `listener` until `shutdown` is cancelled, then finishes requests in
+/// flight. The caller binds, so that an address in use is reported before anything starts.
 pub async fn serve(
-    addr: SocketAddr,
+    listener: tokio::net::TcpListener,
     router: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "serving health and metrics");
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "serving health and metrics");
+    }
     axum::serve(listener, router)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
@@ -128,4 +133,30 @@ pub fn shutdown_on_signal() -> std::io::Result<CancellationToken> {
         cancel.cancel();
     });
     Ok(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    enum Failure {
+        #[error("Kubernetes API call failed: {0}")]
+        Printed(#[source] std::io::Error),
+        #[error("setting the initial replicas")]
+        Hidden(#[source] std::io::Error),
+    }
+
+    #[test]
+    fn the_chain_names_every_cause_once() {
+        let cause = || std::io::Error::other("connection refused");
+        assert_eq!(
+            error_chain(&Failure::Hidden(cause())),
+            "setting the initial replicas: connection refused"
+        );
+        assert_eq!(
+            error_chain(&Failure::Printed(cause())),
+            "Kubernetes API call failed: connection refused"
+        );
+    }
 }

@@ -169,7 +169,7 @@ fn controller_role_names_the_lease_the_controller_elects_with() {
         .collect();
     assert_eq!(
         lease_names,
-        [fargo::controller::LEASE_NAME],
-        "the controller's Role must allow the Lease named by fargo::controller::LEASE_NAME"
+        [fargo::api::LEASE_NAME],
+        "the controller's Role must allow the Lease named by fargo::api::LEASE_NAME"
     );
 }

@@ -38,7 +38,7 @@ const NODE_NAME: &str = "fargo-node";
 /// Names fixed by the chart and the binary (charts/fargo/templates/_helpers.tpl).
 const DEPLOYMENTS: [&str; 2] = ["fargo-controller", "fargo-activator"];
 const WEBHOOK_CONFIGURATION: &str = "fargo";
-const LEASE: &str = fargo::controller::LEASE_NAME;
+const LEASE: &str = fargo::api::LEASE_NAME;
 /// Made by the controller, not by the chart: `helm uninstall` leaves it.
 const WEBHOOK_SECRET: &str = "fargo-webhook-tls";
 

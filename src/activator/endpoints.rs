@@ -15,12 +15,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
-use super::function::{FunctionState, ObservedEndpoint};
+use super::function_state::{FunctionState, ObservedEndpoint};
 use super::index::FunctionIndex;
-use crate::api::FUNCTION_LABEL;
-
-/// Label the EndpointSlice controller puts on a Service's slices.
-pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+use crate::api::{FUNCTION_LABEL, SERVICE_NAME_LABEL};
 
 /// `(namespace, function)` of a slice of a function's own Service: the slice carries the
 /// function label (copied from the Service) and belongs to the Service of the same name.

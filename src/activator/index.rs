@@ -12,10 +12,10 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::oneshot;
 
-use super::function::{FunctionConfig, FunctionState, ObservedEndpoint};
+use super::function_state::{FunctionConfig, FunctionState, ObservedEndpoint};
 use super::metrics::ActivatorMetrics;
 use super::router::{HttpRoute, RouteError, RouteTable};
-use super::stats::ActivatorStats;
+use crate::api::stats::ActivatorStats;
 use crate::api::{ServerlessFunction, ServerlessFunctionSpec};
 
 /// A request's function, and how much of its path to cut before proxying.

@@ -83,12 +83,12 @@ impl ActivatorMetrics {
     }
 
     /// Handles for one function, so that requests touch no label map.
-    pub fn for_function(&self, namespace: &str, name: &str) -> FunctionMetrics {
+    pub fn for_function(&self, namespace: &str, name: &str) -> RequestMetrics {
         let labels = FunctionLabels {
             namespace: namespace.to_string(),
             function: name.to_string(),
         };
-        FunctionMetrics {
+        RequestMetrics {
             in_flight: self.in_flight.get_or_create_owned(&labels),
             held: self.held.get_or_create_owned(&labels),
             duration: self.duration.get_or_create_owned(&labels),
@@ -101,7 +101,7 @@ impl ActivatorMetrics {
 
 /// One function's series.
 #[derive(Debug)]
-pub struct FunctionMetrics {
+pub struct RequestMetrics {
     pub in_flight: Gauge,
     pub held: Gauge,
     duration: Histogram,
@@ -111,7 +111,7 @@ pub struct FunctionMetrics {
     labels: FunctionLabels,
 }
 
-impl FunctionMetrics {
+impl RequestMetrics {
     /// Counts a response and how long it took to start.
     pub fn record(&self, status: u16, elapsed: Duration) {
         self.duration.observe(elapsed.as_secs_f64());

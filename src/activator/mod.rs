@@ -1,21 +1,21 @@
 //! `fargo activator`: the HTTP gateway in front of every function.
 //!
 //! It routes each request to its function ([`router`]), holds it while the function has no
-//! free pod ([`hold`], [`function`]) and asks for a scale from zero at once ([`scale`]),
+//! free pod ([`hold`], [`function_state`]) and asks for a scale from zero at once ([`scale`]),
 //! balances over the function's pods ([`balancer`]) learned from EndpointSlices
 //! ([`endpoints`]), streams the request through ([`proxy`]) and reports per-function
-//! concurrency to the autoscaler on `GET /stats` ([`stats`]).
+//! concurrency ([`concurrency`]) to the autoscaler on `GET /stats` ([`crate::api::stats`]).
 
 pub mod balancer;
+pub mod concurrency;
 pub mod endpoints;
-pub mod function;
+pub mod function_state;
 pub mod hold;
 pub mod index;
 pub mod metrics;
 pub mod proxy;
 pub mod router;
 pub mod scale;
-pub mod stats;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,7 +35,7 @@ use scale::Cluster;
 
 /// How the activator runs (the `fargo activator` flags).
 #[derive(Clone, Debug)]
-pub struct Settings {
+pub struct Config {
     /// Where the proxy listens.
     pub addr: SocketAddr,
     /// Where `/healthz`, `/readyz`, `/metrics` and `/stats` are served.
@@ -69,14 +69,14 @@ pub enum Error {
 /// request in flight or held has finished.
 pub async fn run(
     client: kube::Client,
-    settings: Settings,
+    config: Config,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let mut registry = Registry::with_prefix("fargo");
     let metrics = ActivatorMetrics::register(registry.sub_registry_with_prefix("activator"));
     let index = Arc::new(FunctionIndex::new(
-        &settings.domain,
-        settings.queue_depth,
+        &config.domain,
+        config.queue_depth,
         metrics,
     ));
 
@@ -105,19 +105,25 @@ pub async fn run(
         }),
     );
     let stop_health = CancellationToken::new();
+    let health_listener = tokio::net::TcpListener::bind(config.health_addr)
+        .await
+        .map_err(|source| Error::Health {
+            addr: config.health_addr,
+            source,
+        })?;
     let mut health = tokio::spawn(telemetry::serve(
-        settings.health_addr,
+        health_listener,
         health_router,
         stop_health.clone(),
     ));
 
-    let listener = tokio::net::TcpListener::bind(settings.addr)
+    let listener = tokio::net::TcpListener::bind(config.addr)
         .await
         .map_err(|source| Error::Bind {
-            addr: settings.addr,
+            addr: config.addr,
             source,
         })?;
-    tracing::info!(addr = %settings.addr, domain = %settings.domain, "activator proxy listening");
+    tracing::info!(addr = %config.addr, domain = %config.domain, "activator proxy listening");
     let proxy = Arc::new(Proxy::new(index.clone(), Some(Cluster::new(client))));
     let proxy_shutdown = proxy::Shutdown::default();
     let mut proxy_served = tokio::spawn(proxy::serve(listener, proxy, proxy_shutdown.clone()));
@@ -133,17 +139,17 @@ pub async fn run(
             tracing::info!(functions = index.function_count(), "activator ready");
             tokio::select! {
                 () = shutdown.cancelled() => {}
-                result = &mut health => return health_failed(result, settings.health_addr),
+                result = &mut health => return health_failed(result, config.health_addr),
             }
         }
         () = shutdown.cancelled() => {}
-        result = &mut health => return health_failed(result, settings.health_addr),
+        result = &mut health => return health_failed(result, config.health_addr),
     }
 
     readiness.set(false);
     proxy_shutdown.draining.cancel();
-    tracing::info!(delay = ?settings.drain_delay, "draining: not ready, still serving, closing connections after each response");
-    tokio::time::sleep(settings.drain_delay).await;
+    tracing::info!(delay = ?config.drain_delay, "draining: not ready, still serving, closing connections after each response");
+    tokio::time::sleep(config.drain_delay).await;
     tracing::info!("draining: no new connections; finishing requests in flight and held");
     proxy_shutdown.stop.cancel();
     if let Err(error) = (&mut proxy_served).await {
@@ -155,7 +161,7 @@ pub async fn run(
     stop_health.cancel();
     match health.await {
         Ok(Ok(())) => {}
-        result => return health_failed(result, settings.health_addr),
+        result => return health_failed(result, config.health_addr),
     }
     tracing::info!("activator stopped");
     Ok(())

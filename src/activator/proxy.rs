@@ -24,7 +24,7 @@ use tokio::net::TcpListener;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
-use super::function::{Admission, FunctionState, Lease};
+use super::function_state::{Admission, FunctionState, Lease};
 use super::index::FunctionIndex;
 use super::router::upstream_path;
 use super::scale::{Cluster, spawn_poke};

@@ -3,6 +3,7 @@
 pub mod conditions;
 pub mod function;
 pub mod profile;
+pub mod stats;
 
 pub use function::{ServerlessFunction, ServerlessFunctionSpec, ServerlessFunctionStatus};
 pub use profile::{FargateProfile, FargateProfileSpec, FargateProfileStatus};
@@ -48,6 +49,27 @@ pub const ACTIVATOR_POD_LABELS: [(&str, &str); 2] = [
 ];
 /// Label the API server puts on every namespace, with the namespace's name.
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+/// Label the EndpointSlice controller puts on a Service's slices, with the Service's name.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// Name of the Lease that elects the controller's leader, in the controller's namespace.
+pub const LEASE_NAME: &str = "fargo-controller";
+
+/// Annotation on a function with the last tick of each of its schedules, as JSON:
+/// `{"nightly": {"lastTick": "2026-01-02T02:00:00Z", "cron": "0 3 * * *", "timeZone": "Europe/Paris"}}`.
+pub const SCHEDULE_STATE_ANNOTATION: &str = "fargo.dev/schedule-state";
+/// Header naming the schedule on each request it sends.
+pub const SCHEDULE_HEADER: &str = "x-fargo-schedule";
+/// Field manager of the schedule-state annotation.
+pub const SCHEDULE_MANAGER: &str = "fargo.dev/schedule";
+
+/// Where a function is reached through the activator: `{activator}/{namespace}/{name}/`.
+pub fn function_url(activator_url: &str, namespace: &str, name: &str) -> String {
+    format!(
+        "{}/{namespace}/{name}/",
+        activator_url.trim_end_matches('/')
+    )
+}
 
 /// Both CustomResourceDefinitions, in the order `fargo crds` prints them.
 pub fn crds()
@@ -69,6 +91,19 @@ pub fn crds_yaml() -> Result<Vec<(String, String)>, serde_yaml::Error> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn the_url_goes_through_the_activator() {
+        assert_eq!(
+            function_url(
+                "http://fargo-activator.fargo-system.svc/",
+                "media",
+                "thumbnail"
+            ),
+            "http://fargo-activator.fargo-system.svc/media/thumbnail/"
+        );
+    }
     #[test]
     fn checked_in_crds_match_the_rust_types() {
         for (name, generated) in super::crds_yaml().expect("CRDs render") {

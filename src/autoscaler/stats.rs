@@ -6,13 +6,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use jiff::Timestamp;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-use crate::activator::stats::ActivatorStats;
+use crate::api::stats::ActivatorStats;
+use crate::http_client::HttpClient;
 
 /// Name of the port, on the activator Service, that serves `/stats`.
 pub const HEALTH_PORT_NAME: &str = "health";
@@ -111,18 +109,6 @@ pub fn stats_urls<'a>(
     urls.sort();
     urls.dedup();
     urls
-}
-
-/// An HTTP/1 client for plain-HTTP calls inside the cluster (activator stats and schedules).
-pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
-
-pub fn http_client() -> HttpClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(Duration::from_secs(2)));
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .build(connector)
 }
 
 /// Scrapes every URL at once.

@@ -18,10 +18,10 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 
 use crate::api::{
-    APP_NAME, AUTOSCALER_MANAGER, FUNCTION_LABEL, MANAGED_BY_LABEL, PROFILE_LABEL,
-    ServerlessFunction, ServerlessFunctionSpec,
+    APP_NAME, FUNCTION_LABEL, MANAGED_BY_LABEL, PROFILE_LABEL, ServerlessFunction,
+    ServerlessFunctionSpec,
 };
-use crate::profile::sizing::{QuantityError, parse_bytes};
+use crate::quantity::{QuantityError, parse_bytes};
 
 /// Name of the function's container in its pods.
 pub const CONTAINER_NAME: &str = "function";
@@ -122,22 +122,6 @@ pub fn initial_replicas(spec: &ServerlessFunctionSpec) -> i32 {
         Some(max) => initial.min(max.max(min)),
         None => initial,
     }
-}
-
-/// Where a function is reached through the activator: `{activator}/{namespace}/{name}/`.
-pub fn function_url(activator_url: &str, namespace: &str, name: &str) -> String {
-    format!(
-        "{}/{namespace}/{name}/",
-        activator_url.trim_end_matches('/')
-    )
-}
-
-/// Whether the autoscaler's field manager has written this Deployment (its `replicas`).
-pub fn autoscaler_owns_replicas(deployment: &Deployment) -> bool {
-    deployment
-        .managed_fields()
-        .iter()
-        .any(|entry| entry.manager.as_deref() == Some(AUTOSCALER_MANAGER))
 }
 
 fn owner_reference(function: &ServerlessFunction) -> Result<OwnerReference, BuildError> {
@@ -550,17 +534,5 @@ spec:
         assert!(name_problem("with.dot").is_some());
         assert!(name_problem(&"a".repeat(64)).is_some());
         assert!(name_problem("trailing-").is_some());
-    }
-
-    #[test]
-    fn the_url_goes_through_the_activator() {
-        assert_eq!(
-            function_url(
-                "http://fargo-activator.fargo-system.svc/",
-                "media",
-                "thumbnail"
-            ),
-            "http://fargo-activator.fargo-system.svc/media/thumbnail/"
-        );
     }
 }

@@ -16,24 +16,23 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
-use serde_json::json;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, instrument, warn};
+use tracing::{info, instrument};
 
-use super::FunctionStore;
 use super::build::{self, BuildError};
-use super::status::{self, Instances, Observed, ProfileCheck, reason};
+use super::status::{self, Observed, ProfileCheck, reason};
 use crate::api::conditions::{PROFILE_FOUND, READY, SCHEDULES_VALID};
 use crate::api::profile::FargateProfile;
 use crate::api::{
     CONTROLLER_MANAGER, FUNCTION_LABEL, ServerlessFunction, ServerlessFunctionStatus,
 };
-use crate::controller::ControllerMetrics;
+use crate::caches::FunctionStore;
 use crate::profile::matching::namespace_is_selected;
+use crate::reconcile::{self, Note, ReconcileError, Reporting, patch_status};
+use crate::replicas::{Instances, apply_replicas, autoscaler_owns_replicas};
 
 const KIND: &str = "ServerlessFunction";
 /// While instances are wanted and none is ready, the pods are looked at this often: a crash
@@ -55,9 +54,8 @@ pub enum Error {
     InitialScale(#[source] kube::Error),
 }
 
-impl Error {
-    /// A bounded name for metrics and Event reasons.
-    pub fn reason(&self) -> &'static str {
+impl ReconcileError for Error {
+    fn reason(&self) -> &'static str {
         match self {
             Error::Kube(_) => "KubernetesApiError",
             Error::Build(BuildError::Memory(_)) => "InvalidMemory",
@@ -67,9 +65,9 @@ impl Error {
         }
     }
 
-    /// Whether the function's namespace is being deleted: it and its children are going away,
-    /// and the API server refuses to create anything there meanwhile.
-    fn is_namespace_terminating(&self) -> bool {
+    /// The function's namespace is being deleted: it and its children are going away, and the
+    /// API server refuses to create anything there meanwhile.
+    fn is_moot(&self) -> bool {
         let status = match self {
             Error::Kube(kube::Error::Api(status))
             | Error::InitialScale(kube::Error::Api(status)) => status,
@@ -84,8 +82,8 @@ impl Error {
             })
     }
 
-    /// Whether the spec itself is wrong, so retrying before it changes is pointless.
-    fn is_spec_error(&self) -> bool {
+    /// The spec itself is wrong.
+    fn is_terminal(&self) -> bool {
         matches!(
             self,
             Error::Build(BuildError::Memory(_)) | Error::InvalidObject(_)
@@ -98,9 +96,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// What the reconciler shares between calls.
 pub struct Context {
     pub client: Client,
-    pub recorder: Recorder,
-    pub metrics: Arc<ControllerMetrics>,
-    /// The functions' Deployments, trimmed (see [`super::trim_deployment`]).
+    pub reporting: Reporting,
+    /// The functions' Deployments, trimmed (see [`crate::caches::trim_deployment`]).
     pub deployments: Store<Deployment>,
     /// What this process last applied to each function's Deployment.
     pub applied: Arc<AppliedDeployments>,
@@ -214,6 +211,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let client = ctx.client.clone();
+    let reporting = ctx.reporting.clone();
     let functions = controller.store();
     let pruning = tokio::spawn({
         let (applied, functions, shutdown) =
@@ -245,13 +243,8 @@ pub async fn run(
             move |profile| functions_using(&functions, &profile.name_any()),
         )
         .graceful_shutdown_on(async move { shutdown.cancelled().await })
-        .run(reconcile, error_policy, Arc::new(ctx))
-        .for_each(|result| async move {
-            match result {
-                Ok((object, _)) => tracing::debug!(function = %object.name, "reconciled"),
-                Err(error) => tracing::debug!(%error, "function reconcile failed"),
-            }
-        })
+        .run(reconcile, reconcile::error_policy, Arc::new(ctx))
+        .for_each(|result| reconcile::report_reconciled(&reporting, KIND, result))
         .await;
     let _ = pruning.await;
 }
@@ -279,7 +272,7 @@ async fn reconcile(
     guard: Arc<DeserializeGuard<ServerlessFunction>>,
     ctx: Arc<Context>,
 ) -> Result<Action> {
-    let _timer = ctx.metrics.reconcile_started(KIND);
+    let _timer = ctx.reporting.metrics.reconcile_started(KIND);
     match &guard.0 {
         Err(invalid) => Err(Error::InvalidObject(invalid.error.clone())),
         // The garbage collector removes the children.
@@ -287,25 +280,6 @@ async fn reconcile(
             Ok(Action::await_change())
         }
         Ok(function) => function.reconcile(&ctx).await,
-    }
-}
-
-fn error_policy(
-    guard: Arc<DeserializeGuard<ServerlessFunction>>,
-    error: &Error,
-    ctx: Arc<Context>,
-) -> Action {
-    if error.is_namespace_terminating() {
-        // Nothing to report: the function goes with its namespace.
-        return Action::await_change();
-    }
-    warn!(function = %guard.name_any(), namespace = %guard.namespace().unwrap_or_default(), %error, "reconcile failed");
-    ctx.metrics.reconcile_failed(KIND, error.reason());
-    crate::controller::publish_failure(&ctx.recorder, guard.object_ref(&()), error.reason(), error);
-    if error.is_spec_error() {
-        Action::await_change()
-    } else {
-        Action::requeue(Duration::from_secs(5))
     }
 }
 
@@ -413,7 +387,7 @@ impl ServerlessFunction {
         if let Some(cached) = ctx
             .deployments
             .get(&ObjectRef::new(&name).within(namespace))
-            && build::autoscaler_owns_replicas(&cached)
+            && autoscaler_owns_replicas(&cached)
         {
             return Ok(Some((*cached).clone()));
         }
@@ -431,7 +405,7 @@ impl ServerlessFunction {
         let name = self.name_any();
         let existing = self.existing_deployment(ctx, namespace).await?;
         let seed = match &existing {
-            Some(deployment) if build::autoscaler_owns_replicas(deployment) => None,
+            Some(deployment) if autoscaler_owns_replicas(deployment) => None,
             Some(deployment) => Some(
                 deployment
                     .spec
@@ -458,7 +432,7 @@ impl ServerlessFunction {
                 spec.replicas = Some(seed);
             }
             api.patch(&name, &params, &Patch::Apply(&seeded)).await?;
-            crate::autoscaler::apply_replicas(&ctx.client, namespace, &name, seed)
+            apply_replicas(&ctx.client, namespace, &name, seed)
                 .await
                 .map_err(Error::InitialScale)?;
             info!(
@@ -484,24 +458,14 @@ impl ServerlessFunction {
         let listed = pods
             .list(&ListParams::default().labels(&format!("{FUNCTION_LABEL}={}", self.name_any())))
             .await?;
-        problems.extend(crate::activator::scale::pod_problems(&listed.items));
+        problems.extend(crate::diagnosis::pod_problems(&listed.items));
         Ok(problems)
     }
 
     async fn patch_status(&self, ctx: &Context, status: &ServerlessFunctionStatus) -> Result<()> {
         let api: Api<ServerlessFunction> =
             Api::namespaced(ctx.client.clone(), &self.namespace().unwrap_or_default());
-        let patch = json!({
-            "apiVersion": "fargo.dev/v1alpha1",
-            "kind": KIND,
-            "status": status,
-        });
-        api.patch_status(
-            &self.name_any(),
-            &PatchParams::apply(CONTROLLER_MANAGER).force(),
-            &Patch::Apply(patch),
-        )
-        .await?;
+        patch_status(&api, &self.name_any(), CONTROLLER_MANAGER, status).await?;
         Ok(())
     }
 
@@ -534,22 +498,14 @@ impl ServerlessFunction {
                 b.status == now.status && b.reason == now.reason && b.message == now.message
             });
             if !unchanged {
-                self.publish(ctx, EventType::Warning, &now.reason, now.message.clone())
+                ctx.reporting
+                    .events
+                    .publish(
+                        &self.object_ref(&()),
+                        Note::warning("Reconcile", &now.reason, now.message.clone()),
+                    )
                     .await;
             }
-        }
-    }
-
-    async fn publish(&self, ctx: &Context, type_: EventType, reason: &str, note: String) {
-        let event = Event {
-            type_,
-            reason: reason.into(),
-            note: Some(note.chars().take(1000).collect()),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        if let Err(error) = ctx.recorder.publish(&event, &self.object_ref(&())).await {
-            warn!(%error, "publishing an event failed");
         }
     }
 }

@@ -4,11 +4,12 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 
-use super::build::function_url;
 use crate::api::conditions::{
     self, PROFILE_FOUND, READY, SCALED_TO_ZERO, SCHEDULES_VALID, condition,
 };
+use crate::api::function_url;
 use crate::api::{ServerlessFunction, ServerlessFunctionStatus};
+use crate::replicas::Instances;
 
 /// Reasons of the Ready condition.
 pub mod reason {
@@ -89,34 +90,6 @@ pub struct Observed<'a> {
     pub pod_problems: &'a [String],
     /// The base URL of the activator.
     pub activator_url: &'a str,
-}
-
-/// Replicas the Deployment asks for, and how many are there and ready.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Instances {
-    pub desired: i32,
-    pub existing: i32,
-    pub ready: i32,
-}
-
-impl Instances {
-    pub fn of(deployment: &Deployment) -> Self {
-        let status = deployment.status.as_ref();
-        Self {
-            desired: deployment
-                .spec
-                .as_ref()
-                .and_then(|s| s.replicas)
-                .unwrap_or(1),
-            existing: status.and_then(|s| s.replicas).unwrap_or(0),
-            ready: status.and_then(|s| s.ready_replicas).unwrap_or(0),
-        }
-    }
-
-    /// Instances are wanted and none is ready: the pods deserve a look.
-    pub fn none_ready(&self) -> bool {
-        self.desired > 0 && self.ready == 0
-    }
 }
 
 /// Why a Deployment cannot create its pods (quota, admission), from its ReplicaFailure

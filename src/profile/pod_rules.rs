@@ -745,7 +745,8 @@ spec:
 
     #[test]
     fn sized_fargate_pod_passes_api_server_pod_level_resource_rules() {
-        use crate::profile::sizing::{parse_bytes, parse_millicpu, size_for};
+        use crate::profile::sizing::size_for;
+        use crate::quantity::{parse_bytes, parse_millicpu};
 
         let original = pod(r#"
 spec:

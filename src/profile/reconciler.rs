@@ -12,21 +12,22 @@ use k8s_openapi::api::node::v1::RuntimeClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, instrument, warn};
+use tracing::{info, instrument};
 
-use crate::api::conditions::{self, READY, RUNTIME_CLASS_FOUND};
+use super::matching::namespace_is_selected;
+use super::network::network_policy;
+use super::status::{self, Observed, RuntimeClassCheck};
 use crate::api::profile::{FargateProfile, FargateProfileStatus, ProfilePhase};
 use crate::api::{CONTROLLER_MANAGER, PROFILE_FINALIZER, PROFILE_LABEL, PROFILED_NAMESPACE_LABEL};
-use crate::controller::ControllerMetrics;
-use crate::profile::matching::namespace_is_selected;
-use crate::profile::network::network_policy;
+use crate::reconcile::{self, Note, ReconcileError, Reporting, patch_status};
+
+const KIND: &str = "FargateProfile";
 
 /// Errors of one reconcile; each becomes a Warning Event and a short requeue.
 #[derive(Debug, thiserror::Error)]
@@ -39,10 +40,10 @@ pub enum Error {
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
 }
 
-impl Error {
+impl ReconcileError for Error {
     /// A write that failed only because the cached profile was out of date: the finalizer was
     /// already removed (404), or added to a profile already being deleted (422).
-    fn is_stale_view(&self) -> bool {
+    fn is_moot(&self) -> bool {
         use kube::runtime::finalizer::Error as F;
         match self {
             Error::Finalizer(inner) => match inner.as_ref() {
@@ -56,8 +57,7 @@ impl Error {
         }
     }
 
-    /// A bounded name for metrics and Event reasons.
-    pub fn reason(&self) -> &'static str {
+    fn reason(&self) -> &'static str {
         match self {
             Error::Kube(_) => "KubernetesApiError",
             Error::MissingMetadata(_) => "MissingMetadata",
@@ -71,8 +71,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// What the reconciler shares between calls.
 pub struct Context {
     pub client: Client,
-    pub recorder: Recorder,
-    pub metrics: Arc<ControllerMetrics>,
+    pub reporting: Reporting,
     /// Namespace the fargo activator runs in; its pods may always reach function pods.
     pub activator_namespace: String,
     /// Namespaces no profile may take: fargo's own, whose pods must never wait on fargo's
@@ -85,8 +84,7 @@ pub struct Context {
 /// Runs the profile controller until `shutdown` is cancelled.
 pub async fn run(
     client: Client,
-    recorder: Recorder,
-    metrics: Arc<ControllerMetrics>,
+    reporting: Reporting,
     activator_namespace: String,
     reserved_namespaces: Vec<String>,
     shutdown: CancellationToken,
@@ -143,8 +141,7 @@ pub async fn run(
 
     let ctx = Arc::new(Context {
         client: client.clone(),
-        recorder,
-        metrics,
+        reporting: reporting.clone(),
         activator_namespace,
         reserved_namespaces,
         namespaces,
@@ -169,20 +166,15 @@ pub async fn run(
             runtime_class_changes,
         ))
         .graceful_shutdown_on(async move { shutdown.cancelled().await })
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            match result {
-                Ok((object, _)) => tracing::debug!(profile = %object.name, "reconciled"),
-                Err(error) => tracing::debug!(%error, "profile reconcile failed"),
-            }
-        })
+        .run(reconcile, reconcile::error_policy, ctx)
+        .for_each(|result| reconcile::report_reconciled(&reporting, KIND, result))
         .await;
     let _ = namespace_cache.await;
 }
 
 #[instrument(skip_all, fields(profile = %profile.name_any()))]
-async fn reconcile(profile: Arc<FargateProfile>, ctx: Arc<Context>) -> Result<Action> {
-    let _timer = ctx.metrics.reconcile_started("FargateProfile");
+pub async fn reconcile(profile: Arc<FargateProfile>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.reporting.metrics.reconcile_started(KIND);
     let api: Api<FargateProfile> = Api::all(ctx.client.clone());
     finalizer(&api, PROFILE_FINALIZER, profile, |event| async {
         match event {
@@ -192,24 +184,6 @@ async fn reconcile(profile: Arc<FargateProfile>, ctx: Arc<Context>) -> Result<Ac
     })
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)))
-}
-
-fn error_policy(profile: Arc<FargateProfile>, error: &Error, ctx: Arc<Context>) -> Action {
-    if error.is_stale_view() {
-        // The profile went away (or is going) between the watch event and our write: the next
-        // event, if any, tells the truth.
-        return Action::await_change();
-    }
-    warn!(profile = %profile.name_any(), %error, "reconcile failed");
-    ctx.metrics
-        .reconcile_failed("FargateProfile", error.reason());
-    crate::controller::publish_failure(
-        &ctx.recorder,
-        profile.object_ref(&()),
-        error.reason(),
-        error,
-    );
-    Action::requeue(Duration::from_secs(5))
 }
 
 impl FargateProfile {
@@ -233,99 +207,26 @@ impl FargateProfile {
         self.apply_network_policies(ctx, &matched).await?;
 
         let runtime_class = match &self.spec.runtime_class_name {
-            Some(rc) => Some((
-                rc.clone(),
-                Api::<RuntimeClass>::all(ctx.client.clone())
-                    .get_opt(rc)
-                    .await?
-                    .is_some(),
-            )),
-            None => None,
+            None => RuntimeClassCheck::NotRequested,
+            Some(rc) => match Api::<RuntimeClass>::all(ctx.client.clone())
+                .get_opt(rc)
+                .await?
+            {
+                Some(_) => RuntimeClassCheck::Found(rc.clone()),
+                None => RuntimeClassCheck::Missing(rc.clone()),
+            },
         };
 
+        let observed = Observed {
+            matched: &matched,
+            runtime_class,
+        };
         let now = Time(k8s_openapi::jiff::Timestamp::now());
-        let generation = self.metadata.generation;
-        let mut status = self.status.clone().unwrap_or_default();
-        let previous_matched: BTreeSet<String> =
-            status.matched_namespaces.iter().cloned().collect();
-        let (found, found_reason, found_message) = match &runtime_class {
-            None => (
-                true,
-                "NotRequested",
-                "the profile sets no runtimeClassName".to_string(),
-            ),
-            Some((rc, true)) => (true, "Found", format!("RuntimeClass {rc} exists")),
-            Some((rc, false)) => (
-                false,
-                "RuntimeClassNotFound",
-                format!(
-                    "RuntimeClass {rc} does not exist: create it (kubectl get runtimeclass lists those that do) or change spec.runtimeClassName; until then the API server refuses this profile's pods"
-                ),
-            ),
-        };
-        conditions::set(
-            &mut status.conditions,
-            conditions::condition(
-                RUNTIME_CLASS_FOUND,
-                found,
-                found_reason,
-                found_message.clone(),
-                generation,
-                now.clone(),
-            ),
-        );
-        let ready_message = if found {
-            format!("selecting {} namespace(s)", matched.len())
-        } else {
-            found_message
-        };
-        conditions::set(
-            &mut status.conditions,
-            conditions::condition(
-                READY,
-                found,
-                if found { "Active" } else { found_reason },
-                ready_message,
-                generation,
-                now,
-            ),
-        );
-        status.phase = Some(if found {
-            ProfilePhase::Active
-        } else {
-            ProfilePhase::Failed
-        });
-        status.matched_namespaces = matched.iter().cloned().collect();
-        status.observed_generation = generation;
+        let status = status::compute(self, &observed, now);
         self.patch_status(ctx, &status).await?;
-
-        if previous_matched != matched {
-            let added: Vec<_> = matched.difference(&previous_matched).cloned().collect();
-            let removed: Vec<_> = previous_matched.difference(&matched).cloned().collect();
-            let mut note = String::new();
-            if !added.is_empty() {
-                note.push_str(&format!("now selects {}", added.join(", ")));
-            }
-            if !removed.is_empty() {
-                if !note.is_empty() {
-                    note.push_str("; ");
-                }
-                note.push_str(&format!("no longer selects {}", removed.join(", ")));
-            }
-            self.publish(ctx, EventType::Normal, "NamespacesChanged", note)
-                .await;
-        }
-        if !found {
-            self.publish(
-                ctx,
-                EventType::Warning,
-                "RuntimeClassNotFound",
-                format!(
-                    "RuntimeClass {} does not exist",
-                    self.spec.runtime_class_name.as_deref().unwrap_or_default()
-                ),
-            )
-            .await;
+        let previous = self.status.clone().unwrap_or_default();
+        for note in status::events(&previous, &observed) {
+            self.publish(ctx, note).await;
         }
         info!(profile = %name, namespaces = matched.len(), "profile reconciled");
         Ok(Action::requeue(Duration::from_secs(300)))
@@ -372,9 +273,11 @@ impl FargateProfile {
             }
             self.publish(
                 ctx,
-                EventType::Normal,
-                "PodsDeleted",
-                format!("deleted {deleted} pod(s) (deletionPolicy DeletePods)"),
+                Note::normal(
+                    "Reconcile",
+                    "PodsDeleted",
+                    format!("deleted {deleted} pod(s) (deletionPolicy DeletePods)"),
+                ),
             )
             .await;
         }
@@ -421,31 +324,15 @@ impl FargateProfile {
 
     async fn patch_status(&self, ctx: &Context, status: &FargateProfileStatus) -> Result<()> {
         let api: Api<FargateProfile> = Api::all(ctx.client.clone());
-        let patch = json!({
-            "apiVersion": "fargo.dev/v1alpha1",
-            "kind": "FargateProfile",
-            "status": status,
-        });
-        api.patch_status(
-            &self.name_any(),
-            &PatchParams::apply(CONTROLLER_MANAGER).force(),
-            &Patch::Apply(patch),
-        )
-        .await?;
+        patch_status(&api, &self.name_any(), CONTROLLER_MANAGER, status).await?;
         Ok(())
     }
 
-    async fn publish(&self, ctx: &Context, type_: EventType, reason: &str, note: String) {
-        let event = Event {
-            type_,
-            reason: reason.into(),
-            note: Some(note),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        if let Err(error) = ctx.recorder.publish(&event, &self.object_ref(&())).await {
-            warn!(%error, "publishing an event failed");
-        }
+    async fn publish(&self, ctx: &Context, note: Note) {
+        ctx.reporting
+            .events
+            .publish(&self.object_ref(&()), note)
+            .await;
     }
 }
 

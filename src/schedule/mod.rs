@@ -2,7 +2,7 @@
 //! function through the activator at every tick.
 //!
 //! A tick fires at most once, whichever controller replica holds the lead and across restarts:
-//! the last tick of each schedule is kept in the function's [`STATE_ANNOTATION`], and a tick is
+//! the last tick of each schedule is kept in the function's [`SCHEDULE_STATE_ANNOTATION`](crate::api::SCHEDULE_STATE_ANNOTATION), and a tick is
 //! *claimed* by writing it there — with the resourceVersion the decision was made on, so two
 //! writers cannot both claim it — before the request is sent. A tick missed while no controller
 //! ran fires once, for the latest missed tick, when one returns. A new (or changed) schedule is
@@ -20,15 +20,9 @@ use std::collections::BTreeMap;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+use crate::api::SCHEDULE_HEADER;
 use crate::api::function::Schedule;
 pub use cron::{Cron, CronError, ScheduleError, ZonedCron, parse_time_zone};
-pub use trigger::run;
-
-/// Annotation on a function with the last tick of each of its schedules, as JSON:
-/// `{"nightly": {"lastTick": "2026-01-02T02:00:00Z", "cron": "0 3 * * *", "timeZone": "Europe/Paris"}}`.
-pub const STATE_ANNOTATION: &str = "fargo.dev/schedule-state";
-/// Header naming the schedule on each request it sends.
-pub const SCHEDULE_HEADER: &str = "x-fargo-schedule";
 
 /// Problems with a function's schedules, one line per schedule, naming it; empty when all are
 /// valid.

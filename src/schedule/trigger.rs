@@ -11,20 +11,25 @@ use futures::StreamExt;
 use http_body_util::{BodyExt, Full};
 use jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Client, Resource, ResourceExt};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 use serde_json::json;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-use super::{Fire, SCHEDULE_HEADER, STATE_ANNOTATION, ScheduleState, next_due, plan};
-use crate::api::ServerlessFunction;
+use super::{Fire, ScheduleState, next_due, plan};
 use crate::api::function::Schedule;
-use crate::autoscaler::stats::{HttpClient, http_client};
-use crate::function::{FunctionMetrics, FunctionStore, OutcomeLabels, function_url, live};
+use crate::api::function_url;
+use crate::api::{
+    SCHEDULE_HEADER, SCHEDULE_MANAGER, SCHEDULE_STATE_ANNOTATION, ServerlessFunction,
+};
+use crate::caches::{FunctionStore, live};
+use crate::http_client::{HttpClient, http_client};
+use crate::reconcile::{EventPublisher, Note};
 
-/// Field manager of the schedule-state annotation.
-pub const SCHEDULE_MANAGER: &str = "fargo.dev/schedule";
 /// Schedules are minute-grained; a second keeps a tick's delay under a second.
 const TICK: Duration = Duration::from_secs(1);
 /// After a claim, the cache is given this long to show it before the function is looked at
@@ -39,11 +44,33 @@ const SEND_ATTEMPTS: usize = 3;
 /// Time allowed on top of the function's timeout for the activator to answer.
 const SEND_MARGIN: Duration = Duration::from_secs(10);
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+/// The schedule trigger's metrics.
+pub struct ScheduleMetrics {
+    fires: Family<OutcomeLabels, Counter>,
+}
+
+impl ScheduleMetrics {
+    pub fn register(registry: &mut Registry) -> Arc<Self> {
+        let fires = Family::default();
+        registry.register(
+            "schedule_fires",
+            "Schedule ticks sent to functions, by outcome (ok, failed)",
+            fires.clone(),
+        );
+        Arc::new(Self { fires })
+    }
+}
+
 /// What the trigger reads and writes.
 pub struct Context {
     pub client: Client,
-    pub recorder: Recorder,
-    pub metrics: Arc<FunctionMetrics>,
+    pub events: EventPublisher,
+    pub metrics: Arc<ScheduleMetrics>,
     pub functions: FunctionStore,
     /// Base URL of the activator.
     pub activator_url: String,
@@ -83,7 +110,7 @@ pub async fn run(ctx: Context, shutdown: CancellationToken) {
                 continue;
             };
             let schedules = &function.spec.triggers.schedules;
-            let annotation = function.annotations().get(STATE_ANNOTATION);
+            let annotation = function.annotations().get(SCHEDULE_STATE_ANNOTATION);
             if schedules.is_empty() && annotation.is_none() {
                 continue;
             }
@@ -154,7 +181,7 @@ async fn claim_and_fire(
         let recorded = ScheduleState::from_annotation(
             function
                 .annotations()
-                .get(STATE_ANNOTATION)
+                .get(SCHEDULE_STATE_ANNOTATION)
                 .map(String::as_str),
         );
         let plan = plan(
@@ -170,7 +197,7 @@ async fn claim_and_fire(
         let patch = json!({
             "metadata": {
                 "resourceVersion": function.resource_version(),
-                "annotations": {STATE_ANNOTATION: annotation},
+                "annotations": {SCHEDULE_STATE_ANNOTATION: annotation},
             }
         });
         let params = PatchParams {
@@ -201,54 +228,47 @@ async fn send(ctx: Arc<Context>, http: HttpClient, function: ServerlessFunction,
     let url = function_url(&ctx.activator_url, &namespace, &name);
     let timeout = Duration::from(function.spec.timeout) + SEND_MARGIN;
     let outcome = post(&http, &url, &fire, timeout).await;
-    let (type_, reason, note, label) = match &outcome {
+    let (note, label) = match &outcome {
         Ok(status) if status.is_success() => (
-            EventType::Normal,
-            "ScheduleFired",
-            format!(
-                "schedule {:?} fired for its tick at {}: HTTP {status}",
-                fire.schedule, fire.tick
+            Note::normal(
+                "Schedule",
+                "ScheduleFired",
+                format!(
+                    "schedule {:?} fired for its tick at {}: HTTP {status}",
+                    fire.schedule, fire.tick
+                ),
             ),
             "ok",
         ),
         Ok(status) => (
-            EventType::Warning,
-            "ScheduleFailed",
-            format!(
-                "schedule {:?}, tick at {}: the function answered HTTP {status}",
-                fire.schedule, fire.tick
+            Note::warning(
+                "Schedule",
+                "ScheduleFailed",
+                format!(
+                    "schedule {:?}, tick at {}: the function answered HTTP {status}",
+                    fire.schedule, fire.tick
+                ),
             ),
             "failed",
         ),
         Err(error) => (
-            EventType::Warning,
-            "ScheduleFailed",
-            format!(
-                "schedule {:?}, tick at {}: {error}; the tick is not sent again",
-                fire.schedule, fire.tick
+            Note::warning(
+                "Schedule",
+                "ScheduleFailed",
+                format!(
+                    "schedule {:?}, tick at {}: {error}; the tick is not sent again",
+                    fire.schedule, fire.tick
+                ),
             ),
             "failed",
         ),
     };
     tracing::info!(%namespace, function = %name, schedule = %fire.schedule, tick = %fire.tick, outcome = ?outcome, "schedule tick");
     ctx.metrics
-        .schedule_fires
+        .fires
         .get_or_create(&OutcomeLabels { outcome: label })
         .inc();
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note.chars().take(1000).collect()),
-        action: "Schedule".into(),
-        secondary: None,
-    };
-    if let Err(error) = ctx
-        .recorder
-        .publish(&event, &function.object_ref(&()))
-        .await
-    {
-        tracing::debug!(%error, "publishing a schedule event failed");
-    }
+    ctx.events.publish(&function.object_ref(&()), note).await;
 }
 
 /// POSTs the tick's body; retries only when no connection could be made, so the function

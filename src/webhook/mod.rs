@@ -64,6 +64,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("the webhook server stopped unexpectedly")]
+    Server(#[source] tokio::task::JoinError),
 }
 
 /// How the webhook is reached and where its certificate comes from.
@@ -134,10 +136,29 @@ pub async fn run(
     .default_backoff()
     .modify(|p| p.managed_fields_mut().clear())
     .reflect(writer)
-    .touched_objects()
-    .for_each(|_| async {});
-    tokio::spawn(reflector);
+    .take_until(shutdown.clone().cancelled_owned())
+    .for_each(|event| async move {
+        if let Err(error) = event {
+            tracing::debug!(%error, "watching FargateProfiles");
+        }
+    });
+    let profile_cache = tokio::spawn(reflector);
+    let served = serve_until_shutdown(client, config, metrics, profiles, shutdown).await;
+    // The watch stops with `shutdown`; on an early error it is stopped here.
+    profile_cache.abort();
+    let _ = profile_cache.await;
+    served
+}
 
+/// The webhook once its profile cache is being filled: certificate, listener, server, and the
+/// configurations' registration.
+async fn serve_until_shutdown(
+    client: Client,
+    config: Config,
+    metrics: Arc<WebhookMetrics>,
+    profiles: Store<FargateProfile>,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
     let certificate = match (&config.cert_dir, &config.url) {
         (Some(dir), _) => certs::read_dir(dir)?,
         (None, Some(url)) => certs::generate(&url_hosts(url))?,
@@ -182,7 +203,7 @@ pub async fn run(
         // `kubectl replace`, a forced Helm upgrade) would otherwise refuse every pod in the
         // profiled namespaces until a controller restarts.
         let shutdown = shutdown.clone();
-        tokio::spawn(async move {
+        let reregister = tokio::spawn(async move {
             let mut every_minute = tokio::time::interval(std::time::Duration::from_secs(60));
             every_minute.tick().await;
             loop {
@@ -195,9 +216,11 @@ pub async fn run(
                 }
             }
         });
+        let served = server.await.map_err(Error::Server);
+        let _ = reregister.await;
+        return served;
     }
-    let _ = server.await;
-    Ok(())
+    server.await.map_err(Error::Server)
 }
 
 /// The routes of the webhook server.

@@ -426,12 +426,12 @@ impl ActivatorAddrs {
         &self,
         namespace: &str,
         function: &str,
-    ) -> Option<fargo::activator::stats::FunctionStats> {
+    ) -> Option<fargo::api::stats::FunctionStats> {
         let (status, body) = http_request("GET", &self.stats_url(), None).await.ok()?;
         if status != 200 {
             return None;
         }
-        let stats: fargo::activator::stats::ActivatorStats = serde_json::from_str(&body).ok()?;
+        let stats: fargo::api::stats::ActivatorStats = serde_json::from_str(&body).ok()?;
         stats
             .functions
             .into_iter()

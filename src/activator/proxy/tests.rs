@@ -8,7 +8,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::server::conn::http1;
 
 use super::*;
-use crate::activator::function::{FunctionConfig, ObservedEndpoint};
+use crate::activator::function_state::{FunctionConfig, ObservedEndpoint};
 use crate::activator::metrics::ActivatorMetrics;
 use crate::activator::router::HttpRoute;
 

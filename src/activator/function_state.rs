@@ -15,9 +15,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use tokio::sync::oneshot;
 
 use super::balancer::{Balancer, Endpoint, Slot};
+use super::concurrency::ConcurrencyMeter;
 use super::hold::{HoldQueue, WaiterId};
-use super::metrics::FunctionMetrics;
-use super::stats::{ConcurrencyMeter, FunctionStats};
+use super::metrics::RequestMetrics;
+use crate::api::stats::FunctionStats;
 
 /// What the activator needs of a function's spec.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,7 +63,7 @@ pub struct FunctionState {
     namespace: String,
     name: String,
     inner: Mutex<Inner>,
-    metrics: FunctionMetrics,
+    metrics: RequestMetrics,
     /// Last explanation of why the function's pods are not ready, so that a burst of requests
     /// timing out together lists the pods once.
     pub(super) diagnosis: tokio::sync::Mutex<Option<(Instant, Arc<str>)>>,
@@ -97,7 +98,7 @@ impl FunctionState {
         name: &str,
         config: FunctionConfig,
         queue_depth: usize,
-        metrics: FunctionMetrics,
+        metrics: RequestMetrics,
     ) -> Arc<Self> {
         Arc::new(Self {
             namespace: namespace.to_string(),
@@ -125,7 +126,7 @@ impl FunctionState {
         &self.name
     }
 
-    pub fn metrics(&self) -> &FunctionMetrics {
+    pub fn metrics(&self) -> &RequestMetrics {
         &self.metrics
     }
 

@@ -1,42 +1,7 @@
-//! What the activator reports to the autoscaler on `GET /stats`, and the time-weighted
-//! concurrency average behind it.
-//!
-//! The autoscaler (in the controller) scrapes every activator pod about once a second and
-//! deserializes [`ActivatorStats`]; the field names are part of that contract.
+//! The time-weighted concurrency average behind what the activator reports on `GET /stats`
+//! ([`crate::api::stats`]).
 
 use std::time::Instant;
-
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use serde::{Deserialize, Serialize};
-
-/// Body of `GET /stats` on the activator's health port.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
-#[serde(rename_all = "camelCase")]
-pub struct ActivatorStats {
-    /// Every function this activator has received a request for since it started.
-    #[serde(default)]
-    pub functions: Vec<FunctionStats>,
-}
-
-/// One function, as one activator sees it.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct FunctionStats {
-    pub namespace: String,
-    pub name: String,
-    /// Requests the activator had for the function (proxied and held), averaged over time since
-    /// the previous scrape of `/stats`.
-    pub concurrency: f64,
-    /// Requests being proxied to a pod now.
-    pub in_flight: u32,
-    /// Requests held now, waiting for a pod (none ready, or all at `concurrency.perInstance`).
-    pub held: u32,
-    /// Requests received since the activator started, including rejected ones.
-    pub requests: u64,
-    /// When the last request arrived (RFC 3339), or null.
-    #[serde(default)]
-    pub last_request: Option<Time>,
-}
 
 /// Time-weighted average of a count that goes up and down (requests in the activator), over
 /// windows that end at each [`take_average`](Self::take_average).
@@ -151,37 +116,5 @@ mod tests {
         let t0 = Instant::now();
         let mut meter = ConcurrencyMeter::new(t0);
         assert_eq!(meter.take_average(t0 + ms(1000)), 0.0);
-    }
-
-    #[test]
-    fn stats_use_the_field_names_the_autoscaler_reads() {
-        let stats = ActivatorStats {
-            functions: vec![FunctionStats {
-                namespace: "media".into(),
-                name: "thumbnail".into(),
-                concurrency: 1.5,
-                in_flight: 1,
-                held: 2,
-                requests: 10,
-                last_request: None,
-            }],
-        };
-        let json = serde_json::to_value(&stats).expect("stats serialize");
-        assert_eq!(
-            json,
-            serde_json::json!({"functions": [{
-                "namespace": "media", "name": "thumbnail", "concurrency": 1.5,
-                "inFlight": 1, "held": 2, "requests": 10, "lastRequest": null
-            }]})
-        );
-        let back: ActivatorStats = serde_json::from_value(json).expect("stats deserialize");
-        assert_eq!(back, stats);
-
-        let with_time: FunctionStats = serde_json::from_value(serde_json::json!({
-            "namespace": "media", "name": "thumbnail", "concurrency": 0.0,
-            "inFlight": 0, "held": 0, "requests": 1, "lastRequest": "2026-01-02T03:04:05Z"
-        }))
-        .expect("an RFC 3339 lastRequest deserializes");
-        assert!(with_time.last_request.is_some());
     }
 }

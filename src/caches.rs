@@ -1,0 +1,76 @@
+//! The caches the controller's loops share, and what each keeps of its objects: the functions
+//! (watched by the function reconciler, read by the autoscaler and the schedule trigger) and the
+//! functions' Deployments (read by the reconciler and the autoscaler).
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+use kube::Client;
+use kube::api::Api;
+use kube::core::DeserializeGuard;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{AUTOSCALER_MANAGER, FUNCTION_LABEL, ServerlessFunction};
+use crate::replicas::autoscaler_owns_replicas;
+
+/// The cache of functions the three loops share; objects that do not deserialize are kept as
+/// errors so that one bad object never stalls the watch.
+///
+/// Only the controller's applier may wait on it (`Store::wait_until_ready` wakes a single
+/// waiter, and the applier must be the one). The other loops need not wait: until the first
+/// full list is in, the cache is empty and they have nothing to do.
+pub type FunctionStore = Store<DeserializeGuard<ServerlessFunction>>;
+
+/// A cached function that deserialized and is not being deleted.
+pub fn live(guard: &DeserializeGuard<ServerlessFunction>) -> Option<&ServerlessFunction> {
+    guard
+        .0
+        .as_ref()
+        .ok()
+        .filter(|f| f.metadata.deletion_timestamp.is_none())
+}
+
+/// Keeps only what the reconciler and the autoscaler read of a cached Deployment: replicas,
+/// status, and whether the autoscaler has written it (as a bare managed-fields entry).
+pub fn trim_deployment(deployment: &mut Deployment) {
+    let autoscaled = autoscaler_owns_replicas(deployment);
+    deployment.metadata.managed_fields = autoscaled.then(|| {
+        vec![ManagedFieldsEntry {
+            manager: Some(AUTOSCALER_MANAGER.to_string()),
+            ..Default::default()
+        }]
+    });
+    deployment.metadata.annotations = None;
+    if let Some(spec) = deployment.spec.as_mut() {
+        spec.template = Default::default();
+    }
+}
+
+/// The functions' Deployments, trimmed: the store, and the watch that fills it until
+/// `shutdown`. Only the autoscaler waits on the store (see [`FunctionStore`] on why a single
+/// waiter matters).
+pub fn function_deployments(
+    client: Client,
+    shutdown: CancellationToken,
+) -> (
+    Store<Deployment>,
+    impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let (store, writer) = reflector::store();
+    let stream = watcher(
+        Api::<Deployment>::all(client),
+        watcher::Config::default().labels(FUNCTION_LABEL),
+    )
+    .default_backoff()
+    .modify(trim_deployment)
+    .reflect(writer)
+    .take_until(shutdown.cancelled_owned())
+    .for_each(|event| async move {
+        if let Err(error) = event {
+            tracing::debug!(%error, "watching function Deployments");
+        }
+    });
+    (store, stream)
+}

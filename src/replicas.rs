@@ -1,0 +1,71 @@
+//! A function's replicas: how many its Deployment asks for and has, who owns that number (the
+//! autoscaler's field manager, once the reconciler has handed it over), and the one write that
+//! sets it. Shared by the function reconciler, which seeds the number, and the autoscaler,
+//! which owns it afterwards.
+
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{Api, Patch, PatchParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+
+use crate::api::AUTOSCALER_MANAGER;
+
+/// Replicas the Deployment asks for, and how many are there and ready.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Instances {
+    pub desired: i32,
+    pub existing: i32,
+    pub ready: i32,
+}
+
+impl Instances {
+    pub fn of(deployment: &Deployment) -> Self {
+        let status = deployment.status.as_ref();
+        Self {
+            desired: deployment
+                .spec
+                .as_ref()
+                .and_then(|s| s.replicas)
+                .unwrap_or(1),
+            existing: status.and_then(|s| s.replicas).unwrap_or(0),
+            ready: status.and_then(|s| s.ready_replicas).unwrap_or(0),
+        }
+    }
+
+    /// Instances are wanted and none is ready: the pods deserve a look.
+    pub fn none_ready(&self) -> bool {
+        self.desired > 0 && self.ready == 0
+    }
+}
+
+/// Whether the autoscaler's field manager has written this Deployment (its `replicas`).
+pub fn autoscaler_owns_replicas(deployment: &Deployment) -> bool {
+    deployment
+        .managed_fields()
+        .iter()
+        .any(|entry| entry.manager.as_deref() == Some(AUTOSCALER_MANAGER))
+}
+
+/// Sets a function's replicas through the Deployment's `scale` subresource with server-side
+/// apply, as the autoscaler's field manager.
+pub async fn apply_replicas(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    replicas: i32,
+) -> Result<(), kube::Error> {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    let scale = json!({
+        "apiVersion": "autoscaling/v1",
+        "kind": "Scale",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"replicas": replicas},
+    });
+    api.patch_scale(
+        name,
+        &PatchParams::apply(AUTOSCALER_MANAGER).force(),
+        &Patch::Apply(&scale),
+    )
+    .await?;
+    Ok(())
+}
