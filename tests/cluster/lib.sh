@@ -33,6 +33,37 @@ die() {
   exit 1
 }
 
+# --- certificates ---------------------------------------------------------------------------
+# ECDSA P-256 throughout: Kubernetes accepts it for every role here, and keys generate at once.
+# A key is readable by its owner alone, whatever umask the script has.
+new_key() { (umask 077 && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null); }
+
+# sign_leaf CA DIR NAME SUBJECT EXTENDED_KEY_USAGE [SUBJECT_ALT_NAMES]: writes DIR/NAME.key and
+# DIR/NAME.crt, signed by CA.key with CA.crt. The request carries a config of its own: openssl's
+# default one differs between distributions.
+sign_leaf() {
+  local ca="$1" dir="$2" name="$3" subject="$4" usage="$5" sans="${6:-}"
+  new_key "$dir/$name.key"
+  {
+    echo "[req]"
+    echo "distinguished_name = dn"
+    echo "prompt = no"
+    echo "[dn]"
+    echo "[leaf]"
+    echo "basicConstraints = critical, CA:FALSE"
+    echo "keyUsage = critical, digitalSignature"
+    echo "extendedKeyUsage = $usage"
+    echo "authorityKeyIdentifier = keyid"
+    [[ -z "$sans" ]] || echo "subjectAltName = $sans"
+  } >"$dir/$name.cnf"
+  openssl req -new -config "$dir/$name.cnf" -key "$dir/$name.key" -subj "$subject" \
+    -out "$dir/$name.csr"
+  openssl x509 -req -in "$dir/$name.csr" -CA "$ca.crt" -CAkey "$ca.key" \
+    -set_serial "0x$(openssl rand -hex 16)" -days 3650 \
+    -extfile "$dir/$name.cnf" -extensions leaf -out "$dir/$name.crt" 2>/dev/null
+  rm "$dir/$name.csr" "$dir/$name.cnf"
+}
+
 # --- processes ------------------------------------------------------------------------------
 # True while pid $1 has not exited. A zombie has: it only waits for a parent that may never
 # reap it.

@@ -124,29 +124,8 @@ kc() { "$kubectl" --kubeconfig "$kubeconfig" --request-timeout=10s "$@"; }
 
 # --- certificates ---------------------------------------------------------------------------
 # sign NAME SUBJECT EXTENDED_KEY_USAGE [SUBJECT_ALT_NAMES]: NAME.{key,crt} signed by the
-# control plane's CA, ECDSA P-256 as in up.sh.
-sign() {
-  local name="$1" subject="$2" usage="$3" sans="${4:-}"
-  (umask 077 && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$pki/$name.key" 2>/dev/null)
-  {
-    echo "[req]"
-    echo "distinguished_name = dn"
-    echo "prompt = no"
-    echo "[dn]"
-    echo "[leaf]"
-    echo "basicConstraints = critical, CA:FALSE"
-    echo "keyUsage = critical, digitalSignature"
-    echo "extendedKeyUsage = $usage"
-    echo "authorityKeyIdentifier = keyid"
-    [[ -z "$sans" ]] || echo "subjectAltName = $sans"
-  } >"$pki/$name.cnf"
-  openssl req -new -config "$pki/$name.cnf" -key "$pki/$name.key" -subj "$subject" \
-    -out "$pki/$name.csr"
-  openssl x509 -req -in "$pki/$name.csr" -CA "$state/pki/ca.crt" -CAkey "$state/pki/ca.key" \
-    -set_serial "0x$(openssl rand -hex 16)" -days 3650 \
-    -extfile "$pki/$name.cnf" -extensions leaf -out "$pki/$name.crt" 2>/dev/null
-  rm "$pki/$name.csr" "$pki/$name.cnf"
-}
+# control plane's CA.
+sign() { sign_leaf "$state/pki/ca" "$pki" "$@"; }
 
 # write_kubeconfig FILE NAME: a kubeconfig for client certificate NAME, with the server and CA
 # of the admin kubeconfig up.sh wrote.

@@ -97,9 +97,6 @@ mkdir -p "$state"/{pids,logs,pki,etcd}
 pki="$state/pki"
 
 # --- certificates -------------------------------------------------------------------------
-# ECDSA P-256 throughout: Kubernetes accepts it for every role here, and keys generate at once.
-new_key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
-
 # openssl's own default config differs between distributions; this one says all that matters.
 cat >"$pki/openssl.cnf" <<'EOF'
 [req]
@@ -121,24 +118,7 @@ new_ca() {
 
 # sign CA NAME SUBJECT EXTENDED_KEY_USAGE [SUBJECT_ALT_NAMES]: writes NAME.key and NAME.crt,
 # signed by CA.
-sign() {
-  local ca="$1" name="$2" subject="$3" usage="$4" sans="${5:-}"
-  new_key "$pki/$name.key"
-  {
-    echo "[leaf]"
-    echo "basicConstraints = critical, CA:FALSE"
-    echo "keyUsage = critical, digitalSignature"
-    echo "extendedKeyUsage = $usage"
-    echo "authorityKeyIdentifier = keyid"
-    [[ -z "$sans" ]] || echo "subjectAltName = $sans"
-  } >"$pki/$name.ext"
-  openssl req -new -config "$pki/openssl.cnf" -key "$pki/$name.key" -subj "$subject" \
-    -out "$pki/$name.csr"
-  openssl x509 -req -in "$pki/$name.csr" -CA "$pki/$ca.crt" -CAkey "$pki/$ca.key" \
-    -set_serial "0x$(openssl rand -hex 16)" -days 3650 \
-    -extfile "$pki/$name.ext" -extensions leaf -out "$pki/$name.crt" 2>/dev/null
-  rm "$pki/$name.csr" "$pki/$name.ext"
-}
+sign() { sign_leaf "$pki/$1" "$pki" "${@:2}"; }
 
 new_ca ca fargo-local-ca
 sign ca kube-apiserver "/CN=kube-apiserver" serverAuth \
