@@ -19,20 +19,8 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::core::admission::{AdmissionRequest, AdmissionReview};
 use serde_json::json;
 
-fn report(what: &str, mut samples: Vec<Duration>) -> (Duration, Duration) {
-    samples.sort();
-    let (p50, p99) = (
-        support::percentile(&samples, 0.50),
-        support::percentile(&samples, 0.99),
-    );
-    println!(
-        "{what:<48} n={:<6} p50={:>10.1?} p99={:>10.1?}",
-        samples.len(),
-        p50,
-        p99
-    );
-    (p50, p99)
-}
+/// The width labels are padded to, so that the numbers of the printed lines line up.
+const LABEL_WIDTH: usize = 48;
 
 fn profiles() -> Vec<Arc<FargateProfile>> {
     (0..10)
@@ -97,7 +85,7 @@ fn in_process() {
                 started.elapsed()
             })
             .collect();
-        report(what, samples);
+        support::report(what, LABEL_WIDTH, samples);
     }
 }
 
@@ -187,16 +175,18 @@ async fn through_api_server() {
             base.extend(create_pods(&client, &plain, 100, concurrency).await);
             hooked.extend(create_pods(&client, &profiled, 100, concurrency).await);
         }
-        let (b50, b99) = report(
+        let (b50, b99) = support::report(
             &format!("API server, no webhook, concurrency {concurrency}"),
+            LABEL_WIDTH,
             base,
         );
-        let (h50, h99) = report(
+        let (h50, h99) = support::report(
             &format!("API server, fargo webhooks, concurrency {concurrency}"),
+            LABEL_WIDTH,
             hooked,
         );
         println!(
-            "{:<48} p50=+{:?} p99=+{:?}",
+            "{:<LABEL_WIDTH$} p50=+{:?} p99=+{:?}",
             "  webhook share (difference)",
             h50.saturating_sub(b50),
             h99.saturating_sub(b99)

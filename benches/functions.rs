@@ -38,23 +38,10 @@ const LEVELS: [usize; 3] = [1, 16, 64];
 /// Requests per path and level, in rounds that alternate the two paths.
 const REQUESTS_PER_LEVEL: usize = 20_000;
 const ROUNDS: usize = 10;
+/// The width labels are padded to, so that the numbers of the printed lines line up.
+const LABEL_WIDTH: usize = 52;
 
 type Keepalive = HttpClient<HttpConnector, Empty<Bytes>>;
-
-fn report(what: &str, mut samples: Vec<Duration>) -> (Duration, Duration) {
-    samples.sort();
-    let (p50, p99) = (
-        support::percentile(&samples, 0.50),
-        support::percentile(&samples, 0.99),
-    );
-    println!(
-        "{what:<52} n={:<6} p50={:>10.1?} p99={:>10.1?}",
-        samples.len(),
-        p50,
-        p99
-    );
-    (p50, p99)
-}
 
 fn keepalive_client() -> Keepalive {
     HttpClient::builder(TokioExecutor::new())
@@ -267,14 +254,26 @@ async fn cold_start(client: &Client, activator: &common::ActivatorAddrs, namespa
         .zip(&pod_start)
         .map(|(cold, pod)| cold.saturating_sub(*pod))
         .collect();
-    let (c50, c99) = report("cold start: request → response", cold);
-    let (s50, s99) = report("pod start: scale write → pod answers on its IP", pod_start);
-    report("  request → scale write seen (poke, by a watch)", poke);
-    let (a50, _) = report("  fargo's time per run (cold start − pod start)", added);
+    let (c50, c99) = support::report("cold start: request → response", LABEL_WIDTH, cold);
+    let (s50, s99) = support::report(
+        "pod start: scale write → pod answers on its IP",
+        LABEL_WIDTH,
+        pod_start,
+    );
+    support::report(
+        "  request → scale write seen (poke, by a watch)",
+        LABEL_WIDTH,
+        poke,
+    );
+    let (a50, _) = support::report(
+        "  fargo's time per run (cold start − pod start)",
+        LABEL_WIDTH,
+        added,
+    );
     let percent =
         |part: Duration, whole: Duration| part.as_secs_f64() / whole.as_secs_f64() * 100.0;
     println!(
-        "{:<52} p50={:>9.1}%  (of p50s: {:.1}%, of p99s: {:.1}%)",
+        "{:<LABEL_WIDTH$} p50={:>9.1}%  (of p50s: {:.1}%, of p99s: {:.1}%)",
         "  fargo's share of the pod start",
         percent(a50, s50),
         percent(c50.saturating_sub(s50), s50),
@@ -377,23 +376,25 @@ async fn proxy_overhead(
         let per_request = activator_cpu / through.len() as u32;
         let base_rps = base.len() as f64 / base_time.as_secs_f64();
         let through_rps = through.len() as f64 / through_time.as_secs_f64();
-        let (b50, b99) = report(
+        let (b50, b99) = support::report(
             &format!("straight to the pod, {concurrency} connections ({base_rps:.0} rps)"),
+            LABEL_WIDTH,
             base,
         );
-        let (t50, t99) = report(
+        let (t50, t99) = support::report(
             &format!("through the activator, {concurrency} connections ({through_rps:.0} rps)"),
+            LABEL_WIDTH,
             through,
         );
         println!(
-            "{:<52} throughput {:.2}x  p50=+{:?} p99=+{:?}",
+            "{:<LABEL_WIDTH$} throughput {:.2}x  p50=+{:?} p99=+{:?}",
             "  activator vs direct",
             through_rps / base_rps,
             t50.saturating_sub(b50),
             t99.saturating_sub(b99),
         );
         println!(
-            "{:<52} {per_request:.1?} per request = {:.0} rps per core",
+            "{:<LABEL_WIDTH$} {per_request:.1?} per request = {:.0} rps per core",
             "  activator CPU",
             1.0 / per_request.as_secs_f64().max(f64::MIN_POSITIVE),
         );

@@ -11,6 +11,20 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[index]
 }
 
+/// Prints the count, p50 and p99 of `samples` after `what`, which is padded to `label_width`
+/// so that a benchmark's lines form columns; returns p50 and p99.
+pub fn report(what: &str, label_width: usize, mut samples: Vec<Duration>) -> (Duration, Duration) {
+    samples.sort();
+    let (p50, p99) = (percentile(&samples, 0.50), percentile(&samples, 0.99));
+    println!(
+        "{what:<label_width$} n={:<6} p50={:>10.1?} p99={:>10.1?}",
+        samples.len(),
+        p50,
+        p99
+    );
+    (p50, p99)
+}
+
 /// Runs a benchmark's body on a Tokio runtime.
 pub fn run(benchmark: impl std::future::Future<Output = ()>) {
     tokio::runtime::Runtime::new()

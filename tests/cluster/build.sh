@@ -8,15 +8,15 @@
 # written last, so an interrupted build is simply redone.
 set -euo pipefail
 
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+log_tag=build
 # shellcheck source-path=SCRIPTDIR source=versions.env
 source "$here/versions.env"
 cache="${FARGO_CACHE:-$HOME/.cache/fargo}"
 export GOFLAGS="${GOFLAGS:-} -mod=mod"
 export CGO_ENABLED=0
 go_version="$(go env GOVERSION | sed 's/^go//')"
-
-log() { printf '[build] %s\n' "$*" >&2; }
 
 # A wrapper module that requires $1@$2 and replaces every module that $1's own go.mod points
 # at a local directory (those replaces only work inside upstream's repository) by the

@@ -7,40 +7,23 @@
 # binary its pid file is named after: nothing else on the machine is touched.
 set -euo pipefail
 
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-root="$(cd "$here/../.." && pwd)"
-state="$root/.cluster"
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+log_tag=down
 # Seconds between SIGTERM and SIGKILL.
 grace="${FARGO_STOP_TIMEOUT:-20}"
-
-log() { printf '[down] %s\n' "$*" >&2; }
 
 # Shares up.sh's lock, so a teardown never races a start-up; up.sh itself calls this script
 # with the lock already held.
 if [[ -z "${FARGO_CLUSTER_LOCK_HELD:-}" ]]; then
   exec 9<"$here"
-  flock -w 1800 9 || {
-    log "error: another up.sh or down.sh has held the cluster lock for 30 minutes"
-    exit 1
-  }
+  flock -w 1800 9 || die "another up.sh or down.sh has held the cluster lock for 30 minutes"
 fi
 
 [[ -d "$state" ]] || exit 0
 # The node first: its containers' mounts and pod volumes live under the state directory, which
 # must not be removed through them.
 FARGO_CLUSTER_LOCK_HELD=1 "$here/node.sh" down
-
-# True when pid $1 is alive and runs binary $2: a pid left from an earlier boot may since belong
-# to something else.
-runs() {
-  local pid="$1" name="$2" argv0 stat
-  IFS= read -r -d '' argv0 2>/dev/null <"/proc/$pid/cmdline" || return 1
-  [[ "${argv0##*/}" == "$name" ]] || return 1
-  # A zombie has exited; it only waits for a parent that may never reap it.
-  stat="$(cat "/proc/$pid/stat" 2>/dev/null)" || return 1
-  stat="${stat##*) }"
-  [[ "${stat%% *}" != Z ]]
-}
 
 # wait_gone SECONDS: true once every process in `stopping` has exited.
 wait_gone() {
@@ -76,8 +59,7 @@ stop() {
   done
   wait_gone 10 && return 0
   # The state is left in place: deleting it under a live process would hide the problem.
-  log "error: still running: ${stopping[*]}; $state is kept"
-  exit 1
+  die "still running: ${stopping[*]}; $state is kept"
 }
 
 # Every pid file rather than a fixed list, so components added to up.sh later are stopped too;

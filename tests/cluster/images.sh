@@ -17,16 +17,11 @@ set -euo pipefail
 # The image's files are read by its non-root user, whatever umask the caller (node.sh) has.
 umask 022
 
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-root="$(cd "$here/../.." && pwd)"
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+log_tag=images
 out="$root/target/images"
 socket="${FARGO_CONTAINERD_SOCKET:-$root/.cluster/node/containerd/containerd.sock}"
-
-log() { printf '[images] %s\n' "$*" >&2; }
-die() {
-  printf '[images] error: %s\n' "$*" >&2
-  exit 1
-}
 
 sha256() { sha256sum "$1" | cut -d' ' -f1; }
 size() { stat -c %s "$1"; }

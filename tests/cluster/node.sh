@@ -27,14 +27,14 @@ NODE_PACKAGES=(containerd runc crun containernetworking-plugins iptables ipset i
 KUBE_ROUTER_VERSION=v2.1.0 # the newest github.com/cloudnativelabs/kube-router/v2 the proxy serves
 CRICTL_VERSION=v1.37.0     # sigs.k8s.io/cri-tools
 
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-root="$(cd "$here/../.." && pwd)"
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+log_tag=node
 # shellcheck source-path=SCRIPTDIR source=versions.env
 source "$here/versions.env"
 cache="${FARGO_CACHE:-$HOME/.cache/fargo}"
 k8s="$cache/bin/kubernetes-$KUBERNETES_VERSION"
 kubectl="$k8s/kubectl"
-state="$root/.cluster"
 node_dir="$state/node"
 kubeconfig="$state/kubeconfig"
 pki="$node_dir/pki"
@@ -49,18 +49,11 @@ service_cidr=10.96.0.0/16
 kubelet_port=10250
 # Everything node.sh starts, in start order.
 components=(containerd kubelet kube-proxy kube-router)
-ready_timeout="${FARGO_READY_TIMEOUT:-120}"
 # The children find iptables, ipset, mount and the runtimes here whatever the caller's PATH.
 export PATH="$PATH:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # containerd and kubelet create the directories of container root filesystems and volumes with
 # this umask: a stricter one (up.sh has 077) leaves them unreadable to non-root containers.
 umask 022
-
-log() { printf '[node] %s\n' "$*" >&2; }
-die() {
-  printf '[node] error: %s\n' "$*" >&2
-  exit 1
-}
 
 # --- building -------------------------------------------------------------------------------
 # go_build NAME VERSION PACKAGE: $cache/bin/NAME-VERSION/NAME, built once.
@@ -108,61 +101,6 @@ check_packages() {
 }
 
 # --- processes ------------------------------------------------------------------------------
-# True when pids/$1.pid names a live process that still runs binary $1 (see up.sh).
-ours() {
-  local name="$1" pid argv0 stat
-  pid="$(cat "$state/pids/$name.pid" 2>/dev/null)" || return 1
-  [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-  IFS= read -r -d '' argv0 <"/proc/$pid/cmdline" 2>/dev/null || return 1
-  [[ "${argv0##*/}" == "$name" ]] || return 1
-  stat="$(cat "/proc/$pid/stat" 2>/dev/null)" || return 1
-  stat="${stat##*) }"
-  [[ "${stat%% *}" != Z ]]
-}
-
-# start BINARY ARGS...: in its own session, output in logs/, pid in pids/; the lock's
-# descriptor (9, held by up.sh or by us) is closed in it.
-# True while the process started as $1 has not exited. Unlike `ours`, it does not look at the
-# command line: right after `start`, the pid may still be setsid's or bash's on its way to exec.
-alive() {
-  local pid stat
-  pid="$(cat "$state/pids/$1.pid" 2>/dev/null)" || return 1
-  stat="$(cat "/proc/$pid/stat" 2>/dev/null)" || return 1
-  stat="${stat##*) }"
-  [[ "${stat%% *}" != Z ]]
-}
-
-start() {
-  local name="${1##*/}"
-  setsid "$@" </dev/null >"$state/logs/$name.log" 2>&1 9<&- &
-  echo "$!" >"$state/pids/$name.pid"
-}
-
-show_log() {
-  printf '[node] last lines of %s:\n' "$state/logs/$1.log" >&2
-  tail -n 40 "$state/logs/$1.log" >&2 || true
-}
-
-# wait_until WHAT LOG COMMAND...: polls COMMAND; gives up when time is over or something that
-# was started has exited, showing the log that explains it.
-wait_until() {
-  local what="$1" logname="$2" deadline=$((SECONDS + ready_timeout)) c
-  shift 2
-  until "$@" >/dev/null 2>&1; do
-    for c in "${components[@]}"; do
-      if [[ -f "$state/pids/$c.pid" ]] && ! alive "$c"; then
-        show_log "$c"
-        die "$c exited while waiting for $what"
-      fi
-    done
-    if ((SECONDS >= deadline)); then
-      show_log "$logname"
-      die "$what was not ready after ${ready_timeout}s"
-    fi
-    sleep 0.3
-  done
-}
-
 # stop NAME...: SIGTERM, then SIGKILL after a grace period, for each one still ours.
 stop() {
   local name pid deadline
@@ -186,29 +124,8 @@ kc() { "$kubectl" --kubeconfig "$kubeconfig" --request-timeout=10s "$@"; }
 
 # --- certificates ---------------------------------------------------------------------------
 # sign NAME SUBJECT EXTENDED_KEY_USAGE [SUBJECT_ALT_NAMES]: NAME.{key,crt} signed by the
-# control plane's CA, ECDSA P-256 as in up.sh.
-sign() {
-  local name="$1" subject="$2" usage="$3" sans="${4:-}"
-  (umask 077 && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$pki/$name.key" 2>/dev/null)
-  {
-    echo "[req]"
-    echo "distinguished_name = dn"
-    echo "prompt = no"
-    echo "[dn]"
-    echo "[leaf]"
-    echo "basicConstraints = critical, CA:FALSE"
-    echo "keyUsage = critical, digitalSignature"
-    echo "extendedKeyUsage = $usage"
-    echo "authorityKeyIdentifier = keyid"
-    [[ -z "$sans" ]] || echo "subjectAltName = $sans"
-  } >"$pki/$name.cnf"
-  openssl req -new -config "$pki/$name.cnf" -key "$pki/$name.key" -subj "$subject" \
-    -out "$pki/$name.csr"
-  openssl x509 -req -in "$pki/$name.csr" -CA "$state/pki/ca.crt" -CAkey "$state/pki/ca.key" \
-    -set_serial "0x$(openssl rand -hex 16)" -days 3650 \
-    -extfile "$pki/$name.cnf" -extensions leaf -out "$pki/$name.crt" 2>/dev/null
-  rm "$pki/$name.csr" "$pki/$name.cnf"
-}
+# control plane's CA.
+sign() { sign_leaf "$state/pki/ca" "$pki" "$@"; }
 
 # write_kubeconfig FILE NAME: a kubeconfig for client certificate NAME, with the server and CA
 # of the admin kubeconfig up.sh wrote.
@@ -406,11 +323,6 @@ node_ready() {
   [[ "$(kc get node "$node_name" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" == True ]]
 }
 
-all_running() {
-  local c
-  for c in "${components[@]}"; do ours "$c" || return 1; done
-}
-
 up() {
   local started_at="$EPOCHREALTIME"
   check_packages
@@ -495,9 +407,7 @@ EOF
   wait_until "node $node_name Ready" kubelet node_ready
   wait_until "kube-proxy" kube-proxy curl -fsS --max-time 2 http://127.0.0.1:10256/healthz
   wait_until "kube-router" kube-router curl -fsS --max-time 2 http://127.0.0.1:20244/healthz
-  local elapsed
-  elapsed="$(awk -v a="$started_at" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')"
-  log "node $node_name Ready in ${elapsed}s (pods on $bridge, $pod_cidr)"
+  log "node $node_name Ready in $(seconds_since "$started_at")s (pods on $bridge, $pod_cidr)"
 }
 
 # --- down -----------------------------------------------------------------------------------

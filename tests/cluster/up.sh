@@ -15,16 +15,16 @@
 # Binaries come from build.sh's cache, $FARGO_CACHE (default ~/.cache/fargo).
 set -euo pipefail
 
-started_at="$EPOCHREALTIME"
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-root="$(cd "$here/../.." && pwd)"
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+log_tag=up
+log_clock_start="$EPOCHREALTIME"
 # shellcheck source-path=SCRIPTDIR source=versions.env
 source "$here/versions.env"
 bin="${FARGO_CACHE:-$HOME/.cache/fargo}/bin"
 k8s="$bin/kubernetes-$KUBERNETES_VERSION"
 kubectl="$k8s/kubectl"
 kwok_dir="$bin/kwok-$KWOK_VERSION"
-state="$root/.cluster"
 kubeconfig="$state/kubeconfig"
 # Written when start-up has finished, nodes included: live processes alone may be the remains of
 # an up.sh that failed half-way.
@@ -44,16 +44,7 @@ first_service_ip="10.96.0.1"
 # Everything up.sh starts, in start order; down.sh stops whatever has a pid file.
 components=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
 kwok_nodes=(kwok-node-0 kwok-node-1)
-# How long each step may take to become ready, in seconds.
-ready_timeout="${FARGO_READY_TIMEOUT:-120}"
-
-# Seconds since up.sh started, to a tenth.
-elapsed() { awk -v a="$started_at" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'; }
-log() { printf '[up %5ss] %s\n' "$(elapsed)" "$*" >&2; }
-die() {
-  printf '[up] error: %s\n' "$*" >&2
-  exit 1
-}
+wait_failure_hint="logs in $state/logs, $here/down.sh cleans up"
 
 for tool in openssl curl; do
   command -v "$tool" >/dev/null ||
@@ -65,37 +56,8 @@ done
 exec 9<"$here"
 flock -w 1800 9 || die "another up.sh or down.sh has held the cluster lock for 30 minutes"
 
-# True when pids/$1.pid names a live process that still runs binary $1: a pid left from an
-# earlier boot may since belong to something else.
-ours() {
-  local name="$1" pid argv0 stat
-  pid="$(cat "$state/pids/$name.pid" 2>/dev/null)" || return 1
-  [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-  IFS= read -r -d '' argv0 2>/dev/null <"/proc/$pid/cmdline" || return 1
-  [[ "${argv0##*/}" == "$name" ]] || return 1
-  # A zombie has exited; it only waits for a parent that may never reap it.
-  stat="$(cat "/proc/$pid/stat" 2>/dev/null)" || return 1
-  stat="${stat##*) }"
-  [[ "${stat%% *}" != Z ]]
-}
-
-# True while the process started as $1 has not exited. Unlike `ours`, it does not look at the
-# command line: right after `start`, the pid may still be setsid's or bash's on its way to exec.
-alive() {
-  local pid stat
-  pid="$(cat "$state/pids/$1.pid" 2>/dev/null)" || return 1
-  stat="$(cat "/proc/$pid/stat" 2>/dev/null)" || return 1
-  stat="${stat##*) }"
-  [[ "${stat%% *}" != Z ]]
-}
-
 apiserver_ready() {
   "$kubectl" --kubeconfig "$kubeconfig" --request-timeout=2s get --raw /readyz >/dev/null 2>&1
-}
-
-all_running() {
-  local c
-  for c in "${components[@]}"; do ours "$c" || return 1; done
 }
 
 running() { [[ -f "$ready_marker" && -x "$kubectl" ]] && all_running && apiserver_ready; }
@@ -135,9 +97,6 @@ mkdir -p "$state"/{pids,logs,pki,etcd}
 pki="$state/pki"
 
 # --- certificates -------------------------------------------------------------------------
-# ECDSA P-256 throughout: Kubernetes accepts it for every role here, and keys generate at once.
-new_key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
-
 # openssl's own default config differs between distributions; this one says all that matters.
 cat >"$pki/openssl.cnf" <<'EOF'
 [req]
@@ -159,24 +118,7 @@ new_ca() {
 
 # sign CA NAME SUBJECT EXTENDED_KEY_USAGE [SUBJECT_ALT_NAMES]: writes NAME.key and NAME.crt,
 # signed by CA.
-sign() {
-  local ca="$1" name="$2" subject="$3" usage="$4" sans="${5:-}"
-  new_key "$pki/$name.key"
-  {
-    echo "[leaf]"
-    echo "basicConstraints = critical, CA:FALSE"
-    echo "keyUsage = critical, digitalSignature"
-    echo "extendedKeyUsage = $usage"
-    echo "authorityKeyIdentifier = keyid"
-    [[ -z "$sans" ]] || echo "subjectAltName = $sans"
-  } >"$pki/$name.ext"
-  openssl req -new -config "$pki/openssl.cnf" -key "$pki/$name.key" -subj "$subject" \
-    -out "$pki/$name.csr"
-  openssl x509 -req -in "$pki/$name.csr" -CA "$pki/$ca.crt" -CAkey "$pki/$ca.key" \
-    -set_serial "0x$(openssl rand -hex 16)" -days 3650 \
-    -extfile "$pki/$name.ext" -extensions leaf -out "$pki/$name.crt" 2>/dev/null
-  rm "$pki/$name.csr" "$pki/$name.ext"
-}
+sign() { sign_leaf "$pki/$1" "$pki" "${@:2}"; }
 
 new_ca ca fargo-local-ca
 sign ca kube-apiserver "/CN=kube-apiserver" serverAuth \
@@ -227,40 +169,6 @@ write_kubeconfig "$state/kube-scheduler.kubeconfig" kube-scheduler
 write_kubeconfig "$kubeconfig" admin
 
 # --- processes ----------------------------------------------------------------------------
-# start BINARY ARGS...: runs BINARY in its own session (so the caller's Ctrl-C or process-group
-# kill leaves it alone) with its output in logs/, and records its pid for down.sh. The lock's
-# descriptor is closed in it, or the lock would live as long as the cluster.
-start() {
-  local name="${1##*/}"
-  setsid "$@" </dev/null >"$state/logs/$name.log" 2>&1 9<&- &
-  echo "$!" >"$state/pids/$name.pid"
-}
-
-# wait_until WHAT LOG COMMAND...: polls COMMAND until it succeeds. Gives up, showing the end of
-# the log of whatever failed, when the time is over or a started component has exited.
-wait_until() {
-  local what="$1" logname="$2" deadline=$((SECONDS + ready_timeout)) c
-  shift 2
-  until "$@" >/dev/null 2>&1; do
-    for c in "${components[@]}"; do
-      if [[ -f "$state/pids/$c.pid" ]] && ! alive "$c"; then
-        show_log "$c"
-        die "$c exited while waiting for $what; logs in $state/logs, $here/down.sh cleans up"
-      fi
-    done
-    if ((SECONDS >= deadline)); then
-      show_log "$logname"
-      die "$what was not ready after ${ready_timeout}s; logs in $state/logs, $here/down.sh cleans up"
-    fi
-    sleep 0.3
-  done
-}
-
-show_log() {
-  printf '[up] last lines of %s:\n' "$state/logs/$1.log" >&2
-  tail -n 40 "$state/logs/$1.log" >&2 || true
-}
-
 # -k: these two serve with certificates they generate in memory at start.
 healthz() { curl -fsSk --max-time 2 "https://127.0.0.1:$1/healthz"; }
 
@@ -401,4 +309,4 @@ if [[ "$node" != none ]]; then
 fi
 touch "$ready_marker"
 
-log "cluster up in $(elapsed)s; kubeconfig: $kubeconfig"
+log "cluster up in $(seconds_since "$log_clock_start")s; kubeconfig: $kubeconfig"
