@@ -8,8 +8,12 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
 
+use crate::api::CAPACITY_ANNOTATION;
 use crate::api::profile::FargateProfile;
-use crate::profile::{Match, fargate_pod, match_pod, rejection_message, size_for, violations};
+use crate::profile::{
+    Capacity, Match, Need, SizingError, fargate_capacity, fargate_menu, fargate_pod, match_pod,
+    rejection_message, size_for, violations,
+};
 
 /// What matching says of the pod of a request.
 enum Matched<'a, 'p> {
@@ -64,7 +68,7 @@ pub fn mutate(
     if !found.is_empty() {
         return response.deny(rejection_message(&found));
     }
-    let capacity = match size_for(profile, pod) {
+    let capacity = match resize(profile, pod) {
         Ok(capacity) => capacity,
         Err(error) => {
             return response.deny(format!(
@@ -88,6 +92,61 @@ pub fn mutate(
     }
 }
 
+/// The pod's Fargate size. With `reinvocationPolicy: IfNeeded` the API server calls the webhook
+/// again with the pod fargo already sized whenever a later webhook changed it (a sidecar injector,
+/// say). fargo's own pod-level resources already include the overhead, so sizing them again would
+/// add it twice and grow the pod a size per call: such a pod is sized from its containers instead,
+/// and keeps at least its earlier size, which covered any pod-level resources it first came with.
+fn resize(profile: &FargateProfile, pod: &Pod) -> Result<Option<Capacity>, SizingError> {
+    let Some(earlier) = earlier_capacity(pod) else {
+        return size_for(profile, pod);
+    };
+    let mut containers_only = pod.clone();
+    if let Some(resources) = containers_only
+        .spec
+        .as_mut()
+        .and_then(|s| s.resources.as_mut())
+    {
+        for list in [&mut resources.requests, &mut resources.limits]
+            .into_iter()
+            .flatten()
+        {
+            list.remove("cpu");
+            list.remove("memory");
+        }
+    }
+    Ok(size_for(profile, &containers_only)?.map(|capacity| {
+        fargate_capacity(Need {
+            millicpu: capacity.millicpu.max(earlier.millicpu),
+            memory_bytes: capacity.memory_bytes.max(earlier.memory_bytes),
+        })
+        .expect("the largest Fargate size covers every other")
+    }))
+}
+
+/// The size fargo gave the pod on an earlier call, known by its annotation together with pod-level
+/// requests and limits of exactly that size.
+fn earlier_capacity(pod: &Pod) -> Option<Capacity> {
+    let annotation = pod
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(CAPACITY_ANNOTATION)?;
+    let capacity = *fargate_menu()
+        .iter()
+        .find(|capacity| capacity.annotation() == *annotation)?;
+    let resources = pod.spec.as_ref()?.resources.as_ref()?;
+    let (cpu, memory) = (capacity.cpu_quantity(), capacity.memory_quantity());
+    [&resources.requests, &resources.limits]
+        .into_iter()
+        .all(|list| {
+            list.as_ref().is_some_and(|list| {
+                list.get("cpu") == Some(&cpu) && list.get("memory") == Some(&memory)
+            })
+        })
+        .then_some(capacity)
+}
+
 /// The validating webhook: refuses privileged and host-level access in a matched pod, naming the
 /// profile, the container and the field.
 pub fn validate(
@@ -107,3 +166,6 @@ pub fn validate(
         response.deny(rejection_message(&found))
     }
 }
+
+#[cfg(test)]
+mod tests;
