@@ -5,7 +5,9 @@ mod common;
 
 use std::process::Command;
 
-use common::{apply_yaml, client, create_yaml_dry_run, install_crds, with_temp_ns};
+use common::namespaces::with_temp_ns;
+use common::yaml::{apply_yaml, create_yaml_dry_run};
+use common::{client, install_crds};
 
 #[tokio::test]
 async fn crds_install_and_become_established() {

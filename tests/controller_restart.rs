@@ -6,7 +6,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{ControllerProcess, client, create_namespace, eventually, install_crds, unique_name};
+use common::controller::ControllerProcess;
+use common::namespaces::{create_namespace, unique_name};
+use common::wait::eventually;
+use common::{client, install_crds};
 use fargo::api::profile::FargateProfile;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::networking::v1::NetworkPolicy;

@@ -12,10 +12,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{
-    ActivatorAddrs, apply_function, client, eventually, function_replicas, http_request,
-    install_crds, kubectl, shared_function_stack, wait_function_condition, with_temp_ns,
+use common::activator::ActivatorAddrs;
+use common::functions::{
+    apply_function, function_replicas, shared_function_stack, wait_function_condition,
 };
+use common::http::http_request;
+use common::namespaces::with_temp_ns;
+use common::wait::eventually;
+use common::{client, install_crds, kubectl};
 use fargo::api::ServerlessFunction;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;

@@ -7,10 +7,13 @@
 
 mod common;
 
-use common::{
-    ActivatorAddrs, apply_function, client, eventually, function_replicas, install_crds, kubectl,
-    shared_function_stack, wait_function_condition, with_temp_ns,
+use common::activator::ActivatorAddrs;
+use common::functions::{
+    apply_function, function_replicas, shared_function_stack, wait_function_condition,
 };
+use common::namespaces::with_temp_ns;
+use common::wait::eventually;
+use common::{client, install_crds, kubectl};
 use fargo::api::ServerlessFunction;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;

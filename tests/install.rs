@@ -17,7 +17,8 @@ mod real_node;
 
 use std::time::Duration;
 
-use common::{client, unique_name};
+use common::client;
+use common::namespaces::unique_name;
 use fargo::api::function::ServerlessFunction;
 use fargo::api::profile::FargateProfile;
 use k8s_openapi::api::admissionregistration::v1::{
@@ -428,7 +429,7 @@ async fn check_webhook_and_reconciler(client: &Client) {
         .delete(&namespace, &DeleteParams::background())
         .await;
     let _ = profiles.delete(&profile, &DeleteParams::default()).await;
-    common::eventually(
+    common::wait::eventually(
         60,
         &format!("profile {profile} to be gone (its finalizer run by the in-cluster controller)"),
         || {

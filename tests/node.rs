@@ -12,9 +12,9 @@ mod real_node;
 
 use std::time::Duration;
 
-use common::{
-    client, create_namespace, install_crds, shared_controller, unique_name, with_temp_ns,
-};
+use common::controller::shared_controller;
+use common::namespaces::{create_namespace, unique_name, with_temp_ns};
+use common::{client, install_crds};
 use fargo::api::profile::FargateProfile;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -255,7 +255,7 @@ where
     }
     let profiles: Api<FargateProfile> = Api::all(client.clone());
     let _ = profiles.delete(profile, &DeleteParams::default()).await;
-    common::eventually(30, &format!("profile {profile} to be gone"), || {
+    common::wait::eventually(30, &format!("profile {profile} to be gone"), || {
         let profiles = profiles.clone();
         async move { matches!(profiles.get_opt(profile).await, Ok(None)).then_some(()) }
     })

@@ -5,7 +5,10 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{client, create_namespace, eventually, install_crds, shared_controller, unique_name};
+use common::controller::shared_controller;
+use common::namespaces::{create_namespace, unique_name};
+use common::wait::eventually;
+use common::{client, install_crds};
 use fargo::api::profile::FargateProfile;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
