@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use common::client;
 use common::namespaces::unique_name;
+use common::report::namespace_report;
 use fargo::api::function::ServerlessFunction;
 use fargo::api::profile::FargateProfile;
 use k8s_openapi::api::admissionregistration::v1::{
@@ -328,8 +329,7 @@ async fn check_a_function_answers_through_the_activator_service(client: &Client)
                     .unwrap_or_else(|e| panic!("GET http://{cluster_ip}{path}: {e}"));
             if status != 200 {
                 let report =
-                    real_node::cluster_report(&client, &[NAMESPACE.into(), namespace.clone()])
-                        .await;
+                    namespace_report(&client, &[NAMESPACE.into(), namespace.clone()]).await;
                 panic!("GET http://{cluster_ip}{path}: status {status}, body {body}\n{report}");
             }
             let echo: serde_json::Value = serde_json::from_str(&body)
@@ -527,7 +527,7 @@ async fn helm_install_brings_the_operator_to_ready_on_the_real_node() {
     let install_failure = if installed {
         None
     } else {
-        let report = real_node::cluster_report(&client, &[NAMESPACE.into()]).await;
+        let report = namespace_report(&client, &[NAMESPACE.into()]).await;
         Some(format!("helm install failed:\n{output}\n{report}"))
     };
 

@@ -299,7 +299,7 @@ fn runtime_list(runtime: &str) -> Vec<String> {
 #[tokio::test]
 async fn a_pod_with_a_locally_built_image_runs_and_answers_http() {
     let client = client().await;
-    with_temp_ns(&client, &[], |client, namespace| async move {
+    with_temp_ns(&client, |client, namespace| async move {
         create_pod(&client, &namespace, &echo_pod("echo", true)).await;
         let pod = wait_ready(&client, &namespace, "echo").await;
         assert_eq!(node_name(&pod), Some(NODE_NAME));

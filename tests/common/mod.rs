@@ -18,6 +18,8 @@ pub mod namespaces;
 #[allow(dead_code)]
 pub mod processes;
 #[allow(dead_code)]
+pub mod report;
+#[allow(dead_code)]
 pub mod wait;
 #[allow(dead_code)]
 pub mod yaml;
