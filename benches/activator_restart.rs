@@ -117,8 +117,8 @@ async fn on_the_cluster() {
         .expect("a ClusterIP");
 
     // A warm function: one pod at all times, so every request is a proxied one.
-    let namespace = common::unique_name("bench-restart");
-    common::ensure_namespace(&client, &namespace).await;
+    let namespace = common::namespaces::unique_name("bench-restart");
+    common::namespaces::ensure_namespace(&client, &namespace).await;
     let function = json!({
         "apiVersion": "fargo.dev/v1alpha1",
         "kind": "ServerlessFunction",
@@ -139,7 +139,7 @@ async fn on_the_cluster() {
     let http: Keepalive = HttpClient::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(30))
         .build_http();
-    common::eventually(120, "the function to answer through the activators", || {
+    common::wait::eventually(120, "the function to answer through the activators", || {
         let (http, uri) = (http.clone(), uri.clone());
         async move {
             let response = http.get(uri).await.ok()?;
@@ -187,7 +187,7 @@ async fn on_the_cluster() {
             .await
             .expect("restarting the activator Deployment");
         let generation = rolled.metadata.generation.unwrap_or(0);
-        common::eventually(300, "the activator Deployment to roll out", || {
+        common::wait::eventually(300, "the activator Deployment to roll out", || {
             let client = client.clone();
             async move { rolled_out(&client, generation).await.then_some(()) }
         })

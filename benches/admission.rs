@@ -132,11 +132,11 @@ async fn through_api_server() {
     }
     let client = common::client().await;
     common::install_crds(&client).await;
-    common::shared_controller(&client, 18445, 19092).await;
-    let profiled = common::unique_name("bench-profiled");
-    let plain = common::unique_name("bench-plain");
-    common::ensure_namespace(&client, &plain).await;
-    common::ensure_namespace(&client, &profiled).await;
+    common::controller::shared_controller(&client, 18445, 19092).await;
+    let profiled = common::namespaces::unique_name("bench-profiled");
+    let plain = common::namespaces::unique_name("bench-plain");
+    common::namespaces::ensure_namespace(&client, &plain).await;
+    common::namespaces::ensure_namespace(&client, &profiled).await;
     let profiles: Api<FargateProfile> = Api::all(client.clone());
     let name = profiled.clone();
     profiles
@@ -151,7 +151,7 @@ async fn through_api_server() {
         )
         .await
         .expect("profile applied");
-    common::eventually(30, "the namespace to be profiled", || {
+    common::wait::eventually(30, "the namespace to be profiled", || {
         let client = client.clone();
         let profiled = profiled.clone();
         async move {

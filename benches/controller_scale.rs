@@ -199,13 +199,14 @@ async fn on_the_cluster() {
     }
     common::install_crds(&client).await;
     let identity = format!("fargo-bench-scale-{}", std::process::id());
-    let (_activator, controller, _) = common::start_function_stack(&client, &identity).await;
+    let (_activator, controller, _) =
+        common::functions::start_function_stack(&client, &identity).await;
     let (idle_rss, _) = memory_mib(controller.id());
 
-    let raw_namespace = common::unique_name("bench-raw");
-    let fargo_namespace = common::unique_name("bench-scale");
-    common::ensure_namespace(&client, &raw_namespace).await;
-    common::ensure_namespace(&client, &fargo_namespace).await;
+    let raw_namespace = common::namespaces::unique_name("bench-raw");
+    let fargo_namespace = common::namespaces::unique_name("bench-scale");
+    common::namespaces::ensure_namespace(&client, &raw_namespace).await;
+    common::namespaces::ensure_namespace(&client, &fargo_namespace).await;
 
     println!("{count} functions, {IN_FLIGHT} requests in flight");
     let raw = apply_raw(&client, &raw_namespace, count).await;

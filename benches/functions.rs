@@ -111,7 +111,7 @@ async fn scale_to_zero(client: &Client, namespace: &str, function: &str) {
         )
         .await
         .expect("scaling to zero");
-    common::eventually(120, "no pod and no endpoint left", || async {
+    common::wait::eventually(120, "no pod and no endpoint left", || async {
         if !pods_of(client, namespace, function).await.is_empty() {
             return None;
         }
@@ -189,9 +189,13 @@ async fn pod_answered(client: Client, namespace: String, function: String) -> In
     }
 }
 
-async fn cold_start(client: &Client, activator: &common::ActivatorAddrs, namespace: &str) {
+async fn cold_start(
+    client: &Client,
+    activator: &common::activator::ActivatorAddrs,
+    namespace: &str,
+) {
     let function = "cold";
-    common::apply_function(
+    common::functions::apply_function(
         client,
         namespace,
         function,
@@ -199,7 +203,7 @@ async fn cold_start(client: &Client, activator: &common::ActivatorAddrs, namespa
                "scale": {"idleTimeout": "1s"}}),
     )
     .await;
-    common::wait_function_condition(
+    common::functions::wait_function_condition(
         client,
         namespace,
         function,
@@ -313,12 +317,12 @@ fn cpu_time(pid: u32) -> Duration {
 
 async fn proxy_overhead(
     client: &Client,
-    activator: &common::ActivatorAddrs,
+    activator: &common::activator::ActivatorAddrs,
     activator_pid: u32,
     namespace: &str,
 ) {
     let function = "warm";
-    common::apply_function(
+    common::functions::apply_function(
         client,
         namespace,
         function,
@@ -328,7 +332,7 @@ async fn proxy_overhead(
                              "limits": {"cpu": "2", "memory": "256Mi"}}}),
     )
     .await;
-    let ip = common::eventually(120, "the warm pod's IP, ready", || async {
+    let ip = common::wait::eventually(120, "the warm pod's IP, ready", || async {
         let pods = pods_of(client, namespace, function).await;
         let pod = pods.first()?;
         let status = pod.status.as_ref()?;
@@ -410,10 +414,10 @@ async fn on_the_cluster() {
     common::install_crds(&client).await;
     let identity = format!("fargo-bench-functions-{}", std::process::id());
     let (activator_process, _controller, activator) =
-        common::start_function_stack(&client, &identity).await;
+        common::functions::start_function_stack(&client, &identity).await;
 
-    let namespace = common::unique_name("bench-functions");
-    common::ensure_namespace(&client, &namespace).await;
+    let namespace = common::namespaces::unique_name("bench-functions");
+    common::namespaces::ensure_namespace(&client, &namespace).await;
     println!("load average before: {}", load_average());
     cold_start(&client, &activator, &namespace).await;
     proxy_overhead(&client, &activator, activator_process.id(), &namespace).await;

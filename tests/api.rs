@@ -5,7 +5,9 @@ mod common;
 
 use std::process::Command;
 
-use common::{apply_yaml, client, create_yaml_dry_run, install_crds, with_temp_ns};
+use common::namespaces::with_temp_ns;
+use common::yaml::{apply_yaml, create_yaml_dry_run};
+use common::{client, install_crds};
 
 #[tokio::test]
 async fn crds_install_and_become_established() {
@@ -224,7 +226,7 @@ fn object_yaml(kind: &str, spec: &str, namespace: &str) -> String {
 async fn invalid_objects_are_refused_with_a_message_that_says_what_to_fix() {
     let client = client().await;
     install_crds(&client).await;
-    with_temp_ns(&client, &[], |client, ns| async move {
+    with_temp_ns(&client, |client, ns| async move {
         // The valid forms of both objects pass, so each refusal below is the rule's doing.
         apply_yaml(&client, &VALID_PROFILE.replace("NAME", "valid"), true)
             .await
@@ -264,7 +266,7 @@ async fn invalid_objects_are_refused_with_a_message_that_says_what_to_fix() {
 async fn defaults_are_filled_in_by_the_api_server() {
     let client = client().await;
     install_crds(&client).await;
-    with_temp_ns(&client, &[], |client, ns| async move {
+    with_temp_ns(&client, |client, ns| async move {
         let yaml = VALID_FUNCTION
             .replace("NAME", "defaults")
             .replace("TEST_NS", &ns);

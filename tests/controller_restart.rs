@@ -6,7 +6,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{ControllerProcess, client, create_namespace, eventually, install_crds, unique_name};
+use common::controller::ControllerProcess;
+use common::namespaces::{unique_name, with_temp_namespaces};
+use common::wait::eventually;
+use common::{client, install_crds};
 use fargo::api::profile::FargateProfile;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -74,97 +77,92 @@ async fn controller_killed_mid_reconcile_converges_after_restart() {
     install_crds(&client).await;
     let mut controller = ControllerProcess::start(&client, 18444, 19091).await;
 
-    // Two profiles: their reconciles run side by side when the controller comes back.
-    let base = unique_name("restart");
-    let names = [format!("{base}-a"), format!("{base}-b")];
-    let namespaces_of =
-        |profile: &str| -> Vec<String> { (0..3).map(|i| format!("{profile}-{i}")).collect() };
-    for name in &names {
-        for namespace in namespaces_of(name) {
-            create_namespace(&client, &namespace, &[]).await;
-        }
-    }
-    let profiles: Api<FargateProfile> = Api::all(client.clone());
-    let apply = |name: &str, cidr: &str| {
-        let profiles = profiles.clone();
-        let object = profile(name, cidr);
-        let name = name.to_string();
-        async move {
-            profiles
-                .patch(
-                    &name,
-                    &PatchParams::apply("fargo-test").force(),
-                    &Patch::Apply(&object),
-                )
-                .await
-                .expect("profile applied");
-        }
-    };
-
-    // Each round changes both profiles, then kills the controller a little later each time,
-    // so the kills land at different points of the reconciles (and of start-up).
-    let mut cidr = String::new();
-    for round in 0..KILLS {
-        cidr = format!("10.{round}.0.0/16");
+    with_temp_namespaces(&client, |client, temp_namespaces| async move {
+        // Two profiles: their reconciles run side by side when the controller comes back.
+        let base = unique_name("restart");
+        let names = [format!("{base}-a"), format!("{base}-b")];
+        let namespaces_of =
+            |profile: &str| -> Vec<String> { (0..3).map(|i| format!("{profile}-{i}")).collect() };
         for name in &names {
-            apply(name, &cidr).await;
+            for namespace in namespaces_of(name) {
+                temp_namespaces.create(&namespace).await;
+            }
         }
-        tokio::time::sleep(Duration::from_millis((round * 37) % 400)).await;
-        controller.kill();
-        controller.restart(&client).await;
-    }
-    for name in &names {
-        let namespaces = namespaces_of(name);
-        eventually(
-            60,
-            &format!("every namespace of {name} labelled, its policy allowing {cidr}"),
-            || converged(&client, &namespaces, name, Some(&cidr)),
-        )
-        .await;
-    }
-
-    // Delete both, and kill it twice while the finalizers run.
-    for name in &names {
-        profiles
-            .delete(name, &DeleteParams::default())
-            .await
-            .expect("delete accepted");
-    }
-    for delay in [20, 120] {
-        tokio::time::sleep(Duration::from_millis(delay)).await;
-        controller.kill();
-        controller.restart(&client).await;
-    }
-    for name in &names {
-        let namespaces = namespaces_of(name);
-        eventually(60, &format!("profile {name} gone"), || {
+        let profiles: Api<FargateProfile> = Api::all(client.clone());
+        let apply = |name: &str, cidr: &str| {
             let profiles = profiles.clone();
-            let name = name.clone();
-            async move { profiles.get_opt(&name).await.ok()?.is_none().then_some(()) }
-        })
-        .await;
-        eventually(
-            60,
-            &format!("labels and policies of {name} removed"),
-            || converged(&client, &namespaces, name, None),
-        )
-        .await;
-        let orphans = Api::<NetworkPolicy>::all(client.clone())
-            .list(&ListParams::default().labels(&format!("fargo.dev/profile={name}")))
-            .await
-            .expect("policies listed");
-        assert!(
-            orphans.items.is_empty(),
-            "policies of {name} left behind: {:?}",
-            orphans.iter().map(|p| p.namespace()).collect::<Vec<_>>()
-        );
-    }
+            let object = profile(name, cidr);
+            let name = name.to_string();
+            async move {
+                profiles
+                    .patch(
+                        &name,
+                        &PatchParams::apply("fargo-test").force(),
+                        &Patch::Apply(&object),
+                    )
+                    .await
+                    .expect("profile applied");
+            }
+        };
 
-    for name in &names {
-        for namespace in namespaces_of(name) {
-            let _ = Api::<Namespace>::all(client.clone())
-                .delete(&namespace, &DeleteParams::background())
-                .await;
+        // Each round changes both profiles, then kills the controller a little later each time,
+        // so the kills land at different points of the reconciles (and of start-up).
+        let mut cidr = String::new();
+        for round in 0..KILLS {
+            cidr = format!("10.{round}.0.0/16");
+            for name in &names {
+                apply(name, &cidr).await;
+            }
+            tokio::time::sleep(Duration::from_millis((round * 37) % 400)).await;
+            controller.kill();
+            controller.restart(&client).await;
         }
-    }
+        for name in &names {
+            let namespaces = namespaces_of(name);
+            eventually(
+                60,
+                &format!("every namespace of {name} labelled, its policy allowing {cidr}"),
+                || converged(&client, &namespaces, name, Some(&cidr)),
+            )
+            .await;
+        }
+
+        // Delete both, and kill it twice while the finalizers run.
+        for name in &names {
+            profiles
+                .delete(name, &DeleteParams::default())
+                .await
+                .expect("delete accepted");
+        }
+        for delay in [20, 120] {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+            controller.kill();
+            controller.restart(&client).await;
+        }
+        for name in &names {
+            let namespaces = namespaces_of(name);
+            eventually(60, &format!("profile {name} gone"), || {
+                let profiles = profiles.clone();
+                let name = name.clone();
+                async move { profiles.get_opt(&name).await.ok()?.is_none().then_some(()) }
+            })
+            .await;
+            eventually(
+                60,
+                &format!("labels and policies of {name} removed"),
+                || converged(&client, &namespaces, name, None),
+            )
+            .await;
+            let orphans = Api::<NetworkPolicy>::all(client.clone())
+                .list(&ListParams::default().labels(&format!("fargo.dev/profile={name}")))
+                .await
+                .expect("policies listed");
+            assert!(
+                orphans.items.is_empty(),
+                "policies of {name} left behind: {:?}",
+                orphans.iter().map(|p| p.namespace()).collect::<Vec<_>>()
+            );
+        }
+    })
+    .await;
 }

@@ -12,10 +12,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{
-    ActivatorAddrs, apply_function, client, eventually, function_replicas, http_request,
-    install_crds, kubectl, shared_function_stack, wait_function_condition, with_temp_ns,
+use common::activator::ActivatorAddrs;
+use common::functions::{
+    apply_function, function_replicas, shared_function_stack, wait_function_condition,
 };
+use common::http::http_request;
+use common::namespaces::with_temp_ns;
+use common::wait::eventually;
+use common::{client, install_crds, kubectl};
 use fargo::api::ServerlessFunction;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -63,7 +67,7 @@ async fn wait_at_zero(client: &Client, namespace: &str, name: &str) {
 #[tokio::test]
 async fn a_function_at_zero_answers_its_first_request_through_the_activator() {
     let (client, activator) = setup().await;
-    with_temp_ns(&client, &[], move |client, ns| async move {
+    with_temp_ns(&client, move |client, ns| async move {
         apply_function(
             &client,
             &ns,
@@ -110,7 +114,7 @@ async fn a_function_at_zero_answers_its_first_request_through_the_activator() {
 #[tokio::test]
 async fn a_function_scales_out_under_concurrent_load_and_never_beyond_scale_max() {
     let (client, activator) = setup().await;
-    with_temp_ns(&client, &[], move |client, ns| async move {
+    with_temp_ns(&client, move |client, ns| async move {
         apply_function(
             &client,
             &ns,
@@ -194,7 +198,7 @@ async fn a_function_scales_out_under_concurrent_load_and_never_beyond_scale_max(
 #[tokio::test]
 async fn an_idle_function_returns_to_zero_after_its_idle_timeout() {
     let (client, activator) = setup().await;
-    with_temp_ns(&client, &[], move |client, ns| async move {
+    with_temp_ns(&client, move |client, ns| async move {
         apply_function(
             &client,
             &ns,
@@ -242,7 +246,7 @@ async fn an_idle_function_returns_to_zero_after_its_idle_timeout() {
 #[tokio::test]
 async fn a_function_whose_image_cannot_start_answers_504_naming_the_function_and_why() {
     let (client, activator) = setup().await;
-    with_temp_ns(&client, &[], move |client, ns| async move {
+    with_temp_ns(&client, move |client, ns| async move {
         apply_function(
             &client,
             &ns,
@@ -331,7 +335,7 @@ fn logged_ticks(namespace: &str, function: &str, name: &str) -> Vec<(jiff::Times
 #[tokio::test]
 async fn a_schedule_fires_on_time_exactly_once_per_tick_and_reaches_the_pod() {
     let (client, activator) = setup().await;
-    with_temp_ns(&client, &[], move |client, ns| async move {
+    with_temp_ns(&client, move |client, ns| async move {
         let body = "{\"tick\":true}";
         apply_function(
             &client,

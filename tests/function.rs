@@ -7,10 +7,13 @@
 
 mod common;
 
-use common::{
-    ActivatorAddrs, apply_function, client, eventually, function_replicas, install_crds, kubectl,
-    shared_function_stack, wait_function_condition, with_temp_ns,
+use common::activator::ActivatorAddrs;
+use common::functions::{
+    apply_function, function_replicas, shared_function_stack, wait_function_condition,
 };
+use common::namespaces::with_temp_ns;
+use common::wait::eventually;
+use common::{client, install_crds, kubectl};
 use fargo::api::ServerlessFunction;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
@@ -45,7 +48,7 @@ async fn replicas(client: &Client, namespace: &str, name: &str) -> Option<i32> {
 #[tokio::test]
 async fn a_function_gets_a_deployment_and_service_whose_replicas_the_autoscaler_owns() {
     let (client, _) = setup().await;
-    with_temp_ns(&client, &[], |client, ns| async move {
+    with_temp_ns(&client, |client, ns| async move {
         apply_function(
             &client,
             &ns,
@@ -159,7 +162,7 @@ async fn a_function_gets_a_deployment_and_service_whose_replicas_the_autoscaler_
 #[tokio::test]
 async fn a_function_scaled_to_zero_is_ready_and_says_where_it_is_served() {
     let (client, activator) = setup().await;
-    with_temp_ns(&client, &[], |client, ns| async move {
+    with_temp_ns(&client, |client, ns| async move {
         apply_function(&client, &ns, "idle", json!({"image": "fargo.dev/echo:dev"})).await;
         wait_condition(&client, &ns, "idle", "Ready", "True", "ScaledToZero").await;
         wait_condition(&client, &ns, "idle", "ScaledToZero", "True", "Idle").await;
@@ -178,7 +181,7 @@ async fn a_function_scaled_to_zero_is_ready_and_says_where_it_is_served() {
 #[tokio::test]
 async fn a_missing_profile_and_a_bad_schedule_are_conditions_not_crashes() {
     let (client, _) = setup().await;
-    with_temp_ns(&client, &[], |client, ns| async move {
+    with_temp_ns(&client, |client, ns| async move {
         apply_function(
             &client,
             &ns,
@@ -244,7 +247,7 @@ async fn a_missing_profile_and_a_bad_schedule_are_conditions_not_crashes() {
 #[tokio::test]
 async fn kubectl_waits_for_a_function_to_be_ready() {
     let (client, _) = setup().await;
-    with_temp_ns(&client, &[], |client, ns| async move {
+    with_temp_ns(&client, |client, ns| async move {
         apply_function(
             &client,
             &ns,

@@ -15,11 +15,15 @@
 mod common;
 mod real_node;
 
+use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
-use common::{client, unique_name};
+use common::client;
+use common::namespaces::{unique_name, with_temp_namespaces};
+use common::report::namespace_report;
 use fargo::api::function::ServerlessFunction;
 use fargo::api::profile::FargateProfile;
+use futures::FutureExt;
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration, WebhookClientConfig,
 };
@@ -286,67 +290,48 @@ async fn check_installed_operator(client: Client) {
 /// What `make dev` promises: from this machine, the activator Service's ClusterIP (kube-proxy on
 /// the node routes it; there is no cluster DNS) wakes a function at zero and proxies to its pod.
 async fn check_a_function_answers_through_the_activator_service(client: &Client) {
-    let namespace = unique_name("install-fn");
-    let mut ns = Namespace::default();
-    ns.metadata.name = Some(namespace.clone());
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces
-        .create(&PostParams::default(), &ns)
-        .await
-        .expect("creating the function's namespace");
-    let outcome = tokio::spawn({
-        let (client, namespace) = (client.clone(), namespace.clone());
-        async move {
-            let function = json!({
-                "apiVersion": "fargo.dev/v1alpha1",
-                "kind": "ServerlessFunction",
-                "metadata": {"name": "echo", "namespace": namespace},
-                "spec": {"image": "fargo.dev/echo:dev", "scale": {"min": 0}},
-            });
-            Api::<ServerlessFunction>::namespaced(client.clone(), &namespace)
-                .patch(
-                    "echo",
-                    &PatchParams::apply(common::TEST_MANAGER).force(),
-                    &Patch::Apply(&function),
-                )
-                .await
-                .expect("applying a function");
-            let activator = Api::<Service>::namespaced(client.clone(), NAMESPACE)
-                .get("fargo-activator")
-                .await
-                .expect("Service fargo-activator");
-            let cluster_ip = activator
-                .spec
-                .and_then(|s| s.cluster_ip)
-                .expect("a ClusterIP");
-            // The activator holds the request while the pod starts (the function's 60 s timeout).
-            let path = format!("/{namespace}/echo/?from=install");
-            let (status, body) =
-                real_node::http_get(&cluster_ip, 80, &path, Duration::from_secs(90))
-                    .await
-                    .unwrap_or_else(|e| panic!("GET http://{cluster_ip}{path}: {e}"));
-            if status != 200 {
-                let report =
-                    real_node::cluster_report(&client, &[NAMESPACE.into(), namespace.clone()])
-                        .await;
-                panic!("GET http://{cluster_ip}{path}: status {status}, body {body}\n{report}");
-            }
-            let echo: serde_json::Value = serde_json::from_str(&body)
-                .unwrap_or_else(|e| panic!("the echo is JSON ({e}): {body}"));
-            assert_eq!(
-                echo["path"], "/",
-                "the activator strips /<namespace>/<function>"
-            );
-            assert_eq!(echo["query"], json!({"from": "install"}));
+    with_temp_namespaces(client, |client, temp_namespaces| async move {
+        let namespace = temp_namespaces.create_unique("install-fn").await;
+        let function = json!({
+            "apiVersion": "fargo.dev/v1alpha1",
+            "kind": "ServerlessFunction",
+            "metadata": {"name": "echo", "namespace": namespace},
+            "spec": {"image": "fargo.dev/echo:dev", "scale": {"min": 0}},
+        });
+        Api::<ServerlessFunction>::namespaced(client.clone(), &namespace)
+            .patch(
+                "echo",
+                &PatchParams::apply(common::TEST_MANAGER).force(),
+                &Patch::Apply(&function),
+            )
+            .await
+            .expect("applying a function");
+        let activator = Api::<Service>::namespaced(client.clone(), NAMESPACE)
+            .get("fargo-activator")
+            .await
+            .expect("Service fargo-activator");
+        let cluster_ip = activator
+            .spec
+            .and_then(|s| s.cluster_ip)
+            .expect("a ClusterIP");
+        // The activator holds the request while the pod starts (the function's 60 s timeout).
+        let path = format!("/{namespace}/echo/?from=install");
+        let (status, body) = real_node::http_get(&cluster_ip, 80, &path, Duration::from_secs(90))
+            .await
+            .unwrap_or_else(|e| panic!("GET http://{cluster_ip}{path}: {e}"));
+        if status != 200 {
+            let report = namespace_report(&client, &[NAMESPACE.into(), namespace.clone()]).await;
+            panic!("GET http://{cluster_ip}{path}: status {status}, body {body}\n{report}");
         }
+        let echo: serde_json::Value = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("the echo is JSON ({e}): {body}"));
+        assert_eq!(
+            echo["path"], "/",
+            "the activator strips /<namespace>/<function>"
+        );
+        assert_eq!(echo["query"], json!({"from": "install"}));
     })
     .await;
-    let _ = namespaces
-        .delete(&namespace, &DeleteParams::background())
-        .await;
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic.into_panic());
-    }
 }
 
 /// The whole chain once: the elected controller labels a profiled namespace, and the API server
@@ -369,17 +354,11 @@ async fn check_webhook_and_reconciler(client: &Client) {
         )
         .await
         .expect("applying a profile");
-    let mut ns = Namespace::default();
-    ns.metadata.name = Some(namespace.clone());
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces
-        .create(&PostParams::default(), &ns)
-        .await
-        .expect("creating the profiled namespace");
 
-    let outcome = tokio::spawn({
-        let (client, namespace, profile) = (client.clone(), namespace.clone(), profile.clone());
+    let test = with_temp_namespaces(client, |client, temp_namespaces| {
+        let (namespace, profile) = (namespace.clone(), profile.clone());
         async move {
+            temp_namespaces.create(&namespace).await;
             let report = [NAMESPACE.to_string(), namespace.clone()];
             let namespaces: Api<Namespace> = Api::all(client.clone());
             wait_for(
@@ -422,13 +401,11 @@ async fn check_webhook_and_reconciler(client: &Client) {
                 .expect("the pod is admitted through the in-cluster webhook");
             assert_eq!(admitted.labels().get("fargo.dev/profile"), Some(&profile));
         }
-    })
-    .await;
-    let _ = namespaces
-        .delete(&namespace, &DeleteParams::background())
-        .await;
+    });
+    // The profile goes after the namespace, so that a failing check's report shows its policy.
+    let outcome = AssertUnwindSafe(test).catch_unwind().await;
     let _ = profiles.delete(&profile, &DeleteParams::default()).await;
-    common::eventually(
+    common::wait::eventually(
         60,
         &format!("profile {profile} to be gone (its finalizer run by the in-cluster controller)"),
         || {
@@ -439,7 +416,7 @@ async fn check_webhook_and_reconciler(client: &Client) {
     )
     .await;
     if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic.into_panic());
+        std::panic::resume_unwind(panic);
     }
 }
 
@@ -526,7 +503,7 @@ async fn helm_install_brings_the_operator_to_ready_on_the_real_node() {
     let install_failure = if installed {
         None
     } else {
-        let report = real_node::cluster_report(&client, &[NAMESPACE.into()]).await;
+        let report = namespace_report(&client, &[NAMESPACE.into()]).await;
         Some(format!("helm install failed:\n{output}\n{report}"))
     };
 

@@ -10,12 +10,14 @@
 mod common;
 mod real_node;
 
+use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
-use common::{
-    client, create_namespace, install_crds, shared_controller, unique_name, with_temp_ns,
-};
+use common::controller::shared_controller;
+use common::namespaces::{unique_name, with_temp_namespaces, with_temp_ns};
+use common::{client, install_crds};
 use fargo::api::profile::FargateProfile;
+use futures::FutureExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -240,28 +242,21 @@ async fn wait_fenced_namespace(client: &Client, namespace: &str, profile: &str) 
     .await;
 }
 
-/// Runs `test`, then deletes `namespaces` and `profile` (waiting for the profile's finalizer),
-/// also when the test panics.
-async fn cleaning_up<Fut>(client: &Client, namespaces: &[String], profile: &str, test: Fut)
+/// Runs `test`, then deletes `profile` (waiting for its finalizer), also when the test panics.
+async fn deleting_profile_after<Fut>(client: &Client, profile: &str, test: Fut)
 where
-    Fut: Future<Output = ()> + Send + 'static,
+    Fut: Future<Output = ()>,
 {
-    let outcome = tokio::spawn(test).await;
-    let namespace_api: Api<Namespace> = Api::all(client.clone());
-    for namespace in namespaces {
-        let _ = namespace_api
-            .delete(namespace, &DeleteParams::background())
-            .await;
-    }
+    let outcome = AssertUnwindSafe(test).catch_unwind().await;
     let profiles: Api<FargateProfile> = Api::all(client.clone());
     let _ = profiles.delete(profile, &DeleteParams::default()).await;
-    common::eventually(30, &format!("profile {profile} to be gone"), || {
+    common::wait::eventually(30, &format!("profile {profile} to be gone"), || {
         let profiles = profiles.clone();
         async move { matches!(profiles.get_opt(profile).await, Ok(None)).then_some(()) }
     })
     .await;
     if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic.into_panic());
+        std::panic::resume_unwind(panic);
     }
 }
 
@@ -299,7 +294,7 @@ fn runtime_list(runtime: &str) -> Vec<String> {
 #[tokio::test]
 async fn a_pod_with_a_locally_built_image_runs_and_answers_http() {
     let client = client().await;
-    with_temp_ns(&client, &[], |client, namespace| async move {
+    with_temp_ns(&client, |client, namespace| async move {
         create_pod(&client, &namespace, &echo_pod("echo", true)).await;
         let pod = wait_ready(&client, &namespace, "echo").await;
         assert_eq!(node_name(&pod), Some(NODE_NAME));
@@ -324,12 +319,13 @@ async fn a_pod_with_a_locally_built_image_runs_and_answers_http() {
 async fn profile_egress_fences_pods_until_the_profile_allows_it() {
     let client = setup().await;
     let profile = unique_name("fence");
-    let fenced_ns = format!("{profile}-a");
-    let open_ns = format!("{profile}-b");
-    let namespaces = vec![fenced_ns.clone(), open_ns.clone()];
-    let test = {
-        let (client, profile, namespaces) = (client.clone(), profile.clone(), namespaces.clone());
+    // The profile goes after the namespaces, so that a failing test's report shows its policies.
+    let test = with_temp_namespaces(&client, |client, temp_namespaces| {
+        let profile = profile.clone();
         async move {
+            let fenced_ns = format!("{profile}-a");
+            let open_ns = format!("{profile}-b");
+            let namespaces = vec![fenced_ns.clone(), open_ns.clone()];
             // Nothing allowed but DNS: not even the profile's own pods.
             let network = |allowed: Value| {
                 let mut network = json!({"allowDNS": true, "allowSameProfile": false});
@@ -347,8 +343,8 @@ async fn profile_egress_fences_pods_until_the_profile_allows_it() {
                     "scheduling": {"nodeSelector": {REAL_NODE.0: REAL_NODE.1}},
                 })
             };
-            create_namespace(&client, &open_ns, &[]).await;
-            create_namespace(&client, &fenced_ns, &[]).await;
+            temp_namespaces.create(&open_ns).await;
+            temp_namespaces.create(&fenced_ns).await;
             apply_profile(&client, &profile, spec(json!({}))).await;
             wait_fenced_namespace(&client, &fenced_ns, &profile).await;
 
@@ -380,19 +376,19 @@ async fn profile_egress_fences_pods_until_the_profile_allows_it() {
             wait_reachable(&client, &namespaces, a, b).await;
             wait_reachable(&client, &namespaces, b, a).await;
         }
-    };
-    cleaning_up(&client, &namespaces, &profile, test).await;
+    });
+    deleting_profile_after(&client, &profile, test).await;
 }
 
 #[tokio::test]
 async fn a_profiles_runtime_class_runs_the_pod_under_crun() {
     let client = setup().await;
     let profile = unique_name("crun");
-    let namespace = format!("{profile}-ns");
-    let namespaces = vec![namespace.clone()];
-    let test = {
-        let (client, profile) = (client.clone(), profile.clone());
+    // The profile goes after the namespace, so that a failing test's report shows its policy.
+    let test = with_temp_namespaces(&client, |client, temp_namespaces| {
+        let profile = profile.clone();
         async move {
+            let namespace = format!("{profile}-ns");
             // RuntimeClass `crun` (handler crun) is one of the two node.sh creates.
             apply_profile(
                 &client,
@@ -404,7 +400,7 @@ async fn a_profiles_runtime_class_runs_the_pod_under_crun() {
                 }),
             )
             .await;
-            create_namespace(&client, &namespace, &[]).await;
+            temp_namespaces.create(&namespace).await;
             wait_fenced_namespace(&client, &namespace, &profile).await;
 
             let created = create_pod(&client, &namespace, &echo_pod("sandboxed", false)).await;
@@ -438,6 +434,6 @@ async fn a_profiles_runtime_class_runs_the_pod_under_crun() {
                 "runc lists container {container_id}, which crun should run"
             );
         }
-    };
-    cleaning_up(&client, &namespaces, &profile, test).await;
+    });
+    deleting_profile_after(&client, &profile, test).await;
 }

@@ -5,7 +5,10 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{client, create_namespace, eventually, install_crds, shared_controller, unique_name};
+use common::controller::shared_controller;
+use common::namespaces::{unique_name, with_temp_namespaces};
+use common::wait::eventually;
+use common::{client, install_crds};
 use fargo::api::profile::FargateProfile;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -62,11 +65,6 @@ async fn delete_profile(client: &Client, name: &str) {
     .await;
 }
 
-async fn delete_namespace(client: &Client, name: &str) {
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let _ = namespaces.delete(name, &DeleteParams::background()).await;
-}
-
 /// Waits until the controller has labelled `namespace` as profiled (or not).
 async fn wait_profiled(client: &Client, namespace: &str, profiled: bool) {
     let namespaces: Api<Namespace> = Api::all(client.clone());
@@ -119,438 +117,446 @@ fn app_container(extra: serde_json::Value) -> serde_json::Value {
 #[tokio::test]
 async fn matched_pod_is_mutated_into_a_fargate_pod() {
     let client = setup().await;
-    let name = unique_name("mutate");
-    let runtime_class = format!("{name}-sandbox");
-    let rc: RuntimeClass = serde_json::from_value(json!({
-        "apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass",
-        "metadata": {"name": runtime_class}, "handler": "crun",
-    }))
-    .expect("a RuntimeClass");
-    Api::<RuntimeClass>::all(client.clone())
-        .create(&PostParams::default(), &rc)
-        .await
-        .expect("creating the RuntimeClass");
-    apply_profile(
-        &client,
-        &name,
-        json!({
-            "selectors": [{"namespace": format!("{name}-*"), "labels": {"tier": "backend"}}],
-            "runtimeClassName": runtime_class,
-            "scheduling": {"nodeSelector": {"fargo.dev/capacity": "fargate"}},
-        }),
-    )
-    .await;
-    let namespace = format!("{name}-ns");
-    create_namespace(&client, &namespace, &[]).await;
-    wait_profiled(&client, &namespace, true).await;
-
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
-    let created = pods
-        .create(
-            &PostParams::default(),
-            &pod(
-                "sized",
-                &[("tier", "backend")],
-                json!({"containers": [app_container(json!({
-                    "resources": {"requests": {"cpu": "1", "memory": "8Gi"}},
-                }))]}),
-            ),
+    with_temp_namespaces(&client, |client, temp_namespaces| async move {
+        let name = unique_name("mutate");
+        let runtime_class = format!("{name}-sandbox");
+        let rc: RuntimeClass = serde_json::from_value(json!({
+            "apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass",
+            "metadata": {"name": runtime_class}, "handler": "crun",
+        }))
+        .expect("a RuntimeClass");
+        Api::<RuntimeClass>::all(client.clone())
+            .create(&PostParams::default(), &rc)
+            .await
+            .expect("creating the RuntimeClass");
+        apply_profile(
+            &client,
+            &name,
+            json!({
+                "selectors": [{"namespace": format!("{name}-*"), "labels": {"tier": "backend"}}],
+                "runtimeClassName": runtime_class,
+                "scheduling": {"nodeSelector": {"fargo.dev/capacity": "fargate"}},
+            }),
         )
-        .await
-        .expect("the matched pod is admitted");
+        .await;
+        let namespace = format!("{name}-ns");
+        temp_namespaces.create(&namespace).await;
+        wait_profiled(&client, &namespace, true).await;
 
-    assert_eq!(created.labels().get("fargo.dev/profile"), Some(&name));
-    assert_eq!(
-        created
-            .annotations()
-            .get("fargo.dev/capacity-provisioned")
-            .map(String::as_str),
-        Some("2vCPU 9GB")
-    );
-    let spec = created.spec.as_ref().expect("a spec");
-    assert_eq!(
-        spec.runtime_class_name.as_deref(),
-        Some(runtime_class.as_str())
-    );
-    let resources = spec.resources.as_ref().expect("pod-level resources");
-    for quantities in [&resources.requests, &resources.limits] {
-        let quantities = quantities.as_ref().expect("requests and limits");
-        assert_eq!(quantities.get("cpu").map(|q| q.0.as_str()), Some("2"));
-        assert_eq!(quantities.get("memory").map(|q| q.0.as_str()), Some("9Gi"));
-    }
-    assert_eq!(
-        spec.node_selector
-            .as_ref()
-            .and_then(|s| s.get("fargo.dev/capacity"))
-            .map(String::as_str),
-        Some("fargate")
-    );
-    assert_eq!(spec.automount_service_account_token, Some(false));
-    let seccomp = spec
-        .security_context
-        .as_ref()
-        .and_then(|s| s.seccomp_profile.as_ref())
-        .map(|p| p.type_.as_str());
-    assert_eq!(seccomp, Some("RuntimeDefault"));
-    let container = &spec.containers[0];
-    assert_eq!(
-        container
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+        let created = pods
+            .create(
+                &PostParams::default(),
+                &pod(
+                    "sized",
+                    &[("tier", "backend")],
+                    json!({"containers": [app_container(json!({
+                        "resources": {"requests": {"cpu": "1", "memory": "8Gi"}},
+                    }))]}),
+                ),
+            )
+            .await
+            .expect("the matched pod is admitted");
+
+        assert_eq!(created.labels().get("fargo.dev/profile"), Some(&name));
+        assert_eq!(
+            created
+                .annotations()
+                .get("fargo.dev/capacity-provisioned")
+                .map(String::as_str),
+            Some("2vCPU 9GB")
+        );
+        let spec = created.spec.as_ref().expect("a spec");
+        assert_eq!(
+            spec.runtime_class_name.as_deref(),
+            Some(runtime_class.as_str())
+        );
+        let resources = spec.resources.as_ref().expect("pod-level resources");
+        for quantities in [&resources.requests, &resources.limits] {
+            let quantities = quantities.as_ref().expect("requests and limits");
+            assert_eq!(quantities.get("cpu").map(|q| q.0.as_str()), Some("2"));
+            assert_eq!(quantities.get("memory").map(|q| q.0.as_str()), Some("9Gi"));
+        }
+        assert_eq!(
+            spec.node_selector
+                .as_ref()
+                .and_then(|s| s.get("fargo.dev/capacity"))
+                .map(String::as_str),
+            Some("fargate")
+        );
+        assert_eq!(spec.automount_service_account_token, Some(false));
+        let seccomp = spec
             .security_context
             .as_ref()
-            .and_then(|s| s.allow_privilege_escalation),
-        Some(false)
-    );
-
-    delete_namespace(&client, &namespace).await;
-    delete_profile(&client, &name).await;
-    let _ = Api::<RuntimeClass>::all(client.clone())
-        .delete(&runtime_class, &DeleteParams::default())
-        .await;
+            .and_then(|s| s.seccomp_profile.as_ref())
+            .map(|p| p.type_.as_str());
+        assert_eq!(seccomp, Some("RuntimeDefault"));
+        let container = &spec.containers[0];
+        assert_eq!(
+            container
+                .security_context
+                .as_ref()
+                .and_then(|s| s.allow_privilege_escalation),
+            Some(false)
+        );
+        delete_profile(&client, &name).await;
+        let _ = Api::<RuntimeClass>::all(client.clone())
+            .delete(&runtime_class, &DeleteParams::default())
+            .await;
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn each_forbidden_field_is_refused_with_its_reason() {
     let client = setup().await;
-    let name = unique_name("forbid");
-    apply_profile(
-        &client,
-        &name,
-        json!({"selectors": [{"namespace": format!("{name}-*")}]}),
-    )
-    .await;
-    let namespace = format!("{name}-ns");
-    create_namespace(&client, &namespace, &[]).await;
-    wait_profiled(&client, &namespace, true).await;
+    with_temp_namespaces(&client, |client, temp_namespaces| async move {
+        let name = unique_name("forbid");
+        apply_profile(
+            &client,
+            &name,
+            json!({"selectors": [{"namespace": format!("{name}-*")}]}),
+        )
+        .await;
+        let namespace = format!("{name}-ns");
+        temp_namespaces.create(&namespace).await;
+        wait_profiled(&client, &namespace, true).await;
 
-    let cases = [
-        (
-            "privileged",
-            json!({"containers": [app_container(json!({"securityContext": {"privileged": true}}))]}),
-            "privileged",
-        ),
-        (
-            "host-network",
-            json!({"hostNetwork": true, "containers": [app_container(json!({}))]}),
-            "hostNetwork",
-        ),
-        (
-            "host-pid",
-            json!({"hostPID": true, "containers": [app_container(json!({}))]}),
-            "hostPID",
-        ),
-        (
-            "host-ipc",
-            json!({"hostIPC": true, "containers": [app_container(json!({}))]}),
-            "hostIPC",
-        ),
-        (
-            "host-path",
-            json!({"volumes": [{"name": "root", "hostPath": {"path": "/"}}], "containers": [app_container(json!({}))]}),
-            "hostPath",
-        ),
-        (
-            "host-port",
-            json!({"containers": [app_container(json!({"ports": [{"containerPort": 8080, "hostPort": 8080}]}))]}),
-            "hostPort",
-        ),
-        (
-            "capability",
-            json!({"containers": [app_container(json!({"securityContext": {"capabilities": {"add": ["SYS_ADMIN"]}}}))]}),
-            "capabilities",
-        ),
-    ];
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
-    let mut failures = vec![];
-    for (case, spec, field) in cases {
-        match pods
-            .create(&PostParams::default(), &pod(case, &[], spec))
-            .await
-        {
-            Ok(_) => failures.push(format!("{case}: admitted")),
-            Err(kube::Error::Api(status)) => {
-                let message = &status.message;
-                // Pod-level fields have no container to name; the others must name "app".
-                let container_level = matches!(field, "privileged" | "hostPort" | "capabilities");
-                let names_container = !container_level || message.contains("app");
-                if !(message.contains(&name) && message.contains(field) && names_container) {
-                    failures.push(format!(
-                        "{case}: message lacks profile/field/container: {message}"
-                    ));
+        let cases = [
+            (
+                "privileged",
+                json!({"containers": [app_container(json!({"securityContext": {"privileged": true}}))]}),
+                "privileged",
+            ),
+            (
+                "host-network",
+                json!({"hostNetwork": true, "containers": [app_container(json!({}))]}),
+                "hostNetwork",
+            ),
+            (
+                "host-pid",
+                json!({"hostPID": true, "containers": [app_container(json!({}))]}),
+                "hostPID",
+            ),
+            (
+                "host-ipc",
+                json!({"hostIPC": true, "containers": [app_container(json!({}))]}),
+                "hostIPC",
+            ),
+            (
+                "host-path",
+                json!({"volumes": [{"name": "root", "hostPath": {"path": "/"}}], "containers": [app_container(json!({}))]}),
+                "hostPath",
+            ),
+            (
+                "host-port",
+                json!({"containers": [app_container(json!({"ports": [{"containerPort": 8080, "hostPort": 8080}]}))]}),
+                "hostPort",
+            ),
+            (
+                "capability",
+                json!({"containers": [app_container(json!({"securityContext": {"capabilities": {"add": ["SYS_ADMIN"]}}}))]}),
+                "capabilities",
+            ),
+        ];
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+        let mut failures = vec![];
+        for (case, spec, field) in cases {
+            match pods
+                .create(&PostParams::default(), &pod(case, &[], spec))
+                .await
+            {
+                Ok(_) => failures.push(format!("{case}: admitted")),
+                Err(kube::Error::Api(status)) => {
+                    let message = &status.message;
+                    // Pod-level fields have no container to name; the others must name "app".
+                    let container_level = matches!(field, "privileged" | "hostPort" | "capabilities");
+                    let names_container = !container_level || message.contains("app");
+                    if !(message.contains(&name) && message.contains(field) && names_container) {
+                        failures.push(format!(
+                            "{case}: message lacks profile/field/container: {message}"
+                        ));
+                    }
                 }
+                Err(other) => failures.push(format!("{case}: {other}")),
             }
-            Err(other) => failures.push(format!("{case}: {other}")),
         }
-    }
-    // Binding to privileged ports is what NET_BIND_SERVICE is for; it stays allowed.
-    pods.create(
-        &PostParams::default(),
-        &pod(
-            "net-bind",
-            &[],
-            json!({"containers": [app_container(json!({"securityContext": {"capabilities": {"add": ["NET_BIND_SERVICE"]}}}))]}),
-        ),
-    )
-    .await
-    .expect("NET_BIND_SERVICE is allowed");
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
-
-    delete_namespace(&client, &namespace).await;
-    delete_profile(&client, &name).await;
+        // Binding to privileged ports is what NET_BIND_SERVICE is for; it stays allowed.
+        pods.create(
+            &PostParams::default(),
+            &pod(
+                "net-bind",
+                &[],
+                json!({"containers": [app_container(json!({"securityContext": {"capabilities": {"add": ["NET_BIND_SERVICE"]}}}))]}),
+            ),
+        )
+        .await
+        .expect("NET_BIND_SERVICE is allowed");
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+        delete_profile(&client, &name).await;
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn pods_outside_the_profile_are_untouched() {
     let client = setup().await;
-    let name = unique_name("untouched");
-    apply_profile(
-        &client,
-        &name,
-        json!({"selectors": [{"namespace": format!("{name}-in"), "labels": {"tier": "backend"}}]}),
-    )
+    with_temp_namespaces(&client, |client, temp_namespaces| async move {
+        let name = unique_name("untouched");
+        apply_profile(
+            &client,
+            &name,
+            json!({"selectors": [{"namespace": format!("{name}-in"), "labels": {"tier": "backend"}}]}),
+        )
+        .await;
+        let matched = format!("{name}-in");
+        let other = format!("{name}-out");
+        temp_namespaces.create(&matched).await;
+        temp_namespaces.create(&other).await;
+        wait_profiled(&client, &matched, true).await;
+
+        // A namespace no profile selects: not labelled, and a privileged pod there is none of
+        // fargo's business.
+        let outside = Api::<Pod>::namespaced(client.clone(), &other)
+            .create(
+                &PostParams::default(),
+                &pod("outside", &[("tier", "backend")], json!({"containers": [app_container(json!({"securityContext": {"privileged": true}}))]})),
+            )
+            .await
+            .expect("pods in other namespaces are admitted");
+        assert!(!outside.labels().contains_key("fargo.dev/profile"));
+        assert!(
+            outside
+                .spec
+                .as_ref()
+                .and_then(|s| s.resources.as_ref())
+                .is_none()
+        );
+        let ns = Api::<Namespace>::all(client.clone())
+            .get(&other)
+            .await
+            .expect("namespace");
+        assert!(!ns.labels().contains_key("fargo.dev/profiled"));
+
+        // The matched namespace, but the pod misses the selector's labels.
+        let unlabelled = Api::<Pod>::namespaced(client.clone(), &matched)
+            .create(
+                &PostParams::default(),
+                &pod(
+                    "unlabelled",
+                    &[("tier", "frontend")],
+                    json!({"containers": [app_container(json!({}))]}),
+                ),
+            )
+            .await
+            .expect("pods that miss the labels are admitted");
+        assert!(!unlabelled.labels().contains_key("fargo.dev/profile"));
+        assert!(
+            !unlabelled
+                .annotations()
+                .contains_key("fargo.dev/capacity-provisioned")
+        );
+        assert_eq!(
+            unlabelled
+                .spec
+                .as_ref()
+                .and_then(|s| s.automount_service_account_token),
+            None
+        );
+        delete_profile(&client, &name).await;
+    })
     .await;
-    let matched = format!("{name}-in");
-    let other = format!("{name}-out");
-    create_namespace(&client, &matched, &[]).await;
-    create_namespace(&client, &other, &[]).await;
-    wait_profiled(&client, &matched, true).await;
-
-    // A namespace no profile selects: not labelled, and a privileged pod there is none of
-    // fargo's business.
-    let outside = Api::<Pod>::namespaced(client.clone(), &other)
-        .create(
-            &PostParams::default(),
-            &pod("outside", &[("tier", "backend")], json!({"containers": [app_container(json!({"securityContext": {"privileged": true}}))]})),
-        )
-        .await
-        .expect("pods in other namespaces are admitted");
-    assert!(!outside.labels().contains_key("fargo.dev/profile"));
-    assert!(
-        outside
-            .spec
-            .as_ref()
-            .and_then(|s| s.resources.as_ref())
-            .is_none()
-    );
-    let ns = Api::<Namespace>::all(client.clone())
-        .get(&other)
-        .await
-        .expect("namespace");
-    assert!(!ns.labels().contains_key("fargo.dev/profiled"));
-
-    // The matched namespace, but the pod misses the selector's labels.
-    let unlabelled = Api::<Pod>::namespaced(client.clone(), &matched)
-        .create(
-            &PostParams::default(),
-            &pod(
-                "unlabelled",
-                &[("tier", "frontend")],
-                json!({"containers": [app_container(json!({}))]}),
-            ),
-        )
-        .await
-        .expect("pods that miss the labels are admitted");
-    assert!(!unlabelled.labels().contains_key("fargo.dev/profile"));
-    assert!(
-        !unlabelled
-            .annotations()
-            .contains_key("fargo.dev/capacity-provisioned")
-    );
-    assert_eq!(
-        unlabelled
-            .spec
-            .as_ref()
-            .and_then(|s| s.automount_service_account_token),
-        None
-    );
-
-    delete_namespace(&client, &matched).await;
-    delete_namespace(&client, &other).await;
-    delete_profile(&client, &name).await;
 }
 
 #[tokio::test]
 async fn editing_egress_updates_the_network_policy() {
     let client = setup().await;
-    let name = unique_name("egress");
-    let namespace = format!("{name}-ns");
-    create_namespace(&client, &namespace, &[]).await;
-    let selectors = json!([{"namespace": format!("{name}-*")}]);
-    apply_profile(
-        &client,
-        &name,
-        json!({"selectors": selectors, "network": {"egress": [{"cidr": "10.20.0.0/16"}]}}),
-    )
-    .await;
-    let has_cidr = |cidr: &'static str| {
-        let client = client.clone();
-        let namespace = namespace.clone();
-        let name = name.clone();
-        move || {
+    with_temp_namespaces(&client, |client, temp_namespaces| async move {
+        let name = unique_name("egress");
+        let namespace = format!("{name}-ns");
+        temp_namespaces.create(&namespace).await;
+        let selectors = json!([{"namespace": format!("{name}-*")}]);
+        apply_profile(
+            &client,
+            &name,
+            json!({"selectors": selectors, "network": {"egress": [{"cidr": "10.20.0.0/16"}]}}),
+        )
+        .await;
+        let has_cidr = |cidr: &'static str| {
             let client = client.clone();
             let namespace = namespace.clone();
             let name = name.clone();
-            async move {
-                let policy = network_policy(&client, &namespace, &name).await?;
-                let spec = policy.spec?;
-                let types = spec.policy_types.clone().unwrap_or_default();
-                assert!(
-                    types.contains(&"Ingress".to_string()) && types.contains(&"Egress".to_string())
-                );
-                spec.egress
-                    .unwrap_or_default()
-                    .iter()
-                    .flat_map(|rule| rule.to.clone().unwrap_or_default())
-                    .any(|peer| peer.ip_block.is_some_and(|b| b.cidr == cidr))
-                    .then_some(())
+            move || {
+                let client = client.clone();
+                let namespace = namespace.clone();
+                let name = name.clone();
+                async move {
+                    let policy = network_policy(&client, &namespace, &name).await?;
+                    let spec = policy.spec?;
+                    let types = spec.policy_types.clone().unwrap_or_default();
+                    assert!(
+                        types.contains(&"Ingress".to_string())
+                            && types.contains(&"Egress".to_string())
+                    );
+                    spec.egress
+                        .unwrap_or_default()
+                        .iter()
+                        .flat_map(|rule| rule.to.clone().unwrap_or_default())
+                        .any(|peer| peer.ip_block.is_some_and(|b| b.cidr == cidr))
+                        .then_some(())
+                }
             }
-        }
-    };
-    eventually(30, "the policy with 10.20.0.0/16", has_cidr("10.20.0.0/16")).await;
+        };
+        eventually(30, "the policy with 10.20.0.0/16", has_cidr("10.20.0.0/16")).await;
 
-    apply_profile(
-        &client,
-        &name,
-        json!({"selectors": selectors, "network": {"egress": [{"cidr": "10.30.0.0/16"}]}}),
-    )
+        apply_profile(
+            &client,
+            &name,
+            json!({"selectors": selectors, "network": {"egress": [{"cidr": "10.30.0.0/16"}]}}),
+        )
+        .await;
+        eventually(30, "the policy with 10.30.0.0/16", has_cidr("10.30.0.0/16")).await;
+        delete_profile(&client, &name).await;
+    })
     .await;
-    eventually(30, "the policy with 10.30.0.0/16", has_cidr("10.30.0.0/16")).await;
-
-    delete_namespace(&client, &namespace).await;
-    delete_profile(&client, &name).await;
 }
 
 #[tokio::test]
 async fn a_namespace_created_later_that_matches_a_wildcard_gets_its_policy() {
     let client = setup().await;
-    let name = unique_name("later");
-    apply_profile(
-        &client,
-        &name,
-        json!({"selectors": [{"namespace": format!("{name}-team-?")}]}),
-    )
-    .await;
-    let profiles: Api<FargateProfile> = Api::all(client.clone());
-    eventually(30, "the profile to be Active", || {
-        let profiles = profiles.clone();
-        let name = name.clone();
-        async move {
-            let profile = profiles.get(&name).await.ok()?;
-            (profile.status?.phase? == fargo::api::profile::ProfilePhase::Active).then_some(())
-        }
-    })
-    .await;
-
-    let namespace = format!("{name}-team-a");
-    let not_matching = format!("{name}-team-ab");
-    create_namespace(&client, &namespace, &[]).await;
-    create_namespace(&client, &not_matching, &[]).await;
-    wait_profiled(&client, &namespace, true).await;
-    eventually(30, "the policy in the new namespace", || {
-        let client = client.clone();
-        let namespace = namespace.clone();
-        let name = name.clone();
-        async move { network_policy(&client, &namespace, &name).await.map(|_| ()) }
-    })
-    .await;
-    assert!(
-        network_policy(&client, &not_matching, &name)
-            .await
-            .is_none()
-    );
-    eventually(
-        30,
-        "status.matchedNamespaces to list only the new namespace",
-        || {
+    with_temp_namespaces(&client, |client, temp_namespaces| async move {
+        let name = unique_name("later");
+        apply_profile(
+            &client,
+            &name,
+            json!({"selectors": [{"namespace": format!("{name}-team-?")}]}),
+        )
+        .await;
+        let profiles: Api<FargateProfile> = Api::all(client.clone());
+        eventually(30, "the profile to be Active", || {
             let profiles = profiles.clone();
             let name = name.clone();
-            let expected = vec![namespace.clone()];
             async move {
-                let status = profiles.get(&name).await.ok()?.status?;
-                (status.matched_namespaces == expected).then_some(())
+                let profile = profiles.get(&name).await.ok()?;
+                (profile.status?.phase? == fargo::api::profile::ProfilePhase::Active).then_some(())
             }
-        },
-    )
-    .await;
+        })
+        .await;
 
-    delete_namespace(&client, &namespace).await;
-    delete_namespace(&client, &not_matching).await;
-    delete_profile(&client, &name).await;
+        let namespace = format!("{name}-team-a");
+        let not_matching = format!("{name}-team-ab");
+        temp_namespaces.create(&namespace).await;
+        temp_namespaces.create(&not_matching).await;
+        wait_profiled(&client, &namespace, true).await;
+        eventually(30, "the policy in the new namespace", || {
+            let client = client.clone();
+            let namespace = namespace.clone();
+            let name = name.clone();
+            async move { network_policy(&client, &namespace, &name).await.map(|_| ()) }
+        })
+        .await;
+        assert!(
+            network_policy(&client, &not_matching, &name)
+                .await
+                .is_none()
+        );
+        eventually(
+            30,
+            "status.matchedNamespaces to list only the new namespace",
+            || {
+                let profiles = profiles.clone();
+                let name = name.clone();
+                let expected = vec![namespace.clone()];
+                async move {
+                    let status = profiles.get(&name).await.ok()?.status?;
+                    (status.matched_namespaces == expected).then_some(())
+                }
+            },
+        )
+        .await;
+        delete_profile(&client, &name).await;
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn deleting_a_profile_removes_its_policies_and_labels_and_orphans_pods() {
     let client = setup().await;
-    let name = unique_name("delete");
-    let namespace = format!("{name}-ns");
-    create_namespace(&client, &namespace, &[]).await;
-    apply_profile(
-        &client,
-        &name,
-        json!({"selectors": [{"namespace": namespace}]}),
-    )
-    .await;
-    wait_profiled(&client, &namespace, true).await;
-    eventually(30, "the policy", || {
-        let client = client.clone();
-        let namespace = namespace.clone();
-        let name = name.clone();
-        async move { network_policy(&client, &namespace, &name).await.map(|_| ()) }
+    with_temp_namespaces(&client, |client, temp_namespaces| async move {
+        let name = unique_name("delete");
+        let namespace = format!("{name}-ns");
+        temp_namespaces.create(&namespace).await;
+        apply_profile(
+            &client,
+            &name,
+            json!({"selectors": [{"namespace": namespace}]}),
+        )
+        .await;
+        wait_profiled(&client, &namespace, true).await;
+        eventually(30, "the policy", || {
+            let client = client.clone();
+            let namespace = namespace.clone();
+            let name = name.clone();
+            async move { network_policy(&client, &namespace, &name).await.map(|_| ()) }
+        })
+        .await;
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+        pods.create(
+            &PostParams::default(),
+            &pod(
+                "kept",
+                &[],
+                json!({"containers": [app_container(json!({}))]}),
+            ),
+        )
+        .await
+        .expect("admitted");
+
+        delete_profile(&client, &name).await;
+        assert!(network_policy(&client, &namespace, &name).await.is_none());
+        wait_profiled(&client, &namespace, false).await;
+        let kept = pods.get_opt("kept").await.expect("reading the pod");
+        assert!(
+            kept.is_some_and(|p| p.metadata.deletion_timestamp.is_none()),
+            "deletionPolicy Orphan leaves the pods running"
+        );
     })
     .await;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
-    pods.create(
-        &PostParams::default(),
-        &pod(
-            "kept",
-            &[],
-            json!({"containers": [app_container(json!({}))]}),
-        ),
-    )
-    .await
-    .expect("admitted");
-
-    delete_profile(&client, &name).await;
-    assert!(network_policy(&client, &namespace, &name).await.is_none());
-    wait_profiled(&client, &namespace, false).await;
-    let kept = pods.get_opt("kept").await.expect("reading the pod");
-    assert!(
-        kept.is_some_and(|p| p.metadata.deletion_timestamp.is_none()),
-        "deletionPolicy Orphan leaves the pods running"
-    );
-    delete_namespace(&client, &namespace).await;
 }
 
 #[tokio::test]
 async fn deletion_policy_delete_pods_deletes_the_profiles_pods() {
     let client = setup().await;
-    let name = unique_name("deletepods");
-    let namespace = format!("{name}-ns");
-    create_namespace(&client, &namespace, &[]).await;
-    apply_profile(
-        &client,
-        &name,
-        json!({"selectors": [{"namespace": namespace}], "deletionPolicy": "DeletePods"}),
-    )
+    with_temp_namespaces(&client, |client, temp_namespaces| async move {
+        let name = unique_name("deletepods");
+        let namespace = format!("{name}-ns");
+        temp_namespaces.create(&namespace).await;
+        apply_profile(
+            &client,
+            &name,
+            json!({"selectors": [{"namespace": namespace}], "deletionPolicy": "DeletePods"}),
+        )
+        .await;
+        wait_profiled(&client, &namespace, true).await;
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+        pods.create(
+            &PostParams::default(),
+            &pod(
+                "doomed",
+                &[],
+                json!({"containers": [app_container(json!({}))]}),
+            ),
+        )
+        .await
+        .expect("admitted");
+        delete_profile(&client, &name).await;
+        let doomed = pods.get_opt("doomed").await.expect("reading the pod");
+        assert!(
+            doomed.is_none_or(|p| p.metadata.deletion_timestamp.is_some()),
+            "deletionPolicy DeletePods deletes the profile's pods"
+        );
+    })
     .await;
-    wait_profiled(&client, &namespace, true).await;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
-    pods.create(
-        &PostParams::default(),
-        &pod(
-            "doomed",
-            &[],
-            json!({"containers": [app_container(json!({}))]}),
-        ),
-    )
-    .await
-    .expect("admitted");
-    delete_profile(&client, &name).await;
-    let doomed = pods.get_opt("doomed").await.expect("reading the pod");
-    assert!(
-        doomed.is_none_or(|p| p.metadata.deletion_timestamp.is_some()),
-        "deletionPolicy DeletePods deletes the profile's pods"
-    );
-    delete_namespace(&client, &namespace).await;
 }
 
 #[tokio::test]

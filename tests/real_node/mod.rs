@@ -1,72 +1,17 @@
 //! Shared by the tests that run pods on the local cluster's real node (tests/node.rs,
-//! tests/install.rs): waits that, when they time out, say what they last saw and what the pods
-//! and events of the namespaces involved look like, and plain HTTP to pod and Service IPs.
-#![allow(dead_code)] // each test crate uses a different part of this module
+//! tests/install.rs): waits that, when they time out, say what they last saw and what the
+//! namespaces involved hold, and plain HTTP to pod and Service IPs.
 
 use std::future::Future;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Event, Pod};
-use kube::api::{Api, ListParams};
-use kube::{Client, ResourceExt};
+use kube::Client;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// The pods and events of `namespaces`, to show why a wait timed out.
-pub async fn cluster_report(client: &Client, namespaces: &[String]) -> String {
-    let mut report = String::new();
-    for namespace in namespaces {
-        let pods = Api::<Pod>::namespaced(client.clone(), namespace)
-            .list(&ListParams::default())
-            .await
-            .map(|list| list.items)
-            .unwrap_or_default();
-        for pod in pods {
-            let status = pod.status.clone().unwrap_or_default();
-            report.push_str(&format!(
-                "pod {namespace}/{}: phase {:?}, node {:?}, IP {:?}\n",
-                pod.name_any(),
-                status.phase,
-                pod.spec.as_ref().and_then(|s| s.node_name.clone()),
-                status.pod_ip,
-            ));
-            for condition in status.conditions.unwrap_or_default() {
-                report.push_str(&format!(
-                    "  condition {}={} {}\n",
-                    condition.type_,
-                    condition.status,
-                    condition.message.unwrap_or_default()
-                ));
-            }
-            for container in status.container_statuses.unwrap_or_default() {
-                report.push_str(&format!(
-                    "  container {}: ready {}, restarts {}, state {}\n",
-                    container.name,
-                    container.ready,
-                    container.restart_count,
-                    serde_json::to_string(&container.state).unwrap_or_default()
-                ));
-            }
-        }
-        let events = Api::<Event>::namespaced(client.clone(), namespace)
-            .list(&ListParams::default())
-            .await
-            .map(|list| list.items)
-            .unwrap_or_default();
-        for event in events {
-            report.push_str(&format!(
-                "event {namespace} {}/{}: {} {}\n",
-                event.involved_object.kind.unwrap_or_default(),
-                event.involved_object.name.unwrap_or_default(),
-                event.reason.unwrap_or_default(),
-                event.message.unwrap_or_default()
-            ));
-        }
-    }
-    report
-}
+use crate::common::report::namespace_report;
 
 /// Polls `check` every 200 ms until it returns `Ok`, for at most `seconds`. On timeout it
-/// panics with the last `Err` it saw and the pods and events of `namespaces`.
+/// panics with the last `Err` it saw and what `namespaces` hold.
 pub async fn wait_for<T, F, Fut>(
     client: &Client,
     namespaces: &[String],
@@ -87,7 +32,7 @@ where
         if tokio::time::Instant::now() > deadline {
             panic!(
                 "timed out after {seconds}s waiting for {what}; last seen: {last}\n{}",
-                cluster_report(client, namespaces).await
+                namespace_report(client, namespaces).await
             );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
