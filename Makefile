@@ -30,8 +30,9 @@ lint:
 # --all-targets leaves out tests marked `test = false` (tests/install.rs).
 	cargo clippy --test install --locked -- -D warnings
 
+## unit: the pure logic, and the reconcilers replayed against recorded API exchanges (no cluster)
 unit:
-	cargo test --locked --lib --bins
+	cargo test --locked --lib --bins --test exchanges
 
 ## integration: the tests under tests/ against the cluster in KUBECONFIG; then, alone, the Helm
 ## install test (tests/install.rs), whose release would collide with the other tests' controllers

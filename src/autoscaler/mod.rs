@@ -17,10 +17,10 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::Api;
-use kube::core::DeserializeGuard;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
@@ -170,7 +170,7 @@ async fn tick(
     state: &mut AutoscalerState,
 ) {
     // Replicas are read before the activators are asked (see [`Target::instances`]).
-    let mut functions = HashMap::new();
+    let mut references = HashMap::new();
     let mut targets = vec![];
     for guard in ctx.functions.state() {
         let Some(function) = live(&guard) else {
@@ -198,7 +198,7 @@ async fn tick(
                 .and_then(|s| s.last_request_time.as_ref())
                 .map(|t| t.0),
         });
-        functions.insert(key, guard.clone());
+        references.insert(key, guard.object_ref(&()));
     }
 
     let urls = match (&ctx.stats, slices) {
@@ -223,17 +223,23 @@ async fn tick(
         now: Instant::now(),
         wall: Timestamp::now(),
     };
-    let Plan {
-        scale,
-        last_requests,
-        panicking,
-    } = state.plan(&targets, &scrape, clock);
-    ctx.metrics.panicking.set(panicking);
+    let plan = state.plan(&targets, &scrape, clock);
+    ctx.metrics.panicking.set(plan.panicking);
+    perform(ctx, plan, &references, state).await;
+}
 
-    let failed: Vec<Key> = futures::stream::iter(scale)
+/// Makes a tick's writes: the scale writes (a failed one is forgotten by `state`, so the next
+/// tick writes it again), their Events in the background, and the recorded request times.
+pub async fn perform(
+    ctx: &Context,
+    plan: Plan,
+    references: &HashMap<Key, ObjectReference>,
+    state: &mut AutoscalerState,
+) {
+    let failed: Vec<Key> = futures::stream::iter(plan.scale)
         .map(|write| {
-            let function = functions.get(&write.key).cloned();
-            write_scale(ctx, write, function)
+            let reference = references.get(&write.key).cloned();
+            write_scale(ctx, write, reference)
         })
         .buffer_unordered(WRITE_CONCURRENCY)
         .filter_map(|failed| async move { failed })
@@ -242,7 +248,7 @@ async fn tick(
     for key in &failed {
         state.write_failed(key);
     }
-    futures::stream::iter(last_requests)
+    futures::stream::iter(plan.last_requests)
         .for_each_concurrent(WRITE_CONCURRENCY, |((namespace, name), last)| async move {
             if let Err(error) = record_last_request(&ctx.client, &namespace, &name, last).await {
                 tracing::debug!(%namespace, function = %name, %error, "recording lastRequestTime failed");
@@ -251,11 +257,11 @@ async fn tick(
         .await;
 }
 
-/// Performs one planned write; returns its key when it failed, so the next tick tries again.
+/// Performs one planned write; returns its key when it failed.
 async fn write_scale(
     ctx: &Context,
     write: ScaleWrite,
-    function: Option<Arc<DeserializeGuard<ServerlessFunction>>>,
+    reference: Option<ObjectReference>,
 ) -> Option<Key> {
     let (namespace, name) = &write.key;
     if let Err(error) = apply_replicas(&ctx.client, namespace, name, write.to).await {
@@ -269,9 +275,8 @@ async fn write_scale(
         })
         .inc();
     tracing::info!(%namespace, function = %name, from = write.from, to = write.to, panicking = write.panicking, "scaled");
-    if let Some(function) = function {
-        ctx.events
-            .publish_in_background(function.object_ref(&()), write.note);
+    if let Some(reference) = reference {
+        ctx.events.publish_in_background(reference, write.note);
     }
     None
 }

@@ -268,7 +268,7 @@ fn functions_using(
 }
 
 #[instrument(skip_all, fields(function = %guard.name_any(), namespace = %guard.namespace().unwrap_or_default()))]
-async fn reconcile(
+pub async fn reconcile(
     guard: Arc<DeserializeGuard<ServerlessFunction>>,
     ctx: Arc<Context>,
 ) -> Result<Action> {

@@ -10,6 +10,8 @@ pub mod activator;
 #[allow(dead_code)]
 pub mod controller;
 #[allow(dead_code)]
+pub mod exchange;
+#[allow(dead_code)]
 pub mod functions;
 #[allow(dead_code)]
 pub mod http;
@@ -19,6 +21,8 @@ pub mod namespaces;
 pub mod processes;
 #[allow(dead_code)]
 pub mod report;
+#[allow(dead_code)]
+pub mod scenarios;
 #[allow(dead_code)]
 pub mod wait;
 #[allow(dead_code)]
@@ -34,6 +38,7 @@ use kube::{Client, ResourceExt};
 pub const TEST_MANAGER: &str = "fargo-test";
 
 /// A client for the cluster in `KUBECONFIG` (`make test` points it at `.cluster/kubeconfig`).
+#[allow(dead_code)]
 pub async fn client() -> Client {
     assert!(
         std::env::var_os("KUBECONFIG").is_some(),
