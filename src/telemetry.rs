@@ -116,6 +116,14 @@ pub async fn serve(
         .await
 }
 
+/// An interval for a loop that must not catch up on ticks it missed (a slow tick delays the
+/// next one instead of bunching them).
+pub fn ticker(period: std::time::Duration) -> tokio::time::Interval {
+    let mut interval = tokio::time::interval(period);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    interval
+}
+
 /// A token cancelled on SIGTERM or Ctrl-C, for graceful shutdown. Must be called inside the
 /// Tokio runtime.
 pub fn shutdown_on_signal() -> std::io::Result<CancellationToken> {

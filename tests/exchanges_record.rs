@@ -208,59 +208,37 @@ async fn profile_reconciles_match_their_recordings() {
             .await
             .expect("creating the profile");
 
+        // Each step reconciles the profile as the API server has it now, with the namespace
+        // as the cache would hold it.
+        let step = |scenario: &'static str| {
+            let (profiles, namespaces, names) = (&profiles, &namespaces, &names);
+            let (profile_name, namespace) = (&profile_name, &namespace);
+            async move {
+                let profile = get(profiles, profile_name).await;
+                let inputs = ProfileInputs {
+                    namespaces: vec![get(namespaces, namespace).await],
+                    profiles: vec![profile.clone()],
+                    profile,
+                };
+                record(scenario, true, inputs, names, |client, inputs| async move {
+                    reconcile_profile(client, &inputs).await
+                })
+                .await;
+            }
+        };
         let steps = async {
-            let profile = get(&profiles, &profile_name).await;
-            let inputs = ProfileInputs {
-                namespaces: vec![get(&namespaces, &namespace).await],
-                profiles: vec![profile.clone()],
-                profile,
-            };
-            record(
-                "profile_new",
-                true,
-                inputs,
-                &names,
-                |client, inputs| async move { reconcile_profile(client, &inputs).await },
-            )
-            .await;
-
+            step("profile_new").await;
             let profile = get(&profiles, &profile_name).await;
             assert!(
                 !profile.finalizers().is_empty(),
                 "the first reconcile adds the finalizer"
             );
-            let inputs = ProfileInputs {
-                namespaces: vec![get(&namespaces, &namespace).await],
-                profiles: vec![profile.clone()],
-                profile,
-            };
-            record(
-                "profile_fences",
-                true,
-                inputs,
-                &names,
-                |client, inputs| async move { reconcile_profile(client, &inputs).await },
-            )
-            .await;
-
+            step("profile_fences").await;
             profiles
                 .delete(&profile_name, &DeleteParams::default())
                 .await
                 .expect("deleting the profile");
-            let profile = get(&profiles, &profile_name).await;
-            let inputs = ProfileInputs {
-                namespaces: vec![get(&namespaces, &namespace).await],
-                profiles: vec![profile.clone()],
-                profile,
-            };
-            record(
-                "profile_deleted",
-                true,
-                inputs,
-                &names,
-                |client, inputs| async move { reconcile_profile(client, &inputs).await },
-            )
-            .await;
+            step("profile_deleted").await;
             eventually(10, "the profile to be gone", || async {
                 profiles
                     .get_opt(&profile_name)

@@ -29,7 +29,6 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{AUTOSCALER_MANAGER, SERVICE_NAME_LABEL, ServerlessFunction};
@@ -147,8 +146,7 @@ pub async fn run(ctx: Context, shutdown: CancellationToken) {
         tracing::info!("autoscaler running");
         let http = http_client();
         let mut state = AutoscalerState::default();
-        let mut interval = tokio::time::interval(TICK);
-        interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut interval = crate::telemetry::ticker(TICK);
         loop {
             tokio::select! {
                 _ = interval.tick() => {}

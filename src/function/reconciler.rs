@@ -244,7 +244,9 @@ pub async fn run(
         )
         .graceful_shutdown_on(async move { shutdown.cancelled().await })
         .run(reconcile, reconcile::error_policy, Arc::new(ctx))
-        .for_each(|result| reconcile::report_reconciled(&reporting, KIND, result))
+        .for_each_concurrent(None, |result| {
+            reconcile::report_reconciled(&reporting, KIND, result)
+        })
         .await;
     let _ = pruning.await;
 }

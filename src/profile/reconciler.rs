@@ -167,7 +167,9 @@ pub async fn run(
         ))
         .graceful_shutdown_on(async move { shutdown.cancelled().await })
         .run(reconcile, reconcile::error_policy, ctx)
-        .for_each(|result| reconcile::report_reconciled(&reporting, KIND, result))
+        .for_each_concurrent(None, |result| {
+            reconcile::report_reconciled(&reporting, KIND, result)
+        })
         .await;
     let _ = namespace_cache.await;
 }

@@ -61,7 +61,8 @@ pub struct Reporting {
     pub metrics: Arc<ReconcileMetrics>,
 }
 
-/// The one reporting path for a reconcile's outcome, fed by `Controller::run`'s stream: a
+/// The one reporting path for a reconcile's outcome, fed by `Controller::run`'s stream (through
+/// `for_each_concurrent`, so that publishing never holds the controller back): a
 /// failed reconcile is logged with its error chain, counted by reason and published as a
 /// Warning Event on its object (moot failures only logged at debug); what is not a reconcile
 /// failure (a watch error, an object gone from the cache) is logged.

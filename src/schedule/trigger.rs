@@ -17,7 +17,6 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use serde_json::json;
-use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use super::{Fire, ScheduleState, next_due, plan};
@@ -94,8 +93,7 @@ pub async fn run(ctx: Context, shutdown: CancellationToken) {
     let ctx = Arc::new(ctx);
     let http = http_client();
     let mut due: HashMap<Key, Due> = HashMap::new();
-    let mut interval = tokio::time::interval(TICK);
-    interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut interval = crate::telemetry::ticker(TICK);
     loop {
         tokio::select! {
             _ = interval.tick() => {}
