@@ -113,8 +113,8 @@ async fn a_profile_labels_and_fences_its_namespaces_and_reports_a_missing_runtim
             "GET /apis/networking.k8s.io/v1/networkpolicies",
             "GET /apis/node.k8s.io/v1/runtimeclasses/no-such-runtime-class",
             "PATCH /apis/fargo.dev/v1alpha1/fargateprofiles/recorded-profile/status",
-            "POST /apis/events.k8s.io/v1/events",
-            "POST /apis/events.k8s.io/v1/events",
+            "POST /apis/events.k8s.io/v1/namespaces/default/events",
+            "POST /apis/events.k8s.io/v1/namespaces/default/events",
         ]
     );
 }

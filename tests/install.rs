@@ -21,6 +21,7 @@ use std::time::Duration;
 use common::client;
 use common::namespaces::{unique_name, with_temp_namespaces};
 use common::report::namespace_report;
+use common::wait::eventually;
 use fargo::api::function::ServerlessFunction;
 use fargo::api::profile::FargateProfile;
 use futures::FutureExt;
@@ -314,11 +315,19 @@ async fn check_a_function_answers_through_the_activator_service(client: &Client)
             .spec
             .and_then(|s| s.cluster_ip)
             .expect("a ClusterIP");
-        // The activator holds the request while the pod starts (the function's 60 s timeout).
+        // The activators learn the function from their own watch, which may lag behind the
+        // apply by a moment: until then they answer 404. Once they know it, they hold the
+        // request while the pod starts (the function's 60 s timeout).
         let path = format!("/{namespace}/echo/?from=install");
-        let (status, body) = real_node::http_get(&cluster_ip, 80, &path, Duration::from_secs(90))
-            .await
-            .unwrap_or_else(|e| panic!("GET http://{cluster_ip}{path}: {e}"));
+        let (status, body) = eventually(30, "the activators to know the function", || async {
+            let (status, body) =
+                real_node::http_get(&cluster_ip, 80, &path, Duration::from_secs(90))
+                    .await
+                    .unwrap_or_else(|e| panic!("GET http://{cluster_ip}{path}: {e}"));
+            let unknown = status == 404 && body.starts_with("no function");
+            (!unknown).then_some((status, body))
+        })
+        .await;
         if status != 200 {
             let report = namespace_report(&client, &[NAMESPACE.into(), namespace.clone()]).await;
             panic!("GET http://{cluster_ip}{path}: status {status}, body {body}\n{report}");
@@ -405,7 +414,7 @@ async fn check_webhook_and_reconciler(client: &Client) {
     // The profile goes after the namespace, so that a failing check's report shows its policy.
     let outcome = AssertUnwindSafe(test).catch_unwind().await;
     let _ = profiles.delete(&profile, &DeleteParams::default()).await;
-    common::wait::eventually(
+    eventually(
         60,
         &format!("profile {profile} to be gone (its finalizer run by the in-cluster controller)"),
         || {
