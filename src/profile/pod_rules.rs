@@ -55,7 +55,7 @@ const SELINUX_TYPES: [&str; 4] = [
 /// still honour.
 const APPARMOR_ANNOTATION_PREFIX: &str = "container.apparmor.security.beta.kubernetes.io/";
 
-/// The volume types a Fargate pod may use; the first names the others in refusals.
+/// The volume types a Fargate pod may use, as refusals name them.
 const OFFERED_VOLUMES: &str = "a PersistentVolumeClaim, CSI, ephemeral, emptyDir, ConfigMap, \
                                Secret, projected, downwardAPI or image volume";
 
@@ -202,7 +202,10 @@ impl Forbidden {
                 "probes and lifecycle hooks of Fargate pods may reach only the pod itself, not \
                  host {host:?}; remove host (the pod's IP is the default)"
             ),
-            Forbidden::RunAsRoot | Forbidden::RunAsNonRootUnset => {
+            Forbidden::RunAsRoot => "pods of a Restricted profile must not run as root; set \
+                 securityContext.runAsNonRoot: true"
+                .into(),
+            Forbidden::RunAsNonRootUnset => {
                 "pods of a Restricted profile must not run as root; set \
                  securityContext.runAsNonRoot: true in the pod or in every container"
                     .into()
@@ -1943,7 +1946,7 @@ spec:
             found[1].to_string(),
             "profile \"payments\" forbids spec.containers[1].securityContext.runAsNonRoot \
              (container \"sidecar\"): pods of a Restricted profile must not run as root; set \
-             securityContext.runAsNonRoot: true in the pod or in every container"
+             securityContext.runAsNonRoot: true"
         );
     }
 
