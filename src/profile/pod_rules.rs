@@ -51,8 +51,8 @@ const SELINUX_TYPES: [&str; 4] = [
     "container_engine_t",
 ];
 
-/// The AppArmor annotation of container `<name>` that kubelets before `appArmorProfile` read, and
-/// still honour.
+/// The legacy AppArmor annotation of container `<name>`: the API server turns it into the
+/// container's `appArmorProfile` only after the mutating webhooks, which see just the annotation.
 const APPARMOR_ANNOTATION_PREFIX: &str = "container.apparmor.security.beta.kubernetes.io/";
 
 /// The volume types a Fargate pod may use, as refusals name them.
