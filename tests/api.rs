@@ -98,6 +98,12 @@ fn invalid_objects() -> Vec<(&'static str, &'static str, &'static str, &'static 
             r#"supported values: "Fargate", "None""#,
         ),
         (
+            "unknown pod security level",
+            "profile",
+            "selectors: [{namespace: a}]\npodSecurity: Privileged",
+            r#"supported values: "Baseline", "Restricted""#,
+        ),
+        (
             "negative overhead",
             "profile",
             "selectors: [{namespace: a}]\nsizing: {overhead: -1Gi}",

@@ -222,77 +222,327 @@ async fn each_forbidden_field_is_refused_with_its_reason() {
         temp_namespaces.create(&namespace).await;
         wait_profiled(&client, &namespace, true).await;
 
+        // One pod per control of the Pod Security Standards' baseline level, and per thing
+        // Fargate does not offer. Each pod is one the API server's own validation accepts, so
+        // the refusal is the webhook's whichever runs first.
+        let named = |name: &str, spec: serde_json::Value| pod(name, &[], spec);
+        // `fields` in the pod's spec, beside the one app container.
+        let beside_app = |mut fields: serde_json::Value| {
+            fields["containers"] = json!([app_container(json!({}))]);
+            fields
+        };
+        let in_app = |extra: serde_json::Value| json!({"containers": [app_container(extra)]});
+        let app_security =
+            |security: serde_json::Value| in_app(json!({"securityContext": security}));
+        let mut apparmor_annotation = named("apparmor-annotation", beside_app(json!({})));
+        apparmor_annotation.annotations_mut().insert(
+            "container.apparmor.security.beta.kubernetes.io/app".into(),
+            "unconfined".into(),
+        );
         let cases = [
             (
-                "privileged",
-                json!({"containers": [app_container(json!({"securityContext": {"privileged": true}}))]}),
-                "privileged",
+                named("privileged", app_security(json!({"privileged": true}))),
+                "spec.containers[0].securityContext.privileged",
+                Some("app"),
             ),
             (
-                "host-network",
-                json!({"hostNetwork": true, "containers": [app_container(json!({}))]}),
-                "hostNetwork",
+                named("host-network", beside_app(json!({"hostNetwork": true}))),
+                "spec.hostNetwork",
+                None,
             ),
             (
-                "host-pid",
-                json!({"hostPID": true, "containers": [app_container(json!({}))]}),
-                "hostPID",
+                named("host-pid", beside_app(json!({"hostPID": true}))),
+                "spec.hostPID",
+                None,
             ),
             (
-                "host-ipc",
-                json!({"hostIPC": true, "containers": [app_container(json!({}))]}),
-                "hostIPC",
+                named("host-ipc", beside_app(json!({"hostIPC": true}))),
+                "spec.hostIPC",
+                None,
             ),
             (
-                "host-path",
-                json!({"volumes": [{"name": "root", "hostPath": {"path": "/"}}], "containers": [app_container(json!({}))]}),
-                "hostPath",
+                named(
+                    "host-path",
+                    beside_app(json!({"volumes": [{"name": "root", "hostPath": {"path": "/"}}]})),
+                ),
+                "spec.volumes[0].hostPath",
+                None,
             ),
             (
-                "host-port",
-                json!({"containers": [app_container(json!({"ports": [{"containerPort": 8080, "hostPort": 8080}]}))]}),
-                "hostPort",
+                named(
+                    "host-port",
+                    in_app(json!({"ports": [{"containerPort": 8080, "hostPort": 8080}]})),
+                ),
+                "spec.containers[0].ports[0].hostPort",
+                Some("app"),
             ),
             (
-                "capability",
-                json!({"containers": [app_container(json!({"securityContext": {"capabilities": {"add": ["SYS_ADMIN"]}}}))]}),
-                "capabilities",
+                named(
+                    "capability",
+                    app_security(json!({"capabilities": {"add": ["SYS_ADMIN"]}})),
+                ),
+                "spec.containers[0].securityContext.capabilities.add[0]",
+                Some("app"),
+            ),
+            (
+                // The API server wants hostNetwork beside hostProcess (also refused, also named).
+                named(
+                    "host-process",
+                    beside_app(json!({
+                        "hostNetwork": true,
+                        "securityContext": {"windowsOptions": {"hostProcess": true}},
+                    })),
+                ),
+                "spec.securityContext.windowsOptions.hostProcess",
+                None,
+            ),
+            (
+                named("windows", beside_app(json!({"os": {"name": "windows"}}))),
+                "spec.os.name",
+                None,
+            ),
+            (
+                named(
+                    "apparmor",
+                    app_security(json!({"appArmorProfile": {"type": "Unconfined"}})),
+                ),
+                "spec.containers[0].securityContext.appArmorProfile.type",
+                Some("app"),
+            ),
+            (
+                apparmor_annotation,
+                "metadata.annotations[container.apparmor.security.beta.kubernetes.io/app]",
+                Some("app"),
+            ),
+            (
+                named(
+                    "selinux-type",
+                    app_security(json!({"seLinuxOptions": {"type": "spc_t"}})),
+                ),
+                "spec.containers[0].securityContext.seLinuxOptions.type",
+                Some("app"),
+            ),
+            (
+                named(
+                    "selinux-user",
+                    beside_app(json!({
+                        "securityContext": {"seLinuxOptions": {"user": "system_u"}},
+                    })),
+                ),
+                "spec.securityContext.seLinuxOptions.user",
+                None,
+            ),
+            (
+                // The API server allows an unmasked /proc only in a user namespace.
+                named(
+                    "proc-mount",
+                    json!({
+                        "hostUsers": false,
+                        "containers": [app_container(json!({
+                            "securityContext": {"procMount": "Unmasked"},
+                        }))],
+                    }),
+                ),
+                "spec.containers[0].securityContext.procMount",
+                Some("app"),
+            ),
+            (
+                named(
+                    "seccomp-pod",
+                    beside_app(json!({
+                        "securityContext": {"seccompProfile": {"type": "Unconfined"}},
+                    })),
+                ),
+                "spec.securityContext.seccompProfile.type",
+                None,
+            ),
+            (
+                named(
+                    "seccomp-init",
+                    beside_app(json!({"initContainers": [{
+                        "name": "setup",
+                        "image": "fargo.dev/echo:dev",
+                        "securityContext": {"seccompProfile": {"type": "Unconfined"}},
+                    }]})),
+                ),
+                "spec.initContainers[0].securityContext.seccompProfile.type",
+                Some("setup"),
+            ),
+            (
+                named(
+                    "sysctl",
+                    beside_app(json!({"securityContext": {
+                        "sysctls": [{"name": "kernel.msgmax", "value": "65536"}],
+                    }})),
+                ),
+                "spec.securityContext.sysctls[0].name",
+                None,
+            ),
+            (
+                named(
+                    "probe-host",
+                    in_app(json!({
+                        "readinessProbe": {"tcpSocket": {"port": 8080, "host": "10.0.0.1"}},
+                    })),
+                ),
+                "spec.containers[0].readinessProbe.tcpSocket.host",
+                Some("app"),
+            ),
+            (
+                named(
+                    "lifecycle-host",
+                    in_app(json!({
+                        "lifecycle": {"postStart": {"httpGet": {"port": 8080, "host": "10.0.0.1"}}},
+                    })),
+                ),
+                "spec.containers[0].lifecycle.postStart.httpGet.host",
+                Some("app"),
+            ),
+            (
+                named(
+                    "nfs",
+                    beside_app(json!({"volumes": [{
+                        "name": "shared",
+                        "nfs": {"server": "10.0.0.2", "path": "/exports"},
+                    }]})),
+                ),
+                "spec.volumes[0].nfs",
+                None,
             ),
         ];
         let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
         let mut failures = vec![];
-        for (case, spec, field) in cases {
-            match pods
-                .create(&PostParams::default(), &pod(case, &[], spec))
-                .await
-            {
+        for (pod, field, container) in cases {
+            let case = pod.name_any();
+            match pods.create(&PostParams::default(), &pod).await {
                 Ok(_) => failures.push(format!("{case}: admitted")),
                 Err(kube::Error::Api(status)) => {
                     let message = &status.message;
-                    // Pod-level fields have no container to name; the others must name "app".
-                    let container_level = matches!(field, "privileged" | "hostPort" | "capabilities");
-                    let names_container = !container_level || message.contains("app");
-                    if !(message.contains(&name) && message.contains(field) && names_container) {
+                    // The webhook's refusal, not the API server's validation.
+                    let refusal = format!("profile {name:?} forbids {field}");
+                    let names_container =
+                        container.is_none_or(|c| message.contains(&format!("(container {c:?})")));
+                    if !(message.contains("denied the request")
+                        && message.contains(&refusal)
+                        && names_container)
+                    {
                         failures.push(format!(
-                            "{case}: message lacks profile/field/container: {message}"
+                            "{case}: message lacks {refusal:?} or container {container:?}: \
+                             {message}"
                         ));
                     }
                 }
                 Err(other) => failures.push(format!("{case}: {other}")),
             }
         }
-        // Binding to privileged ports is what NET_BIND_SERVICE is for; it stays allowed.
-        pods.create(
-            &PostParams::default(),
-            &pod(
-                "net-bind",
-                &[],
-                json!({"containers": [app_container(json!({"securityContext": {"capabilities": {"add": ["NET_BIND_SERVICE"]}}}))]}),
-            ),
-        )
-        .await
-        .expect("NET_BIND_SERVICE is allowed");
+
+        // What the baseline allows stays allowed: NET_BIND_SERVICE, confining profiles, the
+        // container SELinux types, safe sysctls, probes of the pod itself.
+        let within = pod(
+            "within-baseline",
+            &[],
+            json!({
+                "securityContext": {
+                    "seccompProfile": {"type": "RuntimeDefault"},
+                    "appArmorProfile": {"type": "RuntimeDefault"},
+                    "seLinuxOptions": {"type": "container_t"},
+                    "sysctls": [{"name": "net.ipv4.ip_unprivileged_port_start", "value": "0"}],
+                },
+                "volumes": [{"name": "tmp", "emptyDir": {}}],
+                "containers": [app_container(json!({
+                    "securityContext": {"capabilities": {"add": ["NET_BIND_SERVICE"]}},
+                    "readinessProbe": {"httpGet": {"port": 8080, "path": "/"}},
+                }))],
+            }),
+        );
+        if let Err(error) = pods.create(&PostParams::default(), &within).await {
+            failures.push(format!("within-baseline: {error}"));
+        }
         assert!(failures.is_empty(), "{}", failures.join("\n"));
+        delete_profile(&client, &name).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_restricted_profile_refuses_pods_that_may_run_as_root_and_drops_every_capability() {
+    let client = setup().await;
+    with_temp_namespaces(&client, |client, temp_namespaces| async move {
+        let name = unique_name("restricted");
+        apply_profile(
+            &client,
+            &name,
+            json!({"selectors": [{"namespace": format!("{name}-*")}], "podSecurity": "Restricted"}),
+        )
+        .await;
+        let namespace = format!("{name}-ns");
+        temp_namespaces.create(&namespace).await;
+        wait_profiled(&client, &namespace, true).await;
+        // Kubernetes' own PodSecurity admission checks the pod fargo hands back.
+        Api::<Namespace>::all(client.clone())
+            .patch(
+                &namespace,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": {
+                    "pod-security.kubernetes.io/enforce": "restricted",
+                }}})),
+            )
+            .await
+            .expect("labelling the namespace for PodSecurity");
+
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+        let refused = pods
+            .create(
+                &PostParams::default(),
+                &pod(
+                    "as-root",
+                    &[],
+                    json!({"containers": [app_container(json!({}))]}),
+                ),
+            )
+            .await;
+        let message = match refused {
+            Err(kube::Error::Api(status)) => status.message,
+            other => panic!("a pod that may run as root is refused by the webhook: {other:?}"),
+        };
+        assert!(
+            message.contains(&format!(
+                "profile {name:?} requires spec.securityContext.runAsNonRoot"
+            )) && message.contains("set securityContext.runAsNonRoot: true"),
+            "{message}"
+        );
+
+        let created = pods
+            .create(
+                &PostParams::default(),
+                &pod(
+                    "non-root",
+                    &[],
+                    json!({
+                        "securityContext": {"runAsNonRoot": true},
+                        "containers": [app_container(json!({}))],
+                    }),
+                ),
+            )
+            .await
+            .expect("a non-root pod is admitted, and passes PodSecurity restricted");
+        let spec = created.spec.as_ref().expect("a spec");
+        let security = spec.containers[0]
+            .security_context
+            .as_ref()
+            .expect("a security context");
+        assert_eq!(
+            security.capabilities.as_ref().and_then(|c| c.drop.clone()),
+            Some(vec!["ALL".to_string()])
+        );
+        assert_eq!(security.allow_privilege_escalation, Some(false));
+        assert_eq!(
+            spec.security_context
+                .as_ref()
+                .and_then(|s| s.seccomp_profile.as_ref())
+                .map(|p| p.type_.as_str()),
+            Some("RuntimeDefault")
+        );
         delete_profile(&client, &name).await;
     })
     .await;

@@ -71,6 +71,15 @@ pub struct FargateProfileSpec {
     #[serde(default)]
     pub scheduling: Scheduling,
 
+    /// The Kubernetes Pod Security Standard matched pods must meet. `Baseline` (the default)
+    /// refuses host-level access: privileged mode, host namespaces, host paths and ports, Windows
+    /// HostProcess, unconfined seccomp or AppArmor, custom SELinux types, unmasked /proc, unsafe
+    /// sysctls, probes aimed at other hosts, volume types Fargate does not offer, and capabilities
+    /// beyond NET_BIND_SERVICE. `Restricted` also drops every capability, and refuses pods that
+    /// may run as root (set securityContext.runAsNonRoot: true).
+    #[serde(default)]
+    pub pod_security: PodSecurityLevel,
+
     /// What happens to running pods when the profile is deleted: `Orphan` leaves them as they
     /// are, `DeletePods` deletes them.
     #[serde(default)]
@@ -281,6 +290,16 @@ pub struct Scheduling {
     /// Tolerations added to matched pods, for tainted dedicated nodes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tolerations: Vec<Toleration>,
+}
+
+/// A level of the Kubernetes Pod Security Standards.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum PodSecurityLevel {
+    /// No host-level access; everything else as the pod asks.
+    #[default]
+    Baseline,
+    /// Baseline, and hardened: non-root, no capabilities but NET_BIND_SERVICE, seccomp.
+    Restricted,
 }
 
 /// What deleting a profile does to its running pods.

@@ -12,7 +12,7 @@ use crate::api::CAPACITY_ANNOTATION;
 use crate::api::profile::FargateProfile;
 use crate::profile::{
     Capacity, Match, Need, SizingError, fargate_capacity, fargate_menu, fargate_pod, match_pod,
-    rejection_message, size_for, violations,
+    missing_hardening, rejection_message, size_for, violations,
 };
 
 /// What matching says of the pod of a request.
@@ -64,7 +64,7 @@ pub fn mutate(
     };
     // Refused here already, with fargo's reason: hardening a privileged container would make the
     // API server refuse the pod first with a message about the contradiction fargo introduced.
-    let found = violations(&kube::ResourceExt::name_any(profile), pod);
+    let found = violations(profile, pod);
     if !found.is_empty() {
         return response.deny(rejection_message(&found));
     }
@@ -147,8 +147,9 @@ fn earlier_capacity(pod: &Pod) -> Option<Capacity> {
         .then_some(capacity)
 }
 
-/// The validating webhook: refuses privileged and host-level access in a matched pod, naming the
-/// profile, the container and the field.
+/// The validating webhook: refuses privileged and host-level access in a matched pod, and, for a
+/// `Restricted` profile, the hardening a later mutation took away, naming the profile, the
+/// container and the field.
 pub fn validate(
     request: &AdmissionRequest<Pod>,
     profiles: &[Arc<FargateProfile>],
@@ -159,7 +160,8 @@ pub fn validate(
         Matched::Untouched => return response,
         Matched::Refused(reason) => return response.deny(reason),
     };
-    let found = violations(&kube::ResourceExt::name_any(profile), pod);
+    let mut found = violations(profile, pod);
+    found.extend(missing_hardening(profile, pod));
     if found.is_empty() {
         response
     } else {

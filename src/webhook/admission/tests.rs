@@ -35,6 +35,14 @@ spec:
   selectors:
     - namespace: jobs
   sizing: {policy: None}
+---
+apiVersion: fargo.dev/v1alpha1
+kind: FargateProfile
+metadata: {name: vault, uid: 9e8d7c6b-5a4f-4e3d-8c2b-1a0f9e8d7c6b}
+spec:
+  selectors:
+    - namespace: vault
+  podSecurity: Restricted
 "#;
 
 /// The profiles as the webhook's reflector store hands them out.
@@ -354,6 +362,104 @@ fn refuses_host_network_pod_in_profiled_namespace_naming_every_violation() {
              remove hostPort and reach the pod through a Service"
         );
     }
+}
+
+#[test]
+fn refuses_windows_pod_rather_than_hardening_it_into_one_the_api_server_rejects() {
+    let pod = changed(
+        deployment_pod("payments-eu"),
+        json!([{"op": "add", "path": "/spec/os", "value": {"name": "windows"}}]),
+    );
+    for answer in both(&create("payments-eu", &pod)) {
+        assert!(!answer.allowed);
+        assert_eq!(
+            answer.message,
+            "profile \"payments\" forbids spec.os.name: Fargate pods run on Linux only; remove \
+             spec.os or set its name to linux"
+        );
+        assert!(answer.patch.is_none());
+    }
+}
+
+#[test]
+fn refuses_every_baseline_violation_of_a_pod_in_one_message() {
+    let pod = changed(
+        deployment_pod("payments-eu"),
+        json!([
+            {"op": "add", "path": "/spec/securityContext/seccompProfile",
+             "value": {"type": "Unconfined"}},
+            {"op": "add", "path": "/spec/securityContext/sysctls",
+             "value": [{"name": "kernel.msgmax", "value": "65536"}]},
+            {"op": "add", "path": "/spec/containers/0/livenessProbe",
+             "value": {"httpGet": {"port": 10250, "host": "10.0.0.1"}}},
+        ]),
+    );
+    for answer in both(&create("payments-eu", &pod)) {
+        assert!(!answer.allowed);
+        let refusals: Vec<_> = answer.message.split("; profile").collect();
+        assert_eq!(refusals.len(), 3, "{}", answer.message);
+        for field in [
+            "spec.securityContext.seccompProfile.type",
+            "spec.securityContext.sysctls[0].name",
+            "spec.containers[0].livenessProbe.httpGet.host (container \"app\")",
+        ] {
+            assert!(
+                answer.message.contains(field),
+                "{field}: {}",
+                answer.message
+            );
+        }
+    }
+}
+
+#[test]
+fn restricted_profile_refuses_a_pod_that_may_run_as_root() {
+    // Refused by the mutating webhook, before fargo hardens it.
+    let answer = answer(mutate(
+        &create("vault", &deployment_pod("vault")),
+        &profiles(),
+    ));
+    assert!(!answer.allowed);
+    assert_eq!(
+        answer.message,
+        "profile \"vault\" requires spec.securityContext.runAsNonRoot: pods of a Restricted \
+         profile must not run as root; set securityContext.runAsNonRoot: true in the pod or in \
+         every container"
+    );
+    assert!(answer.patch.is_none());
+}
+
+#[test]
+fn restricted_profile_drops_every_capability_and_validates_what_later_mutations_left() {
+    let pod = changed(
+        deployment_pod("vault"),
+        json!([{"op": "add", "path": "/spec/securityContext/runAsNonRoot", "value": true}]),
+    );
+    let mutation = answer(mutate(&create("vault", &pod), &profiles()));
+    assert!(mutation.allowed, "{}", mutation.message);
+    let admitted = patched(pod, &mutation.patch.expect("a patch"));
+    assert_eq!(
+        admitted["spec"]["containers"][0]["securityContext"],
+        json!({"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}})
+    );
+    let validation = answer(validate(&create("vault", &admitted), &profiles()));
+    assert!(validation.allowed, "{}", validation.message);
+
+    // A webhook after fargo's last call adds a sidecar with capabilities of its own.
+    let injected = changed(
+        admitted,
+        json!([{"op": "add", "path": "/spec/containers/-",
+                "value": {"name": "mesh-proxy", "image": "mesh/proxy:1",
+                          "securityContext": {"allowPrivilegeEscalation": false}}}]),
+    );
+    let validation = answer(validate(&create("vault", &injected), &profiles()));
+    assert!(!validation.allowed);
+    assert_eq!(
+        validation.message,
+        "profile \"vault\" requires spec.containers[1].securityContext.capabilities.drop \
+         (container \"mesh-proxy\"): pods of a Restricted profile drop every capability; set \
+         securityContext.capabilities.drop: [ALL] (NET_BIND_SERVICE may still be added)"
+    );
 }
 
 #[test]
