@@ -11,8 +11,9 @@ use common::wait::eventually;
 use common::{client, install_crds};
 use fargo::api::profile::FargateProfile;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
-use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer};
 use k8s_openapi::api::node::v1::RuntimeClass;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -104,6 +105,42 @@ fn pod(name: &str, labels: &[(&str, &str)], spec: serde_json::Value) -> Pod {
         "spec": spec,
     }))
     .expect("a valid pod")
+}
+
+/// Whether `selector` selects an object with `labels`, as a NetworkPolicy enforcer reads it.
+fn selects(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    let by_labels = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(key, value)| labels.get(key) == Some(value));
+    let by_expressions = selector.match_expressions.iter().flatten().all(|r| {
+        let values = r.values.as_deref().unwrap_or_default();
+        let value = labels.get(&r.key);
+        match r.operator.as_str() {
+            "In" => value.is_some_and(|v| values.contains(v)),
+            "NotIn" => value.is_none_or(|v| !values.contains(v)),
+            "Exists" => value.is_some(),
+            "DoesNotExist" => value.is_none(),
+            other => panic!("unknown label selector operator {other}"),
+        }
+    });
+    by_labels && by_expressions
+}
+
+/// Whether `peer` admits a pod with `pod_labels` in a namespace with `namespace_labels`.
+fn peer_admits(
+    peer: &NetworkPolicyPeer,
+    namespace_labels: &BTreeMap<String, String>,
+    pod_labels: &BTreeMap<String, String>,
+) -> bool {
+    // A peer with a pod selector only means the policy's own namespace, which no test here asks.
+    let namespaces = peer
+        .namespace_selector
+        .as_ref()
+        .expect("same-profile peers name their namespaces");
+    let pods = peer.pod_selector.clone().unwrap_or_default();
+    selects(namespaces, namespace_labels) && selects(&pods, pod_labels)
 }
 
 fn app_container(extra: serde_json::Value) -> serde_json::Value {
@@ -624,4 +661,128 @@ async fn a_missing_runtime_class_is_reported_and_resolves_when_it_appears() {
     let _ = Api::<RuntimeClass>::all(client.clone())
         .delete(&runtime_class, &DeleteParams::default())
         .await;
+}
+
+#[tokio::test]
+async fn a_pod_labelled_into_a_profile_outside_its_namespaces_is_no_peer() {
+    let client = setup().await;
+    with_temp_namespaces(&client, |client, temp_namespaces| async move {
+        let name = unique_name("peers");
+        let (a, b, outside) = (
+            format!("{name}-a"),
+            format!("{name}-b"),
+            format!("{name}-x"),
+        );
+        for namespace in [&a, &b, &outside] {
+            temp_namespaces.create(namespace).await;
+        }
+        let both = json!([{"namespace": a}, {"namespace": b}]);
+        apply_profile(&client, &name, json!({"selectors": both})).await;
+        wait_profiled(&client, &b, true).await;
+
+        // A genuine peer in b, and a pod that labels itself into the profile in a namespace no
+        // profile selects: no webhook judges it there.
+        let genuine = Api::<Pod>::namespaced(client.clone(), &b)
+            .create(
+                &PostParams::default(),
+                &pod(
+                    "genuine",
+                    &[],
+                    json!({"containers": [app_container(json!({}))]}),
+                ),
+            )
+            .await
+            .expect("admitted");
+        assert_eq!(genuine.labels().get("fargo.dev/profile"), Some(&name));
+        let spoofing = Api::<Pod>::namespaced(client.clone(), &outside)
+            .create(
+                &PostParams::default(),
+                &pod(
+                    "spoofing",
+                    &[("fargo.dev/profile", name.as_str())],
+                    json!({"containers": [app_container(json!({}))]}),
+                ),
+            )
+            .await
+            .expect("pods of namespaces no profile selects are none of fargo's business");
+        assert_eq!(spoofing.labels().get("fargo.dev/profile"), Some(&name));
+
+        let namespace_labels = |namespace: String| {
+            let client = client.clone();
+            async move {
+                Api::<Namespace>::all(client)
+                    .get(&namespace)
+                    .await
+                    .expect("reading the namespace")
+                    .labels()
+                    .clone()
+            }
+        };
+        let (b_labels, outside_labels) = (
+            namespace_labels(b.clone()).await,
+            namespace_labels(outside.clone()).await,
+        );
+        // The same-profile peers of the policy in a, once it names both namespaces.
+        let same_profile_peers = |expected: usize| {
+            let (client, a, name) = (client.clone(), a.clone(), name.clone());
+            let b_labels = b_labels.clone();
+            let genuine = genuine.labels().clone();
+            move || {
+                let (client, a, name) = (client.clone(), a.clone(), name.clone());
+                let (b_labels, genuine) = (b_labels.clone(), genuine.clone());
+                async move {
+                    let spec = network_policy(&client, &a, &name).await?.spec?;
+                    let egress = spec
+                        .egress
+                        .unwrap_or_default()
+                        .into_iter()
+                        .flat_map(|r| r.to.unwrap_or_default());
+                    let ingress = spec
+                        .ingress
+                        .unwrap_or_default()
+                        .into_iter()
+                        .flat_map(|r| r.from.unwrap_or_default());
+                    let peers: Vec<NetworkPolicyPeer> = egress
+                        .chain(ingress)
+                        .filter(|peer| {
+                            peer.pod_selector.as_ref().is_some_and(|pods| {
+                                pods.match_labels
+                                    .as_ref()
+                                    .and_then(|l| l.get("fargo.dev/profile"))
+                                    == Some(&name)
+                            })
+                        })
+                        .collect();
+                    let admitting = peers
+                        .iter()
+                        .filter(|peer| peer_admits(peer, &b_labels, &genuine))
+                        .count();
+                    (peers.len() == 2 && admitting == expected).then_some(peers)
+                }
+            }
+        };
+        let peers = eventually(
+            30,
+            "same-profile peers in a that admit b's pods",
+            same_profile_peers(2),
+        )
+        .await;
+        for peer in &peers {
+            assert!(
+                !peer_admits(peer, &outside_labels, spoofing.labels()),
+                "a pod outside the profile's namespaces is a peer: {peer:?}"
+            );
+        }
+
+        // A namespace the profile stops selecting stops being a peer.
+        apply_profile(&client, &name, json!({"selectors": [{"namespace": a}]})).await;
+        eventually(
+            30,
+            "same-profile peers in a that no longer admit b's pods",
+            same_profile_peers(0),
+        )
+        .await;
+        delete_profile(&client, &name).await;
+    })
+    .await;
 }
