@@ -98,51 +98,103 @@ pub fn violations(profile: &str, pod: &Pod) -> Vec<Violation> {
     let Some(spec) = &pod.spec else {
         return vec![];
     };
-    let mut found = vec![];
-    let mut forbid = |field: String, container: Option<&str>, forbidden: Forbidden| {
-        found.push(Violation {
-            profile: profile.to_string(),
+    let mut rules = Rules::new(profile);
+    rules.pod_level(spec);
+    for container in containers(spec) {
+        rules.container(&container);
+    }
+    rules.found
+}
+
+/// What profile `profile` forbids in the ephemeral containers `pod` gains over `old`, as
+/// `kubectl debug` adds them to a running pod. Everything else in the pod is immutable by then
+/// and was judged when the pod was created, and ephemeral containers that already ran are
+/// neither changed nor removed, so only the new ones are judged: a container added before
+/// these rules does not lock the pod against every later debugging session. Without `old`,
+/// every ephemeral container is judged.
+pub fn new_ephemeral_container_violations(
+    profile: &str,
+    old: Option<&Pod>,
+    pod: &Pod,
+) -> Vec<Violation> {
+    let Some(spec) = &pod.spec else {
+        return vec![];
+    };
+    let existing: Vec<&str> = old
+        .and_then(|old| old.spec.as_ref())
+        .and_then(|spec| spec.ephemeral_containers.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|c| c.name.as_str())
+        .collect();
+    let mut rules = Rules::new(profile);
+    for container in ephemeral_containers(spec).filter(|c| !existing.contains(&c.name)) {
+        rules.container(&container);
+    }
+    rules.found
+}
+
+/// The violations found so far, in the order the rules are applied.
+struct Rules<'a> {
+    profile: &'a str,
+    found: Vec<Violation>,
+}
+
+impl<'a> Rules<'a> {
+    fn new(profile: &'a str) -> Self {
+        Self {
+            profile,
+            found: vec![],
+        }
+    }
+
+    fn forbid(&mut self, field: String, container: Option<&str>, forbidden: Forbidden) {
+        self.found.push(Violation {
+            profile: self.profile.to_string(),
             field,
             container: container.map(str::to_string),
             forbidden,
         });
-    };
+    }
 
-    for (set, field, forbidden) in [
-        (
-            spec.host_network,
-            "spec.hostNetwork",
-            Forbidden::HostNetwork,
-        ),
-        (spec.host_pid, "spec.hostPID", Forbidden::HostPid),
-        (spec.host_ipc, "spec.hostIPC", Forbidden::HostIpc),
-    ] {
-        if set == Some(true) {
-            forbid(field.into(), None, forbidden);
+    /// Host namespaces and host paths, which belong to the pod rather than a container.
+    fn pod_level(&mut self, spec: &PodSpec) {
+        for (set, field, forbidden) in [
+            (
+                spec.host_network,
+                "spec.hostNetwork",
+                Forbidden::HostNetwork,
+            ),
+            (spec.host_pid, "spec.hostPID", Forbidden::HostPid),
+            (spec.host_ipc, "spec.hostIPC", Forbidden::HostIpc),
+        ] {
+            if set == Some(true) {
+                self.forbid(field.into(), None, forbidden);
+            }
+        }
+
+        for (index, volume) in spec.volumes.iter().flatten().enumerate() {
+            if volume.host_path.is_some() {
+                self.forbid(
+                    format!("spec.volumes[{index}].hostPath"),
+                    None,
+                    Forbidden::HostPath {
+                        volume: volume.name.clone(),
+                    },
+                );
+            }
         }
     }
 
-    for (index, volume) in spec.volumes.iter().flatten().enumerate() {
-        if volume.host_path.is_some() {
-            forbid(
-                format!("spec.volumes[{index}].hostPath"),
-                None,
-                Forbidden::HostPath {
-                    volume: volume.name.clone(),
-                },
-            );
-        }
-    }
-
-    for container in containers(spec) {
+    fn container(&mut self, container: &ContainerView<'_>) {
         let name = Some(container.name);
         if let Some(security) = container.security_context {
             let field = |leaf: &str| format!("{}.securityContext.{leaf}", container.path);
             if security.privileged == Some(true) {
-                forbid(field("privileged"), name, Forbidden::Privileged);
+                self.forbid(field("privileged"), name, Forbidden::Privileged);
             }
             if security.allow_privilege_escalation == Some(true) {
-                forbid(
+                self.forbid(
                     field("allowPrivilegeEscalation"),
                     name,
                     Forbidden::PrivilegeEscalation,
@@ -151,7 +203,7 @@ pub fn violations(profile: &str, pod: &Pod) -> Vec<Violation> {
             let added = security.capabilities.as_ref().and_then(|c| c.add.as_ref());
             for (index, capability) in added.into_iter().flatten().enumerate() {
                 if !is_net_bind_service(capability) {
-                    forbid(
+                    self.forbid(
                         field(&format!("capabilities.add[{index}]")),
                         name,
                         Forbidden::Capability {
@@ -164,7 +216,7 @@ pub fn violations(profile: &str, pod: &Pod) -> Vec<Violation> {
         for (index, port) in container.ports.iter().enumerate() {
             // The API server treats hostPort 0 as unset.
             if let Some(host_port) = port.host_port.filter(|&p| p != 0) {
-                forbid(
+                self.forbid(
                     format!("{}.ports[{index}].hostPort", container.path),
                     name,
                     Forbidden::HostPort { port: host_port },
@@ -172,7 +224,6 @@ pub fn violations(profile: &str, pod: &Pod) -> Vec<Violation> {
             }
         }
     }
-    found
 }
 
 /// All violations as one admission-denial message, most important (first found) first.
@@ -221,8 +272,11 @@ fn containers(spec: &PodSpec) -> impl Iterator<Item = ContainerView<'_>> {
             security_context: c.security_context.as_ref(),
             ports: c.ports.as_deref().unwrap_or_default(),
         });
-    let ephemeral = spec
-        .ephemeral_containers
+    init.chain(app).chain(ephemeral_containers(spec))
+}
+
+fn ephemeral_containers(spec: &PodSpec) -> impl Iterator<Item = ContainerView<'_>> {
+    spec.ephemeral_containers
         .iter()
         .flatten()
         .enumerate()
@@ -231,8 +285,7 @@ fn containers(spec: &PodSpec) -> impl Iterator<Item = ContainerView<'_>> {
             name: &c.name,
             security_context: c.security_context.as_ref(),
             ports: c.ports.as_deref().unwrap_or_default(),
-        });
-    init.chain(app).chain(ephemeral)
+        })
 }
 
 /// The pod as `profile` admits it; `capacity` is its Fargate size (see
@@ -417,6 +470,54 @@ spec:
             ]
         );
         assert!(found.iter().all(|v| v.forbidden == Forbidden::Privileged));
+    }
+
+    #[test]
+    fn judges_only_the_ephemeral_containers_a_pod_gains() {
+        // A pod created before the rules with a privileged ephemeral container and host
+        // networking: neither is the new debugging session's doing.
+        let old = pod(r#"
+spec:
+  hostNetwork: true
+  containers:
+    - {name: app, securityContext: {privileged: true}}
+  ephemeralContainers:
+    - {name: debugger-old, securityContext: {privileged: true}}
+"#);
+        let mut gained = old.clone();
+        let spec = gained.spec.as_mut().unwrap();
+        spec.ephemeral_containers.as_mut().unwrap().extend([
+            serde_json::from_value(json!({"name": "debugger-ok", "image": "busybox"})).unwrap(),
+            serde_json::from_value(json!({
+                "name": "debugger-root",
+                "image": "busybox",
+                "securityContext": {
+                    "privileged": true,
+                    "capabilities": {"add": ["SYS_PTRACE", "NET_BIND_SERVICE"]},
+                },
+            }))
+            .unwrap(),
+        ]);
+        let found = new_ephemeral_container_violations("payments", Some(&old), &gained);
+        assert_eq!(
+            found.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            vec![
+                "profile \"payments\" forbids spec.ephemeralContainers[2].securityContext.privileged \
+                 (container \"debugger-root\"): Fargate pods cannot be privileged",
+                "profile \"payments\" forbids \
+                 spec.ephemeralContainers[2].securityContext.capabilities.add[0] (container \
+                 \"debugger-root\"): Fargate pods may add only the NET_BIND_SERVICE capability, \
+                 not SYS_PTRACE",
+            ]
+        );
+        // Without the pod as it was, every ephemeral container is judged.
+        assert_eq!(
+            new_ephemeral_container_violations("payments", None, &gained)
+                .iter()
+                .filter_map(|v| v.container.as_deref())
+                .collect::<Vec<_>>(),
+            vec!["debugger-old", "debugger-root", "debugger-root"]
+        );
     }
 
     #[test]
