@@ -107,6 +107,15 @@ fn pod(name: &str, labels: &[(&str, &str)], spec: serde_json::Value) -> Pod {
     .expect("a valid pod")
 }
 
+/// The message of the API server's refusal of `result`; panics if it was not refused.
+fn refusal<T>(what: &str, result: Result<T, kube::Error>) -> String {
+    match result {
+        Ok(_) => panic!("{what}: admitted, expected a refusal"),
+        Err(kube::Error::Api(status)) => status.message,
+        Err(other) => panic!("{what}: {other}"),
+    }
+}
+
 /// Whether `selector` selects an object with `labels`, as a NetworkPolicy enforcer reads it.
 fn selects(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
     let by_labels = selector
@@ -661,6 +670,201 @@ async fn a_missing_runtime_class_is_reported_and_resolves_when_it_appears() {
     let _ = Api::<RuntimeClass>::all(client.clone())
         .delete(&runtime_class, &DeleteParams::default())
         .await;
+}
+
+#[tokio::test]
+async fn an_admitted_pod_cannot_shed_or_change_its_profile_label() {
+    let client = setup().await;
+    with_temp_namespaces(&client, |client, temp_namespaces| async move {
+        let name = unique_name("relabel");
+        apply_profile(
+            &client,
+            &name,
+            json!({"selectors": [{"namespace": format!("{name}-ns"), "labels": {"tier": "backend"}}]}),
+        )
+        .await;
+        let namespace = format!("{name}-ns");
+        temp_namespaces.create(&namespace).await;
+        wait_profiled(&client, &namespace, true).await;
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+        let admitted = pods
+            .create(
+                &PostParams::default(),
+                &pod("fenced", &[("tier", "backend")], json!({"containers": [app_container(json!({}))]})),
+            )
+            .await
+            .expect("the matched pod is admitted");
+        assert_eq!(admitted.labels().get("fargo.dev/profile"), Some(&name));
+
+        // `kubectl label pod fenced fargo.dev/profile-`
+        let shed = json!({"metadata": {"labels": {"fargo.dev/profile": null}}});
+        let message = refusal(
+            "removing the profile label",
+            pods.patch("fenced", &PatchParams::default(), &Patch::Merge(&shed)).await,
+        );
+        assert!(
+            message.contains("profile-label.validate.fargo.dev")
+                && message.contains(&format!("fargo.dev/profile=\"{name}\" cannot be removed")),
+            "{message}"
+        );
+        // `kubectl label --overwrite pod fenced fargo.dev/profile=other`
+        let other = json!({"metadata": {"labels": {"fargo.dev/profile": "other"}}});
+        let message = refusal(
+            "changing the profile label",
+            pods.patch("fenced", &PatchParams::default(), &Patch::Merge(&other)).await,
+        );
+        assert!(message.contains("cannot change from"), "{message}");
+        // The API server resets only the spec of an update through the status subresource, so a
+        // status writer could shed the label there too.
+        let message = refusal(
+            "removing the profile label through the status",
+            pods.patch_status("fenced", &PatchParams::default(), &Patch::Merge(&shed))
+                .await,
+        );
+        assert!(message.contains("cannot be removed"), "{message}");
+
+        // Everything else about the pod's metadata stays the owner's to change.
+        let unrelated = json!({"metadata": {
+            "labels": {"version": "v2"},
+            "annotations": {"example.com/note": "relabelled"},
+        }});
+        let updated = pods
+            .patch("fenced", &PatchParams::default(), &Patch::Merge(&unrelated))
+            .await
+            .expect("updates that leave the profile label alone are admitted");
+        assert_eq!(updated.labels().get("version").map(String::as_str), Some("v2"));
+        assert_eq!(updated.labels().get("fargo.dev/profile"), Some(&name));
+        let kept = pods.get("fenced").await.expect("reading the pod");
+        assert_eq!(kept.labels().get("fargo.dev/profile"), Some(&name));
+        delete_profile(&client, &name).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_pod_cannot_claim_a_profile_after_admission() {
+    let client = setup().await;
+    with_temp_namespaces(&client, |client, temp_namespaces| async move {
+        let name = unique_name("claim");
+        apply_profile(
+            &client,
+            &name,
+            json!({"selectors": [{"namespace": format!("{name}-ns"), "labels": {"tier": "backend"}}]}),
+        )
+        .await;
+        let namespace = format!("{name}-ns");
+        temp_namespaces.create(&namespace).await;
+        wait_profiled(&client, &namespace, true).await;
+        // In the profiled namespace, but no profile takes it, privileged as it is.
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+        let plain = pods
+            .create(
+                &PostParams::default(),
+                &pod(
+                    "plain",
+                    &[("tier", "frontend")],
+                    json!({"containers": [app_container(json!({"securityContext": {"privileged": true}}))]}),
+                ),
+            )
+            .await
+            .expect("a pod no profile takes is admitted");
+        assert!(!plain.labels().contains_key("fargo.dev/profile"));
+
+        // `kubectl label pod plain fargo.dev/profile=NAME`: a peer of the profile's pods.
+        let claim = json!({"metadata": {"labels": {"fargo.dev/profile": name}}});
+        let message = refusal(
+            "adding the profile label",
+            pods.patch("plain", &PatchParams::default(), &Patch::Merge(&claim)).await,
+        );
+        assert!(
+            message.contains(&format!("fargo.dev/profile=\"{name}\" cannot be added to pod \"plain\"")),
+            "{message}"
+        );
+        let kept = pods.get("plain").await.expect("reading the pod");
+        assert!(!kept.labels().contains_key("fargo.dev/profile"));
+        delete_profile(&client, &name).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_privileged_ephemeral_container_is_refused_on_a_fargate_pod() {
+    let client = setup().await;
+    with_temp_namespaces(&client, |client, temp_namespaces| async move {
+        let name = unique_name("debug");
+        apply_profile(
+            &client,
+            &name,
+            json!({"selectors": [{"namespace": format!("{name}-ns")}]}),
+        )
+        .await;
+        let namespace = format!("{name}-ns");
+        temp_namespaces.create(&namespace).await;
+        wait_profiled(&client, &namespace, true).await;
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+        pods.create(
+            &PostParams::default(),
+            &pod(
+                "target",
+                &[],
+                json!({"containers": [app_container(json!({}))]}),
+            ),
+        )
+        .await
+        .expect("admitted");
+
+        // What `kubectl debug -it target --image=... --target=app --profile=sysadmin` sends.
+        let debug = |container: &str, security_context: serde_json::Value| {
+            json!({"spec": {"ephemeralContainers": [{
+                "name": container,
+                "image": "fargo.dev/echo:dev",
+                "targetContainerName": "app",
+                "stdin": true,
+                "tty": true,
+                "securityContext": security_context,
+            }]}})
+        };
+        let sysadmin = debug("debugger-root", json!({"privileged": true}));
+        let message = refusal(
+            "a privileged ephemeral container",
+            pods.patch_subresource(
+                "ephemeralcontainers",
+                "target",
+                &PatchParams::default(),
+                &Patch::Strategic(&sysadmin),
+            )
+            .await,
+        );
+        assert!(
+            message.contains("ephemeral-containers.validate.fargo.dev")
+                && message.contains(&format!("profile \"{name}\" forbids"))
+                && message.contains("spec.ephemeralContainers[0].securityContext.privileged")
+                && message.contains("container \"debugger-root\""),
+            "{message}"
+        );
+
+        // Debugging as such stays possible.
+        let general = debug("debugger", json!({}));
+        let debugged = pods
+            .patch_subresource(
+                "ephemeralcontainers",
+                "target",
+                &PatchParams::default(),
+                &Patch::Strategic(&general),
+            )
+            .await
+            .expect("an ephemeral container the profile allows is admitted");
+        let names: Vec<String> = debugged
+            .spec
+            .and_then(|spec| spec.ephemeral_containers)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
+        assert_eq!(names, ["debugger"]);
+        delete_profile(&client, &name).await;
+    })
+    .await;
 }
 
 #[tokio::test]
