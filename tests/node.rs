@@ -381,6 +381,63 @@ async fn profile_egress_fences_pods_until_the_profile_allows_it() {
 }
 
 #[tokio::test]
+async fn a_pod_labelled_into_a_profile_outside_its_namespaces_gets_no_same_profile_traffic() {
+    let client = setup().await;
+    let profile = unique_name("peers");
+    // The profile goes after the namespaces, so that a failing test's report shows its policies.
+    let test = with_temp_namespaces(&client, |client, temp_namespaces| {
+        let profile = profile.clone();
+        async move {
+            let (a_ns, b_ns, outside_ns) = (
+                format!("{profile}-a"),
+                format!("{profile}-b"),
+                format!("{profile}-x"),
+            );
+            let namespaces = vec![a_ns.clone(), b_ns.clone(), outside_ns.clone()];
+            for namespace in &namespaces {
+                temp_namespaces.create(namespace).await;
+            }
+            // allowSameProfile is on by default: a and b are one "security group".
+            apply_profile(
+                &client,
+                &profile,
+                json!({
+                    "selectors": [{"namespace": a_ns}, {"namespace": b_ns}],
+                    "scheduling": {"nodeSelector": {REAL_NODE.0: REAL_NODE.1}},
+                }),
+            )
+            .await;
+            wait_fenced_namespace(&client, &a_ns, &profile).await;
+            wait_fenced_namespace(&client, &b_ns, &profile).await;
+
+            create_pod(&client, &a_ns, &echo_pod("a", false)).await;
+            create_pod(&client, &b_ns, &echo_pod("b", false)).await;
+            // Where no profile selects the namespace, a pod may label itself as it likes.
+            let mut spoofing = echo_pod("s", true);
+            spoofing
+                .labels_mut()
+                .insert("fargo.dev/profile".into(), profile.clone());
+            create_pod(&client, &outside_ns, &spoofing).await;
+            let a = wait_ready(&client, &a_ns, "a").await;
+            let b = wait_ready(&client, &b_ns, "b").await;
+            let s = wait_ready(&client, &outside_ns, "s").await;
+            let (a_ip, b_ip, s_ip) = (pod_ip(&a), pod_ip(&b), pod_ip(&s));
+            let a = ("a", a_ip.as_str());
+            let b = ("b", b_ip.as_str());
+            let s = ("s", s_ip.as_str());
+
+            // The profile's pods reach each other across its namespaces ...
+            wait_reachable(&client, &namespaces, a, b).await;
+            wait_reachable(&client, &namespaces, b, a).await;
+            // ... and the pod that only carries the label is neither let in nor reached.
+            wait_fenced(&client, &namespaces, s, a).await;
+            wait_fenced(&client, &namespaces, a, s).await;
+        }
+    });
+    deleting_profile_after(&client, &profile, test).await;
+}
+
+#[tokio::test]
 async fn a_profiles_runtime_class_runs_the_pod_under_crun() {
     let client = setup().await;
     let profile = unique_name("crun");

@@ -11,8 +11,9 @@ use common::wait::eventually;
 use common::{client, install_crds};
 use fargo::api::profile::FargateProfile;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
-use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer};
 use k8s_openapi::api::node::v1::RuntimeClass;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -104,6 +105,51 @@ fn pod(name: &str, labels: &[(&str, &str)], spec: serde_json::Value) -> Pod {
         "spec": spec,
     }))
     .expect("a valid pod")
+}
+
+/// The message of the API server's refusal of `result`; panics if it was not refused.
+fn refusal<T>(what: &str, result: Result<T, kube::Error>) -> String {
+    match result {
+        Ok(_) => panic!("{what}: admitted, expected a refusal"),
+        Err(kube::Error::Api(status)) => status.message,
+        Err(other) => panic!("{what}: {other}"),
+    }
+}
+
+/// Whether `selector` selects an object with `labels`, as a NetworkPolicy enforcer reads it.
+fn selects(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    let by_labels = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(key, value)| labels.get(key) == Some(value));
+    let by_expressions = selector.match_expressions.iter().flatten().all(|r| {
+        let values = r.values.as_deref().unwrap_or_default();
+        let value = labels.get(&r.key);
+        match r.operator.as_str() {
+            "In" => value.is_some_and(|v| values.contains(v)),
+            "NotIn" => value.is_none_or(|v| !values.contains(v)),
+            "Exists" => value.is_some(),
+            "DoesNotExist" => value.is_none(),
+            other => panic!("unknown label selector operator {other}"),
+        }
+    });
+    by_labels && by_expressions
+}
+
+/// Whether `peer` admits a pod with `pod_labels` in a namespace with `namespace_labels`.
+fn peer_admits(
+    peer: &NetworkPolicyPeer,
+    namespace_labels: &BTreeMap<String, String>,
+    pod_labels: &BTreeMap<String, String>,
+) -> bool {
+    // A peer with a pod selector only means the policy's own namespace, which no test here asks.
+    let namespaces = peer
+        .namespace_selector
+        .as_ref()
+        .expect("same-profile peers name their namespaces");
+    let pods = peer.pod_selector.clone().unwrap_or_default();
+    selects(namespaces, namespace_labels) && selects(&pods, pod_labels)
 }
 
 fn app_container(extra: serde_json::Value) -> serde_json::Value {
@@ -874,4 +920,323 @@ async fn a_missing_runtime_class_is_reported_and_resolves_when_it_appears() {
     let _ = Api::<RuntimeClass>::all(client.clone())
         .delete(&runtime_class, &DeleteParams::default())
         .await;
+}
+
+#[tokio::test]
+async fn an_admitted_pod_cannot_shed_or_change_its_profile_label() {
+    let client = setup().await;
+    with_temp_namespaces(&client, |client, temp_namespaces| async move {
+        let name = unique_name("relabel");
+        apply_profile(
+            &client,
+            &name,
+            json!({"selectors": [{"namespace": format!("{name}-ns"), "labels": {"tier": "backend"}}]}),
+        )
+        .await;
+        let namespace = format!("{name}-ns");
+        temp_namespaces.create(&namespace).await;
+        wait_profiled(&client, &namespace, true).await;
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+        let admitted = pods
+            .create(
+                &PostParams::default(),
+                &pod("fenced", &[("tier", "backend")], json!({"containers": [app_container(json!({}))]})),
+            )
+            .await
+            .expect("the matched pod is admitted");
+        assert_eq!(admitted.labels().get("fargo.dev/profile"), Some(&name));
+
+        // `kubectl label pod fenced fargo.dev/profile-`
+        let shed = json!({"metadata": {"labels": {"fargo.dev/profile": null}}});
+        let message = refusal(
+            "removing the profile label",
+            pods.patch("fenced", &PatchParams::default(), &Patch::Merge(&shed)).await,
+        );
+        assert!(
+            message.contains("profile-label.validate.fargo.dev")
+                && message.contains(&format!("fargo.dev/profile=\"{name}\" cannot be removed")),
+            "{message}"
+        );
+        // `kubectl label --overwrite pod fenced fargo.dev/profile=other`
+        let other = json!({"metadata": {"labels": {"fargo.dev/profile": "other"}}});
+        let message = refusal(
+            "changing the profile label",
+            pods.patch("fenced", &PatchParams::default(), &Patch::Merge(&other)).await,
+        );
+        assert!(message.contains("cannot change from"), "{message}");
+        // The API server resets only the spec of an update through the status subresource, so a
+        // status writer could shed the label there too.
+        let message = refusal(
+            "removing the profile label through the status",
+            pods.patch_status("fenced", &PatchParams::default(), &Patch::Merge(&shed))
+                .await,
+        );
+        assert!(message.contains("cannot be removed"), "{message}");
+
+        // Everything else about the pod's metadata stays the owner's to change.
+        let unrelated = json!({"metadata": {
+            "labels": {"version": "v2"},
+            "annotations": {"example.com/note": "relabelled"},
+        }});
+        let updated = pods
+            .patch("fenced", &PatchParams::default(), &Patch::Merge(&unrelated))
+            .await
+            .expect("updates that leave the profile label alone are admitted");
+        assert_eq!(updated.labels().get("version").map(String::as_str), Some("v2"));
+        assert_eq!(updated.labels().get("fargo.dev/profile"), Some(&name));
+        let kept = pods.get("fenced").await.expect("reading the pod");
+        assert_eq!(kept.labels().get("fargo.dev/profile"), Some(&name));
+        delete_profile(&client, &name).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_pod_cannot_claim_a_profile_after_admission() {
+    let client = setup().await;
+    with_temp_namespaces(&client, |client, temp_namespaces| async move {
+        let name = unique_name("claim");
+        apply_profile(
+            &client,
+            &name,
+            json!({"selectors": [{"namespace": format!("{name}-ns"), "labels": {"tier": "backend"}}]}),
+        )
+        .await;
+        let namespace = format!("{name}-ns");
+        temp_namespaces.create(&namespace).await;
+        wait_profiled(&client, &namespace, true).await;
+        // In the profiled namespace, but no profile takes it, privileged as it is.
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+        let plain = pods
+            .create(
+                &PostParams::default(),
+                &pod(
+                    "plain",
+                    &[("tier", "frontend")],
+                    json!({"containers": [app_container(json!({"securityContext": {"privileged": true}}))]}),
+                ),
+            )
+            .await
+            .expect("a pod no profile takes is admitted");
+        assert!(!plain.labels().contains_key("fargo.dev/profile"));
+
+        // `kubectl label pod plain fargo.dev/profile=NAME`: a peer of the profile's pods.
+        let claim = json!({"metadata": {"labels": {"fargo.dev/profile": name}}});
+        let message = refusal(
+            "adding the profile label",
+            pods.patch("plain", &PatchParams::default(), &Patch::Merge(&claim)).await,
+        );
+        assert!(
+            message.contains(&format!("fargo.dev/profile=\"{name}\" cannot be added to pod \"plain\"")),
+            "{message}"
+        );
+        let kept = pods.get("plain").await.expect("reading the pod");
+        assert!(!kept.labels().contains_key("fargo.dev/profile"));
+        delete_profile(&client, &name).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_privileged_ephemeral_container_is_refused_on_a_fargate_pod() {
+    let client = setup().await;
+    with_temp_namespaces(&client, |client, temp_namespaces| async move {
+        let name = unique_name("debug");
+        apply_profile(
+            &client,
+            &name,
+            json!({"selectors": [{"namespace": format!("{name}-ns")}]}),
+        )
+        .await;
+        let namespace = format!("{name}-ns");
+        temp_namespaces.create(&namespace).await;
+        wait_profiled(&client, &namespace, true).await;
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+        pods.create(
+            &PostParams::default(),
+            &pod(
+                "target",
+                &[],
+                json!({"containers": [app_container(json!({}))]}),
+            ),
+        )
+        .await
+        .expect("admitted");
+
+        // What `kubectl debug -it target --image=... --target=app --profile=sysadmin` sends.
+        let debug = |container: &str, security_context: serde_json::Value| {
+            json!({"spec": {"ephemeralContainers": [{
+                "name": container,
+                "image": "fargo.dev/echo:dev",
+                "targetContainerName": "app",
+                "stdin": true,
+                "tty": true,
+                "securityContext": security_context,
+            }]}})
+        };
+        let sysadmin = debug("debugger-root", json!({"privileged": true}));
+        let message = refusal(
+            "a privileged ephemeral container",
+            pods.patch_subresource(
+                "ephemeralcontainers",
+                "target",
+                &PatchParams::default(),
+                &Patch::Strategic(&sysadmin),
+            )
+            .await,
+        );
+        assert!(
+            message.contains("ephemeral-containers.validate.fargo.dev")
+                && message.contains(&format!("profile \"{name}\" forbids"))
+                && message.contains("spec.ephemeralContainers[0].securityContext.privileged")
+                && message.contains("container \"debugger-root\""),
+            "{message}"
+        );
+
+        // Debugging as such stays possible.
+        let general = debug("debugger", json!({}));
+        let debugged = pods
+            .patch_subresource(
+                "ephemeralcontainers",
+                "target",
+                &PatchParams::default(),
+                &Patch::Strategic(&general),
+            )
+            .await
+            .expect("an ephemeral container the profile allows is admitted");
+        let names: Vec<String> = debugged
+            .spec
+            .and_then(|spec| spec.ephemeral_containers)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
+        assert_eq!(names, ["debugger"]);
+        delete_profile(&client, &name).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_pod_labelled_into_a_profile_outside_its_namespaces_is_no_peer() {
+    let client = setup().await;
+    with_temp_namespaces(&client, |client, temp_namespaces| async move {
+        let name = unique_name("peers");
+        let (a, b, outside) = (
+            format!("{name}-a"),
+            format!("{name}-b"),
+            format!("{name}-x"),
+        );
+        for namespace in [&a, &b, &outside] {
+            temp_namespaces.create(namespace).await;
+        }
+        let both = json!([{"namespace": a}, {"namespace": b}]);
+        apply_profile(&client, &name, json!({"selectors": both})).await;
+        wait_profiled(&client, &b, true).await;
+
+        // A genuine peer in b, and a pod that labels itself into the profile in a namespace no
+        // profile selects: no webhook judges it there.
+        let genuine = Api::<Pod>::namespaced(client.clone(), &b)
+            .create(
+                &PostParams::default(),
+                &pod(
+                    "genuine",
+                    &[],
+                    json!({"containers": [app_container(json!({}))]}),
+                ),
+            )
+            .await
+            .expect("admitted");
+        assert_eq!(genuine.labels().get("fargo.dev/profile"), Some(&name));
+        let spoofing = Api::<Pod>::namespaced(client.clone(), &outside)
+            .create(
+                &PostParams::default(),
+                &pod(
+                    "spoofing",
+                    &[("fargo.dev/profile", name.as_str())],
+                    json!({"containers": [app_container(json!({}))]}),
+                ),
+            )
+            .await
+            .expect("pods of namespaces no profile selects are none of fargo's business");
+        assert_eq!(spoofing.labels().get("fargo.dev/profile"), Some(&name));
+
+        let namespace_labels = |namespace: String| {
+            let client = client.clone();
+            async move {
+                Api::<Namespace>::all(client)
+                    .get(&namespace)
+                    .await
+                    .expect("reading the namespace")
+                    .labels()
+                    .clone()
+            }
+        };
+        let (b_labels, outside_labels) = (
+            namespace_labels(b.clone()).await,
+            namespace_labels(outside.clone()).await,
+        );
+        // The same-profile peers of the policy in a, once it names both namespaces.
+        let same_profile_peers = |expected: usize| {
+            let (client, a, name) = (client.clone(), a.clone(), name.clone());
+            let b_labels = b_labels.clone();
+            let genuine = genuine.labels().clone();
+            move || {
+                let (client, a, name) = (client.clone(), a.clone(), name.clone());
+                let (b_labels, genuine) = (b_labels.clone(), genuine.clone());
+                async move {
+                    let spec = network_policy(&client, &a, &name).await?.spec?;
+                    let egress = spec
+                        .egress
+                        .unwrap_or_default()
+                        .into_iter()
+                        .flat_map(|r| r.to.unwrap_or_default());
+                    let ingress = spec
+                        .ingress
+                        .unwrap_or_default()
+                        .into_iter()
+                        .flat_map(|r| r.from.unwrap_or_default());
+                    let peers: Vec<NetworkPolicyPeer> = egress
+                        .chain(ingress)
+                        .filter(|peer| {
+                            peer.pod_selector.as_ref().is_some_and(|pods| {
+                                pods.match_labels
+                                    .as_ref()
+                                    .and_then(|l| l.get("fargo.dev/profile"))
+                                    == Some(&name)
+                            })
+                        })
+                        .collect();
+                    let admitting = peers
+                        .iter()
+                        .filter(|peer| peer_admits(peer, &b_labels, &genuine))
+                        .count();
+                    (peers.len() == 2 && admitting == expected).then_some(peers)
+                }
+            }
+        };
+        let peers = eventually(
+            30,
+            "same-profile peers in a that admit b's pods",
+            same_profile_peers(2),
+        )
+        .await;
+        for peer in &peers {
+            assert!(
+                !peer_admits(peer, &outside_labels, spoofing.labels()),
+                "a pod outside the profile's namespaces is a peer: {peer:?}"
+            );
+        }
+
+        // A namespace the profile stops selecting stops being a peer.
+        apply_profile(&client, &name, json!({"selectors": [{"namespace": a}]})).await;
+        eventually(
+            30,
+            "same-profile peers in a that no longer admit b's pods",
+            same_profile_peers(0),
+        )
+        .await;
+        delete_profile(&client, &name).await;
+    })
+    .await;
 }

@@ -4,7 +4,8 @@
 //! profile's selectors, where `*` and `?` are wildcards. When several profiles match, the
 //! alphabetically first wins so the choice never depends on watch order. A pod may force a profile
 //! with the `fargo.dev/profile` label, and DaemonSet pods are never Fargate pods (they exist to
-//! run on every node, which a sandboxed, dedicated pod cannot honour).
+//! run on every node, which a sandboxed, dedicated pod cannot honour). Once admitted, a pod keeps
+//! the profile it got: see [`relabelling`].
 
 use std::borrow::Borrow;
 use std::collections::BTreeMap;
@@ -41,6 +42,66 @@ pub enum MatchError {
         /// The profile's namespace patterns, comma-separated, for the message.
         patterns: String,
     },
+}
+
+/// An update that would change a pod's `fargo.dev/profile` label after admission. The label is
+/// the record of the profile a pod was admitted under, and the profile's NetworkPolicy selects
+/// its pods, and recognises their peers, by it: shedding it takes a pod out of its fence, and
+/// claiming it makes a pod that no profile judged a peer of the profile's pods.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum Relabelling {
+    #[error(
+        "the label {PROFILE_LABEL}={profile:?} cannot be added to pod {pod:?}: a pod's \
+         FargateProfile is decided when the pod is created, and this pod was not checked against \
+         profile {profile:?}; create the pod anew with the label instead"
+    )]
+    Added { pod: String, profile: String },
+
+    #[error(
+        "the label {PROFILE_LABEL}={profile:?} cannot be removed from pod {pod:?}: the pod was \
+         admitted under FargateProfile {profile:?}, whose NetworkPolicy fences the pod by this \
+         label; create the pod anew to run it outside the profile"
+    )]
+    Removed { pod: String, profile: String },
+
+    #[error(
+        "the label {PROFILE_LABEL} of pod {pod:?} cannot change from {from:?} to {to:?}: the pod \
+         was admitted under FargateProfile {from:?}, whose NetworkPolicy fences the pod by this \
+         label, and was not checked against profile {to:?}; create the pod anew with the new \
+         label instead"
+    )]
+    Changed {
+        pod: String,
+        from: String,
+        to: String,
+    },
+}
+
+/// How an update of pod `pod` from labels `old` to `new` changes its `fargo.dev/profile`
+/// label, if it does. A label with an empty value counts as present.
+pub fn relabelling(
+    pod: &str,
+    old: &BTreeMap<String, String>,
+    new: &BTreeMap<String, String>,
+) -> Option<Relabelling> {
+    let pod = pod.to_string();
+    match (old.get(PROFILE_LABEL), new.get(PROFILE_LABEL)) {
+        (None, None) => None,
+        (Some(from), Some(to)) if from == to => None,
+        (None, Some(profile)) => Some(Relabelling::Added {
+            pod,
+            profile: profile.clone(),
+        }),
+        (Some(profile), None) => Some(Relabelling::Removed {
+            pod,
+            profile: profile.clone(),
+        }),
+        (Some(from), Some(to)) => Some(Relabelling::Changed {
+            pod,
+            from: from.clone(),
+            to: to.clone(),
+        }),
+    }
 }
 
 /// The outcome of matching a pod against the profiles.
@@ -329,6 +390,56 @@ spec:
         };
         assert!(selector.matches("jobs", &BTreeMap::new()));
         assert!(!selector.matches("jobs-2", &BTreeMap::new()));
+    }
+
+    #[test]
+    fn the_profile_label_may_not_be_added_removed_or_changed() {
+        let none = labels(&[("app", "api")]);
+        let payments = labels(&[("app", "api"), (PROFILE_LABEL, "payments")]);
+        let batch = labels(&[("app", "api"), (PROFILE_LABEL, "batch")]);
+        let blank = labels(&[("app", "api"), (PROFILE_LABEL, "")]);
+        assert_eq!(
+            relabelling("api", &none, &payments),
+            Some(Relabelling::Added {
+                pod: "api".into(),
+                profile: "payments".into()
+            })
+        );
+        assert_eq!(
+            relabelling("api", &payments, &none),
+            Some(Relabelling::Removed {
+                pod: "api".into(),
+                profile: "payments".into()
+            })
+        );
+        assert_eq!(
+            relabelling("api", &payments, &batch),
+            Some(Relabelling::Changed {
+                pod: "api".into(),
+                from: "payments".into(),
+                to: "batch".into()
+            })
+        );
+        // An empty value is still the label: it stops the profile's policy selecting the pod.
+        assert!(matches!(
+            relabelling("api", &payments, &blank),
+            Some(Relabelling::Changed { .. })
+        ));
+        assert!(matches!(
+            relabelling("api", &none, &blank),
+            Some(Relabelling::Added { .. })
+        ));
+    }
+
+    #[test]
+    fn updates_that_keep_the_profile_label_are_no_relabelling() {
+        let payments = labels(&[("app", "api"), (PROFILE_LABEL, "payments")]);
+        let relabelled_app = labels(&[("app", "web"), ("team", "a"), (PROFILE_LABEL, "payments")]);
+        assert_eq!(relabelling("api", &payments, &relabelled_app), None);
+        assert_eq!(
+            relabelling("api", &labels(&[("app", "api")]), &labels(&[])),
+            None
+        );
     }
 
     #[test]

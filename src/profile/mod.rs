@@ -19,9 +19,12 @@ pub mod reconciler;
 pub mod sizing;
 pub mod status;
 
-pub use matching::{Match, MatchError, match_pod, namespace_is_selected, wildcard_matches};
+pub use matching::{
+    Match, MatchError, Relabelling, match_pod, namespace_is_selected, relabelling, wildcard_matches,
+};
 pub use network::network_policy;
 pub use pod_rules::{
-    Forbidden, Violation, fargate_pod, missing_hardening, rejection_message, violations,
+    Forbidden, Violation, fargate_pod, missing_hardening, new_ephemeral_container_violations,
+    rejection_message, violations,
 };
 pub use sizing::{Capacity, Need, SizingError, fargate_capacity, fargate_menu, pod_need, size_for};

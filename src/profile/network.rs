@@ -5,14 +5,20 @@
 //! own `egress`/`ingress` rules plus three built-ins: DNS, the profile's other pods (the
 //! "security group"), and the fargo activator, which must reach function pods to wake and proxy
 //! to them.
+//!
+//! A pod's labels are its own to write wherever no profile judges it, so the profile's other pods
+//! are recognised by namespace as well as by label: only pods in the namespaces the profile
+//! selects, where the webhook admitted them and keeps their label as admitted, count.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::networking::v1::{
     IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
     NetworkPolicyPort, NetworkPolicySpec,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    LabelSelector, LabelSelectorRequirement, ObjectMeta,
+};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 
@@ -23,17 +29,22 @@ use crate::api::{
 
 /// The NetworkPolicy `fargo-<profile>` that profile keeps in `namespace`.
 ///
-/// `activator_namespace` is where the fargo activator runs (`fargo-system` when installed by the
-/// Helm chart); its pods may always connect to the profile's pods. The policy is owned by the
-/// profile (when the profile has a uid), so it goes when the profile goes.
+/// `profile_namespaces` are all the namespaces the profile selects (`namespace` counts whether
+/// listed or not): the profile's pods there are the "same profile" peers. `activator_namespace`
+/// is where the fargo activator runs (`fargo-system` when installed by the Helm chart); its pods
+/// may always connect to the profile's pods. The policy is owned by the profile (when the profile
+/// has a uid), so it goes when the profile goes.
 pub fn network_policy(
     profile: &FargateProfile,
     namespace: &str,
+    profile_namespaces: &BTreeSet<String>,
     activator_namespace: &str,
 ) -> NetworkPolicy {
     let name = profile.name_any();
     let network = &profile.spec.network;
     let profile_pods = match_labels([(PROFILE_LABEL, name.as_str())]);
+    let mut peer_namespaces = profile_namespaces.clone();
+    peer_namespaces.insert(namespace.to_string());
 
     let mut egress = vec![];
     if network.allow_dns {
@@ -45,7 +56,7 @@ pub fn network_policy(
     }
     if network.allow_same_profile {
         egress.push(NetworkPolicyEgressRule {
-            to: Some(vec![same_profile_peer(&profile_pods)]),
+            to: Some(vec![same_profile_peer(&profile_pods, &peer_namespaces)]),
             ports: None,
         });
     }
@@ -61,7 +72,7 @@ pub fn network_policy(
     }];
     if network.allow_same_profile {
         ingress.push(NetworkPolicyIngressRule {
-            from: Some(vec![same_profile_peer(&profile_pods)]),
+            from: Some(vec![same_profile_peer(&profile_pods, &peer_namespaces)]),
             ports: None,
         });
     }
@@ -89,10 +100,26 @@ pub fn network_policy(
     }
 }
 
-/// The profile's pods in every namespace: the profile may span namespaces (`payments-*`).
-fn same_profile_peer(profile_pods: &LabelSelector) -> NetworkPolicyPeer {
+/// The profile's pods in the namespaces it selects: the profile may span namespaces
+/// (`payments-*`), but a pod elsewhere that carries the profile label was judged by no profile.
+///
+/// The namespaces are named through `kubernetes.io/metadata.name`, which the API server sets to
+/// each namespace's name and lets no one change, rather than through a label fargo would write:
+/// whoever may label namespaces could copy such a label onto another namespace, and a label left
+/// behind by a failed cleanup would keep a namespace inside the fence.
+fn same_profile_peer(
+    profile_pods: &LabelSelector,
+    namespaces: &BTreeSet<String>,
+) -> NetworkPolicyPeer {
     NetworkPolicyPeer {
-        namespace_selector: Some(LabelSelector::default()),
+        namespace_selector: Some(LabelSelector {
+            match_labels: None,
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: NAMESPACE_NAME_LABEL.into(),
+                operator: "In".into(),
+                values: Some(namespaces.iter().cloned().collect()),
+            }]),
+        }),
         pod_selector: Some(profile_pods.clone()),
         ip_block: None,
     }
@@ -181,6 +208,29 @@ mod tests {
         serde_yaml::from_str(yaml).expect("valid profile fixture")
     }
 
+    fn namespaces(names: &[&str]) -> BTreeSet<String> {
+        names.iter().map(|name| name.to_string()).collect()
+    }
+
+    /// Whether `selector` selects an object with `labels`, as the NetworkPolicy enforcer reads
+    /// it; enough of the label-selector semantics for the selectors fargo writes.
+    fn selects(selector: &LabelSelector, labels: &[(&str, &str)]) -> bool {
+        let value = |key: &str| labels.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
+        let by_labels = selector
+            .match_labels
+            .iter()
+            .flatten()
+            .all(|(key, wanted)| value(key) == Some(wanted.as_str()));
+        let by_expressions = selector.match_expressions.iter().flatten().all(|r| {
+            let values = r.values.as_deref().unwrap_or_default();
+            match r.operator.as_str() {
+                "In" => value(&r.key).is_some_and(|v| values.iter().any(|w| w == v)),
+                other => panic!("operator {other} is not one fargo writes"),
+            }
+        });
+        by_labels && by_expressions
+    }
+
     /// The profile of DESIGN.md, as a user writes it.
     const DESIGN_EXAMPLE: &str = r#"
 apiVersion: fargo.dev/v1alpha1
@@ -210,7 +260,12 @@ spec:
 
     #[test]
     fn design_example_profile_fences_its_pods_as_documented() {
-        let policy = network_policy(&profile(DESIGN_EXAMPLE), "payments-media", "fargo-system");
+        let policy = network_policy(
+            &profile(DESIGN_EXAMPLE),
+            "payments-media",
+            &namespaces(&["payments-eu", "payments-media"]),
+            "fargo-system",
+        );
         assert_eq!(
             serde_json::to_value(&policy).unwrap(),
             json!({
@@ -240,9 +295,13 @@ spec:
                             {"port": 53, "protocol": "UDP"},
                             {"port": 53, "protocol": "TCP"},
                         ]},
-                        // allowSameProfile: the profile's pods in any namespace.
+                        // allowSameProfile: the profile's pods in the profile's namespaces.
                         {"to": [{
-                            "namespaceSelector": {},
+                            "namespaceSelector": {"matchExpressions": [{
+                                "key": "kubernetes.io/metadata.name",
+                                "operator": "In",
+                                "values": ["payments-eu", "payments-media"],
+                            }]},
                             "podSelector": {"matchLabels": {"fargo.dev/profile": "payments"}},
                         }]},
                         // The "subnet": a CIDR with an exception, one port.
@@ -263,7 +322,11 @@ spec:
                             }},
                         }]},
                         {"from": [{
-                            "namespaceSelector": {},
+                            "namespaceSelector": {"matchExpressions": [{
+                                "key": "kubernetes.io/metadata.name",
+                                "operator": "In",
+                                "values": ["payments-eu", "payments-media"],
+                            }]},
                             "podSelector": {"matchLabels": {"fargo.dev/profile": "payments"}},
                         }]},
                         {"from": [{
@@ -277,6 +340,45 @@ spec:
     }
 
     #[test]
+    fn same_profile_peers_are_the_profiles_pods_in_the_profiles_namespaces_only() {
+        let policy = network_policy(
+            &profile(DESIGN_EXAMPLE),
+            "payments-media",
+            &namespaces(&["payments-eu"]),
+            "fargo-system",
+        );
+        let spec = policy.spec.unwrap();
+        let (egress, ingress) = (spec.egress.unwrap(), spec.ingress.unwrap());
+        let same_profile = [
+            &egress[1].to.as_ref().unwrap()[0],
+            &ingress[1].from.as_ref().unwrap()[0],
+        ];
+        let namespace = |name: &'static str| [(NAMESPACE_NAME_LABEL, name)];
+        let claims_payments = [(PROFILE_LABEL, "payments"), ("app", "api")];
+        for peer in same_profile {
+            let (namespaces, pods) = (
+                peer.namespace_selector.as_ref().unwrap(),
+                peer.pod_selector.as_ref().unwrap(),
+            );
+            // The profile's pods in each of its namespaces, the policy's own included.
+            for selected in ["payments-eu", "payments-media"] {
+                assert!(selects(namespaces, &namespace(selected)), "{selected}");
+            }
+            assert!(selects(pods, &claims_payments));
+            assert!(!selects(pods, &[("app", "api")]));
+            // A pod that labels itself into the profile where no profile judged it: its labels
+            // match, its namespace does not, whatever other labels the namespace carries.
+            let elsewhere = [
+                (NAMESPACE_NAME_LABEL, "web"),
+                (PROFILE_LABEL, "payments"),
+                ("fargo.dev/profiled", "true"),
+            ];
+            assert!(!selects(namespaces, &elsewhere));
+            assert!(!selects(namespaces, &[]));
+        }
+    }
+
+    #[test]
     fn profile_without_allowances_denies_everything_but_the_activator() {
         let closed = profile(
             r#"
@@ -286,7 +388,7 @@ spec:
   network: {allowDNS: false, allowSameProfile: false}
 "#,
         );
-        let policy = network_policy(&closed, "vault", "fargo-system");
+        let policy = network_policy(&closed, "vault", &namespaces(&["vault"]), "fargo-system");
         let spec = policy.spec.unwrap();
         assert_eq!(spec.egress, Some(vec![]), "egress denied entirely");
         assert_eq!(
@@ -313,7 +415,9 @@ spec:
   selectors: [{namespace: web}]
 "#,
         );
-        let spec = network_policy(&defaults, "web", "fargo").spec.unwrap();
+        let spec = network_policy(&defaults, "web", &namespaces(&["web"]), "fargo")
+            .spec
+            .unwrap();
         assert_eq!(spec.egress.map(|rules| rules.len()), Some(2));
         assert_eq!(spec.ingress.map(|rules| rules.len()), Some(2));
     }
@@ -336,7 +440,9 @@ spec:
         ports: [{port: 8080}]
 "#,
         );
-        let spec = network_policy(&rules, "p", "fargo-system").spec.unwrap();
+        let spec = network_policy(&rules, "p", &namespaces(&["p"]), "fargo-system")
+            .spec
+            .unwrap();
         assert_eq!(
             serde_json::to_value(spec.egress.unwrap()).unwrap(),
             json!([{

@@ -292,14 +292,49 @@ impl Found {
 /// Every field of `pod` that `profile` forbids, in the order they appear in the pod. Empty means
 /// the pod may run under the profile once [`fargate_pod`] has hardened it.
 pub fn violations(profile: &FargateProfile, pod: &Pod) -> Vec<Violation> {
+    violations_at(&profile.name_any(), profile.spec.pod_security, pod)
+}
+
+/// What profile `profile` forbids in the ephemeral containers `pod` gains over `old`, as
+/// `kubectl debug` adds them to a running pod. Everything else in the pod is immutable by then
+/// and was judged when the pod was created, and ephemeral containers that already ran are
+/// neither changed nor removed, so only the new ones are judged: a container added before
+/// these rules does not lock the pod against every later debugging session. Without `old`,
+/// every ephemeral container is judged. `level` is the profile's, or `Baseline` when the
+/// profile is gone (its pods keep running under `deletionPolicy: Orphan`).
+pub fn new_ephemeral_container_violations(
+    profile: &str,
+    level: PodSecurityLevel,
+    old: Option<&Pod>,
+    pod: &Pod,
+) -> Vec<Violation> {
+    let existing: Vec<&str> = old
+        .and_then(|old| old.spec.as_ref())
+        .and_then(|spec| spec.ephemeral_containers.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|c| c.name.as_str())
+        .collect();
+    violations_at(profile, level, pod)
+        .into_iter()
+        .filter(|v| {
+            v.field.starts_with("spec.ephemeralContainers[")
+                && v.container
+                    .as_deref()
+                    .is_some_and(|c| !existing.contains(&c))
+        })
+        .collect()
+}
+
+fn violations_at(profile: &str, level: PodSecurityLevel, pod: &Pod) -> Vec<Violation> {
     let mut found = Found {
-        profile: profile.name_any(),
+        profile: profile.to_string(),
         violations: vec![],
     };
     let Some(spec) = &pod.spec else {
         return found.violations;
     };
-    let restricted = profile.spec.pod_security == PodSecurityLevel::Restricted;
+    let restricted = level == PodSecurityLevel::Restricted;
     // Root inside a user namespace is no one outside it, which is why the standard (1.35+) lets
     // such pods run as root even at the restricted level.
     let root_is_forbidden = restricted && spec.host_users != Some(false);
@@ -1057,6 +1092,55 @@ spec:
             ]
         );
         assert!(found.iter().all(|v| v.forbidden == Forbidden::Privileged));
+    }
+
+    #[test]
+    fn judges_only_the_ephemeral_containers_a_pod_gains() {
+        // A pod created before the rules with a privileged ephemeral container and host
+        // networking: neither is the new debugging session's doing.
+        let old = pod(r#"
+spec:
+  hostNetwork: true
+  containers:
+    - {name: app, securityContext: {privileged: true}}
+  ephemeralContainers:
+    - {name: debugger-old, securityContext: {privileged: true}}
+"#);
+        let mut gained = old.clone();
+        let spec = gained.spec.as_mut().unwrap();
+        spec.ephemeral_containers.as_mut().unwrap().extend([
+            serde_json::from_value(json!({"name": "debugger-ok", "image": "busybox"})).unwrap(),
+            serde_json::from_value(json!({
+                "name": "debugger-root",
+                "image": "busybox",
+                "securityContext": {
+                    "privileged": true,
+                    "capabilities": {"add": ["SYS_PTRACE", "NET_BIND_SERVICE"]},
+                },
+            }))
+            .unwrap(),
+        ]);
+        let baseline = PodSecurityLevel::Baseline;
+        let found = new_ephemeral_container_violations("payments", baseline, Some(&old), &gained);
+        assert_eq!(
+            found.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            vec![
+                "profile \"payments\" forbids spec.ephemeralContainers[2].securityContext.privileged \
+                 (container \"debugger-root\"): Fargate pods cannot be privileged",
+                "profile \"payments\" forbids \
+                 spec.ephemeralContainers[2].securityContext.capabilities.add[0] (container \
+                 \"debugger-root\"): Fargate pods may add only the NET_BIND_SERVICE capability, \
+                 not SYS_PTRACE",
+            ]
+        );
+        // Without the pod as it was, every ephemeral container is judged.
+        assert_eq!(
+            new_ephemeral_container_violations("payments", baseline, None, &gained)
+                .iter()
+                .filter_map(|v| v.container.as_deref())
+                .collect::<Vec<_>>(),
+            vec!["debugger-old", "debugger-root", "debugger-root"]
+        );
     }
 
     #[test]

@@ -299,8 +299,10 @@ impl FargateProfile {
             .controller_owner_ref(&())
             .ok_or(Error::MissingMetadata("metadata.uid"))?;
         let params = PatchParams::apply(CONTROLLER_MANAGER).force();
+        // Each policy names all of the profile's namespaces as peers, so a namespace joining or
+        // leaving the profile changes every policy, and every one is applied again.
         for namespace in matched {
-            let mut policy = network_policy(self, namespace, &ctx.activator_namespace);
+            let mut policy = network_policy(self, namespace, matched, &ctx.activator_namespace);
             policy.metadata.owner_references = Some(vec![owner.clone()]);
             let api: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), namespace);
             api.patch(&policy.name_any(), &params, &Patch::Apply(&policy))

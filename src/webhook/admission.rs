@@ -1,6 +1,7 @@
 //! The admission decisions, as pure functions of the request and the profiles: the mutating
 //! webhook turns a matched pod into a Fargate pod, the validating webhook refuses what a Fargate
-//! pod may not do.
+//! pod may not do — when it is created, and afterwards: a pod keeps its profile label, and the
+//! ephemeral containers `kubectl debug` adds to it obey the same rules as its other containers.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -8,12 +9,16 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
 
-use crate::api::CAPACITY_ANNOTATION;
 use crate::api::profile::FargateProfile;
+use crate::api::{CAPACITY_ANNOTATION, PROFILE_LABEL};
 use crate::profile::{
     Capacity, Match, Need, SizingError, fargate_capacity, fargate_menu, fargate_pod, match_pod,
-    missing_hardening, rejection_message, size_for, violations,
+    missing_hardening, new_ephemeral_container_violations, rejection_message, relabelling,
+    size_for, violations,
 };
+
+/// The subresource `kubectl debug` adds ephemeral containers through.
+const EPHEMERAL_CONTAINERS: &str = "ephemeralcontainers";
 
 /// What matching says of the pod of a request.
 enum Matched<'a, 'p> {
@@ -149,12 +154,19 @@ fn earlier_capacity(pod: &Pod) -> Option<Capacity> {
 
 /// The validating webhook: refuses privileged and host-level access in a matched pod, and, for a
 /// `Restricted` profile, the hardening a later mutation took away, naming the profile, the
-/// container and the field.
+/// container and the field; on an update, refuses any change to the pod's profile label and,
+/// through `pods/ephemeralcontainers`, ephemeral containers its profile forbids.
 pub fn validate(
     request: &AdmissionRequest<Pod>,
     profiles: &[Arc<FargateProfile>],
 ) -> AdmissionResponse {
     let response = AdmissionResponse::from(request);
+    if request.operation == Operation::Update {
+        return match update_refusal(request, profiles) {
+            Some(reason) => response.deny(reason),
+            None => response,
+        };
+    }
     let (pod, profile) = match matched(request, profiles) {
         Matched::Profile(pod, profile) => (pod, profile),
         Matched::Untouched => return response,
@@ -167,6 +179,43 @@ pub fn validate(
     } else {
         response.deny(rejection_message(&found))
     }
+}
+
+/// Why an update of a pod is refused, if it is. The labels judged are the pod's as stored and as
+/// it would be stored: the API server hands the validating webhooks the object after its own
+/// update rules, so a subresource that cannot change labels shows them unchanged.
+///
+/// The pod's profile is read from its label, not matched again: the label is what the pod was
+/// admitted under, and the profile's rules hold for the pod even once the profile is deleted
+/// (`deletionPolicy: Orphan` leaves its pods running).
+fn update_refusal(
+    request: &AdmissionRequest<Pod>,
+    profiles: &[Arc<FargateProfile>],
+) -> Option<String> {
+    let Some(pod) = request.object.as_ref() else {
+        return Some("the update carries no pod to judge".into());
+    };
+    let old = request.old_object.as_ref();
+    let empty = BTreeMap::new();
+    // Without the stored pod, every profile label counts as new: refused rather than trusted.
+    let old_labels = old
+        .and_then(|old| old.metadata.labels.as_ref())
+        .unwrap_or(&empty);
+    let new_labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
+    if let Some(relabelling) = relabelling(&request.name, old_labels, new_labels) {
+        return Some(relabelling.to_string());
+    }
+    if request.sub_resource.as_deref() != Some(EPHEMERAL_CONTAINERS) {
+        return None;
+    }
+    let profile = new_labels.get(PROFILE_LABEL)?;
+    let level = profiles
+        .iter()
+        .find(|p| p.metadata.name.as_ref() == Some(profile))
+        .map(|p| p.spec.pod_security)
+        .unwrap_or_default();
+    let found = new_ephemeral_container_violations(profile, level, old, pod);
+    (!found.is_empty()).then(|| rejection_message(&found))
 }
 
 #[cfg(test)]

@@ -2,7 +2,8 @@
 //!
 //! The webhook configurations select only namespaces labelled `fargo.dev/profiled=true` and fail
 //! closed there (`failurePolicy: Fail`): where isolation is promised, a pod is never admitted
-//! without it, and no other namespace ever depends on fargo being up.
+//! without it, and no other namespace ever depends on fargo being up. After creation, only the
+//! updates fargo judges reach it (see [`configurations`]).
 
 pub mod admission;
 pub mod certs;
@@ -21,8 +22,8 @@ use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::{
-    MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, ServiceReference,
-    ValidatingWebhook, ValidatingWebhookConfiguration, WebhookClientConfig,
+    MatchCondition, MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations,
+    ServiceReference, ValidatingWebhook, ValidatingWebhookConfiguration, WebhookClientConfig,
 };
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -42,7 +43,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::api::profile::FargateProfile;
-use crate::api::{CONTROLLER_MANAGER, PROFILED_NAMESPACE_LABEL};
+use crate::api::{CONTROLLER_MANAGER, PROFILE_LABEL, PROFILED_NAMESPACE_LABEL};
 pub use certs::WebhookCertificate;
 
 /// Name of both webhook configurations.
@@ -382,14 +383,15 @@ fn client_config(config: &Config, path: &str, ca_bundle: Option<&str>) -> Webhoo
     }
 }
 
-fn pod_create_rule() -> Vec<RuleWithOperations> {
-    vec![RuleWithOperations {
-        operations: Some(vec!["CREATE".into()]),
+/// A rule for `operations` on `resources` (pods and their subresources) of the core group.
+fn pod_rule(operations: &[&str], resources: &[&str]) -> RuleWithOperations {
+    RuleWithOperations {
+        operations: Some(operations.iter().map(|o| o.to_string()).collect()),
         api_groups: Some(vec!["".into()]),
         api_versions: Some(vec!["v1".into()]),
-        resources: Some(vec!["pods".into()]),
+        resources: Some(resources.iter().map(|r| r.to_string()).collect()),
         scope: Some("Namespaced".into()),
-    }]
+    }
 }
 
 fn profiled_namespaces() -> LabelSelector {
@@ -399,7 +401,63 @@ fn profiled_namespaces() -> LabelSelector {
     }
 }
 
+/// CEL: whether `object` (`object` or `oldObject`) carries the profile label.
+fn carries_profile_label(object: &str) -> String {
+    format!("(has({object}.metadata.labels) && '{PROFILE_LABEL}' in {object}.metadata.labels)")
+}
+
+/// Only updates that add, remove or change the profile label reach the webhook: every other pod
+/// update in a profiled namespace (the kubelet's status, controllers' owner references and
+/// finalizers, `kubectl annotate`) neither waits on fargo nor fails while fargo is down.
+fn profile_label_changes() -> MatchCondition {
+    let (now, before) = (
+        carries_profile_label("object"),
+        carries_profile_label("oldObject"),
+    );
+    MatchCondition {
+        name: "profile-label-changes".into(),
+        expression: format!(
+            "{now} ? (!{before} || object.metadata.labels['{PROFILE_LABEL}'] != \
+             oldObject.metadata.labels['{PROFILE_LABEL}']) : {before}"
+        ),
+    }
+}
+
+/// Only pods admitted under a profile have their new ephemeral containers judged.
+fn runs_under_a_profile() -> MatchCondition {
+    MatchCondition {
+        name: "runs-under-a-profile".into(),
+        expression: carries_profile_label("object"),
+    }
+}
+
+/// A validating webhook on the profiled namespaces, failing closed there.
+fn validating_webhook(
+    name: &str,
+    client_config: WebhookClientConfig,
+    rules: Vec<RuleWithOperations>,
+    match_conditions: Option<Vec<MatchCondition>>,
+) -> ValidatingWebhook {
+    ValidatingWebhook {
+        name: name.into(),
+        client_config,
+        rules: Some(rules),
+        match_conditions,
+        namespace_selector: Some(profiled_namespaces()),
+        failure_policy: Some("Fail".into()),
+        side_effects: "None".into(),
+        admission_review_versions: vec!["v1".into()],
+        timeout_seconds: Some(5),
+        ..ValidatingWebhook::default()
+    }
+}
+
 /// Both webhook configurations, as the controller applies them.
+///
+/// The validating configuration has three webhooks, all served at [`VALIDATE_PATH`]: pod
+/// creation; updates of a pod (`pods`, and `pods/status`, through which a status writer could
+/// otherwise relabel the pod) that change its profile label; and `kubectl debug`'s
+/// `pods/ephemeralcontainers` updates of a pod that runs under a profile.
 pub fn configurations(
     config: &Config,
     ca_bundle: Option<&str>,
@@ -408,7 +466,7 @@ pub fn configurations(
         webhooks: Some(vec![MutatingWebhook {
             name: "pods.mutate.fargo.dev".into(),
             client_config: client_config(config, MUTATE_PATH, ca_bundle),
-            rules: Some(pod_create_rule()),
+            rules: Some(vec![pod_rule(&["CREATE"], &["pods"])]),
             namespace_selector: Some(profiled_namespaces()),
             failure_policy: Some("Fail".into()),
             side_effects: "None".into(),
@@ -420,18 +478,28 @@ pub fn configurations(
         ..MutatingWebhookConfiguration::default()
     };
     mutating.metadata.name = Some(CONFIGURATION_NAME.into());
+    let validate = || client_config(config, VALIDATE_PATH, ca_bundle);
     let mut validating = ValidatingWebhookConfiguration {
-        webhooks: Some(vec![ValidatingWebhook {
-            name: "pods.validate.fargo.dev".into(),
-            client_config: client_config(config, VALIDATE_PATH, ca_bundle),
-            rules: Some(pod_create_rule()),
-            namespace_selector: Some(profiled_namespaces()),
-            failure_policy: Some("Fail".into()),
-            side_effects: "None".into(),
-            admission_review_versions: vec!["v1".into()],
-            timeout_seconds: Some(5),
-            ..ValidatingWebhook::default()
-        }]),
+        webhooks: Some(vec![
+            validating_webhook(
+                "pods.validate.fargo.dev",
+                validate(),
+                vec![pod_rule(&["CREATE"], &["pods"])],
+                None,
+            ),
+            validating_webhook(
+                "profile-label.validate.fargo.dev",
+                validate(),
+                vec![pod_rule(&["UPDATE"], &["pods", "pods/status"])],
+                Some(vec![profile_label_changes()]),
+            ),
+            validating_webhook(
+                "ephemeral-containers.validate.fargo.dev",
+                validate(),
+                vec![pod_rule(&["UPDATE"], &["pods/ephemeralcontainers"])],
+                Some(vec![runs_under_a_profile()]),
+            ),
+        ]),
         ..ValidatingWebhookConfiguration::default()
     };
     validating.metadata.name = Some(CONFIGURATION_NAME.into());
@@ -456,7 +524,93 @@ async fn register(
 
 #[cfg(test)]
 mod tests {
-    use super::url_hosts;
+    use super::*;
+
+    fn in_cluster() -> Config {
+        Config {
+            addr: "0.0.0.0:8443".parse().expect("an address"),
+            url: None,
+            service_namespace: "fargo-system".into(),
+            service_name: "fargo-webhook".into(),
+            cert_dir: None,
+            secret_name: "fargo-webhook-tls".into(),
+            register: true,
+        }
+    }
+
+    #[test]
+    fn validating_webhooks_judge_creation_relabelling_and_ephemeral_containers() {
+        let (_, validating) = configurations(&in_cluster(), None);
+        let webhooks = validating.webhooks.expect("webhooks");
+        let summary: Vec<_> = webhooks
+            .iter()
+            .map(|webhook| {
+                let rules = webhook.rules.as_deref().unwrap_or_default();
+                (
+                    webhook.name.as_str(),
+                    rules
+                        .iter()
+                        .flat_map(|r| r.operations.iter().flatten())
+                        .map(String::as_str)
+                        .collect::<Vec<_>>(),
+                    rules
+                        .iter()
+                        .flat_map(|r| r.resources.iter().flatten())
+                        .map(String::as_str)
+                        .collect::<Vec<_>>(),
+                    webhook
+                        .match_conditions
+                        .iter()
+                        .flatten()
+                        .map(|c| c.name.as_str())
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (
+                    "pods.validate.fargo.dev",
+                    vec!["CREATE"],
+                    vec!["pods"],
+                    vec![]
+                ),
+                (
+                    "profile-label.validate.fargo.dev",
+                    vec!["UPDATE"],
+                    vec!["pods", "pods/status"],
+                    vec!["profile-label-changes"]
+                ),
+                (
+                    "ephemeral-containers.validate.fargo.dev",
+                    vec!["UPDATE"],
+                    vec!["pods/ephemeralcontainers"],
+                    vec!["runs-under-a-profile"]
+                ),
+            ]
+        );
+        for webhook in &webhooks {
+            assert_eq!(webhook.namespace_selector, Some(profiled_namespaces()));
+            assert_eq!(webhook.failure_policy.as_deref(), Some("Fail"));
+            assert_eq!(
+                webhook
+                    .client_config
+                    .service
+                    .as_ref()
+                    .and_then(|s| s.path.as_deref()),
+                Some(VALIDATE_PATH)
+            );
+        }
+        assert_eq!(
+            webhooks[1].match_conditions.as_ref().expect("a condition")[0].expression,
+            "(has(object.metadata.labels) && 'fargo.dev/profile' in object.metadata.labels) ? \
+             (!(has(oldObject.metadata.labels) && 'fargo.dev/profile' in \
+             oldObject.metadata.labels) || object.metadata.labels['fargo.dev/profile'] != \
+             oldObject.metadata.labels['fargo.dev/profile']) : (has(oldObject.metadata.labels) \
+             && 'fargo.dev/profile' in oldObject.metadata.labels)"
+        );
+    }
 
     #[test]
     fn out_of_cluster_certificate_names_the_url_host() {

@@ -693,6 +693,8 @@ fn answers_echo_the_request_uid_in_an_admission_review_v1() {
 
 #[test]
 fn leaves_requests_other_than_creation_alone() {
+    // A pod's spec is immutable but for a few fields, so what it was created with is judged once;
+    // updates are judged only for what they can change (the profile label, ephemeral containers).
     let privileged = changed(
         deployment_pod("payments-eu"),
         json!([{"op": "add", "path": "/spec/containers/0/securityContext",
@@ -736,4 +738,257 @@ fn review_of_another_kind_never_becomes_a_pod_request() {
         .expect_err("a ConfigMap is not a Pod")
         .to_string();
     assert!(error.contains("\"ConfigMap\", expected Pod"), "{error}");
+}
+
+/// The pod the API server stores once both webhooks admitted `deployment_pod` in `payments-eu`.
+fn admitted_pod() -> Value {
+    let pod = deployment_pod("payments-eu");
+    let mutation = answer(mutate(&create("payments-eu", &pod), &profiles()));
+    changed(
+        patched(pod, &mutation.patch.expect("a patch")),
+        json!([
+            {"op": "add", "path": "/metadata/name", "value": "api-5d8f7c9b4-x7k2p"},
+            {"op": "add", "path": "/metadata/uid", "value": "e1d2c3b4-a596-4877-8695-a4b3c2d1e0f9"},
+            {"op": "add", "path": "/metadata/resourceVersion", "value": "48213"},
+            {"op": "add", "path": "/spec/nodeName", "value": "fargate-node-1"},
+        ]),
+    )
+}
+
+/// The AdmissionReview for an update of pod `old` into `pod` by a user, through `sub_resource`
+/// (`status`, `ephemeralcontainers`) or the pod itself.
+fn update(sub_resource: Option<&str>, pod: &Value, old: &Value) -> AdmissionRequest<Pod> {
+    let mut review: Value = serde_json::from_str(&review_json("UPDATE", "payments-eu", pod, old))
+        .expect("the review is JSON");
+    let request = &mut review["request"];
+    request["name"] = old["metadata"]["name"].clone();
+    request["userInfo"] = json!({
+        "username": "dev@example.com",
+        "groups": ["developers", "system:authenticated"],
+    });
+    if let Some(sub_resource) = sub_resource {
+        request["subResource"] = json!(sub_resource);
+        request["requestSubResource"] = json!(sub_resource);
+    }
+    decode(&review.to_string())
+}
+
+fn validated(request: &AdmissionRequest<Pod>) -> Answer {
+    answer(validate(request, &profiles()))
+}
+
+#[test]
+fn refuses_removing_the_profile_label_from_an_admitted_pod() {
+    // `kubectl label pod api-5d8f7c9b4-x7k2p fargo.dev/profile-`, and the same through the status
+    // subresource, which keeps labels writable.
+    let admitted = admitted_pod();
+    let unlabelled = changed(
+        admitted.clone(),
+        json!([{"op": "remove", "path": "/metadata/labels/fargo.dev~1profile"}]),
+    );
+    for sub_resource in [None, Some("status")] {
+        let answer = validated(&update(sub_resource, &unlabelled, &admitted));
+        assert!(!answer.allowed, "{sub_resource:?}");
+        assert_eq!(
+            answer.message,
+            "the label fargo.dev/profile=\"payments\" cannot be removed from pod \
+             \"api-5d8f7c9b4-x7k2p\": the pod was admitted under FargateProfile \"payments\", \
+             whose NetworkPolicy fences the pod by this label; create the pod anew to run it \
+             outside the profile"
+        );
+        assert_eq!(answer.uid, UID);
+        assert!(answer.patch.is_none());
+    }
+}
+
+#[test]
+fn refuses_adding_or_changing_the_profile_label_after_admission() {
+    let admitted = admitted_pod();
+    let moved = changed(
+        admitted.clone(),
+        json!([{"op": "replace", "path": "/metadata/labels/fargo.dev~1profile", "value": "batch"}]),
+    );
+    let answer = validated(&update(None, &moved, &admitted));
+    assert!(!answer.allowed);
+    assert_eq!(
+        answer.message,
+        "the label fargo.dev/profile of pod \"api-5d8f7c9b4-x7k2p\" cannot change from \
+         \"payments\" to \"batch\": the pod was admitted under FargateProfile \"payments\", whose \
+         NetworkPolicy fences the pod by this label, and was not checked against profile \
+         \"batch\"; create the pod anew with the new label instead"
+    );
+
+    // A pod of the profiled namespace that no profile took (its tier is not the selector's)
+    // claims the profile, to become a peer of the profile's pods.
+    let untouched = changed(
+        deployment_pod("payments-eu"),
+        json!([
+            {"op": "add", "path": "/metadata/name", "value": "web-7f9c"},
+            {"op": "replace", "path": "/metadata/labels/tier", "value": "frontend"},
+        ]),
+    );
+    let claiming = changed(
+        untouched.clone(),
+        json!([{"op": "add", "path": "/metadata/labels/fargo.dev~1profile", "value": "payments"}]),
+    );
+    let answer = validated(&update(None, &claiming, &untouched));
+    assert!(!answer.allowed);
+    assert_eq!(
+        answer.message,
+        "the label fargo.dev/profile=\"payments\" cannot be added to pod \"web-7f9c\": a pod's \
+         FargateProfile is decided when the pod is created, and this pod was not checked against \
+         profile \"payments\"; create the pod anew with the label instead"
+    );
+}
+
+#[test]
+fn admits_updates_that_leave_the_profile_label_alone() {
+    let admitted = admitted_pod();
+    let updates = [
+        (
+            "annotation",
+            json!([{"op": "add", "path": "/metadata/annotations/team", "value": "a"}]),
+        ),
+        (
+            "other label",
+            json!([{"op": "replace", "path": "/metadata/labels/app", "value": "api-v2"}]),
+        ),
+        (
+            "finalizer",
+            json!([{"op": "add", "path": "/metadata/finalizers", "value": ["example.com/hold"]}]),
+        ),
+        // The ReplicaSet controller releasing the pod, and the garbage collector orphaning it.
+        (
+            "owner released",
+            json!([{"op": "remove", "path": "/metadata/ownerReferences"}]),
+        ),
+        (
+            "graceful deletion",
+            json!([
+                {"op": "add", "path": "/metadata/deletionTimestamp", "value": "2026-03-01T10:00:00Z"},
+                {"op": "add", "path": "/metadata/deletionGracePeriodSeconds", "value": 30},
+            ]),
+        ),
+        (
+            "image",
+            json!([{"op": "replace", "path": "/spec/containers/0/image",
+                          "value": "registry.example.com/api:1.4.3"}]),
+        ),
+    ];
+    for (update_of, operations) in updates {
+        let updated = changed(admitted.clone(), operations);
+        let answer = validated(&update(None, &updated, &admitted));
+        assert!(answer.allowed, "{update_of}: {}", answer.message);
+        assert!(answer.patch.is_none(), "{update_of}");
+    }
+    // The kubelet's status report.
+    let running = changed(
+        admitted.clone(),
+        json!([{"op": "replace", "path": "/status", "value": {"phase": "Running"}}]),
+    );
+    assert!(validated(&update(Some("status"), &running, &admitted)).allowed);
+}
+
+/// The ephemeral container `kubectl debug -it POD --image=busybox --target=app
+/// --profile=PROFILE` asks for, with the securityContext that profile gives it.
+fn debug_container(name: &str, security_context: Value) -> Value {
+    let mut container = json!({
+        "name": name,
+        "image": "busybox",
+        "imagePullPolicy": "Always",
+        "stdin": true,
+        "tty": true,
+        "targetContainerName": "app",
+        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePolicy": "File",
+    });
+    if !security_context.is_null() {
+        container["securityContext"] = security_context;
+    }
+    container
+}
+
+/// `pod` with `container` appended to its ephemeral containers.
+fn debugged(pod: &Value, container: Value) -> Value {
+    let mut pod = pod.clone();
+    match pod["spec"]["ephemeralContainers"].as_array_mut() {
+        Some(containers) => containers.push(container),
+        None => pod["spec"]["ephemeralContainers"] = json!([container]),
+    }
+    pod
+}
+
+#[test]
+fn refuses_a_privileged_ephemeral_container_on_a_fargate_pod() {
+    let admitted = admitted_pod();
+    let sysadmin = debugged(
+        &admitted,
+        debug_container("debugger-w7x9q", json!({"privileged": true})),
+    );
+    let answer = validated(&update(Some("ephemeralcontainers"), &sysadmin, &admitted));
+    assert!(!answer.allowed);
+    assert_eq!(
+        answer.message,
+        "profile \"payments\" forbids spec.ephemeralContainers[0].securityContext.privileged \
+         (container \"debugger-w7x9q\"): Fargate pods cannot be privileged"
+    );
+
+    let netadmin = debugged(
+        &admitted,
+        debug_container(
+            "debugger-k2m4n",
+            json!({"capabilities": {"add": ["NET_ADMIN", "NET_RAW"]}}),
+        ),
+    );
+    let answer = validated(&update(Some("ephemeralcontainers"), &netadmin, &admitted));
+    assert!(!answer.allowed);
+    assert_eq!(
+        answer.message,
+        "profile \"payments\" forbids \
+         spec.ephemeralContainers[0].securityContext.capabilities.add[0] (container \
+         \"debugger-k2m4n\"): Fargate pods may add only the NET_BIND_SERVICE capability, not \
+         NET_ADMIN; profile \"payments\" forbids \
+         spec.ephemeralContainers[0].securityContext.capabilities.add[1] (container \
+         \"debugger-k2m4n\"): Fargate pods may add only the NET_BIND_SERVICE capability, not \
+         NET_RAW"
+    );
+}
+
+#[test]
+fn admits_a_harmless_ephemeral_container_on_a_fargate_pod() {
+    let admitted = admitted_pod();
+    let general = debugged(&admitted, debug_container("debugger-p5r8s", Value::Null));
+    let answer = validated(&update(Some("ephemeralcontainers"), &general, &admitted));
+    assert!(answer.allowed, "{}", answer.message);
+    assert!(answer.patch.is_none());
+
+    // A second session is judged on its own container, not on the first one again.
+    let restricted = debugged(
+        &general,
+        debug_container(
+            "debugger-t3v6w",
+            json!({"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]},
+                   "runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}}),
+        ),
+    );
+    let answer = validated(&update(Some("ephemeralcontainers"), &restricted, &general));
+    assert!(answer.allowed, "{}", answer.message);
+}
+
+#[test]
+fn admits_any_ephemeral_container_on_a_pod_no_profile_took() {
+    // fargo fences only the pods a profile takes, in profiled namespaces too.
+    let untouched = changed(
+        deployment_pod("payments-eu"),
+        json!([
+            {"op": "add", "path": "/metadata/name", "value": "web-7f9c"},
+            {"op": "replace", "path": "/metadata/labels/tier", "value": "frontend"},
+        ]),
+    );
+    let sysadmin = debugged(
+        &untouched,
+        debug_container("debugger-w7x9q", json!({"privileged": true})),
+    );
+    let answer = validated(&update(Some("ephemeralcontainers"), &sysadmin, &untouched));
+    assert!(answer.allowed, "{}", answer.message);
 }
