@@ -141,12 +141,18 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
     Ok(())
 }
 
-/// fargo's own namespaces, which no profile may take.
+/// Namespaces no profile may take: fargo's own, and Kubernetes' own, whose node agents
+/// (DaemonSets with host access) a profile would refuse like any tenant's pods.
 fn reserved_namespaces(config: &Config) -> Vec<String> {
     let mut reserved = vec![config.namespace.clone(), config.activator_namespace.clone()];
+    reserved.extend(KUBERNETES_NAMESPACES.map(String::from));
+    reserved.sort();
     reserved.dedup();
     reserved
 }
+
+/// The namespaces Kubernetes itself runs in.
+const KUBERNETES_NAMESPACES: [&str; 3] = ["kube-system", "kube-public", "kube-node-lease"];
 
 /// Waits for the leader Lease, then runs every loop while holding it.
 async fn lead(

@@ -10,11 +10,12 @@ use common::namespaces::{unique_name, with_temp_namespaces};
 use common::wait::eventually;
 use common::{client, install_crds};
 use fargo::api::profile::FargateProfile;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{Event, Namespace, Pod};
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer};
 use k8s_openapi::api::node::v1::RuntimeClass;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
@@ -1236,6 +1237,95 @@ async fn a_pod_labelled_into_a_profile_outside_its_namespaces_is_no_peer() {
             same_profile_peers(0),
         )
         .await;
+        delete_profile(&client, &name).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_daemon_set_owner_exempts_no_pod_in_a_profiled_namespace() {
+    let client = setup().await;
+    with_temp_namespaces(&client, |client, temp_namespaces| async move {
+        let name = unique_name("daemonset");
+        let namespace = format!("{name}-ns");
+        apply_profile(
+            &client,
+            &name,
+            json!({"selectors": [{"namespace": namespace.clone()}]}),
+        )
+        .await;
+        temp_namespaces.create(&namespace).await;
+        wait_profiled(&client, &namespace, true).await;
+        let privileged = json!({
+            "hostPID": true,
+            "containers": [app_container(json!({"securityContext": {"privileged": true}}))],
+        });
+
+        // A bare pod naming a decoy DaemonSet as its owner.
+        let mut decoy = pod("decoy", &[], privileged.clone());
+        decoy.metadata.owner_references = Some(vec![OwnerReference {
+            api_version: "apps/v1".into(),
+            kind: "DaemonSet".into(),
+            name: "node-agent".into(),
+            uid: "6c1b2a4e-0000-4000-8000-000000000000".into(),
+            ..Default::default()
+        }]);
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+        let message = refusal(
+            "a privileged pod naming a DaemonSet owner",
+            pods.create(&PostParams::default(), &decoy).await,
+        );
+        assert!(
+            message.contains(&format!("profile \"{name}\" forbids spec.hostPID")),
+            "{message}"
+        );
+
+        // A DaemonSet the tenant made: the pods its controller creates are judged like any.
+        let mut template_spec = privileged.clone();
+        // Every node, the tainted simulated ones too: one attempt is enough.
+        template_spec["tolerations"] = json!([{"operator": "Exists"}]);
+        let daemon_set: DaemonSet = serde_json::from_value(json!({
+            "apiVersion": "apps/v1",
+            "kind": "DaemonSet",
+            "metadata": {"name": "node-agent"},
+            "spec": {
+                "selector": {"matchLabels": {"app": "node-agent"}},
+                "template": {
+                    "metadata": {"labels": {"app": "node-agent"}},
+                    "spec": template_spec,
+                },
+            },
+        }))
+        .expect("a DaemonSet");
+        Api::<DaemonSet>::namespaced(client.clone(), &namespace)
+            .create(&PostParams::default(), &daemon_set)
+            .await
+            .expect("creating the DaemonSet");
+        let events: Api<Event> = Api::namespaced(client.clone(), &namespace);
+        let refused = eventually(60, "the DaemonSet controller's pods to be refused", || {
+            let events = events.clone();
+            async move {
+                events
+                    .list(&ListParams::default())
+                    .await
+                    .ok()?
+                    .items
+                    .into_iter()
+                    .filter(|e| e.involved_object.name.as_deref() == Some("node-agent"))
+                    .filter(|e| e.reason.as_deref() == Some("FailedCreate"))
+                    .find_map(|e| e.message)
+            }
+        })
+        .await;
+        assert!(
+            refused.contains(&format!("profile \"{name}\" forbids spec.hostPID")),
+            "{refused}"
+        );
+        let agents = pods
+            .list(&ListParams::default().labels("app=node-agent"))
+            .await
+            .expect("listing pods");
+        assert!(agents.items.is_empty(), "a DaemonSet pod was admitted");
         delete_profile(&client, &name).await;
     })
     .await;

@@ -3,14 +3,14 @@
 //! EKS semantics: a pod matches a profile when its namespace and labels match any one of the
 //! profile's selectors, where `*` and `?` are wildcards. When several profiles match, the
 //! alphabetically first wins so the choice never depends on watch order. A pod may force a profile
-//! with the `fargo.dev/profile` label, and DaemonSet pods are never Fargate pods (they exist to
-//! run on every node, which a sandboxed, dedicated pod cannot honour). Once admitted, a pod keeps
-//! the profile it got: see [`relabelling`].
+//! with the `fargo.dev/profile` label. What a pod says about itself never exempts it: a pod that
+//! names a DaemonSet as its owner (a decoy, or a DaemonSet a tenant created) is matched like any
+//! other, so in a profiled namespace it passes the same rules or is refused. Once admitted, a pod
+//! keeps the profile it got: see [`relabelling`].
 
 use std::borrow::Borrow;
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use thiserror::Error;
 
 use crate::api::PROFILE_LABEL;
@@ -189,7 +189,6 @@ pub fn namespace_is_selected(profile: &FargateProfile, namespace: &str) -> bool 
 
 /// Decides which profile, if any, takes a pod being created in `namespace`.
 ///
-/// - A DaemonSet pod is never matched, even if it carries the profile label.
 /// - A pod labelled `fargo.dev/profile: NAME` gets that profile, provided it exists, is not being
 ///   deleted and selects the namespace; the selector labels need not match (the user asked for
 ///   it explicitly). Otherwise the pod is refused with a [`MatchError`] rather than silently run
@@ -201,13 +200,8 @@ pub fn namespace_is_selected(profile: &FargateProfile, namespace: &str) -> bool 
 pub fn match_pod<'a, P: Borrow<FargateProfile>>(
     namespace: &str,
     labels: &BTreeMap<String, String>,
-    owner_references: &[OwnerReference],
     profiles: &'a [P],
 ) -> Result<Match<'a>, MatchError> {
-    if owner_references.iter().any(is_daemon_set) {
-        return Ok(Match::None);
-    }
-
     if let Some(forced) = labels.get(PROFILE_LABEL) {
         let profile = profiles
             .iter()
@@ -264,10 +258,6 @@ fn is_deleting(profile: &FargateProfile) -> bool {
     profile.metadata.deletion_timestamp.is_some()
 }
 
-fn is_daemon_set(owner: &OwnerReference) -> bool {
-    owner.kind == "DaemonSet" && owner.api_version.split('/').next() == Some("apps")
-}
-
 #[cfg(test)]
 mod tests {
     use serde::Deserialize;
@@ -285,17 +275,6 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
-    }
-
-    fn owned_by(api_version: &str, kind: &str) -> Vec<OwnerReference> {
-        vec![OwnerReference {
-            api_version: api_version.into(),
-            kind: kind.into(),
-            name: "owner".into(),
-            uid: "0000".into(),
-            controller: Some(true),
-            ..Default::default()
-        }]
     }
 
     const PAYMENTS_AND_BATCH: &str = r#"
@@ -445,14 +424,14 @@ spec:
     #[test]
     fn pod_matching_no_selector_gets_no_profile() {
         let all = profiles(PAYMENTS_AND_BATCH);
-        let found = match_pod("web", &labels(&[("tier", "backend")]), &[], &all).unwrap();
+        let found = match_pod("web", &labels(&[("tier", "backend")]), &all).unwrap();
         assert_eq!(found, Match::None);
     }
 
     #[test]
     fn pod_matching_one_profile_gets_it() {
         let all = profiles(PAYMENTS_AND_BATCH);
-        let found = match_pod("payments-eu", &labels(&[("tier", "backend")]), &[], &all).unwrap();
+        let found = match_pod("payments-eu", &labels(&[("tier", "backend")]), &all).unwrap();
         assert_eq!(
             found.profile().and_then(|p| p.metadata.name.as_deref()),
             Some("payments")
@@ -463,59 +442,25 @@ spec:
     fn several_matching_profiles_pick_the_alphabetically_first() {
         let all = profiles(PAYMENTS_AND_BATCH);
         // Both `payments` (payments-*) and `batch` (payments-?) take this pod.
-        let found = match_pod("payments-1", &labels(&[("tier", "backend")]), &[], &all).unwrap();
+        let found = match_pod("payments-1", &labels(&[("tier", "backend")]), &all).unwrap();
         assert_eq!(
             found.profile().and_then(|p| p.metadata.name.as_deref()),
             Some("batch")
         );
-    }
-
-    #[test]
-    fn daemon_set_pods_are_never_matched() {
-        let all = profiles(PAYMENTS_AND_BATCH);
-        let found = match_pod(
-            "jobs",
-            &BTreeMap::new(),
-            &owned_by("apps/v1", "DaemonSet"),
-            &all,
-        );
-        assert_eq!(found, Ok(Match::None));
-        let forced = labels(&[(PROFILE_LABEL, "batch")]);
-        let found = match_pod("jobs", &forced, &owned_by("apps/v1", "DaemonSet"), &all);
-        assert_eq!(found, Ok(Match::None));
-    }
-
-    #[test]
-    fn pods_of_other_owners_are_matched() {
-        let all = profiles(PAYMENTS_AND_BATCH);
-        let found =
-            match_pod("jobs", &BTreeMap::new(), &owned_by("batch/v1", "Job"), &all).unwrap();
-        assert_eq!(
-            found.profile().and_then(|p| p.metadata.name.as_deref()),
-            Some("batch")
-        );
-        let found = match_pod(
-            "jobs",
-            &BTreeMap::new(),
-            &owned_by("example.com/v1", "DaemonSet"),
-            &all,
-        )
-        .unwrap();
-        assert!(found.profile().is_some());
     }
 
     #[test]
     fn forced_profile_wins_without_its_labels_matching() {
         let all = profiles(PAYMENTS_AND_BATCH);
         let forced = labels(&[(PROFILE_LABEL, "payments")]);
-        let found = match_pod("payments-eu", &forced, &[], &all).unwrap();
+        let found = match_pod("payments-eu", &forced, &all).unwrap();
         assert_eq!(
             found.profile().and_then(|p| p.metadata.name.as_deref()),
             Some("payments")
         );
         // Would otherwise go to `batch`, the alphabetically first match.
         let forced = labels(&[(PROFILE_LABEL, "payments"), ("tier", "backend")]);
-        let found = match_pod("payments-1", &forced, &[], &all).unwrap();
+        let found = match_pod("payments-1", &forced, &all).unwrap();
         assert_eq!(
             found.profile().and_then(|p| p.metadata.name.as_deref()),
             Some("payments")
@@ -526,7 +471,7 @@ spec:
     fn forced_unknown_profile_is_an_error_that_says_how_to_fix_it() {
         let all = profiles(PAYMENTS_AND_BATCH);
         let forced = labels(&[(PROFILE_LABEL, "nope")]);
-        let err = match_pod("payments-eu", &forced, &[], &all).unwrap_err();
+        let err = match_pod("payments-eu", &forced, &all).unwrap_err();
         assert_eq!(
             err,
             MatchError::UnknownProfile {
@@ -543,7 +488,7 @@ spec:
     fn forced_profile_must_select_the_namespace() {
         let all = profiles(PAYMENTS_AND_BATCH);
         let forced = labels(&[(PROFILE_LABEL, "payments")]);
-        let err = match_pod("web", &forced, &[], &all).unwrap_err();
+        let err = match_pod("web", &forced, &all).unwrap_err();
         assert_eq!(
             err.to_string(),
             "the pod's label fargo.dev/profile=\"payments\" names a FargateProfile that does not \
@@ -562,14 +507,14 @@ spec:
                 );
             }
         }
-        let found = match_pod("payments-1", &labels(&[("tier", "backend")]), &[], &all).unwrap();
+        let found = match_pod("payments-1", &labels(&[("tier", "backend")]), &all).unwrap();
         assert_eq!(
             found.profile().and_then(|p| p.metadata.name.as_deref()),
             Some("payments")
         );
         let forced = labels(&[(PROFILE_LABEL, "batch")]);
         assert_eq!(
-            match_pod("jobs", &forced, &[], &all),
+            match_pod("jobs", &forced, &all),
             Err(MatchError::ProfileDeleting {
                 profile: "batch".into()
             })
@@ -582,7 +527,7 @@ spec:
             .into_iter()
             .map(std::sync::Arc::new)
             .collect();
-        let found = match_pod("jobs", &BTreeMap::new(), &[], &shared).unwrap();
+        let found = match_pod("jobs", &BTreeMap::new(), &shared).unwrap();
         assert_eq!(
             found.profile().and_then(|p| p.metadata.name.as_deref()),
             Some("batch")

@@ -48,8 +48,7 @@ fn matched<'a, 'p>(
         .unwrap_or_default();
     let empty = BTreeMap::new();
     let labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
-    let owners = pod.metadata.owner_references.as_deref().unwrap_or_default();
-    match match_pod(namespace, labels, owners, profiles) {
+    match match_pod(namespace, labels, profiles) {
         Ok(Match::Profile(profile)) => Matched::Profile(pod, profile),
         Ok(Match::None) => Matched::Untouched,
         Err(error) => Matched::Refused(error.to_string()),

@@ -490,7 +490,9 @@ fn admits_pod_without_the_selector_labels_unchanged() {
 }
 
 #[test]
-fn admits_daemon_set_pod_in_profiled_namespace_unchanged() {
+fn refuses_a_privileged_pod_that_names_a_daemon_set_as_its_owner() {
+    // Owner references are the pod's own say: a decoy DaemonSet owner (or a DaemonSet a tenant
+    // made) exempts nothing in a profiled namespace.
     let pod = changed(
         deployment_pod("payments-eu"),
         json!([
@@ -499,8 +501,12 @@ fn admits_daemon_set_pod_in_profiled_namespace_unchanged() {
         ]),
     );
     for answer in both(&create("payments-eu", &pod)) {
-        assert!(answer.allowed, "{}", answer.message);
-        assert!(answer.patch.is_none());
+        assert!(!answer.allowed, "a DaemonSet owner exempted the pod");
+        assert!(
+            answer.message.contains("spec.hostNetwork"),
+            "{}",
+            answer.message
+        );
     }
 }
 
