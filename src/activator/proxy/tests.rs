@@ -11,6 +11,7 @@ use super::*;
 use crate::activator::function_state::{FunctionConfig, ObservedEndpoint};
 use crate::activator::metrics::ActivatorMetrics;
 use crate::activator::router::HttpRoute;
+use crate::api::routes::ActivatorNames;
 
 struct Activator {
     addr: SocketAddr,
@@ -21,7 +22,7 @@ struct Activator {
 
 async fn activator(queue_depth: usize) -> Activator {
     let index = Arc::new(FunctionIndex::new(
-        "fargo.local",
+        ActivatorNames::new("fargo-activator", "fargo-system", "fargo.local"),
         queue_depth,
         ActivatorMetrics::default(),
     ));
