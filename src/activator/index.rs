@@ -223,9 +223,16 @@ pub fn settings_of(function: &ServerlessFunction) -> (FunctionConfig, HttpRoute)
             .unwrap_or(0),
         port: u16::try_from(spec.port).unwrap_or(FunctionConfig::default().port),
     };
+    // A function being deleted gives its hosts up at once: the controller, which reports who
+    // holds a host, already counts it gone.
+    let deleting = function.metadata.deletion_timestamp.is_some();
     let http = HttpRoute {
         enabled: spec.triggers.http.enabled,
-        hosts: spec.triggers.http.hosts.clone(),
+        hosts: if deleting {
+            vec![]
+        } else {
+            spec.triggers.http.hosts.clone()
+        },
         path: spec.triggers.http.path.clone(),
         created: function.metadata.creation_timestamp.as_ref().map(|t| t.0),
     };
@@ -353,6 +360,23 @@ spec:
         );
         assert!(http.enabled);
         assert_eq!(http.hosts, vec!["thumbnail.example.com".to_string()]);
+    }
+
+    #[test]
+    fn a_function_being_deleted_gives_up_its_hosts() {
+        let index = index();
+        index.apply(&function(THUMBNAIL));
+        let mut deleting = function(THUMBNAIL);
+        deleting.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                jiff::Timestamp::from_second(1).expect("a valid time"),
+            ));
+        index.apply(&deleting);
+        assert!(
+            index.resolve(Some("thumbnail.example.com"), "/x").is_err(),
+            "its host is free for the next claim"
+        );
+        assert!(index.resolve(None, "/media/thumbnail/x").is_ok());
     }
 
     #[test]
