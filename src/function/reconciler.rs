@@ -678,4 +678,47 @@ mod tests {
             "forgotten with its function"
         );
     }
+
+    fn function(name: &str, hosts: &[&str]) -> DeserializeGuard<ServerlessFunction> {
+        let mut function: ServerlessFunction = serde_yaml::from_str(&format!(
+            "metadata: {{name: {name}, namespace: shop}}\nspec: {{image: x}}"
+        ))
+        .expect("a test function");
+        function.spec.triggers.http.hosts = hosts.iter().map(|h| h.to_string()).collect();
+        DeserializeGuard(Ok(function))
+    }
+
+    fn names(refs: Vec<ObjectRef<DeserializeGuard<ServerlessFunction>>>) -> Vec<String> {
+        let mut names: Vec<String> = refs.into_iter().map(|r| r.name).collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_change_to_a_functions_hosts_wakes_the_others_claiming_them_before_and_after() {
+        let (store, mut writer) = kube::runtime::reflector::store();
+        for f in [
+            function("cart", &["shop.example.com"]),
+            function("cart-v2", &["shop.example.com"]),
+            function("api", &["api.example.com"]),
+            function("plain", &[]),
+        ] {
+            writer.apply_watcher_event(&watcher::Event::Apply(f));
+        }
+        let hosts = ClaimedHosts::default();
+        assert_eq!(
+            names(hosts.sharing(&store, &function("cart", &["shop.example.com"]))),
+            ["cart-v2"]
+        );
+        // It moves to another host: those waiting for the one it left, and those on the new one.
+        assert_eq!(
+            names(hosts.sharing(&store, &function("cart", &["api.example.com"]))),
+            ["api", "cart-v2"]
+        );
+        assert_eq!(
+            names(hosts.sharing(&store, &function("cart", &[]))),
+            ["api"]
+        );
+        assert!(hosts.sharing(&store, &function("plain", &[])).is_empty());
+    }
 }
