@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use crate::api::LEASE_NAME;
+use crate::api::routes::ActivatorNames;
 use crate::autoscaler::{AutoscalerMetrics, StatsSource};
 use crate::reconcile::{EventPublisher, ReconcileMetrics, Reporting};
 use crate::schedule::trigger::ScheduleMetrics;
@@ -58,6 +59,8 @@ pub struct Config {
     pub webhook: webhook::Config,
     /// Base URL of the activator Service: function URLs and schedule ticks go there.
     pub activator_url: String,
+    /// The names the activator is reached by, which no function may claim as hosts.
+    pub activator_names: ActivatorNames,
     /// Where the autoscaler reads the activators' `/stats`.
     pub stats: StatsSource,
 }
@@ -253,8 +256,10 @@ fn start_loops(
                 client: client.clone(),
                 reporting,
                 deployments: deployments.clone(),
+                functions: functions.clone(),
                 applied: Default::default(),
                 activator_url: config.activator_url.clone(),
+                activator_names: config.activator_names.clone(),
             },
             shutdown.clone(),
         )),

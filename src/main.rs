@@ -92,13 +92,18 @@ struct ControllerArgs {
     )]
     activator_url: String,
 
-    /// Activator Service (in `--activator-namespace`) whose pods the autoscaler scrapes.
+    /// Activator Service (in `--activator-namespace`) whose pods the autoscaler scrapes, and
+    /// whose names no function may claim in `triggers.http.hosts`.
     #[arg(
         long,
         env = "FARGO_ACTIVATOR_SERVICE",
         default_value = "fargo-activator"
     )]
     activator_service: String,
+
+    /// The activator's `--domain`: no function may claim a name under it.
+    #[arg(long, env = "FARGO_ACTIVATOR_DOMAIN", default_value = "fargo.local")]
+    activator_domain: String,
 
     /// Port of the activators' `/stats`, when their Service has no port named `health`.
     #[arg(long, env = "FARGO_ACTIVATOR_STATS_PORT", default_value_t = 9091)]
@@ -117,6 +122,11 @@ impl ControllerArgs {
                 .map(|h| h.trim().to_string())
                 .unwrap_or_else(|_| format!("fargo-{}", std::process::id()))
         });
+        let activator_names = fargo::api::routes::ActivatorNames::new(
+            &self.activator_service,
+            &self.activator_namespace,
+            &self.activator_domain,
+        );
         let stats = if self.activator_stats_url.is_empty() {
             fargo::autoscaler::StatsSource::Service {
                 namespace: self.activator_namespace.clone(),
@@ -141,6 +151,7 @@ impl ControllerArgs {
                 register: self.webhook_register,
             },
             activator_url: self.activator_url,
+            activator_names,
             stats,
         }
     }
@@ -156,9 +167,19 @@ struct ActivatorArgs {
     #[arg(long, env = "FARGO_ACTIVATOR_ADDR", default_value = "0.0.0.0:8080")]
     addr: SocketAddr,
 
-    /// Functions are also reached as `{function}.{namespace}.<domain>`.
+    /// Functions are also reached as `{function}.{namespace}.<domain>`; no function may claim a
+    /// name under it in `triggers.http.hosts`.
     #[arg(long, env = "FARGO_DOMAIN", default_value = "fargo.local")]
     domain: String,
+
+    /// The activator's own Service, in `--service-namespace`: no function may claim its names
+    /// (`<service>`, `<service>.<namespace>`, `<service>.<namespace>.svc[.<cluster domain>]`).
+    #[arg(long, env = "FARGO_SERVICE_NAME", default_value = "fargo-activator")]
+    service_name: String,
+
+    /// Namespace of the activator's Service (the pod's own namespace).
+    #[arg(long, env = "FARGO_NAMESPACE", default_value = "fargo-system")]
+    service_namespace: String,
 
     /// Requests each function may hold while it has no free pod; more get 429.
     #[arg(long, env = "FARGO_QUEUE_DEPTH", default_value_t = 100)]
@@ -176,6 +197,8 @@ impl ActivatorArgs {
             addr: self.addr,
             health_addr: self.health_addr,
             domain: self.domain,
+            service_name: self.service_name,
+            service_namespace: self.service_namespace,
             queue_depth: self.queue_depth,
             drain_delay: self.drain_delay.into(),
         }

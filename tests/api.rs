@@ -211,6 +211,36 @@ fn invalid_objects() -> Vec<(&'static str, &'static str, &'static str, &'static 
             "image: x\ntriggers: {schedules: [{name: a, cron: '* * * * *'}, {name: a, cron: '0 * * * *'}]}",
             "Duplicate value",
         ),
+        (
+            "upper-case host",
+            "function",
+            "image: x\ntriggers: {http: {hosts: [Shop.example.com]}}",
+            "triggers.http.hosts must be lower-case DNS names",
+        ),
+        (
+            "host with port",
+            "function",
+            "image: x\ntriggers: {http: {hosts: ['shop.example.com:80']}}",
+            "triggers.http.hosts must be lower-case DNS names",
+        ),
+        (
+            "wildcard host",
+            "function",
+            "image: x\ntriggers: {http: {hosts: ['*.example.com']}}",
+            "triggers.http.hosts must be lower-case DNS names",
+        ),
+        (
+            "IP address as host",
+            "function",
+            "image: x\ntriggers: {http: {hosts: [10.96.0.10]}}",
+            "triggers.http.hosts must be DNS names, not IP addresses",
+        ),
+        (
+            "seventeen hosts",
+            "function",
+            "image: x\ntriggers: {http: {hosts: [a.x, b.x, c.x, d.x, e.x, f.x, g.x, h.x, i.x, j.x, k.x, l.x, m.x, n.x, o.x, p.x, q.x]}}",
+            "must have at most 16 items",
+        ),
     ]
 }
 

@@ -11,6 +11,7 @@ use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
 };
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::rbac::v1::Role;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -171,5 +172,78 @@ fn controller_role_names_the_lease_the_controller_elects_with() {
         lease_names,
         [fargo::api::LEASE_NAME],
         "the controller's Role must allow the Lease named by fargo::api::LEASE_NAME"
+    );
+}
+
+/// The environment variables `fargo <command> --help` says the command reads.
+fn environment_of(command: &str) -> Vec<String> {
+    let output = Command::new(env!("CARGO_BIN_EXE_fargo"))
+        .args([command, "--help"])
+        .output()
+        .unwrap_or_else(|e| panic!("running fargo {command} --help: {e}"));
+    let help = String::from_utf8_lossy(&output.stdout);
+    help.split("[env: ")
+        .skip(1)
+        .filter_map(|rest| rest.split(['=', ']']).next())
+        .map(str::to_string)
+        .collect()
+}
+
+/// `(name, value)` of the container's environment; `None` for values from a fieldRef.
+fn container_env(deployment: &Deployment) -> Vec<(String, Option<String>)> {
+    deployment
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.template.spec.as_ref())
+        .map(|pod| pod.containers[0].env.clone().unwrap_or_default())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|var| (var.name, var.value))
+        .collect()
+}
+
+#[test]
+fn chart_sets_only_environment_variables_the_commands_read() {
+    for (deployment, command) in [
+        ("fargo-controller", "controller"),
+        ("fargo-activator", "activator"),
+    ] {
+        let read = environment_of(command);
+        assert!(!read.is_empty(), "fargo {command} --help lists no env");
+        let set = container_env(&deployed("Deployment", deployment));
+        for (name, _) in &set {
+            assert!(
+                name == "RUST_LOG" || read.contains(name),
+                "Deployment {deployment} sets {name}, which `fargo {command}` does not read \
+                 (it reads {read:?})"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_activator_knows_its_own_service_and_domain_as_the_controller_does() {
+    let service: Service = deployed("Service", "fargo-activator");
+    let activator = container_env(&deployed("Deployment", "fargo-activator"));
+    let controller = container_env(&deployed("Deployment", "fargo-controller"));
+    let value = |env: &[(String, Option<String>)], name: &str| {
+        env.iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, value)| value.clone())
+    };
+    assert_eq!(
+        value(&activator, "FARGO_SERVICE_NAME"),
+        Some(service.metadata.name.clone()),
+        "the activator must know the name of its Service, which no function may claim"
+    );
+    assert_eq!(
+        value(&activator, "FARGO_NAMESPACE"),
+        Some(None),
+        "the activator's namespace comes from its pod (a fieldRef)"
+    );
+    assert_eq!(
+        value(&activator, "FARGO_DOMAIN"),
+        value(&controller, "FARGO_ACTIVATOR_DOMAIN"),
+        "controller and activator must agree on the domain whose names no function may claim"
     );
 }

@@ -303,6 +303,107 @@ async fn a_function_whose_image_cannot_start_answers_504_naming_the_function_and
     .await;
 }
 
+#[tokio::test]
+async fn an_endpoint_slice_not_made_for_the_functions_service_gets_none_of_its_requests() {
+    let (client, activator) = setup().await;
+    with_temp_ns(&client, move |client, ns| async move {
+        // Where the forged slices point: a server on this machine, on the node's bridge
+        // address (the API server refuses loopback addresses in a slice), that counts
+        // connections. It could as well be another tenant's pod or the API server.
+        let forged_target = tokio::net::TcpListener::bind("10.244.0.1:0")
+            .await
+            .expect("a port on the node's bridge, 10.244.0.1");
+        let port = forged_target.local_addr().expect("bound address").port();
+        let connections = Arc::new(AtomicI32::new(0));
+        let counted = connections.clone();
+        let server = tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            while let Ok((mut stream, _)) = forged_target.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let mut buffer = [0u8; 1024];
+                let _ = stream.read(&mut buffer).await;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nforged")
+                    .await;
+            }
+        });
+
+        apply_function(
+            &client,
+            &ns,
+            "victim",
+            json!({"image": "fargo.dev/echo:dev", "timeout": "3s"}),
+        )
+        .await;
+        wait_at_zero(&client, &ns, "victim").await;
+        let service_uid =
+            Api::<k8s_openapi::api::core::v1::Service>::namespaced(client.clone(), &ns)
+                .get("victim")
+                .await
+                .expect("the function's Service")
+                .metadata
+                .uid
+                .expect("a uid");
+        let slices: Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
+            Api::namespaced(client.clone(), &ns);
+        let forged = |name: &str, metadata: Value| {
+            let mut slice = json!({
+                "apiVersion": "discovery.k8s.io/v1",
+                "kind": "EndpointSlice",
+                "metadata": metadata,
+                "addressType": "IPv4",
+                "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+                "endpoints": [{"addresses": ["10.244.0.1"], "conditions": {"ready": true}}],
+            });
+            slice["metadata"]["name"] = json!(name);
+            serde_json::from_value::<k8s_openapi::api::discovery::v1::EndpointSlice>(slice)
+                .expect("a forged slice")
+        };
+        let labels =
+            json!({"kubernetes.io/service-name": "victim", "fargo.dev/function": "victim"});
+        // The labels alone, as a tenant allowed to write EndpointSlices sets them; and the
+        // Service as controlling owner too, but not the EndpointSlice controller's label (with
+        // it, that controller would delete or rewrite the slice itself).
+        for slice in [
+            forged("victim-forged-labels", json!({"labels": labels})),
+            forged(
+                "victim-forged-owner",
+                json!({
+                    "labels": labels,
+                    "ownerReferences": [{
+                        "apiVersion": "v1", "kind": "Service", "name": "victim",
+                        "uid": service_uid, "controller": true,
+                    }],
+                }),
+            ),
+        ] {
+            slices
+                .create(&Default::default(), &slice)
+                .await
+                .expect("creating a forged EndpointSlice");
+        }
+        // The activator's EndpointSlice watch is not ordered with the test; give it a moment.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+
+        for _ in 0..3 {
+            let (status, body) = http_request("GET", &activator.function_url(&ns, "victim"), None)
+                .await
+                .expect("an answer from the activator");
+            assert_ne!(
+                body, "forged",
+                "status {status}: the forged slice got the request"
+            );
+        }
+        assert_eq!(
+            connections.load(Ordering::SeqCst),
+            0,
+            "the activator connected to an address from a forged EndpointSlice"
+        );
+        server.abort();
+    })
+    .await;
+}
+
 /// `lastTick` of schedule `name` in the function's schedule-state annotation.
 async fn last_tick(client: &Client, namespace: &str, function: &str, name: &str) -> Option<String> {
     let function = Api::<ServerlessFunction>::namespaced(client.clone(), namespace)

@@ -11,13 +11,14 @@ use common::activator::ActivatorAddrs;
 use common::functions::{
     apply_function, function_replicas, shared_function_stack, wait_function_condition,
 };
+use common::http::http_request_with_headers;
 use common::namespaces::with_temp_ns;
 use common::wait::eventually;
 use common::{client, install_crds, kubectl};
 use fargo::api::ServerlessFunction;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
@@ -43,6 +44,33 @@ async fn wait_condition(
 
 async fn replicas(client: &Client, namespace: &str, name: &str) -> Option<i32> {
     function_replicas(client, namespace, name).await
+}
+
+/// A GET through the activator with `Host: host`, once the activator knows the function it
+/// lands on (until its watch has seen the function, it answers 404 "no function …"). The
+/// functions here have a short timeout: a request held for a pod ends soon with a 504 that
+/// names the function, and `/stats` counts it for the function either way.
+async fn request_as_host(activator: &ActivatorAddrs, host: &str, path: &str) -> (u16, String) {
+    let url = format!("{}{path}", activator.url());
+    eventually(30, &format!("the activator to route {host}{path}"), || {
+        let url = url.clone();
+        async move {
+            let (status, body) = http_request_with_headers("GET", &url, &[("host", host)], None)
+                .await
+                .ok()?;
+            let unknown = status == 404 && body.starts_with("no function");
+            (!unknown).then_some((status, body))
+        }
+    })
+    .await
+}
+
+/// Requests the activator counted for the function on `/stats`.
+async fn requests_of(activator: &ActivatorAddrs, namespace: &str, name: &str) -> u64 {
+    activator
+        .function_stats(namespace, name)
+        .await
+        .map_or(0, |stats| stats.requests)
 }
 
 #[tokio::test]
@@ -300,4 +328,150 @@ async fn kubectl_waits_for_a_function_to_be_ready() {
         );
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_function_claiming_the_activators_own_name_gets_no_other_functions_requests() {
+    let (client, activator) = setup().await;
+    with_temp_ns(&client, |client, ns| async move {
+        // The attack: host routes win over path routes, so a function holding the activator's
+        // own name under `/` would take every request addressed to the activator by name.
+        apply_function(
+            &client,
+            &ns,
+            "thief",
+            json!({
+                "image": "fargo.dev/echo:dev",
+                "timeout": "2s",
+                "triggers": {"http": {"hosts": ["fargo-activator.fargo-system.svc"], "path": "/"}},
+            }),
+        )
+        .await;
+        // Made after the thief: once the activator routes to the victim, its watch (which
+        // delivers one kind's events in order) has seen the thief too.
+        apply_function(
+            &client,
+            &ns,
+            "victim",
+            json!({"image": "fargo.dev/echo:dev", "timeout": "2s"}),
+        )
+        .await;
+        let message = wait_condition(
+            &client,
+            &ns,
+            "thief",
+            "HostsAccepted",
+            "False",
+            "HostReserved",
+        )
+        .await;
+        assert!(
+            message
+                .contains("\"fargo-activator.fargo-system.svc\" is a name of the fargo activator"),
+            "{message}"
+        );
+        wait_condition(&client, &ns, "victim", "HostsAccepted", "True", "NoHosts").await;
+
+        let path = format!("/{ns}/victim/");
+        for host in [
+            "fargo-activator.fargo-system.svc",
+            "fargo-activator.fargo-system.svc.cluster.local:80",
+        ] {
+            let (status, body) = request_as_host(&activator, host, &path).await;
+            assert!(
+                body.contains("victim") && !body.contains("thief"),
+                "Host {host}: status {status}, body {body}"
+            );
+        }
+        assert!(requests_of(&activator, &ns, "victim").await >= 2);
+        assert_eq!(
+            requests_of(&activator, &ns, "thief").await,
+            0,
+            "a request meant for another function reached the function that claimed the \
+             activator's name"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_earlier_of_two_functions_claiming_a_host_keeps_it_and_the_later_names_the_holder() {
+    let (client, activator) = setup().await;
+    with_temp_ns(&client, |client, ns| async move {
+        // Host claims are cluster-wide: a name of this test's own.
+        let host = format!("shop.{ns}.example.test");
+        let claiming = json!({
+            "image": "fargo.dev/echo:dev",
+            "timeout": "2s",
+            "triggers": {"http": {"hosts": [host], "path": "/"}},
+        });
+        apply_function(&client, &ns, "first", claiming.clone()).await;
+        wait_condition(&client, &ns, "first", "HostsAccepted", "True", "Accepted").await;
+        // A later creation time, whatever the names.
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        apply_function(&client, &ns, "second", claiming.clone()).await;
+        let message = wait_condition(
+            &client,
+            &ns,
+            "second",
+            "HostsAccepted",
+            "False",
+            "HostClaimed",
+        )
+        .await;
+        assert!(
+            message.contains(&format!("held by function {ns}/first")),
+            "{message}"
+        );
+        assert_eq!(
+            function_condition_reason(&client, &ns, "first").await,
+            "Accepted",
+            "the holder keeps its claim when a later function makes the same one"
+        );
+
+        // Once the activator routes to a function made after both, it has seen both.
+        apply_function(
+            &client,
+            &ns,
+            "marker",
+            json!({"image": "fargo.dev/echo:dev", "timeout": "2s"}),
+        )
+        .await;
+        request_as_host(&activator, "127.0.0.1", &format!("/{ns}/marker/")).await;
+
+        let (status, body) = request_as_host(&activator, &host, "/cart").await;
+        assert!(
+            body.contains("first") && !body.contains("second"),
+            "status {status}, body {body}"
+        );
+        assert!(requests_of(&activator, &ns, "first").await >= 1);
+        assert_eq!(requests_of(&activator, &ns, "second").await, 0);
+
+        // When the holder goes, the host passes to the later claim, and its condition says so.
+        Api::<ServerlessFunction>::namespaced(client.clone(), &ns)
+            .delete("first", &DeleteParams::default())
+            .await
+            .expect("deleting the holder");
+        wait_condition(&client, &ns, "second", "HostsAccepted", "True", "Accepted").await;
+        eventually(30, "the host to pass to the later function", || {
+            let (activator, ns, host) = (activator, ns.clone(), host.clone());
+            async move {
+                let url = format!("{}/cart", activator.url());
+                http_request_with_headers("GET", &url, &[("host", host.as_str())], None)
+                    .await
+                    .ok()?;
+                (requests_of(&activator, &ns, "second").await > 0).then_some(())
+            }
+        })
+        .await;
+    })
+    .await;
+}
+
+/// The reason of the function's HostsAccepted condition, as it is now.
+async fn function_condition_reason(client: &Client, namespace: &str, name: &str) -> String {
+    common::functions::function_condition(client, namespace, name, "HostsAccepted")
+        .await
+        .map(|(_, reason, _)| reason)
+        .unwrap_or_default()
 }

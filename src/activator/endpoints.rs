@@ -19,13 +19,40 @@ use super::function_state::{FunctionState, ObservedEndpoint};
 use super::index::FunctionIndex;
 use crate::api::{FUNCTION_LABEL, SERVICE_NAME_LABEL};
 
+/// The label the EndpointSlice controller puts on the slices it manages, and its value there.
+const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
+const ENDPOINTSLICE_CONTROLLER: &str = "endpointslice-controller.k8s.io";
+
 /// `(namespace, function)` of a slice of a function's own Service: the slice carries the
-/// function label (copied from the Service) and belongs to the Service of the same name.
+/// function label (copied from the Service), belongs to the Service of the same name, is
+/// managed by the EndpointSlice controller and has that Service as its controller.
+///
+/// Labels alone are what anyone allowed to write EndpointSlices in the namespace can set: a
+/// slice that only claims a function would send the function's traffic, from the activator,
+/// to any address (another tenant's pod, the API server). The EndpointSlice controller
+/// replaces or deletes slices that say it manages them for a Service, so a forged slice that
+/// passes these checks does not stay.
 pub fn function_of(slice: &EndpointSlice) -> Option<(String, String)> {
     let labels = slice.metadata.labels.as_ref()?;
     let service = labels.get(SERVICE_NAME_LABEL)?;
     let function = labels.get(FUNCTION_LABEL)?;
-    if service != function {
+    if service != function
+        || labels.get(MANAGED_BY_LABEL).map(String::as_str) != Some(ENDPOINTSLICE_CONTROLLER)
+    {
+        return None;
+    }
+    let owned_by_service = slice
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|owner| {
+            owner.controller == Some(true)
+                && owner.api_version == "v1"
+                && owner.kind == "Service"
+                && owner.name == *service
+        });
+    if !owned_by_service {
         return None;
     }
     Some((slice.metadata.namespace.clone()?, function.clone()))
@@ -211,7 +238,12 @@ kind: EndpointSlice
 metadata:
   name: thumbnail-abcde
   namespace: media
-  labels: {kubernetes.io/service-name: thumbnail, fargo.dev/function: thumbnail}
+  labels:
+    kubernetes.io/service-name: thumbnail
+    fargo.dev/function: thumbnail
+    endpointslice.kubernetes.io/managed-by: endpointslice-controller.k8s.io
+  ownerReferences:
+    - {apiVersion: v1, kind: Service, name: thumbnail, uid: 6d1e6b1c, controller: true, blockOwnerDeletion: true}
 addressType: IPv4
 ports: [{name: http, port: 9000, protocol: TCP}]
 endpoints:
@@ -253,6 +285,33 @@ endpoints:
             "kubernetes.io/service-name: other",
         );
         assert_eq!(function_of(&slice(&foreign)), None);
+    }
+
+    #[test]
+    fn a_slice_not_owned_by_the_functions_service_is_ignored() {
+        let forged = [
+            // Labels only: what a tenant writes to send the function's traffic elsewhere.
+            SLICE.replace(
+                "  ownerReferences:\n    - {apiVersion: v1, kind: Service, name: thumbnail, uid: 6d1e6b1c, controller: true, blockOwnerDeletion: true}\n",
+                "",
+            ),
+            SLICE.replace("controller: true", "controller: false"),
+            SLICE.replace("kind: Service, name: thumbnail", "kind: Service, name: other"),
+            SLICE.replace("kind: Service", "kind: ConfigMap"),
+            SLICE.replace("apiVersion: v1, kind", "apiVersion: example.com/v1, kind"),
+            SLICE.replace(
+                "endpointslice.kubernetes.io/managed-by: endpointslice-controller.k8s.io",
+                "endpointslice.kubernetes.io/managed-by: tenant.example.com",
+            ),
+            SLICE.replace(
+                "    endpointslice.kubernetes.io/managed-by: endpointslice-controller.k8s.io\n",
+                "",
+            ),
+        ];
+        for yaml in &forged {
+            assert_ne!(yaml, SLICE, "the test edits the slice");
+            assert_eq!(function_of(&slice(yaml)), None, "{yaml}");
+        }
     }
 
     #[tokio::test]

@@ -15,8 +15,9 @@ use tokio::sync::oneshot;
 use super::function_state::{FunctionConfig, FunctionState, ObservedEndpoint};
 use super::metrics::ActivatorMetrics;
 use super::router::{HttpRoute, RouteError, RouteTable};
+use crate::api::ServerlessFunction;
+use crate::api::routes::ActivatorNames;
 use crate::api::stats::ActivatorStats;
-use crate::api::{ServerlessFunction, ServerlessFunctionSpec};
 
 /// A request's function, and how much of its path to cut before proxying.
 pub struct Resolved {
@@ -39,10 +40,10 @@ struct Inner {
 }
 
 impl FunctionIndex {
-    pub fn new(domain: &str, queue_depth: usize, metrics: ActivatorMetrics) -> Self {
+    pub fn new(names: ActivatorNames, queue_depth: usize, metrics: ActivatorMetrics) -> Self {
         Self {
             inner: RwLock::new(Inner {
-                routes: RouteTable::new(domain),
+                routes: RouteTable::new(names),
                 states: HashMap::new(),
             }),
             queue_depth,
@@ -85,7 +86,7 @@ impl FunctionIndex {
     pub fn apply(&self, function: &ServerlessFunction) -> Option<(String, String)> {
         let namespace = function.metadata.namespace.as_deref()?;
         let name = function.metadata.name.as_deref()?;
-        let (config, http) = settings_of(&function.spec);
+        let (config, http) = settings_of(function);
         self.upsert(namespace, name, config, http);
         Some((namespace.to_string(), name.to_string()))
     }
@@ -108,7 +109,14 @@ impl FunctionIndex {
                 state
             }
         };
-        inner.routes.upsert(namespace, name, http, state);
+        let refused = inner.routes.upsert(namespace, name, http, state);
+        drop(inner);
+        for refusal in refused {
+            tracing::warn!(
+                %namespace, function = %name, %refusal,
+                "ignoring a host in spec.triggers.http.hosts: no function may claim it"
+            );
+        }
     }
 
     /// The function was deleted: stop routing to it.
@@ -198,8 +206,9 @@ impl Inner {
     }
 }
 
-/// What the activator uses of a function's spec.
-pub fn settings_of(spec: &ServerlessFunctionSpec) -> (FunctionConfig, HttpRoute) {
+/// What the activator uses of a function.
+pub fn settings_of(function: &ServerlessFunction) -> (FunctionConfig, HttpRoute) {
+    let spec = &function.spec;
     let timeout = if spec.timeout.is_negative() {
         FunctionConfig::default().timeout
     } else {
@@ -214,10 +223,18 @@ pub fn settings_of(spec: &ServerlessFunctionSpec) -> (FunctionConfig, HttpRoute)
             .unwrap_or(0),
         port: u16::try_from(spec.port).unwrap_or(FunctionConfig::default().port),
     };
+    // A function being deleted gives its hosts up at once: the controller, which reports who
+    // holds a host, already counts it gone.
+    let deleting = function.metadata.deletion_timestamp.is_some();
     let http = HttpRoute {
         enabled: spec.triggers.http.enabled,
-        hosts: spec.triggers.http.hosts.clone(),
+        hosts: if deleting {
+            vec![]
+        } else {
+            spec.triggers.http.hosts.clone()
+        },
         path: spec.triggers.http.path.clone(),
+        created: function.metadata.creation_timestamp.as_ref().map(|t| t.0),
     };
     (config, http)
 }
@@ -301,7 +318,11 @@ mod tests {
     }
 
     fn index() -> FunctionIndex {
-        FunctionIndex::new("fargo.local", 10, ActivatorMetrics::default())
+        FunctionIndex::new(
+            ActivatorNames::new("fargo-activator", "fargo-system", "fargo.local"),
+            10,
+            ActivatorMetrics::default(),
+        )
     }
 
     fn endpoint(last_octet: u8) -> ObservedEndpoint {
@@ -328,7 +349,7 @@ spec:
 
     #[test]
     fn settings_come_from_the_spec() {
-        let (config, http) = settings_of(&function(THUMBNAIL).spec);
+        let (config, http) = settings_of(&function(THUMBNAIL));
         assert_eq!(
             config,
             FunctionConfig {
@@ -339,6 +360,23 @@ spec:
         );
         assert!(http.enabled);
         assert_eq!(http.hosts, vec!["thumbnail.example.com".to_string()]);
+    }
+
+    #[test]
+    fn a_function_being_deleted_gives_up_its_hosts() {
+        let index = index();
+        index.apply(&function(THUMBNAIL));
+        let mut deleting = function(THUMBNAIL);
+        deleting.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                jiff::Timestamp::from_second(1).expect("a valid time"),
+            ));
+        index.apply(&deleting);
+        assert!(
+            index.resolve(Some("thumbnail.example.com"), "/x").is_err(),
+            "its host is free for the next claim"
+        );
+        assert!(index.resolve(None, "/media/thumbnail/x").is_ok());
     }
 
     #[test]

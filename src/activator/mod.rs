@@ -27,6 +27,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::routes::ActivatorNames;
 use crate::telemetry;
 use index::FunctionIndex;
 use metrics::ActivatorMetrics;
@@ -42,6 +43,10 @@ pub struct Config {
     pub health_addr: SocketAddr,
     /// Functions are also reached as `{function}.{namespace}.<domain>`.
     pub domain: String,
+    /// The activator's own Service and its namespace: no function may claim their names as
+    /// hosts, nor names under `domain`.
+    pub service_name: String,
+    pub service_namespace: String,
     /// Requests each function may hold at once; more get 429.
     pub queue_depth: usize,
     /// After SIGTERM, how long to keep serving while not ready, so that Service endpoints drop
@@ -74,11 +79,12 @@ pub async fn run(
 ) -> Result<(), Error> {
     let mut registry = Registry::with_prefix("fargo");
     let metrics = ActivatorMetrics::register(registry.sub_registry_with_prefix("activator"));
-    let index = Arc::new(FunctionIndex::new(
+    let names = ActivatorNames::new(
+        &config.service_name,
+        &config.service_namespace,
         &config.domain,
-        config.queue_depth,
-        metrics,
-    ));
+    );
+    let index = Arc::new(FunctionIndex::new(names, config.queue_depth, metrics));
 
     let (functions_synced, functions_ready) = oneshot::channel();
     let (endpoints_synced, endpoints_ready) = oneshot::channel();

@@ -36,6 +36,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the
 /// non-standard `keep-alive` and `proxy-connection`.
@@ -328,34 +329,56 @@ fn upstream_request(
     request
 }
 
-/// Drops hop-by-hop headers and adds the `X-Forwarded-*` ones.
+/// Drops hop-by-hop headers and says who asked, as the activator saw it: `X-Forwarded-For`,
+/// `X-Real-IP` and `Forwarded` name the peer of the connection, `X-Forwarded-Host` the `Host`,
+/// `X-Forwarded-Proto` plain HTTP. What the client sent in these headers is dropped, not
+/// appended to: a function that trusts them (for an allow list, a rate limit, an audit log)
+/// must not be told another address by the caller itself.
 fn prepare_request_headers(headers: &mut HeaderMap, uri: &Uri, client_ip: &HeaderValue) {
     remove_hop_by_hop(headers);
+    for name in [
+        X_FORWARDED_FOR,
+        X_FORWARDED_HOST,
+        X_FORWARDED_PROTO,
+        X_REAL_IP,
+        header::FORWARDED,
+    ] {
+        headers.remove(name);
+    }
     if !headers.contains_key(header::HOST)
         && let Some(authority) = uri.authority()
         && let Ok(host) = HeaderValue::from_str(authority.as_str())
     {
         headers.insert(header::HOST, host);
     }
-    if !headers.contains_key(X_FORWARDED_HOST)
-        && let Some(host) = headers.get(header::HOST).cloned()
-    {
-        headers.insert(X_FORWARDED_HOST, host);
+    let host = headers.get(header::HOST).cloned();
+    if let Some(host) = &host {
+        headers.insert(X_FORWARDED_HOST, host.clone());
     }
-    if !headers.contains_key(X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    headers.insert(X_FORWARDED_FOR, client_ip.clone());
+    headers.insert(X_REAL_IP, client_ip.clone());
+    if let Some(forwarded) = forwarded(client_ip, host.as_ref()) {
+        headers.insert(header::FORWARDED, forwarded);
     }
-    let forwarded_for = match headers.get(X_FORWARDED_FOR) {
-        None => client_ip.clone(),
-        Some(earlier) => {
-            let mut joined = Vec::with_capacity(earlier.len() + 2 + client_ip.len());
-            joined.extend_from_slice(earlier.as_bytes());
-            joined.extend_from_slice(b", ");
-            joined.extend_from_slice(client_ip.as_bytes());
-            HeaderValue::from_bytes(&joined).unwrap_or_else(|_| client_ip.clone())
-        }
+}
+
+/// `Forwarded: for=…;host=…;proto=http` (RFC 7239): an IPv6 peer and the host are quoted; a
+/// host that cannot be a quoted string is left out.
+fn forwarded(client_ip: &HeaderValue, host: Option<&HeaderValue>) -> Option<HeaderValue> {
+    let ip = client_ip.to_str().ok()?;
+    let mut value = if ip.contains(':') {
+        format!("for=\"[{ip}]\"")
+    } else {
+        format!("for={ip}")
     };
-    headers.insert(X_FORWARDED_FOR, forwarded_for);
+    if let Some(host) = host.and_then(|h| h.to_str().ok())
+        && !host.contains(['"', '\\'])
+    {
+        value.push_str(&format!(";host=\"{host}\""));
+    }
+    value.push_str(";proto=http");
+    HeaderValue::from_str(&value).ok()
 }
 
 fn remove_hop_by_hop(headers: &mut HeaderMap) {

@@ -1,11 +1,15 @@
 //! Which function a request is for: by path (`/{namespace}/{function}/…`), by the function's
-//! own host name (`{function}.{namespace}.<domain>`) or by a host from `triggers.http.hosts`.
+//! own host name (`{function}.{namespace}.<domain>`) or by a host from `triggers.http.hosts`
+//! (who holds which host is [`crate::api::routes`]' decision, shared with the controller).
 //!
 //! Pure: the table is filled from the ServerlessFunction watch and read on every request, so
 //! lookups borrow the request's host and path and allocate nothing.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
+
+use jiff::Timestamp;
+
+use crate::api::routes::{ActivatorNames, Claim, HostClaims, Refusal, host_name};
 
 /// How a function takes HTTP requests (its `spec.triggers.http`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -15,6 +19,8 @@ pub struct HttpRoute {
     pub hosts: Vec<String>,
     /// Path prefix that requests on `hosts` must start with.
     pub path: String,
+    /// When the function was created: of two claims on a host and path, the earlier wins.
+    pub created: Option<Timestamp>,
 }
 
 impl Default for HttpRoute {
@@ -23,6 +29,7 @@ impl Default for HttpRoute {
             enabled: true,
             hosts: vec![],
             path: "/".into(),
+            created: None,
         }
     }
 }
@@ -60,12 +67,10 @@ pub enum RouteError {
 /// Every routable function, by name and by host.
 #[derive(Debug)]
 pub struct RouteTable<T> {
-    /// Lower-case domain of the function host names, without leading or trailing dot.
-    domain: String,
     /// namespace → function → entry.
     functions: HashMap<String, HashMap<String, Entry<T>>>,
-    /// Lower-case host → routes on it, longest prefix first.
-    hosts: HashMap<String, Vec<HostRoute>>,
+    /// Who holds which host.
+    claims: HostClaims,
 }
 
 #[derive(Debug)]
@@ -74,20 +79,11 @@ struct Entry<T> {
     http: HttpRoute,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct HostRoute {
-    /// Without trailing slash: `""` for `/`, `"/api"` for `/api/`.
-    prefix: String,
-    namespace: String,
-    name: String,
-}
-
 impl<T> RouteTable<T> {
-    pub fn new(domain: &str) -> Self {
+    pub fn new(names: ActivatorNames) -> Self {
         Self {
-            domain: domain.trim_matches('.').to_ascii_lowercase(),
             functions: HashMap::new(),
-            hosts: HashMap::new(),
+            claims: HostClaims::new(names),
         }
     }
 
@@ -106,41 +102,42 @@ impl<T> RouteTable<T> {
             .map(|entry| &entry.target)
     }
 
-    /// Adds or replaces a function.
-    pub fn upsert(&mut self, namespace: &str, name: &str, http: HttpRoute, target: T) {
-        self.remove_hosts(namespace, name);
-        if http.enabled {
-            let prefix = http.path.trim_end_matches('/').to_string();
-            for host in &http.hosts {
-                let host = normalize_host(host).into_owned();
-                if host.is_empty() {
-                    continue;
-                }
-                let routes = self.hosts.entry(host).or_default();
-                routes.push(HostRoute {
-                    prefix: prefix.clone(),
-                    namespace: namespace.to_string(),
-                    name: name.to_string(),
-                });
-                // Longest prefix first; ties by name so the choice does not depend on the
-                // order functions were seen in.
-                routes.sort_by(|a, b| {
-                    b.prefix
-                        .len()
-                        .cmp(&a.prefix.len())
-                        .then_with(|| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)))
-                });
-            }
-        }
+    /// Adds or replaces a function. Returns the hosts it claims that no function may claim,
+    /// when its claims changed (so each is reported once, not on every status update).
+    pub fn upsert(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        http: HttpRoute,
+        target: T,
+    ) -> Vec<Refusal> {
+        let unchanged = self
+            .functions
+            .get(namespace)
+            .and_then(|functions| functions.get(name))
+            .is_some_and(|entry| entry.http == http);
+        let refused = if unchanged {
+            vec![]
+        } else {
+            self.claims.claim(&Claim {
+                namespace,
+                name,
+                created: http.created,
+                enabled: http.enabled,
+                hosts: &http.hosts,
+                path: &http.path,
+            })
+        };
         self.functions
             .entry(namespace.to_string())
             .or_default()
             .insert(name.to_string(), Entry { target, http });
+        refused
     }
 
     /// Removes a function; gives back its target.
     pub fn remove(&mut self, namespace: &str, name: &str) -> Option<T> {
-        self.remove_hosts(namespace, name);
+        self.claims.withdraw(namespace, name);
         let functions = self.functions.get_mut(namespace)?;
         let removed = functions.remove(name).map(|entry| entry.target);
         if functions.is_empty() {
@@ -158,40 +155,22 @@ impl<T> RouteTable<T> {
         })
     }
 
-    fn remove_hosts(&mut self, namespace: &str, name: &str) {
-        let Some(entry) = self.functions.get(namespace).and_then(|f| f.get(name)) else {
-            return;
-        };
-        for host in &entry.http.hosts {
-            let host = normalize_host(host);
-            if let Some(routes) = self.hosts.get_mut(host.as_ref()) {
-                routes.retain(|r| !(r.namespace == namespace && r.name == name));
-                if routes.is_empty() {
-                    self.hosts.remove(host.as_ref());
-                }
-            }
-        }
-    }
-
     /// The function a request with this `Host` header and path is for.
     ///
-    /// Hosts from `triggers.http.hosts` come first (longest matching path prefix wins, the path
-    /// is passed on whole), then `{function}.{namespace}.<domain>` (path passed on whole), then
-    /// `/{namespace}/{function}/rest` (only `/rest` is passed on).
+    /// Hosts from `triggers.http.hosts` come first (the holder of the longest matching path
+    /// prefix wins, the path is passed on whole), then `{function}.{namespace}.<domain>` (path
+    /// passed on whole), then `/{namespace}/{function}/rest` (only `/rest` is passed on). No
+    /// function holds the activator's own names, so a request addressed to the activator by
+    /// name is always routed by its path.
     pub fn resolve<'a>(
         &'a self,
         host: Option<&str>,
         path: &str,
     ) -> Result<Route<'a, T>, RouteError> {
         if let Some(host) = host {
-            let host = normalize_host(host);
-            if let Some(routes) = self.hosts.get(host.as_ref()) {
-                let matched = routes
-                    .iter()
-                    .find(|route| prefix_matches(path, &route.prefix));
-                if let Some(route) = matched {
-                    return self.lookup(&route.namespace, &route.name, 0);
-                }
+            let host = host_name(host);
+            if let Some((namespace, name)) = self.claims.route(&host, path) {
+                return self.lookup(namespace, name, 0);
             }
             if let Some((namespace, name)) = self.function_host(&host) {
                 return self.lookup(namespace, name, 0);
@@ -202,7 +181,7 @@ impl<T> RouteTable<T> {
             None => Err(RouteError::NoRoute {
                 host: host.unwrap_or_default().to_string(),
                 path: path.to_string(),
-                domain: self.domain.clone(),
+                domain: self.claims.names().domain().to_string(),
             }),
         }
     }
@@ -235,7 +214,8 @@ impl<T> RouteTable<T> {
 
     /// `(namespace, function)` of a host `{function}.{namespace}.<domain>`.
     fn function_host<'h>(&self, host: &'h str) -> Option<(&'h str, &'h str)> {
-        let rest = host.strip_suffix(self.domain.as_str())?.strip_suffix('.')?;
+        let domain = self.claims.names().domain();
+        let rest = host.strip_suffix(domain)?.strip_suffix('.')?;
         let (name, namespace) = rest.rsplit_once('.')?;
         (!name.is_empty() && !namespace.is_empty()).then_some((namespace, name))
     }
@@ -252,30 +232,6 @@ fn split_function_path(path: &str) -> Option<(&str, &str, usize)> {
     Some((namespace, name, 1 + namespace.len() + 1 + name.len()))
 }
 
-/// Whether `path` lies under `prefix` (given without trailing slash), on a segment boundary.
-fn prefix_matches(path: &str, prefix: &str) -> bool {
-    match path.strip_prefix(prefix) {
-        Some(rest) => rest.is_empty() || rest.starts_with('/') || prefix.is_empty(),
-        None => false,
-    }
-}
-
-/// Lower case, without port or trailing dot; borrows unless the host has upper-case letters.
-fn normalize_host(host: &str) -> Cow<'_, str> {
-    let host = match host.rsplit_once(':') {
-        Some((name, port)) if !name.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => {
-            name
-        }
-        _ => host,
-    };
-    let host = host.trim_end_matches('.');
-    if host.bytes().any(|b| b.is_ascii_uppercase()) {
-        Cow::Owned(host.to_ascii_lowercase())
-    } else {
-        Cow::Borrowed(host)
-    }
-}
-
 /// The path to send upstream: the request path without the first `strip` bytes, `/` when
 /// nothing is left.
 pub fn upstream_path(path: &str, strip: usize) -> &str {
@@ -289,8 +245,12 @@ pub fn upstream_path(path: &str, strip: usize) -> &str {
 mod tests {
     use super::*;
 
+    fn names() -> ActivatorNames {
+        ActivatorNames::new("fargo-activator", "fargo-system", "fargo.local")
+    }
+
     fn table() -> RouteTable<&'static str> {
-        let mut table = RouteTable::new("fargo.local");
+        let mut table = RouteTable::new(names());
         table.upsert("media", "thumbnail", HttpRoute::default(), "thumbnail");
         table.upsert(
             "media",
@@ -299,6 +259,7 @@ mod tests {
                 enabled: true,
                 hosts: vec!["img.example.com".into()],
                 path: "/resize/".into(),
+                ..HttpRoute::default()
             },
             "resize",
         );
@@ -309,6 +270,7 @@ mod tests {
                 enabled: true,
                 hosts: vec!["img.example.com".into()],
                 path: "/".into(),
+                ..HttpRoute::default()
             },
             "site",
         );
@@ -319,6 +281,7 @@ mod tests {
                 enabled: false,
                 hosts: vec!["internal.example.com".into()],
                 path: "/".into(),
+                ..HttpRoute::default()
             },
             "internal",
         );
@@ -393,7 +356,7 @@ mod tests {
 
     #[test]
     fn custom_host_with_unmatched_prefix_falls_back_to_path_route() {
-        let mut table = RouteTable::new("fargo.local");
+        let mut table = RouteTable::new(names());
         table.upsert(
             "media",
             "resize",
@@ -401,6 +364,7 @@ mod tests {
                 enabled: true,
                 hosts: vec!["img.example.com".into()],
                 path: "/resize".into(),
+                ..HttpRoute::default()
             },
             "resize",
         );
@@ -470,6 +434,7 @@ mod tests {
                 enabled: true,
                 hosts: vec!["resize.example.com".into()],
                 path: "/".into(),
+                ..HttpRoute::default()
             },
             "resize",
         );
@@ -487,5 +452,88 @@ mod tests {
             Err(RouteError::NoRoute { .. })
         ));
         assert_eq!(table.len(), 3);
+    }
+
+    fn claiming(hosts: &[&str], created: i64) -> HttpRoute {
+        HttpRoute {
+            hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            created: Some(Timestamp::from_second(created).expect("a valid time")),
+            ..HttpRoute::default()
+        }
+    }
+
+    #[test]
+    fn a_claim_on_the_activators_own_name_takes_no_path_routed_request() {
+        let mut table = table();
+        let refused = table.upsert(
+            "evil",
+            "thief",
+            claiming(
+                &[
+                    "fargo-activator.fargo-system.svc",
+                    "thumbnail.media.fargo.local",
+                    "10.96.0.10",
+                ],
+                1,
+            ),
+            "thief",
+        );
+        assert_eq!(refused.len(), 3, "{refused:?}");
+        for host in [
+            "fargo-activator.fargo-system.svc",
+            "fargo-activator.fargo-system.svc.cluster.local:80",
+            "10.96.0.10",
+        ] {
+            assert_eq!(
+                routed(&table, Some(host), "/media/thumbnail/x"),
+                ("thumbnail".into(), "/x".into()),
+                "{host}"
+            );
+        }
+        assert_eq!(
+            routed(&table, Some("thumbnail.media.fargo.local"), "/"),
+            ("thumbnail".into(), "/".into())
+        );
+        // Reported when the claim is new or changes, not on every update of the function.
+        let again = table.upsert(
+            "evil",
+            "thief",
+            claiming(
+                &[
+                    "fargo-activator.fargo-system.svc",
+                    "thumbnail.media.fargo.local",
+                    "10.96.0.10",
+                ],
+                1,
+            ),
+            "thief",
+        );
+        assert!(again.is_empty(), "{again:?}");
+    }
+
+    #[test]
+    fn the_earlier_of_two_functions_claiming_a_host_gets_its_requests() {
+        let mut table = RouteTable::new(names());
+        table.upsert(
+            "team-b",
+            "late",
+            claiming(&["shop.example.com"], 20),
+            "late",
+        );
+        table.upsert(
+            "team-a",
+            "early",
+            claiming(&["shop.example.com"], 10),
+            "early",
+        );
+        assert_eq!(
+            routed(&table, Some("shop.example.com"), "/cart"),
+            ("early".into(), "/cart".into())
+        );
+        table.remove("team-a", "early");
+        assert_eq!(
+            routed(&table, Some("shop.example.com"), "/cart"),
+            ("late".into(), "/cart".into())
+        );
     }
 }

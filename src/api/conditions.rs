@@ -12,6 +12,9 @@ pub const SCALED_TO_ZERO: &str = "ScaledToZero";
 pub const SCHEDULES_VALID: &str = "SchedulesValid";
 /// A function's `profile` names an existing FargateProfile.
 pub const PROFILE_FOUND: &str = "ProfileFound";
+/// Every host in a function's `triggers.http.hosts` is routed to it: none is one of the
+/// activator's own names, and no function claimed it first.
+pub const HOSTS_ACCEPTED: &str = "HostsAccepted";
 
 /// Builds a condition; `status` is `"True"` or `"False"`.
 pub fn condition(

@@ -201,8 +201,14 @@ pub struct HttpTrigger {
     #[serde(default = "enabled")]
     pub enabled: bool,
 
-    /// Host names routed to the function, besides `{function}.{namespace}.<domain>`.
+    /// Host names routed to the function, besides `{function}.{namespace}.<domain>`: lower-case
+    /// DNS names, not IP addresses. The activator's own names (its Service's), names under its
+    /// domain and `localhost` are never routed to a function; a host and path that another
+    /// function claimed first stay with it. Condition HostsAccepted reports either.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(max = 253)))]
+    #[x_kube(validation = Rule::new(r"self.all(h, h.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$'))").message("triggers.http.hosts must be lower-case DNS names such as shop.example.com, without port or wildcard"))]
+    #[x_kube(validation = Rule::new(r"self.all(h, !h.matches('(^|\\.)([0-9]+|0x[0-9a-f]+)$'))").message("triggers.http.hosts must be DNS names, not IP addresses"))]
     pub hosts: Vec<String>,
 
     /// Path prefix the function is served under on its hosts.
@@ -267,7 +273,7 @@ pub struct ServerlessFunctionStatus {
     pub ready_replicas: Option<i32>,
 
     /// Ready (the function can serve requests, also while scaled to zero), ScaledToZero,
-    /// SchedulesValid, ProfileFound.
+    /// SchedulesValid, ProfileFound, HostsAccepted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,

@@ -3,6 +3,7 @@
 pub mod conditions;
 pub mod function;
 pub mod profile;
+pub mod routes;
 pub mod stats;
 
 pub use function::{ServerlessFunction, ServerlessFunctionSpec, ServerlessFunctionStatus};

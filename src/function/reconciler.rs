@@ -5,7 +5,7 @@
 //! keeps in memory (what it last applied, to skip applies that would change nothing) is a cache
 //! that a new process starts without.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,12 +24,13 @@ use tracing::{info, instrument};
 
 use super::build::{self, BuildError};
 use super::status::{self, Observed, ProfileCheck, reason};
-use crate::api::conditions::{PROFILE_FOUND, READY, SCHEDULES_VALID};
+use crate::api::conditions::{HOSTS_ACCEPTED, PROFILE_FOUND, READY, SCHEDULES_VALID};
 use crate::api::profile::FargateProfile;
+use crate::api::routes::{ActivatorNames, claimed_hosts, refusals_among};
 use crate::api::{
     CONTROLLER_MANAGER, FUNCTION_LABEL, ServerlessFunction, ServerlessFunctionStatus,
 };
-use crate::caches::FunctionStore;
+use crate::caches::{FunctionStore, live};
 use crate::profile::matching::namespace_is_selected;
 use crate::reconcile::{self, Note, ReconcileError, Reporting, patch_status};
 use crate::replicas::{Instances, apply_replicas, autoscaler_owns_replicas};
@@ -99,10 +100,14 @@ pub struct Context {
     pub reporting: Reporting,
     /// The functions' Deployments, trimmed (see [`crate::caches::trim_deployment`]).
     pub deployments: Store<Deployment>,
+    /// Every function (the controller's own store): who else claims a function's hosts.
+    pub functions: FunctionStore,
     /// What this process last applied to each function's Deployment.
     pub applied: Arc<AppliedDeployments>,
     /// Base URL of the activator, for `status.url`.
     pub activator_url: String,
+    /// The names the activator is reached by, which no function may claim as hosts.
+    pub activator_names: ActivatorNames,
 }
 
 /// How long a function's reconcile waits for more changes to the function or its children.
@@ -213,21 +218,31 @@ pub async fn run(
     let client = ctx.client.clone();
     let reporting = ctx.reporting.clone();
     let functions = controller.store();
+    let hosts = Arc::new(ClaimedHosts::default());
     let pruning = tokio::spawn({
-        let (applied, functions, shutdown) =
-            (ctx.applied.clone(), functions.clone(), shutdown.clone());
+        let (applied, hosts, functions, shutdown) = (
+            ctx.applied.clone(),
+            hosts.clone(),
+            functions.clone(),
+            shutdown.clone(),
+        );
         async move {
             let mut every = tokio::time::interval(RESYNC_INTERVAL);
             loop {
                 tokio::select! {
                     () = shutdown.cancelled() => break,
-                    _ = every.tick() => applied.retain(|namespace, name| {
-                        functions.get(&ObjectRef::new(name).within(namespace)).is_some()
-                    }),
+                    _ = every.tick() => {
+                        let known = |namespace: &str, name: &str| {
+                            functions.get(&ObjectRef::new(name).within(namespace)).is_some()
+                        };
+                        applied.retain(known);
+                        hosts.retain(known);
+                    }
                 }
             }
         }
     });
+    let claimants = functions.clone();
     controller
         .owns(
             Api::<Deployment>::all(client.clone()),
@@ -238,9 +253,16 @@ pub async fn run(
             watcher::Config::default().labels(FUNCTION_LABEL),
         )
         .watches(
-            Api::<FargateProfile>::all(client),
+            Api::<FargateProfile>::all(client.clone()),
             watcher::Config::default(),
             move |profile| functions_using(&functions, &profile.name_any()),
+        )
+        // A function claiming, changing or giving up a host decides the HostsAccepted of the
+        // others claiming it.
+        .watches(
+            Api::<DeserializeGuard<ServerlessFunction>>::all(client),
+            watcher::Config::default(),
+            move |changed| hosts.sharing(&claimants, &changed),
         )
         .graceful_shutdown_on(async move { shutdown.cancelled().await })
         .run(reconcile, reconcile::error_policy, Arc::new(ctx))
@@ -269,6 +291,62 @@ fn functions_using(
         .collect()
 }
 
+/// The hosts each function claimed when last seen, so that a function that gives a host up
+/// still wakes the functions waiting for it. Pruned with the functions that are gone.
+#[derive(Default)]
+struct ClaimedHosts(std::sync::Mutex<HashMap<(String, String), BTreeSet<String>>>);
+
+impl ClaimedHosts {
+    /// The other functions claiming a host `changed` claims or claimed.
+    fn sharing(
+        &self,
+        functions: &FunctionStore,
+        changed: &DeserializeGuard<ServerlessFunction>,
+    ) -> Vec<ObjectRef<DeserializeGuard<ServerlessFunction>>> {
+        let (Some(namespace), Some(name)) = (changed.namespace(), changed.meta().name.clone())
+        else {
+            return vec![];
+        };
+        let now: BTreeSet<String> = live(changed)
+            .map(claimed_hosts)
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        let key = (namespace, name);
+        let before = {
+            let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            if now.is_empty() {
+                seen.remove(&key)
+            } else {
+                seen.insert(key.clone(), now.clone())
+            }
+        };
+        let touched: BTreeSet<&String> = now.iter().chain(before.iter().flatten()).collect();
+        if touched.is_empty() {
+            return vec![];
+        }
+        functions
+            .state()
+            .iter()
+            .filter(|guard| {
+                live(guard).is_some_and(|other| {
+                    (other.namespace().as_deref(), other.meta().name.as_deref())
+                        != (Some(key.0.as_str()), Some(key.1.as_str()))
+                        && claimed_hosts(other).iter().any(|h| touched.contains(h))
+                })
+            })
+            .map(|guard| ObjectRef::from_obj(guard.as_ref()))
+            .collect()
+    }
+
+    fn retain(&self, known: impl Fn(&str, &str) -> bool) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(namespace, name), _| known(namespace, name));
+    }
+}
+
 #[instrument(skip_all, fields(function = %guard.name_any(), namespace = %guard.namespace().unwrap_or_default()))]
 pub async fn reconcile(
     guard: Arc<DeserializeGuard<ServerlessFunction>>,
@@ -295,6 +373,16 @@ impl ServerlessFunction {
         let name_problem = build::name_problem(&name);
         let schedule_problems = crate::schedule::validate(&self.spec.triggers.schedules);
         let profile = self.check_profile(ctx, &namespace).await?;
+        let host_refusals = if claimed_hosts(self).is_empty() {
+            vec![]
+        } else {
+            let functions = ctx.functions.state();
+            refusals_among(
+                self,
+                functions.iter().filter_map(|guard| live(guard)),
+                &ctx.activator_names,
+            )
+        };
 
         let deployment = if name_problem.is_some() {
             None
@@ -324,6 +412,7 @@ impl ServerlessFunction {
             name_problem: name_problem.as_deref(),
             pod_problems: &pod_problems,
             activator_url: &ctx.activator_url,
+            host_refusals: &host_refusals,
         };
         let now = Time(k8s_openapi::jiff::Timestamp::now());
         let status = status::compute(self, &observed, now);
@@ -487,6 +576,10 @@ impl ServerlessFunction {
                     reason::PROFILE_DOES_NOT_SELECT_NAMESPACE,
                 ][..],
             ),
+            (
+                HOSTS_ACCEPTED,
+                &[reason::HOST_RESERVED, reason::HOST_CLAIMED][..],
+            ),
             (READY, &[reason::PODS_FAILING, reason::INVALID_NAME][..]),
         ] {
             let Some(now) = current.conditions.iter().find(|c| c.type_ == type_) else {
@@ -584,5 +677,48 @@ mod tests {
             !applied.unchanged(&key, 7, &desired(), &ours),
             "forgotten with its function"
         );
+    }
+
+    fn function(name: &str, hosts: &[&str]) -> DeserializeGuard<ServerlessFunction> {
+        let mut function: ServerlessFunction = serde_yaml::from_str(&format!(
+            "metadata: {{name: {name}, namespace: shop}}\nspec: {{image: x}}"
+        ))
+        .expect("a test function");
+        function.spec.triggers.http.hosts = hosts.iter().map(|h| h.to_string()).collect();
+        DeserializeGuard(Ok(function))
+    }
+
+    fn names(refs: Vec<ObjectRef<DeserializeGuard<ServerlessFunction>>>) -> Vec<String> {
+        let mut names: Vec<String> = refs.into_iter().map(|r| r.name).collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_change_to_a_functions_hosts_wakes_the_others_claiming_them_before_and_after() {
+        let (store, mut writer) = kube::runtime::reflector::store();
+        for f in [
+            function("cart", &["shop.example.com"]),
+            function("cart-v2", &["shop.example.com"]),
+            function("api", &["api.example.com"]),
+            function("plain", &[]),
+        ] {
+            writer.apply_watcher_event(&watcher::Event::Apply(f));
+        }
+        let hosts = ClaimedHosts::default();
+        assert_eq!(
+            names(hosts.sharing(&store, &function("cart", &["shop.example.com"]))),
+            ["cart-v2"]
+        );
+        // It moves to another host: those waiting for the one it left, and those on the new one.
+        assert_eq!(
+            names(hosts.sharing(&store, &function("cart", &["api.example.com"]))),
+            ["api", "cart-v2"]
+        );
+        assert_eq!(
+            names(hosts.sharing(&store, &function("cart", &[]))),
+            ["api"]
+        );
+        assert!(hosts.sharing(&store, &function("plain", &[])).is_empty());
     }
 }

@@ -5,9 +5,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 
 use crate::api::conditions::{
-    self, PROFILE_FOUND, READY, SCALED_TO_ZERO, SCHEDULES_VALID, condition,
+    self, HOSTS_ACCEPTED, PROFILE_FOUND, READY, SCALED_TO_ZERO, SCHEDULES_VALID, condition,
 };
 use crate::api::function_url;
+use crate::api::routes::Refusal;
 use crate::api::{ServerlessFunction, ServerlessFunctionStatus};
 use crate::replicas::Instances;
 
@@ -29,6 +30,11 @@ pub mod reason {
     pub const PROFILE_DOES_NOT_SELECT_NAMESPACE: &str = "ProfileDoesNotSelectNamespace";
     pub const INVALID_SCHEDULE: &str = "InvalidSchedule";
     pub const INVALID_NAME: &str = "InvalidName";
+    /// HostsAccepted: a host is one of the activator's own names (or under its domain, an IP
+    /// address, `localhost`).
+    pub const HOST_RESERVED: &str = "HostReserved";
+    /// HostsAccepted: another function claimed the same host and path first.
+    pub const HOST_CLAIMED: &str = "HostClaimed";
 }
 
 /// What became of `spec.profile`.
@@ -90,6 +96,9 @@ pub struct Observed<'a> {
     pub pod_problems: &'a [String],
     /// The base URL of the activator.
     pub activator_url: &'a str,
+    /// Why hosts of `triggers.http.hosts` are not routed to the function (see
+    /// [`crate::api::routes::refusals_among`]).
+    pub host_refusals: &'a [Refusal],
 }
 
 /// Why a Deployment cannot create its pods (quota, admission), from its ReplicaFailure
@@ -166,6 +175,9 @@ pub fn compute(
         );
     }
 
+    let (accepted, hosts_reason, message) = hosts_accepted(function, observed.host_refusals);
+    set(HOSTS_ACCEPTED, accepted, hosts_reason, message);
+
     match instances {
         Some(instances) if instances.desired == 0 => set(
             SCALED_TO_ZERO,
@@ -203,6 +215,42 @@ pub fn compute(
         last_request_time: None,
         observed_generation: generation,
     }
+}
+
+/// The HostsAccepted condition. A refused host leaves the function Ready: it is still served
+/// by path and by its own host name.
+fn hosts_accepted(
+    function: &ServerlessFunction,
+    refusals: &[Refusal],
+) -> (bool, &'static str, String) {
+    let http = &function.spec.triggers.http;
+    if refusals.is_empty() {
+        return match (http.enabled, http.hosts.len()) {
+            (false, _) => (
+                true,
+                "NoHosts",
+                "the function takes no HTTP requests (triggers.http.enabled is false)".into(),
+            ),
+            (true, 0) => (true, "NoHosts", "the function claims no host".into()),
+            (true, hosts) => (
+                true,
+                "Accepted",
+                format!("{hosts} host(s) routed to the function"),
+            ),
+        };
+    }
+    let reason = if refusals.iter().any(Refusal::is_reserved) {
+        reason::HOST_RESERVED
+    } else {
+        reason::HOST_CLAIMED
+    };
+    let listed: Vec<String> = refusals.iter().map(ToString::to_string).collect();
+    let message = format!(
+        "{}; the activator ignores these claims: remove them from triggers.http.hosts or \
+         choose another host or path",
+        listed.join("; ")
+    );
+    (false, reason, truncate(&message, 1024))
 }
 
 fn readiness(
@@ -324,6 +372,7 @@ spec:
             name_problem: None,
             pod_problems: &[],
             activator_url: "http://fargo-activator.fargo-system.svc",
+            host_refusals: &[],
         }
     }
 
@@ -511,5 +560,96 @@ spec:
             Some("admission webhook denied the request")
         );
         assert_eq!(replica_failure(&deployment(1, 1, 1)), None);
+    }
+
+    fn hosts_condition(status: &ServerlessFunctionStatus) -> (String, String, String) {
+        let c = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == HOSTS_ACCEPTED)
+            .expect("a HostsAccepted condition");
+        (c.status.clone(), c.reason.clone(), c.message.clone())
+    }
+
+    #[test]
+    fn hosts_no_function_may_claim_are_reported_without_making_the_function_unready() {
+        use crate::api::routes::{ActivatorNames, refusals_among};
+        let thief = function(
+            r#"
+metadata: {name: thief, namespace: evil, creationTimestamp: "2026-01-01T00:00:00Z"}
+spec:
+  image: x
+  triggers: {http: {hosts: [fargo-activator.fargo-system.svc], path: /}}
+"#,
+        );
+        let names = ActivatorNames::new("fargo-activator", "fargo-system", "fargo.local");
+        let refusals = refusals_among(&thief, [&thief], &names);
+        let d = deployment(0, 0, 0);
+        let status = compute(
+            &thief,
+            &Observed {
+                host_refusals: &refusals,
+                ..observed(Some(&d))
+            },
+            now(),
+        );
+        let (accepted, reason, message) = hosts_condition(&status);
+        assert_eq!(
+            (accepted.as_str(), reason.as_str()),
+            ("False", "HostReserved")
+        );
+        assert!(
+            message
+                .contains("\"fargo-activator.fargo-system.svc\" is a name of the fargo activator"),
+            "{message}"
+        );
+        assert_eq!(
+            ready_condition(&status),
+            ("True".into(), "ScaledToZero".into())
+        );
+    }
+
+    #[test]
+    fn a_host_claimed_first_by_another_function_names_the_holder() {
+        use crate::api::routes::{ActivatorNames, refusals_among};
+        let holder = function(
+            r#"
+metadata: {name: shop, namespace: team-a, creationTimestamp: "2026-01-01T00:00:00Z"}
+spec: {image: x, triggers: {http: {hosts: [shop.example.com]}}}
+"#,
+        );
+        let late = function(
+            r#"
+metadata: {name: shop, namespace: team-b, creationTimestamp: "2026-01-01T00:00:05Z"}
+spec: {image: x, triggers: {http: {hosts: [shop.example.com]}}}
+"#,
+        );
+        let names = ActivatorNames::new("fargo-activator", "fargo-system", "fargo.local");
+        let all = [&holder, &late];
+        let d = deployment(0, 0, 0);
+        let status_of = |function: &ServerlessFunction| {
+            let refusals = refusals_among(function, all, &names);
+            compute(
+                function,
+                &Observed {
+                    host_refusals: &refusals,
+                    ..observed(Some(&d))
+                },
+                now(),
+            )
+        };
+        let (accepted, reason, message) = hosts_condition(&status_of(&late));
+        assert_eq!(
+            (accepted.as_str(), reason.as_str()),
+            ("False", "HostClaimed")
+        );
+        assert!(
+            message.contains("held by function team-a/shop"),
+            "{message}"
+        );
+        let (accepted, reason, _) = hosts_condition(&status_of(&holder));
+        assert_eq!((accepted.as_str(), reason.as_str()), ("True", "Accepted"));
+        let (accepted, reason, _) = hosts_condition(&status_of(&function(FUNCTION)));
+        assert_eq!((accepted.as_str(), reason.as_str()), ("True", "NoHosts"));
     }
 }

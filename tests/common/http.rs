@@ -6,13 +6,25 @@ pub async fn http_request(
     url: &str,
     body: Option<&str>,
 ) -> Result<(u16, String), String> {
+    http_request_with_headers(method, url, &[], body).await
+}
+
+/// [`http_request`] with `headers` (a `Host` among them replaces the one of `url`).
+pub async fn http_request_with_headers(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Result<(u16, String), String> {
     use http_body_util::{BodyExt, Full};
     use hyper_util::client::legacy::Client as HttpClient;
     use hyper_util::rt::TokioExecutor;
     let client = HttpClient::builder(TokioExecutor::new()).build_http::<Full<bytes::Bytes>>();
-    let request = hyper::Request::builder()
-        .method(method)
-        .uri(url)
+    let mut request = hyper::Request::builder().method(method).uri(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request
         .body(Full::new(bytes::Bytes::from(
             body.unwrap_or_default().to_string(),
         )))

@@ -80,8 +80,14 @@ pub async fn reconcile_function(client: Client, inputs: &FunctionInputs) -> Stri
         client: client.clone(),
         reporting: reporting(client),
         deployments: store_of(&inputs.deployments),
+        functions: store_of(&[DeserializeGuard(Ok(inputs.function.clone()))]),
         applied: Default::default(),
         activator_url: ACTIVATOR_URL.into(),
+        activator_names: fargo::api::routes::ActivatorNames::new(
+            "fargo-activator",
+            FARGO_NAMESPACE,
+            "fargo.local",
+        ),
     };
     let guard = Arc::new(DeserializeGuard(Ok(inputs.function.clone())));
     outcome(fargo::function::reconciler::reconcile(guard, Arc::new(ctx)).await)

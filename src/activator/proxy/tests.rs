@@ -11,6 +11,7 @@ use super::*;
 use crate::activator::function_state::{FunctionConfig, ObservedEndpoint};
 use crate::activator::metrics::ActivatorMetrics;
 use crate::activator::router::HttpRoute;
+use crate::api::routes::ActivatorNames;
 
 struct Activator {
     addr: SocketAddr,
@@ -21,7 +22,7 @@ struct Activator {
 
 async fn activator(queue_depth: usize) -> Activator {
     let index = Arc::new(FunctionIndex::new(
-        "fargo.local",
+        ActivatorNames::new("fargo-activator", "fargo-system", "fargo.local"),
         queue_depth,
         ActivatorMetrics::default(),
     ));
@@ -71,13 +72,15 @@ async fn echo_pod() -> SocketAddr {
                         .to_string()
                 };
                 let mut text = format!(
-                    "{} {}\nhost: {}\nx-forwarded-for: {}\nx-forwarded-host: {}\nx-forwarded-proto: {}\nx-private: {}\n",
+                    "{} {}\nhost: {}\nx-forwarded-for: {}\nx-forwarded-host: {}\nx-forwarded-proto: {}\nx-real-ip: {}\nforwarded: {}\nx-private: {}\n",
                     request.method(),
                     request.uri(),
                     header("host"),
                     header("x-forwarded-for"),
                     header("x-forwarded-host"),
                     header("x-forwarded-proto"),
+                    header("x-real-ip"),
+                    header("forwarded"),
                     header("x-private"),
                 );
                 let body = request.into_body().collect().await?.to_bytes();
@@ -124,6 +127,32 @@ async fn send(
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
+/// A GET with `headers` besides `Host`.
+async fn get_with_headers(
+    activator: SocketAddr,
+    target: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, String) {
+    let client: Client<HttpConnector, Empty<Bytes>> =
+        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let mut request = Request::builder()
+        .uri(format!("http://{activator}{target}"))
+        .header(header::HOST, "activator.test");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request.body(Empty::new()).expect("valid request");
+    let response = client.request(request).await.expect("activator answers");
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body arrives")
+        .to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
 async fn get(activator: SocketAddr, target: &str) -> (StatusCode, String) {
     send(activator, Method::GET, "activator.test", target, "").await
 }
@@ -149,6 +178,11 @@ async fn proxies_to_the_pod_without_the_route_prefix() {
         "{body}"
     );
     assert!(body.contains("x-forwarded-proto: http\n"), "{body}");
+    assert!(body.contains("x-real-ip: 127.0.0.1\n"), "{body}");
+    assert!(
+        body.contains("forwarded: for=127.0.0.1;host=\"activator.test\";proto=http\n"),
+        "{body}"
+    );
     assert!(
         body.contains("x-private: -\n"),
         "headers named in Connection are hop-by-hop: {body}"
@@ -157,6 +191,46 @@ async fn proxies_to_the_pod_without_the_route_prefix() {
     let (status, body) = get(activator.addr, "/media/echo").await;
     assert_eq!(status, StatusCode::OK);
     assert!(body.starts_with("GET /\n"), "{body}");
+}
+
+#[tokio::test]
+async fn forwarding_headers_the_client_sent_are_replaced_not_passed_on() {
+    let activator = activator(10).await;
+    let pod = echo_pod().await;
+    activator
+        .index
+        .upsert("media", "echo", config(5_000, 0), HttpRoute::default());
+    activator
+        .index
+        .set_endpoints("media", "echo", &[ready(pod)]);
+    let (status, body) = get_with_headers(
+        activator.addr,
+        "/media/echo/",
+        &[
+            ("x-forwarded-for", "10.0.0.1"),
+            ("X-Forwarded-For", "192.168.1.1"),
+            ("x-forwarded-host", "admin.internal"),
+            ("x-forwarded-proto", "https"),
+            ("x-real-ip", "10.0.0.1"),
+            ("forwarded", "for=10.0.0.1;proto=https"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains("x-forwarded-for: 127.0.0.1\n"), "{body}");
+    assert!(
+        body.contains("x-forwarded-host: activator.test\n"),
+        "{body}"
+    );
+    assert!(body.contains("x-forwarded-proto: http\n"), "{body}");
+    assert!(body.contains("x-real-ip: 127.0.0.1\n"), "{body}");
+    assert!(
+        body.contains("forwarded: for=127.0.0.1;host=\"activator.test\";proto=http\n"),
+        "{body}"
+    );
+    for forged in ["10.0.0.1", "192.168.1.1", "admin.internal", "https"] {
+        assert!(!body.contains(forged), "{forged} reached the pod: {body}");
+    }
 }
 
 #[tokio::test]
