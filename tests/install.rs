@@ -256,17 +256,31 @@ async fn check_installed_operator(client: Client) {
         "every pod runs on {NODE_NAME}: {placement:?}"
     );
 
-    // The chart leaves caBundle out; the controllers fill it in from their certificate.
+    // The chart leaves caBundle out; the controllers fill it in from their certificate, in
+    // every webhook the controller registers itself.
+    let expected_webhooks = {
+        let config = fargo::webhook::Config {
+            addr: "0.0.0.0:8443".parse().expect("an address"),
+            url: None,
+            service_namespace: NAMESPACE.into(),
+            service_name: "fargo-webhook".into(),
+            cert_dir: None,
+            secret_name: "fargo-webhook-tls".into(),
+            register: true,
+        };
+        let (mutating, validating) = fargo::webhook::configurations(&config, None);
+        mutating.webhooks.map_or(0, |w| w.len()) + validating.webhooks.map_or(0, |w| w.len())
+    };
     wait_for(
         &client,
         &namespaces,
         60,
-        "both webhook configurations to call Service fargo-webhook with a caBundle",
+        "every webhook to call Service fargo-webhook with a caBundle",
         || {
             let client = client.clone();
             async move {
                 let configs = webhook_client_configs(&client).await?;
-                let complete = configs.len() == 2
+                let complete = configs.len() == expected_webhooks
                     && configs.iter().all(|c| {
                         c.ca_bundle.as_ref().is_some_and(|ca| !ca.0.is_empty())
                             && c.url.is_none()
