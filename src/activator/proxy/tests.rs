@@ -172,17 +172,7 @@ async fn proxies_to_the_pod_without_the_route_prefix() {
     assert_eq!(status, StatusCode::OK);
     assert!(body.starts_with("GET /a/b?size=2\n"), "{body}");
     assert!(body.contains("host: activator.test\n"), "{body}");
-    assert!(body.contains("x-forwarded-for: 127.0.0.1\n"), "{body}");
-    assert!(
-        body.contains("x-forwarded-host: activator.test\n"),
-        "{body}"
-    );
-    assert!(body.contains("x-forwarded-proto: http\n"), "{body}");
-    assert!(body.contains("x-real-ip: 127.0.0.1\n"), "{body}");
-    assert!(
-        body.contains("forwarded: for=127.0.0.1;host=\"activator.test\";proto=http\n"),
-        "{body}"
-    );
+    assert_forwarded_by_the_activator(&body);
     assert!(
         body.contains("x-private: -\n"),
         "headers named in Connection are hop-by-hop: {body}"
@@ -217,17 +207,7 @@ async fn forwarding_headers_the_client_sent_are_replaced_not_passed_on() {
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert!(body.contains("x-forwarded-for: 127.0.0.1\n"), "{body}");
-    assert!(
-        body.contains("x-forwarded-host: activator.test\n"),
-        "{body}"
-    );
-    assert!(body.contains("x-forwarded-proto: http\n"), "{body}");
-    assert!(body.contains("x-real-ip: 127.0.0.1\n"), "{body}");
-    assert!(
-        body.contains("forwarded: for=127.0.0.1;host=\"activator.test\";proto=http\n"),
-        "{body}"
-    );
+    assert_forwarded_by_the_activator(&body);
     for forged in ["10.0.0.1", "192.168.1.1", "admin.internal", "https"] {
         assert!(!body.contains(forged), "{forged} reached the pod: {body}");
     }
@@ -447,4 +427,17 @@ async fn draining_closes_each_keepalive_connection_after_its_response() {
     );
     let (status, _) = get(activator.addr, "/media/echo/").await;
     assert_eq!(status, StatusCode::OK);
+}
+
+/// The forwarding headers the echo pod saw are the activator's own view of the request.
+fn assert_forwarded_by_the_activator(body: &str) {
+    for header in [
+        "x-forwarded-for: 127.0.0.1",
+        "x-forwarded-host: activator.test",
+        "x-forwarded-proto: http",
+        "x-real-ip: 127.0.0.1",
+        "forwarded: for=127.0.0.1;host=\"activator.test\";proto=http",
+    ] {
+        assert!(body.contains(&format!("{header}\n")), "{header}: {body}");
+    }
 }
