@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::controller::shared_controller;
-use common::namespaces::{unique_name, with_temp_namespaces};
+use common::namespaces::{TempNamespaces, unique_name, with_temp_namespaces};
 use common::wait::eventually;
 use common::{client, install_crds};
 use fargo::api::profile::FargateProfile;
@@ -86,6 +86,21 @@ async fn wait_profiled(client: &Client, namespace: &str, profiled: bool) {
         },
     )
     .await;
+}
+
+/// Applies profile `name` with `spec`, whose selectors must take namespace `<name>-ns`; creates
+/// that namespace and waits until the controller has labelled it profiled. Returns its name.
+async fn profile_with_namespace(
+    client: &Client,
+    temp_namespaces: &TempNamespaces,
+    name: &str,
+    spec: serde_json::Value,
+) -> String {
+    apply_profile(client, name, spec).await;
+    let namespace = format!("{name}-ns");
+    temp_namespaces.create(&namespace).await;
+    wait_profiled(client, &namespace, true).await;
+    namespace
 }
 
 async fn network_policy(client: &Client, namespace: &str, name: &str) -> Option<NetworkPolicy> {
@@ -176,8 +191,9 @@ async fn matched_pod_is_mutated_into_a_fargate_pod() {
             .create(&PostParams::default(), &rc)
             .await
             .expect("creating the RuntimeClass");
-        apply_profile(
+        let namespace = profile_with_namespace(
             &client,
+            &temp_namespaces,
             &name,
             json!({
                 "selectors": [{"namespace": format!("{name}-*"), "labels": {"tier": "backend"}}],
@@ -186,9 +202,6 @@ async fn matched_pod_is_mutated_into_a_fargate_pod() {
             }),
         )
         .await;
-        let namespace = format!("{name}-ns");
-        temp_namespaces.create(&namespace).await;
-        wait_profiled(&client, &namespace, true).await;
 
         let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
         let created = pods
@@ -259,15 +272,13 @@ async fn each_forbidden_field_is_refused_with_its_reason() {
     let client = setup().await;
     with_temp_namespaces(&client, |client, temp_namespaces| async move {
         let name = unique_name("forbid");
-        apply_profile(
+        let namespace = profile_with_namespace(
             &client,
+            &temp_namespaces,
             &name,
             json!({"selectors": [{"namespace": format!("{name}-*")}]}),
         )
         .await;
-        let namespace = format!("{name}-ns");
-        temp_namespaces.create(&namespace).await;
-        wait_profiled(&client, &namespace, true).await;
 
         // One pod per control of the Pod Security Standards' baseline level, and per thing
         // Fargate does not offer. Each pod is one the API server's own validation accepts, so
@@ -516,15 +527,13 @@ async fn a_restricted_profile_refuses_pods_that_may_run_as_root_and_drops_every_
     let client = setup().await;
     with_temp_namespaces(&client, |client, temp_namespaces| async move {
         let name = unique_name("restricted");
-        apply_profile(
+        let namespace = profile_with_namespace(
             &client,
+            &temp_namespaces,
             &name,
             json!({"selectors": [{"namespace": format!("{name}-*")}], "podSecurity": "Restricted"}),
         )
         .await;
-        let namespace = format!("{name}-ns");
-        temp_namespaces.create(&namespace).await;
-        wait_profiled(&client, &namespace, true).await;
         // Kubernetes' own PodSecurity admission checks the pod fargo hands back.
         Api::<Namespace>::all(client.clone())
             .patch(
@@ -928,15 +937,13 @@ async fn an_admitted_pod_cannot_shed_or_change_its_profile_label() {
     let client = setup().await;
     with_temp_namespaces(&client, |client, temp_namespaces| async move {
         let name = unique_name("relabel");
-        apply_profile(
+        let namespace = profile_with_namespace(
             &client,
+            &temp_namespaces,
             &name,
             json!({"selectors": [{"namespace": format!("{name}-ns"), "labels": {"tier": "backend"}}]}),
         )
         .await;
-        let namespace = format!("{name}-ns");
-        temp_namespaces.create(&namespace).await;
-        wait_profiled(&client, &namespace, true).await;
         let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
         let admitted = pods
             .create(
@@ -997,15 +1004,13 @@ async fn a_pod_cannot_claim_a_profile_after_admission() {
     let client = setup().await;
     with_temp_namespaces(&client, |client, temp_namespaces| async move {
         let name = unique_name("claim");
-        apply_profile(
+        let namespace = profile_with_namespace(
             &client,
+            &temp_namespaces,
             &name,
             json!({"selectors": [{"namespace": format!("{name}-ns"), "labels": {"tier": "backend"}}]}),
         )
         .await;
-        let namespace = format!("{name}-ns");
-        temp_namespaces.create(&namespace).await;
-        wait_profiled(&client, &namespace, true).await;
         // In the profiled namespace, but no profile takes it, privileged as it is.
         let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
         let plain = pods
@@ -1043,15 +1048,13 @@ async fn a_privileged_ephemeral_container_is_refused_on_a_fargate_pod() {
     let client = setup().await;
     with_temp_namespaces(&client, |client, temp_namespaces| async move {
         let name = unique_name("debug");
-        apply_profile(
+        let namespace = profile_with_namespace(
             &client,
+            &temp_namespaces,
             &name,
             json!({"selectors": [{"namespace": format!("{name}-ns")}]}),
         )
         .await;
-        let namespace = format!("{name}-ns");
-        temp_namespaces.create(&namespace).await;
-        wait_profiled(&client, &namespace, true).await;
         let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
         pods.create(
             &PostParams::default(),
@@ -1247,15 +1250,13 @@ async fn a_daemon_set_owner_exempts_no_pod_in_a_profiled_namespace() {
     let client = setup().await;
     with_temp_namespaces(&client, |client, temp_namespaces| async move {
         let name = unique_name("daemonset");
-        let namespace = format!("{name}-ns");
-        apply_profile(
+        let namespace = profile_with_namespace(
             &client,
+            &temp_namespaces,
             &name,
-            json!({"selectors": [{"namespace": namespace.clone()}]}),
+            json!({"selectors": [{"namespace": format!("{name}-ns")}]}),
         )
         .await;
-        temp_namespaces.create(&namespace).await;
-        wait_profiled(&client, &namespace, true).await;
         let privileged = json!({
             "hostPID": true,
             "containers": [app_container(json!({"securityContext": {"privileged": true}}))],
