@@ -155,12 +155,12 @@ async fn through_api_server() {
         let client = client.clone();
         let profiled = profiled.clone();
         async move {
-            let ns = Api::<k8s_openapi::api::core::v1::Namespace>::all(client)
+            let ns = Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
                 .get(&profiled)
                 .await
                 .ok()?;
-            kube::ResourceExt::labels(&ns)
-                .contains_key("fargo.dev/profiled")
+            let seen = common::admission::webhooks_see(&client, &profiled).await;
+            (kube::ResourceExt::labels(&ns).contains_key("fargo.dev/profiled") && seen.is_ok())
                 .then_some(())
         }
     })

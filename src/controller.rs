@@ -113,6 +113,7 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
     let mut webhook = tokio::spawn(webhook::run(
         client.clone(),
         config.webhook.clone(),
+        reserved_namespaces(&config),
         metrics.webhook.clone(),
         shutdown.clone(),
     ));

@@ -146,7 +146,9 @@ fn chart_webhook_configurations_are_what_the_controller_applies() {
         secret_name: "fargo-webhook-tls".into(),
         register: true,
     };
-    let (mutating, validating) = fargo::webhook::configurations(&config, None);
+    // Before a controller replaces it, the scope is that of no profile at all.
+    let scope = fargo::webhook::admission_scope(&[], &[]);
+    let (mutating, validating) = fargo::webhook::configurations(&config, None, &scope);
     let name = fargo::webhook::CONFIGURATION_NAME;
     let chart_mutating: MutatingWebhookConfiguration =
         deployed("MutatingWebhookConfiguration", name);

@@ -18,6 +18,7 @@ mod real_node;
 use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
+use common::admission::webhooks_see;
 use common::client;
 use common::namespaces::{unique_name, with_temp_namespaces};
 use common::report::namespace_report;
@@ -268,7 +269,8 @@ async fn check_installed_operator(client: Client) {
             secret_name: "fargo-webhook-tls".into(),
             register: true,
         };
-        let (mutating, validating) = fargo::webhook::configurations(&config, None);
+        let scope = fargo::webhook::admission_scope(&[], &[]);
+        let (mutating, validating) = fargo::webhook::configurations(&config, None, &scope);
         mutating.webhooks.map_or(0, |w| w.len()) + validating.webhooks.map_or(0, |w| w.len())
     };
     wait_for(
@@ -390,14 +392,17 @@ async fn check_webhook_and_reconciler(client: &Client) {
                 60,
                 &format!("the in-cluster controller to label {namespace} profiled"),
                 || {
-                    let (namespaces, namespace) = (namespaces.clone(), namespace.clone());
+                    let (namespaces, namespace, client) =
+                        (namespaces.clone(), namespace.clone(), client.clone());
                     async move {
                         let ns = namespaces
                             .get(&namespace)
                             .await
                             .map_err(|e| e.to_string())?;
                         match ns.labels().get("fargo.dev/profiled") {
-                            Some(value) if value == "true" => Ok(()),
+                            Some(value) if value == "true" => {
+                                webhooks_see(&client, &namespace).await
+                            }
                             other => Err(format!("fargo.dev/profiled={other:?}")),
                         }
                     }

@@ -13,6 +13,7 @@ mod real_node;
 use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
+use common::admission::webhooks_see;
 use common::controller::shared_controller;
 use common::namespaces::{unique_name, with_temp_namespaces, with_temp_ns};
 use common::{client, install_crds};
@@ -231,6 +232,7 @@ async fn wait_fenced_namespace(client: &Client, namespace: &str, profile: &str) 
                 if ns.labels().get("fargo.dev/profiled").map(String::as_str) != Some("true") {
                     return Err("namespace not labelled fargo.dev/profiled=true".into());
                 }
+                webhooks_see(client, namespace).await?;
                 match policies.get_opt(&policy).await {
                     Ok(Some(_)) => Ok(()),
                     Ok(None) => Err("no NetworkPolicy yet".into()),

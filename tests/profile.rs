@@ -5,6 +5,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
+use common::admission::{selects, webhooks_see};
 use common::controller::shared_controller;
 use common::namespaces::{TempNamespaces, unique_name, with_temp_namespaces};
 use common::wait::eventually;
@@ -14,7 +15,7 @@ use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Event, Namespace, Pod};
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer};
 use k8s_openapi::api::node::v1::RuntimeClass;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -67,7 +68,8 @@ async fn delete_profile(client: &Client, name: &str) {
     .await;
 }
 
-/// Waits until the controller has labelled `namespace` as profiled (or not).
+/// Waits until the controller has labelled `namespace` as profiled (or not); when profiled, also
+/// until the webhooks see the namespace.
 async fn wait_profiled(client: &Client, namespace: &str, profiled: bool) {
     let namespaces: Api<Namespace> = Api::all(client.clone());
     eventually(
@@ -81,7 +83,8 @@ async fn wait_profiled(client: &Client, namespace: &str, profiled: bool) {
                     .labels()
                     .get("fargo.dev/profiled")
                     .is_some_and(|v| v == "true");
-                (labelled == profiled).then_some(())
+                let seen = !profiled || webhooks_see(client, namespace).await.is_ok();
+                (labelled == profiled && seen).then_some(())
             }
         },
     )
@@ -130,27 +133,6 @@ fn refusal<T>(what: &str, result: Result<T, kube::Error>) -> String {
         Err(kube::Error::Api(status)) => status.message,
         Err(other) => panic!("{what}: {other}"),
     }
-}
-
-/// Whether `selector` selects an object with `labels`, as a NetworkPolicy enforcer reads it.
-fn selects(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    let by_labels = selector
-        .match_labels
-        .iter()
-        .flatten()
-        .all(|(key, value)| labels.get(key) == Some(value));
-    let by_expressions = selector.match_expressions.iter().flatten().all(|r| {
-        let values = r.values.as_deref().unwrap_or_default();
-        let value = labels.get(&r.key);
-        match r.operator.as_str() {
-            "In" => value.is_some_and(|v| values.contains(v)),
-            "NotIn" => value.is_none_or(|v| !values.contains(v)),
-            "Exists" => value.is_some(),
-            "DoesNotExist" => value.is_none(),
-            other => panic!("unknown label selector operator {other}"),
-        }
-    });
-    by_labels && by_expressions
 }
 
 /// Whether `peer` admits a pod with `pod_labels` in a namespace with `namespace_labels`.

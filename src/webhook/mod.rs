@@ -1,13 +1,18 @@
 //! The admission webhook, served over TLS by every `fargo controller` replica.
 //!
-//! The webhook configurations select only namespaces labelled `fargo.dev/profiled=true` and fail
-//! closed there (`failurePolicy: Fail`): where isolation is promised, a pod is never admitted
-//! without it, and no other namespace ever depends on fargo being up. After creation, only the
-//! updates fargo judges reach it (see [`configurations`]).
+//! The webhook configurations select the namespaces the profiles name (see [`admission_scope`])
+//! and fail closed there (`failurePolicy: Fail`): where isolation is promised, a pod is never
+//! admitted without it, and no other namespace ever depends on fargo being up. The scope comes
+//! from the profiles themselves, through the name the API server gives every namespace, never
+//! from a label fargo writes later: a namespace created, or a pod created in it, before fargo
+//! saw it, or while fargo is down, is judged (or refused) like any other. After creation, only
+//! the updates fargo judges reach it (see [`configurations`]).
 
 pub mod admission;
 pub mod certs;
+pub mod fence;
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,31 +30,35 @@ use k8s_openapi::api::admissionregistration::v1::{
     MatchCondition, MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations,
     ServiceReference, ValidatingWebhook, ValidatingWebhookConfiguration, WebhookClientConfig,
 };
+use k8s_openapi::api::authentication::v1::SelfSubjectReview;
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use kube::api::{Api, Patch, PatchParams};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Client, ResourceExt};
+use kube::{Client, Resource, ResourceExt};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::api::profile::FargateProfile;
-use crate::api::{CONTROLLER_MANAGER, PROFILE_LABEL, PROFILED_NAMESPACE_LABEL};
+use crate::api::{CONTROLLER_MANAGER, NAMESPACE_NAME_LABEL, PROFILE_LABEL};
 pub use certs::WebhookCertificate;
 
 /// Name of both webhook configurations.
 pub const CONFIGURATION_NAME: &str = "fargo";
 pub const MUTATE_PATH: &str = "/mutate-pods";
 pub const VALIDATE_PATH: &str = "/validate-pods";
+pub const NETWORK_POLICY_PATH: &str = "/validate-networkpolicies";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -67,6 +76,8 @@ pub enum Error {
     },
     #[error("the webhook server stopped unexpectedly")]
     Server(#[source] tokio::task::JoinError),
+    #[error("asking the API server who the controller is (a SelfSubjectReview): {0}")]
+    Identity(#[source] kube::Error),
 }
 
 /// How the webhook is reached and where its certificate comes from.
@@ -119,17 +130,32 @@ impl WebhookMetrics {
 struct AppState {
     profiles: Store<FargateProfile>,
     metrics: Arc<WebhookMetrics>,
+    /// The user the controller writes as, whose NetworkPolicy writes are never refused.
+    fargo_user: Arc<str>,
+}
+
+/// What the webhook needs besides its [`Config`]: the profiles it judges by, and the namespaces
+/// no profile may take.
+struct Profiles {
+    store: Store<FargateProfile>,
+    /// Notified on every change to the profile cache.
+    changed: Arc<Notify>,
+    reserved: Vec<String>,
 }
 
 /// Serves the webhook until `shutdown`; registers the configurations once the profile cache is
-/// filled, so no pod is judged against an empty list.
+/// filled, so no pod is judged against an empty list, and again whenever the profiles change the
+/// namespaces the webhooks must see. `reserved` are the namespaces no profile may take.
 pub async fn run(
     client: Client,
     config: Config,
+    reserved: Vec<String>,
     metrics: Arc<WebhookMetrics>,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    let (profiles, writer) = reflector::store();
+    let (store, writer) = reflector::store();
+    let changed = Arc::new(Notify::new());
+    let notify = changed.clone();
     let reflector = watcher(
         Api::<FargateProfile>::all(client.clone()),
         watcher::Config::default(),
@@ -138,12 +164,19 @@ pub async fn run(
     .modify(|p| p.managed_fields_mut().clear())
     .reflect(writer)
     .take_until(shutdown.clone().cancelled_owned())
-    .for_each(|event| async move {
-        if let Err(error) = event {
-            tracing::debug!(%error, "watching FargateProfiles");
+    .for_each(move |event| {
+        match event {
+            Ok(_) => notify.notify_one(),
+            Err(error) => tracing::debug!(%error, "watching FargateProfiles"),
         }
+        std::future::ready(())
     });
     let profile_cache = tokio::spawn(reflector);
+    let profiles = Profiles {
+        store,
+        changed,
+        reserved,
+    };
     let served = serve_until_shutdown(client, config, metrics, profiles, shutdown).await;
     // The watch stops with `shutdown`; on an early error it is stopped here.
     profile_cache.abort();
@@ -157,9 +190,10 @@ async fn serve_until_shutdown(
     client: Client,
     config: Config,
     metrics: Arc<WebhookMetrics>,
-    profiles: Store<FargateProfile>,
+    profiles: Profiles,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
+    let fargo_user = own_username(&client).await?;
     let certificate = match (&config.cert_dir, &config.url) {
         (Some(dir), _) => certs::read_dir(dir)?,
         (None, Some(url)) => certs::generate(&url_hosts(url))?,
@@ -185,38 +219,34 @@ async fn serve_until_shutdown(
     // every profile: until then the API server's calls wait in the listen backlog (and fail
     // closed at their timeout) instead of letting a pod through unfenced.
     tokio::select! {
-        _ = profiles.wait_until_ready() => {}
+        _ = profiles.store.wait_until_ready() => {}
         () = shutdown.cancelled() => return Ok(()),
     }
-    let router = router(profiles.clone(), metrics);
-    let server = tokio::spawn(serve_tls(listener, tls, router, shutdown.clone()));
+    let state = AppState {
+        profiles: profiles.store.clone(),
+        metrics,
+        fargo_user: fargo_user.into(),
+    };
+    let server = tokio::spawn(serve_tls(listener, tls, router(state), shutdown.clone()));
 
     if config.register {
         let ca_bundle = config
             .cert_dir
             .is_none()
             .then_some(certificate.ca_pem.clone());
-        register(&client, &config, ca_bundle.as_deref())
+        let scope = admission_scope(&profiles.store.state(), &profiles.reserved);
+        register(&client, &config, ca_bundle.as_deref(), &scope)
             .await
             .map_err(Error::Register)?;
         info!("webhook configurations registered");
-        // Re-applied every minute: a configuration replaced or stripped of its caBundle (a
-        // `kubectl replace`, a forced Helm upgrade) would otherwise refuse every pod in the
-        // profiled namespaces until a controller restarts.
-        let shutdown = shutdown.clone();
-        let reregister = tokio::spawn(async move {
-            let mut every_minute = tokio::time::interval(std::time::Duration::from_secs(60));
-            every_minute.tick().await;
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = every_minute.tick() => {}
-                }
-                if let Err(error) = register(&client, &config, ca_bundle.as_deref()).await {
-                    warn!(%error, "re-applying the webhook configurations failed");
-                }
-            }
-        });
+        let reregister = tokio::spawn(keep_registered(
+            client,
+            config,
+            ca_bundle,
+            profiles,
+            scope,
+            shutdown.clone(),
+        ));
         let served = server.await.map_err(Error::Server);
         let _ = reregister.await;
         return served;
@@ -224,13 +254,71 @@ async fn serve_until_shutdown(
     server.await.map_err(Error::Server)
 }
 
+/// Applies the configurations again whenever the profiles change the namespaces the webhooks
+/// must see, and every minute regardless: a configuration replaced or stripped of its caBundle (a
+/// `kubectl replace`, a forced Helm upgrade) would otherwise refuse every pod in the profiled
+/// namespaces until a controller restarts.
+async fn keep_registered(
+    client: Client,
+    config: Config,
+    ca_bundle: Option<String>,
+    profiles: Profiles,
+    mut applied: LabelSelector,
+    shutdown: CancellationToken,
+) {
+    let mut every_minute = tokio::time::interval(std::time::Duration::from_secs(60));
+    every_minute.tick().await;
+    loop {
+        let due = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = every_minute.tick() => true,
+            () = profiles.changed.notified() => false,
+        };
+        let scope = admission_scope(&profiles.store.state(), &profiles.reserved);
+        if !due && scope == applied {
+            continue;
+        }
+        match register(&client, &config, ca_bundle.as_deref(), &scope).await {
+            Ok(()) => {
+                if scope != applied {
+                    info!(
+                        ?scope,
+                        "webhook configurations now select the profiles' namespaces"
+                    );
+                }
+                applied = scope;
+            }
+            Err(error) => {
+                warn!(%error, "applying the webhook configurations failed");
+                // Tried again at the next profile change or minute.
+                applied = LabelSelector::default();
+            }
+        }
+    }
+}
+
+/// The user this controller acts as, from the API server itself: its service account in
+/// cluster, whoever the kubeconfig names out of it.
+async fn own_username(client: &Client) -> Result<String, Error> {
+    let review = Api::<SelfSubjectReview>::all(client.clone())
+        .create(&PostParams::default(), &SelfSubjectReview::default())
+        .await
+        .map_err(Error::Identity)?;
+    Ok(review
+        .status
+        .and_then(|status| status.user_info)
+        .and_then(|user| user.username)
+        .unwrap_or_default())
+}
+
 /// The routes of the webhook server.
-fn router(profiles: Store<FargateProfile>, metrics: Arc<WebhookMetrics>) -> Router {
+fn router(state: AppState) -> Router {
     Router::new()
         .route(MUTATE_PATH, post(mutate_handler))
         .route(VALIDATE_PATH, post(validate_handler))
+        .route(NETWORK_POLICY_PATH, post(network_policy_handler))
         .route("/healthz", get(|| async { "ok" }))
-        .with_state(AppState { profiles, metrics })
+        .with_state(state)
 }
 
 async fn mutate_handler(
@@ -247,14 +335,24 @@ async fn validate_handler(
     decide(&state, "validate", review, admission::validate)
 }
 
-fn decide(
+async fn network_policy_handler(
+    State(state): State<AppState>,
+    Json(review): Json<AdmissionReview<NetworkPolicy>>,
+) -> Json<AdmissionReview<DynamicObject>> {
+    let fargo_user = state.fargo_user.clone();
+    decide(&state, "networkpolicy", review, |request, profiles| {
+        fence::judge(request, profiles, &fargo_user)
+    })
+}
+
+fn decide<K: Resource>(
     state: &AppState,
     webhook: &'static str,
-    review: AdmissionReview<Pod>,
-    decision: fn(&AdmissionRequest<Pod>, &[Arc<FargateProfile>]) -> AdmissionResponse,
+    review: AdmissionReview<K>,
+    decision: impl FnOnce(&AdmissionRequest<K>, &[Arc<FargateProfile>]) -> AdmissionResponse,
 ) -> Json<AdmissionReview<DynamicObject>> {
     let started = Instant::now();
-    let request: AdmissionRequest<Pod> = match review.try_into() {
+    let request: AdmissionRequest<K> = match review.try_into() {
         Ok(request) => request,
         Err(error) => {
             warn!(%error, "malformed admission review");
@@ -268,7 +366,7 @@ fn decide(
             namespace = request.namespace.as_deref().unwrap_or_default(),
             name = %request.name,
             reason = %response.result.message,
-            "pod refused"
+            "request refused"
         );
     }
     state
@@ -394,10 +492,41 @@ fn pod_rule(operations: &[&str], resources: &[&str]) -> RuleWithOperations {
     }
 }
 
-fn profiled_namespaces() -> LabelSelector {
+/// The namespaces the webhooks see: those the profiles' selectors name, by the
+/// `kubernetes.io/metadata.name` label the API server sets on every namespace at creation and
+/// lets no one change. A namespace pattern with a wildcard (`team-*`) cannot be written as a
+/// label selector, so then every namespace but the reserved ones is seen, and the webhook tells
+/// which a profile takes. With no profiles, no namespace is seen (every namespace has the name
+/// label, so none lacks it).
+pub fn admission_scope(profiles: &[Arc<FargateProfile>], reserved: &[String]) -> LabelSelector {
+    let patterns: BTreeSet<&str> = profiles
+        .iter()
+        .flat_map(|profile| &profile.spec.selectors)
+        .map(|selector| selector.namespace.as_str())
+        .collect();
+    let wildcard = patterns.iter().any(|p| p.contains(['*', '?']));
+    let names: Vec<String> = patterns
+        .into_iter()
+        .filter(|name| !reserved.iter().any(|r| r == name))
+        .map(String::from)
+        .collect();
+    let requirement = |operator: &str, values: Option<Vec<String>>| LabelSelectorRequirement {
+        key: NAMESPACE_NAME_LABEL.into(),
+        operator: operator.into(),
+        values,
+    };
+    let requirement = if wildcard && reserved.is_empty() {
+        requirement("Exists", None)
+    } else if wildcard {
+        requirement("NotIn", Some(reserved.to_vec()))
+    } else if names.is_empty() {
+        requirement("DoesNotExist", None)
+    } else {
+        requirement("In", Some(names))
+    };
     LabelSelector {
-        match_labels: Some([(PROFILED_NAMESPACE_LABEL.to_string(), "true".to_string())].into()),
-        ..LabelSelector::default()
+        match_labels: None,
+        match_expressions: Some(vec![requirement]),
     }
 }
 
@@ -431,19 +560,20 @@ fn runs_under_a_profile() -> MatchCondition {
     }
 }
 
-/// A validating webhook on the profiled namespaces, failing closed there.
+/// A validating webhook on the profiled namespaces (`scope`), failing closed there.
 fn validating_webhook(
     name: &str,
     client_config: WebhookClientConfig,
     rules: Vec<RuleWithOperations>,
     match_conditions: Option<Vec<MatchCondition>>,
+    scope: &LabelSelector,
 ) -> ValidatingWebhook {
     ValidatingWebhook {
         name: name.into(),
         client_config,
         rules: Some(rules),
         match_conditions,
-        namespace_selector: Some(profiled_namespaces()),
+        namespace_selector: Some(scope.clone()),
         failure_policy: Some("Fail".into()),
         side_effects: "None".into(),
         admission_review_versions: vec!["v1".into()],
@@ -452,22 +582,25 @@ fn validating_webhook(
     }
 }
 
-/// Both webhook configurations, as the controller applies them.
+/// Both webhook configurations, as the controller applies them, seeing the namespaces of `scope`
+/// (see [`admission_scope`]).
 ///
-/// The validating configuration has three webhooks, all served at [`VALIDATE_PATH`]: pod
+/// The validating configuration has four webhooks. Three are served at [`VALIDATE_PATH`]: pod
 /// creation; updates of a pod (`pods`, and `pods/status`, through which a status writer could
 /// otherwise relabel the pod) that change its profile label; and `kubectl debug`'s
-/// `pods/ephemeralcontainers` updates of a pod that runs under a profile.
+/// `pods/ephemeralcontainers` updates of a pod that runs under a profile. The fourth, at
+/// [`NETWORK_POLICY_PATH`], judges every write of a NetworkPolicy (see [`fence`]).
 pub fn configurations(
     config: &Config,
     ca_bundle: Option<&str>,
+    scope: &LabelSelector,
 ) -> (MutatingWebhookConfiguration, ValidatingWebhookConfiguration) {
     let mut mutating = MutatingWebhookConfiguration {
         webhooks: Some(vec![MutatingWebhook {
             name: "pods.mutate.fargo.dev".into(),
             client_config: client_config(config, MUTATE_PATH, ca_bundle),
             rules: Some(vec![pod_rule(&["CREATE"], &["pods"])]),
-            namespace_selector: Some(profiled_namespaces()),
+            namespace_selector: Some(scope.clone()),
             failure_policy: Some("Fail".into()),
             side_effects: "None".into(),
             admission_review_versions: vec!["v1".into()],
@@ -486,18 +619,34 @@ pub fn configurations(
                 validate(),
                 vec![pod_rule(&["CREATE"], &["pods"])],
                 None,
+                scope,
             ),
             validating_webhook(
                 "profile-label.validate.fargo.dev",
                 validate(),
                 vec![pod_rule(&["UPDATE"], &["pods", "pods/status"])],
                 Some(vec![profile_label_changes()]),
+                scope,
             ),
             validating_webhook(
                 "ephemeral-containers.validate.fargo.dev",
                 validate(),
                 vec![pod_rule(&["UPDATE"], &["pods/ephemeralcontainers"])],
                 Some(vec![runs_under_a_profile()]),
+                scope,
+            ),
+            validating_webhook(
+                "network-policies.validate.fargo.dev",
+                client_config(config, NETWORK_POLICY_PATH, ca_bundle),
+                vec![RuleWithOperations {
+                    operations: Some(["CREATE", "UPDATE", "DELETE"].map(String::from).into()),
+                    api_groups: Some(vec!["networking.k8s.io".into()]),
+                    api_versions: Some(vec!["v1".into()]),
+                    resources: Some(vec!["networkpolicies".into()]),
+                    scope: Some("Namespaced".into()),
+                }],
+                None,
+                scope,
             ),
         ]),
         ..ValidatingWebhookConfiguration::default()
@@ -510,8 +659,9 @@ async fn register(
     client: &Client,
     config: &Config,
     ca_bundle: Option<&str>,
+    scope: &LabelSelector,
 ) -> Result<(), kube::Error> {
-    let (mutating, validating) = configurations(config, ca_bundle);
+    let (mutating, validating) = configurations(config, ca_bundle, scope);
     let params = PatchParams::apply(CONTROLLER_MANAGER).force();
     Api::<MutatingWebhookConfiguration>::all(client.clone())
         .patch(CONFIGURATION_NAME, &params, &Patch::Apply(&mutating))
@@ -538,9 +688,79 @@ mod tests {
         }
     }
 
+    fn profile(name: &str, namespaces: &[&str]) -> Arc<FargateProfile> {
+        let selectors: Vec<_> = namespaces
+            .iter()
+            .map(|ns| serde_json::json!({"namespace": ns}))
+            .collect();
+        Arc::new(
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "fargo.dev/v1alpha1",
+                "kind": "FargateProfile",
+                "metadata": {"name": name},
+                "spec": {"selectors": selectors},
+            }))
+            .expect("a profile"),
+        )
+    }
+
+    fn requirement(scope: &LabelSelector) -> (String, String, Vec<String>) {
+        let [requirement] = scope.match_expressions.as_deref().expect("one requirement") else {
+            panic!("one requirement: {scope:?}");
+        };
+        assert_eq!(scope.match_labels, None);
+        (
+            requirement.key.clone(),
+            requirement.operator.clone(),
+            requirement.values.clone().unwrap_or_default(),
+        )
+    }
+
     #[test]
-    fn validating_webhooks_judge_creation_relabelling_and_ephemeral_containers() {
-        let (_, validating) = configurations(&in_cluster(), None);
+    fn the_webhooks_see_the_namespaces_the_profiles_name_by_their_immutable_name_label() {
+        let reserved = ["fargo-system".to_string(), "kube-system".to_string()];
+        let named = [
+            profile("a", &["payments", "orders"]),
+            profile("b", &["payments", "kube-system"]),
+        ];
+        assert_eq!(
+            requirement(&admission_scope(&named, &reserved)),
+            (
+                "kubernetes.io/metadata.name".into(),
+                "In".into(),
+                vec!["orders".into(), "payments".into()]
+            ),
+            "exact names, reserved ones left out"
+        );
+        let wildcard = [profile("a", &["payments"]), profile("b", &["team-?", "x"])];
+        assert_eq!(
+            requirement(&admission_scope(&wildcard, &reserved)),
+            (
+                "kubernetes.io/metadata.name".into(),
+                "NotIn".into(),
+                reserved.to_vec()
+            ),
+            "a wildcard: every namespace but the reserved"
+        );
+        for none in [vec![], vec![profile("a", &["kube-system"])]] {
+            assert_eq!(
+                requirement(&admission_scope(&none, &reserved)),
+                (
+                    "kubernetes.io/metadata.name".into(),
+                    "DoesNotExist".into(),
+                    vec![]
+                ),
+                "no namespace"
+            );
+        }
+    }
+
+    #[test]
+    fn validating_webhooks_judge_creation_relabelling_ephemeral_containers_and_policies() {
+        let scope = admission_scope(&[profile("a", &["payments"])], &[]);
+        let (mutating, validating) = configurations(&in_cluster(), None, &scope);
+        let mutating = mutating.webhooks.expect("a webhook");
+        assert_eq!(mutating[0].namespace_selector.as_ref(), Some(&scope));
         let webhooks = validating.webhooks.expect("webhooks");
         let summary: Vec<_> = webhooks
             .iter()
@@ -588,10 +808,21 @@ mod tests {
                     vec!["pods/ephemeralcontainers"],
                     vec!["runs-under-a-profile"]
                 ),
+                (
+                    "network-policies.validate.fargo.dev",
+                    vec!["CREATE", "UPDATE", "DELETE"],
+                    vec!["networkpolicies"],
+                    vec![]
+                ),
             ]
         );
-        for webhook in &webhooks {
-            assert_eq!(webhook.namespace_selector, Some(profiled_namespaces()));
+        for (webhook, path) in webhooks.iter().zip([
+            VALIDATE_PATH,
+            VALIDATE_PATH,
+            VALIDATE_PATH,
+            NETWORK_POLICY_PATH,
+        ]) {
+            assert_eq!(webhook.namespace_selector.as_ref(), Some(&scope));
             assert_eq!(webhook.failure_policy.as_deref(), Some("Fail"));
             assert_eq!(
                 webhook
@@ -599,7 +830,7 @@ mod tests {
                     .service
                     .as_ref()
                     .and_then(|s| s.path.as_deref()),
-                Some(VALIDATE_PATH)
+                Some(path)
             );
         }
         assert_eq!(

@@ -8,6 +8,8 @@
 #[allow(dead_code)]
 pub mod activator;
 #[allow(dead_code)]
+pub mod admission;
+#[allow(dead_code)]
 pub mod controller;
 #[allow(dead_code)]
 pub mod exchange;
