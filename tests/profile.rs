@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use common::admission::{selects, webhooks_see};
 use common::controller::shared_controller;
 use common::namespaces::{TempNamespaces, unique_name, with_temp_namespaces};
+use common::tenant::{grant_edit, tenant_client};
 use common::wait::eventually;
 use common::{client, install_crds};
 use fargo::api::profile::FargateProfile;
@@ -1309,6 +1310,113 @@ async fn a_daemon_set_owner_exempts_no_pod_in_a_profiled_namespace() {
             .await
             .expect("listing pods");
         assert!(agents.items.is_empty(), "a DaemonSet pod was admitted");
+        delete_profile(&client, &name).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_tenants_network_policies_cannot_widen_the_fence() {
+    let client = setup().await;
+    with_temp_namespaces(&client, |client, temp_namespaces| async move {
+        let name = unique_name("widen");
+        let namespace = profile_with_namespace(
+            &client,
+            &temp_namespaces,
+            &name,
+            json!({"selectors": [{"namespace": format!("{name}-ns"), "labels": {"tier": "backend"}}]}),
+        )
+        .await;
+        eventually(30, "the profile's NetworkPolicy", || {
+            network_policy(&client, &namespace, &name)
+        })
+        .await;
+        let tenant = format!("{name}-tenant");
+        grant_edit(&client, &namespace, &tenant).await;
+        let as_tenant = tenant_client(&tenant).await;
+        let policies: Api<NetworkPolicy> = Api::namespaced(as_tenant.clone(), &namespace);
+        let tenant_policy = |policy: &str, selector: serde_json::Value| -> NetworkPolicy {
+            serde_json::from_value(json!({
+                "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                "metadata": {"name": policy},
+                "spec": {
+                    "podSelector": selector,
+                    "policyTypes": ["Ingress", "Egress"],
+                    "ingress": [{}], "egress": [{}],
+                },
+            }))
+            .expect("a NetworkPolicy")
+        };
+
+        // An allow-all policy over every pod, and one over the profile's pods by name, would
+        // each cancel fargo's: refused.
+        for (policy, selector) in [
+            ("allow-all", json!({})),
+            ("allow-backend", json!({"matchLabels": {"tier": "backend"}})),
+        ] {
+            let message = refusal(
+                policy,
+                policies.create(&PostParams::default(), &tenant_policy(policy, selector)).await,
+            );
+            assert!(
+                message.contains("network-policies.validate.fargo.dev")
+                    && message.contains("would widen the profile's fence")
+                    && message.contains("DoesNotExist"),
+                "{message}"
+            );
+        }
+        // A policy that leaves the profile's pods out is the tenant's to write.
+        policies
+            .create(
+                &PostParams::default(),
+                &tenant_policy(
+                    "allow-others",
+                    json!({"matchExpressions": [{"key": "fargo.dev/profile", "operator": "DoesNotExist"}]}),
+                ),
+            )
+            .await
+            .expect("a policy that leaves profiled pods out is admitted");
+
+        // fargo's own policy: not the tenant's to unlabel (hiding it from fargo's watch), edit
+        // or delete.
+        let fargos = format!("fargo-{name}");
+        let unlabel = json!({"metadata": {"labels": {"fargo.dev/profile": null}}});
+        let message = refusal(
+            "unlabelling fargo's policy",
+            policies.patch(&fargos, &PatchParams::default(), &Patch::Merge(&unlabel)).await,
+        );
+        assert!(message.contains("only fargo changes it"), "{message}");
+        let widen = json!({"spec": {"egress": [{}]}});
+        let message = refusal(
+            "editing fargo's policy",
+            policies.patch(&fargos, &PatchParams::default(), &Patch::Merge(&widen)).await,
+        );
+        assert!(message.contains("only fargo changes it"), "{message}");
+        let message = refusal(
+            "deleting fargo's policy",
+            policies.delete(&fargos, &DeleteParams::default()).await,
+        );
+        assert!(message.contains("only fargo deletes it"), "{message}");
+
+        // The fence stands as fargo made it, and only the tenant's harmless policy joined it.
+        let fence = network_policy(&client, &namespace, &name)
+            .await
+            .expect("fargo's policy is still there");
+        assert_eq!(fence.labels().get("fargo.dev/profile"), Some(&name));
+        let egress = fence.spec.and_then(|spec| spec.egress).unwrap_or_default();
+        assert!(
+            egress.iter().all(|rule| rule.to.is_some() || rule.ports.is_some()),
+            "no rule of fargo's policy allows everything: {egress:?}"
+        );
+        let names: Vec<String> = Api::<NetworkPolicy>::namespaced(client.clone(), &namespace)
+            .list(&ListParams::default())
+            .await
+            .expect("listing policies")
+            .into_iter()
+            .map(|p| p.name_any())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert!(names.contains(&fargos) && names.contains(&"allow-others".to_string()));
         delete_profile(&client, &name).await;
     })
     .await;

@@ -26,6 +26,8 @@ pub mod report;
 #[allow(dead_code)]
 pub mod scenarios;
 #[allow(dead_code)]
+pub mod tenant;
+#[allow(dead_code)]
 pub mod wait;
 #[allow(dead_code)]
 pub mod yaml;
