@@ -16,6 +16,7 @@ use tracing::{error, info};
 use crate::api::LEASE_NAME;
 use crate::api::routes::ActivatorNames;
 use crate::autoscaler::{AutoscalerMetrics, StatsSource};
+use crate::profile::{ClusterDns, Surroundings};
 use crate::reconcile::{EventPublisher, ReconcileMetrics, Reporting};
 use crate::schedule::trigger::ScheduleMetrics;
 use crate::telemetry::{self, Readiness};
@@ -54,6 +55,8 @@ pub struct Config {
     pub namespace: String,
     /// Namespace of the activator, whose pods may always reach function pods.
     pub activator_namespace: String,
+    /// The cluster's DNS servers, which profiles' `allowDNS` opens port 53 to.
+    pub dns: ClusterDns,
     /// Identity in the leader election; the pod name in cluster.
     pub identity: String,
     pub webhook: webhook::Config,
@@ -247,7 +250,10 @@ fn start_loops(
         tokio::spawn(profile::reconciler::run(
             client.clone(),
             reporting.clone(),
-            config.activator_namespace.clone(),
+            Surroundings {
+                activator_namespace: config.activator_namespace.clone(),
+                dns: config.dns.clone(),
+            },
             reserved_namespaces(config),
             shutdown.clone(),
         )),

@@ -20,7 +20,7 @@ struct Cli {
 enum Command {
     /// Run the reconcilers, the autoscaler and the schedule trigger (leader-elected), and serve
     /// the admission webhook.
-    Controller(ControllerArgs),
+    Controller(Box<ControllerArgs>),
     /// Run the HTTP gateway in front of every function.
     Activator(ActivatorArgs),
     /// Print the CustomResourceDefinitions as YAML, or write one file per CRD into a directory.
@@ -48,6 +48,27 @@ struct ControllerArgs {
         default_value = "fargo-system"
     )]
     activator_namespace: String,
+
+    /// Namespace of the cluster DNS pods, the only DNS servers profiles' `allowDNS` opens
+    /// port 53 to.
+    #[arg(long, env = "FARGO_DNS_NAMESPACE", default_value = "kube-system")]
+    dns_namespace: String,
+
+    /// Labels of the cluster DNS pods in `--dns-namespace`, comma-separated `key=value` (CoreDNS
+    /// carries k8s-app=kube-dns on most distributions).
+    #[arg(
+        long,
+        env = "FARGO_DNS_POD_LABELS",
+        default_value = "k8s-app=kube-dns",
+        value_delimiter = ',',
+        value_parser = label_pair
+    )]
+    dns_pod_labels: Vec<(String, String)>,
+
+    /// Address of a node-local DNS cache (NodeLocal DNSCache, e.g. 169.254.20.10), also opened
+    /// by `allowDNS`.
+    #[arg(long, env = "FARGO_NODE_LOCAL_DNS")]
+    node_local_dns: Option<std::net::IpAddr>,
 
     /// Identity in the leader election (the pod name); the host name when unset.
     #[arg(long, env = "FARGO_POD_NAME")]
@@ -140,6 +161,11 @@ impl ControllerArgs {
             health_addr: self.health_addr,
             namespace: self.namespace.clone(),
             activator_namespace: self.activator_namespace,
+            dns: fargo::profile::ClusterDns {
+                namespace: self.dns_namespace,
+                pod_labels: self.dns_pod_labels.into_iter().collect(),
+                node_local: self.node_local_dns,
+            },
             identity,
             webhook: fargo::webhook::Config {
                 addr: self.webhook_addr,
@@ -226,6 +252,14 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .context("the activator failed")
         }
+    }
+}
+
+/// A `key=value` label, as `--dns-pod-labels` takes them.
+fn label_pair(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+        _ => Err(format!("{text:?} is not key=value")),
     }
 }
 

@@ -14,8 +14,8 @@ use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
 use common::admission::webhooks_see;
-use common::controller::shared_controller;
-use common::namespaces::{unique_name, with_temp_namespaces, with_temp_ns};
+use common::controller::shared_controller_with;
+use common::namespaces::{ensure_namespace, unique_name, with_temp_namespaces, with_temp_ns};
 use common::{client, install_crds};
 use fargo::api::profile::FargateProfile;
 use futures::FutureExt;
@@ -44,10 +44,21 @@ const POLICY_SECONDS: u64 = 30;
 /// and the CRI plugin's namespace is k8s.io.
 const RUNTIME_ROOT: &str = "/run/containerd/runc/k8s.io";
 
+/// Where this binary's controller finds the cluster DNS pods: the local cluster has no DNS, so
+/// the test that needs one starts a stand-in here.
+const DNS_NAMESPACE: &str = "fargo-test-dns";
+const DNS_POD_LABEL: (&str, &str) = ("k8s-app", "fargo-test-dns");
+
 async fn setup() -> Client {
     let client = client().await;
     install_crds(&client).await;
-    shared_controller(&client, WEBHOOK_PORT, HEALTH_PORT).await;
+    let dns = [
+        "--dns-namespace".to_string(),
+        DNS_NAMESPACE.to_string(),
+        "--dns-pod-labels".to_string(),
+        format!("{}={}", DNS_POD_LABEL.0, DNS_POD_LABEL.1),
+    ];
+    shared_controller_with(&client, WEBHOOK_PORT, HEALTH_PORT, &dns).await;
     client
 }
 
@@ -132,13 +143,13 @@ fn node_name(pod: &Pod) -> Option<&str> {
     pod.spec.as_ref().and_then(|s| s.node_name.as_deref())
 }
 
-/// Asks the echo pod at `from_ip` to GET `http://to_ip:8080/` (its `/call` endpoint): the status
+/// Asks the echo pod at `from_ip` to GET `http://to_ip:port/` (its `/call` endpoint): the status
 /// and body it got, or 502 with the error when the connection failed.
-async fn call_between(from_ip: &str, to_ip: &str) -> Result<(u16, String), String> {
+async fn call_between(from_ip: &str, to_ip: &str, port: u16) -> Result<(u16, String), String> {
     http_get(
         from_ip,
         ECHO_PORT,
-        &format!("/call?url=http://{to_ip}:{ECHO_PORT}/"),
+        &format!("/call?url=http://{to_ip}:{port}/"),
         Duration::from_secs(10),
     )
     .await
@@ -148,16 +159,27 @@ async fn call_between(from_ip: &str, to_ip: &str) -> Result<(u16, String), Strin
 async fn wait_reachable(
     client: &Client,
     namespaces: &[String],
+    from: (&str, &str),
+    to: (&str, &str),
+) {
+    wait_reachable_on(client, namespaces, from, to, ECHO_PORT).await;
+}
+
+/// Waits until `from_ip` reaches `to_ip` on `port` and the answer comes from pod `to`.
+async fn wait_reachable_on(
+    client: &Client,
+    namespaces: &[String],
     (from, from_ip): (&str, &str),
     (to, to_ip): (&str, &str),
+    port: u16,
 ) {
     wait_for(
         client,
         namespaces,
         POLICY_SECONDS,
-        &format!("{from} ({from_ip}) to reach {to} ({to_ip})"),
+        &format!("{from} ({from_ip}) to reach {to} ({to_ip}:{port})"),
         || async move {
-            let (status, body) = call_between(from_ip, to_ip).await?;
+            let (status, body) = call_between(from_ip, to_ip, port).await?;
             let echo: Value = serde_json::from_str(&body)
                 .map_err(|_| format!("status {status}, body {body:?}"))?;
             if status == 200 && echo["hostname"] == to {
@@ -173,19 +195,25 @@ async fn wait_reachable(
 /// Waits until `from_ip`'s call to `to_ip` fails: its `/call` answers 502 with the connection
 /// error (kube-router rejects fenced packets, so the error is "Connection refused"). The fence
 /// holds once kube-router has seen the pod and the policy, a moment after the pod starts.
-async fn wait_fenced(
+async fn wait_fenced(client: &Client, namespaces: &[String], from: (&str, &str), to: (&str, &str)) {
+    wait_fenced_on(client, namespaces, from, to, ECHO_PORT).await;
+}
+
+/// Waits until `from_ip`'s call to `to_ip` on `port` fails (see [`wait_fenced`]).
+async fn wait_fenced_on(
     client: &Client,
     namespaces: &[String],
     (from, from_ip): (&str, &str),
     (to, to_ip): (&str, &str),
+    port: u16,
 ) {
     wait_for(
         client,
         namespaces,
         POLICY_SECONDS,
-        &format!("{from} ({from_ip}) to be fenced off from {to} ({to_ip})"),
+        &format!("{from} ({from_ip}) to be fenced off from {to} ({to_ip}:{port})"),
         || async move {
-            let (status, body) = call_between(from_ip, to_ip).await?;
+            let (status, body) = call_between(from_ip, to_ip, port).await?;
             if status == 502 && body.starts_with(&format!("calling http://{to_ip}:")) {
                 Ok(())
             } else {
@@ -495,4 +523,94 @@ async fn a_profiles_runtime_class_runs_the_pod_under_crun() {
         }
     });
     deleting_profile_after(&client, &profile, test).await;
+}
+
+/// An echo pod listening on `port` rather than 8080, with `labels`, on the real node; ports
+/// below 1024 are opened to its non-root user by the (namespaced, safe) sysctl.
+fn echo_pod_on(name: &str, port: u16, labels: Value) -> Pod {
+    let mut pod = serde_json::to_value(echo_pod(name, true)).expect("a pod as JSON");
+    pod["metadata"]["labels"] = labels;
+    let container = &mut pod["spec"]["containers"][0];
+    container["env"] = json!([{"name": "PORT", "value": port.to_string()}]);
+    container["ports"] = json!([{"containerPort": port}]);
+    container["readinessProbe"]["httpGet"]["port"] = json!(port);
+    pod["spec"]["securityContext"] = json!({
+        "sysctls": [{"name": "net.ipv4.ip_unprivileged_port_start", "value": "0"}],
+    });
+    serde_json::from_value(pod).expect("a valid pod")
+}
+
+#[tokio::test]
+async fn allow_dns_opens_port_53_to_the_cluster_dns_pods_and_nowhere_else() {
+    let client = setup().await;
+    ensure_namespace(&client, DNS_NAMESPACE).await;
+    let profile = unique_name("dns");
+    let dns_pod = format!("{profile}-resolver");
+    let test = with_temp_namespaces(&client, |client, temp_namespaces| {
+        let (profile, dns_pod) = (profile.clone(), dns_pod.clone());
+        async move {
+            let fenced_ns = format!("{profile}-a");
+            let other_ns = format!("{profile}-b");
+            let namespaces = vec![
+                fenced_ns.clone(),
+                other_ns.clone(),
+                DNS_NAMESPACE.to_string(),
+            ];
+            temp_namespaces.create(&fenced_ns).await;
+            temp_namespaces.create(&other_ns).await;
+            // Only DNS allowed.
+            apply_profile(
+                &client,
+                &profile,
+                json!({
+                    "selectors": [{"namespace": fenced_ns}],
+                    "network": {"allowDNS": true, "allowSameProfile": false},
+                    "scheduling": {"nodeSelector": {REAL_NODE.0: REAL_NODE.1}},
+                }),
+            )
+            .await;
+            wait_fenced_namespace(&client, &fenced_ns, &profile).await;
+
+            // The cluster's DNS server, and a listener on port 53 elsewhere that even carries the
+            // DNS pods' labels: a tunnel out of the fence if port 53 were open to every address.
+            let dns_labels = json!({DNS_POD_LABEL.0: DNS_POD_LABEL.1, "app": dns_pod});
+            create_pod(
+                &client,
+                DNS_NAMESPACE,
+                &echo_pod_on(&dns_pod, 53, dns_labels),
+            )
+            .await;
+            let tunnel_labels = json!({DNS_POD_LABEL.0: DNS_POD_LABEL.1, "app": "tunnel"});
+            create_pod(
+                &client,
+                &other_ns,
+                &echo_pod_on("tunnel", 53, tunnel_labels),
+            )
+            .await;
+            create_pod(&client, &fenced_ns, &echo_pod("a", false)).await;
+            let a = wait_ready(&client, &fenced_ns, "a").await;
+            let dns = wait_ready(&client, DNS_NAMESPACE, &dns_pod).await;
+            let tunnel = wait_ready(&client, &other_ns, "tunnel").await;
+            let (a_ip, dns_ip, tunnel_ip) = (pod_ip(&a), pod_ip(&dns), pod_ip(&tunnel));
+
+            wait_reachable_on(&client, &namespaces, ("a", &a_ip), (&dns_pod, &dns_ip), 53).await;
+            wait_fenced_on(
+                &client,
+                &namespaces,
+                ("a", &a_ip),
+                ("tunnel", &tunnel_ip),
+                53,
+            )
+            .await;
+        }
+    });
+    let outcome = AssertUnwindSafe(deleting_profile_after(&client, &profile, test))
+        .catch_unwind()
+        .await;
+    let _ = Api::<Pod>::namespaced(client.clone(), DNS_NAMESPACE)
+        .delete(&dns_pod, &DeleteParams::default())
+        .await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
 }

@@ -156,7 +156,8 @@ pub enum SizingPolicy {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Network {
-    /// Allow DNS (UDP and TCP port 53) to any destination.
+    /// Allow DNS (UDP and TCP port 53) to the cluster's DNS servers only: the cluster DNS pods
+    /// and, when the controller is told of one, a node-local DNS cache.
     #[serde(default = "yes", rename = "allowDNS")]
     pub allow_dns: bool,
 

@@ -22,7 +22,7 @@ pub mod status;
 pub use matching::{
     Match, MatchError, Relabelling, match_pod, namespace_is_selected, relabelling, wildcard_matches,
 };
-pub use network::network_policy;
+pub use network::{ClusterDns, Surroundings, network_policy};
 pub use pod_rules::{
     Forbidden, Violation, fargate_pod, missing_hardening, new_ephemeral_container_violations,
     rejection_message, violations,

@@ -11,6 +11,7 @@
 //! selects, where the webhook admitted them and keeps their label as admitted, count.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 
 use k8s_openapi::api::networking::v1::{
     IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
@@ -27,18 +28,80 @@ use crate::api::{
     ACTIVATOR_POD_LABELS, APP_NAME, MANAGED_BY_LABEL, NAMESPACE_NAME_LABEL, PROFILE_LABEL,
 };
 
+/// What the fence lets through besides the profile's own rules: the cluster's parts a Fargate
+/// pod needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Surroundings {
+    /// Where the fargo activator runs (`fargo-system` when installed by the Helm chart); its
+    /// pods may always connect to the profile's pods.
+    pub activator_namespace: String,
+    /// The cluster's DNS servers, the only place `allowDNS` opens port 53 to.
+    pub dns: ClusterDns,
+}
+
+/// The cluster's DNS servers: the pods behind the cluster DNS Service (CoreDNS is
+/// `k8s-app=kube-dns` in `kube-system` on kubeadm, kind, EKS and most distributions), and
+/// optionally the address of a node-local DNS cache.
+///
+/// A NetworkPolicy sees a packet to the DNS Service's ClusterIP after it was translated to one
+/// of these pods, so naming the pods covers the Service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterDns {
+    pub namespace: String,
+    pub pod_labels: BTreeMap<String, String>,
+    /// The link-local address NodeLocal DNSCache listens on (often `169.254.20.10`).
+    pub node_local: Option<IpAddr>,
+}
+
+impl Default for ClusterDns {
+    fn default() -> Self {
+        Self {
+            namespace: "kube-system".into(),
+            pod_labels: [("k8s-app".to_string(), "kube-dns".to_string())].into(),
+            node_local: None,
+        }
+    }
+}
+
+impl ClusterDns {
+    /// The peers of the DNS rule.
+    fn peers(&self) -> Vec<NetworkPolicyPeer> {
+        let mut peers = vec![NetworkPolicyPeer {
+            namespace_selector: Some(match_labels([(
+                NAMESPACE_NAME_LABEL,
+                self.namespace.as_str(),
+            )])),
+            pod_selector: Some(match_labels(
+                self.pod_labels
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str())),
+            )),
+            ip_block: None,
+        }];
+        if let Some(address) = self.node_local {
+            let bits = if address.is_ipv4() { 32 } else { 128 };
+            peers.push(NetworkPolicyPeer {
+                ip_block: Some(IPBlock {
+                    cidr: format!("{address}/{bits}"),
+                    except: None,
+                }),
+                ..NetworkPolicyPeer::default()
+            });
+        }
+        peers
+    }
+}
+
 /// The NetworkPolicy `fargo-<profile>` that profile keeps in `namespace`.
 ///
 /// `profile_namespaces` are all the namespaces the profile selects (`namespace` counts whether
-/// listed or not): the profile's pods there are the "same profile" peers. `activator_namespace`
-/// is where the fargo activator runs (`fargo-system` when installed by the Helm chart); its pods
-/// may always connect to the profile's pods. The policy is owned by the profile (when the profile
-/// has a uid), so it goes when the profile goes.
+/// listed or not): the profile's pods there are the "same profile" peers. The policy is owned by
+/// the profile (when the profile has a uid), so it goes when the profile goes.
 pub fn network_policy(
     profile: &FargateProfile,
     namespace: &str,
     profile_namespaces: &BTreeSet<String>,
-    activator_namespace: &str,
+    surroundings: &Surroundings,
 ) -> NetworkPolicy {
     let name = profile.name_any();
     let network = &profile.spec.network;
@@ -48,9 +111,10 @@ pub fn network_policy(
 
     let mut egress = vec![];
     if network.allow_dns {
+        // Only to the cluster's DNS servers: port 53 open to every address would carry any
+        // traffic a pod wants out of the fence.
         egress.push(NetworkPolicyEgressRule {
-            // No `to`: DNS servers may live anywhere (cluster DNS, node-local cache, upstream).
-            to: None,
+            to: Some(surroundings.dns.peers()),
             ports: Some(vec![port(53, Protocol::Udp), port(53, Protocol::Tcp)]),
         });
     }
@@ -64,7 +128,10 @@ pub fn network_policy(
 
     let mut ingress = vec![NetworkPolicyIngressRule {
         from: Some(vec![NetworkPolicyPeer {
-            namespace_selector: Some(match_labels([(NAMESPACE_NAME_LABEL, activator_namespace)])),
+            namespace_selector: Some(match_labels([(
+                NAMESPACE_NAME_LABEL,
+                surroundings.activator_namespace.as_str(),
+            )])),
             pod_selector: Some(match_labels(ACTIVATOR_POD_LABELS)),
             ip_block: None,
         }]),
@@ -208,6 +275,13 @@ mod tests {
         serde_yaml::from_str(yaml).expect("valid profile fixture")
     }
 
+    fn surroundings(activator_namespace: &str) -> Surroundings {
+        Surroundings {
+            activator_namespace: activator_namespace.into(),
+            dns: ClusterDns::default(),
+        }
+    }
+
     fn namespaces(names: &[&str]) -> BTreeSet<String> {
         names.iter().map(|name| name.to_string()).collect()
     }
@@ -264,7 +338,7 @@ spec:
             &profile(DESIGN_EXAMPLE),
             "payments-media",
             &namespaces(&["payments-eu", "payments-media"]),
-            "fargo-system",
+            &surroundings("fargo-system"),
         );
         assert_eq!(
             serde_json::to_value(&policy).unwrap(),
@@ -290,11 +364,17 @@ spec:
                     "podSelector": {"matchLabels": {"fargo.dev/profile": "payments"}},
                     "policyTypes": ["Ingress", "Egress"],
                     "egress": [
-                        // allowDNS: any destination, port 53 only.
-                        {"ports": [
-                            {"port": 53, "protocol": "UDP"},
-                            {"port": 53, "protocol": "TCP"},
-                        ]},
+                        // allowDNS: the cluster's DNS pods, port 53 only.
+                        {
+                            "to": [{
+                                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+                                "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+                            }],
+                            "ports": [
+                                {"port": 53, "protocol": "UDP"},
+                                {"port": 53, "protocol": "TCP"},
+                            ],
+                        },
                         // allowSameProfile: the profile's pods in the profile's namespaces.
                         {"to": [{
                             "namespaceSelector": {"matchExpressions": [{
@@ -345,7 +425,7 @@ spec:
             &profile(DESIGN_EXAMPLE),
             "payments-media",
             &namespaces(&["payments-eu"]),
-            "fargo-system",
+            &surroundings("fargo-system"),
         );
         let spec = policy.spec.unwrap();
         let (egress, ingress) = (spec.egress.unwrap(), spec.ingress.unwrap());
@@ -388,7 +468,12 @@ spec:
   network: {allowDNS: false, allowSameProfile: false}
 "#,
         );
-        let policy = network_policy(&closed, "vault", &namespaces(&["vault"]), "fargo-system");
+        let policy = network_policy(
+            &closed,
+            "vault",
+            &namespaces(&["vault"]),
+            &surroundings("fargo-system"),
+        );
         let spec = policy.spec.unwrap();
         assert_eq!(spec.egress, Some(vec![]), "egress denied entirely");
         assert_eq!(
@@ -415,9 +500,14 @@ spec:
   selectors: [{namespace: web}]
 "#,
         );
-        let spec = network_policy(&defaults, "web", &namespaces(&["web"]), "fargo")
-            .spec
-            .unwrap();
+        let spec = network_policy(
+            &defaults,
+            "web",
+            &namespaces(&["web"]),
+            &surroundings("fargo"),
+        )
+        .spec
+        .unwrap();
         assert_eq!(spec.egress.map(|rules| rules.len()), Some(2));
         assert_eq!(spec.ingress.map(|rules| rules.len()), Some(2));
     }
@@ -440,9 +530,14 @@ spec:
         ports: [{port: 8080}]
 "#,
         );
-        let spec = network_policy(&rules, "p", &namespaces(&["p"]), "fargo-system")
-            .spec
-            .unwrap();
+        let spec = network_policy(
+            &rules,
+            "p",
+            &namespaces(&["p"]),
+            &surroundings("fargo-system"),
+        )
+        .spec
+        .unwrap();
         assert_eq!(
             serde_json::to_value(spec.egress.unwrap()).unwrap(),
             json!([{
@@ -478,6 +573,40 @@ spec:
         assert_eq!(
             serde_json::to_value(egress_rule(&rule)).unwrap(),
             json!({"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]})
+        );
+    }
+
+    #[test]
+    fn dns_is_open_only_to_the_clusters_dns_servers() {
+        let defaults = profile(
+            r#"
+metadata: {name: web}
+spec:
+  selectors: [{namespace: web}]
+"#,
+        );
+        let mut surroundings = surroundings("fargo-system");
+        surroundings.dns = ClusterDns {
+            namespace: "dns".into(),
+            pod_labels: [("app".to_string(), "resolver".to_string())].into(),
+            node_local: Some("169.254.20.10".parse().unwrap()),
+        };
+        let spec = network_policy(&defaults, "web", &namespaces(&["web"]), &surroundings)
+            .spec
+            .unwrap();
+        let dns = &spec.egress.unwrap()[0];
+        assert_eq!(
+            serde_json::to_value(dns).unwrap(),
+            json!({
+                "to": [
+                    {
+                        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "dns"}},
+                        "podSelector": {"matchLabels": {"app": "resolver"}},
+                    },
+                    {"ipBlock": {"cidr": "169.254.20.10/32"}},
+                ],
+                "ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}],
+            })
         );
     }
 }

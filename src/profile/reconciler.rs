@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, instrument};
 
 use super::matching::namespace_is_selected;
-use super::network::network_policy;
+use super::network::{Surroundings, network_policy};
 use super::status::{self, Observed, RuntimeClassCheck};
 use crate::api::profile::{FargateProfile, FargateProfileStatus, ProfilePhase};
 use crate::api::{CONTROLLER_MANAGER, PROFILE_FINALIZER, PROFILE_LABEL, PROFILED_NAMESPACE_LABEL};
@@ -72,8 +72,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub struct Context {
     pub client: Client,
     pub reporting: Reporting,
-    /// Namespace the fargo activator runs in; its pods may always reach function pods.
-    pub activator_namespace: String,
+    /// What every profile's fence lets through: the activator, the cluster's DNS.
+    pub surroundings: Surroundings,
     /// Namespaces no profile may take: fargo's own, whose pods must never wait on fargo's
     /// fail-closed webhook or sit behind its default-deny policies.
     pub reserved_namespaces: Vec<String>,
@@ -85,7 +85,7 @@ pub struct Context {
 pub async fn run(
     client: Client,
     reporting: Reporting,
-    activator_namespace: String,
+    surroundings: Surroundings,
     reserved_namespaces: Vec<String>,
     shutdown: CancellationToken,
 ) {
@@ -142,7 +142,7 @@ pub async fn run(
     let ctx = Arc::new(Context {
         client: client.clone(),
         reporting: reporting.clone(),
-        activator_namespace,
+        surroundings,
         reserved_namespaces,
         namespaces,
         profiles: profiles.clone(),
@@ -302,7 +302,7 @@ impl FargateProfile {
         // Each policy names all of the profile's namespaces as peers, so a namespace joining or
         // leaving the profile changes every policy, and every one is applied again.
         for namespace in matched {
-            let mut policy = network_policy(self, namespace, matched, &ctx.activator_namespace);
+            let mut policy = network_policy(self, namespace, matched, &ctx.surroundings);
             policy.metadata.owner_references = Some(vec![owner.clone()]);
             let api: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), namespace);
             api.patch(&policy.name_any(), &params, &Patch::Apply(&policy))

@@ -134,12 +134,23 @@ pub fn spawn_controller_with(
 /// spawned from a thread that lives as long as the test process, so it outlives each test and
 /// still dies with the process.
 pub async fn shared_controller(client: &Client, webhook_port: u16, health_port: u16) {
+    shared_controller_with(client, webhook_port, health_port, &[]).await;
+}
+
+/// [`shared_controller`] with `extra` flags (those of the first caller count).
+pub async fn shared_controller_with(
+    client: &Client,
+    webhook_port: u16,
+    health_port: u16,
+    extra: &[String],
+) {
     static STARTED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
     ensure_namespace(client, "fargo-system").await;
     STARTED.get_or_init(|| {
         let (started, wait) = std::sync::mpsc::channel();
+        let extra = extra.to_vec();
         std::thread::spawn(move || {
-            let mut child = spawn_controller(webhook_port, health_port);
+            let mut child = spawn_controller_with(webhook_port, health_port, &extra);
             let _ = started.send(());
             // The thread must outlive the tests: the child gets SIGTERM when it ends.
             let _ = child.wait();

@@ -98,7 +98,10 @@ pub async fn reconcile_profile(client: Client, inputs: &ProfileInputs) -> String
     let ctx = fargo::profile::reconciler::Context {
         client: client.clone(),
         reporting: reporting(client),
-        activator_namespace: FARGO_NAMESPACE.into(),
+        surroundings: fargo::profile::Surroundings {
+            activator_namespace: FARGO_NAMESPACE.into(),
+            dns: fargo::profile::ClusterDns::default(),
+        },
         reserved_namespaces: vec![FARGO_NAMESPACE.into()],
         namespaces: store_of(&inputs.namespaces),
         profiles: store_of(&inputs.profiles),

@@ -120,3 +120,14 @@ topologySpreadConstraints:
     matchLabelKeys:
       - pod-template-hash
 {{- end }}
+
+{{/*
+A map of labels as comma-separated key=value pairs, sorted by key.
+*/}}
+{{- define "fargo.labelPairs" -}}
+{{- $pairs := list -}}
+{{- range $key, $value := . -}}
+{{- $pairs = append $pairs (printf "%s=%s" $key $value) -}}
+{{- end -}}
+{{- join "," $pairs -}}
+{{- end -}}
