@@ -228,6 +228,24 @@ async fn matched_pod_is_mutated_into_a_fargate_pod() {
             Some("fargate")
         );
         assert_eq!(spec.automount_service_account_token, Some(false));
+        // The API server mounted a token before the webhooks ran; fargo took it out again.
+        let volumes: Vec<&str> = spec
+            .volumes
+            .iter()
+            .flatten()
+            .map(|v| v.name.as_str())
+            .collect();
+        assert!(
+            !volumes.iter().any(|v| v.starts_with("kube-api-access-")),
+            "{volumes:?}"
+        );
+        let mounts: Vec<&str> = spec.containers[0]
+            .volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| m.mount_path.as_str())
+            .collect();
+        assert!(mounts.is_empty(), "no API token mounted: {mounts:?}");
         let seccomp = spec
             .security_context
             .as_ref()

@@ -964,7 +964,10 @@ pub fn fargate_pod(profile: &FargateProfile, pod: &Pod, capacity: Option<Capacit
             }
         }
     }
-    spec.automount_service_account_token.get_or_insert(false);
+    if spec.automount_service_account_token.is_none() {
+        spec.automount_service_account_token = Some(false);
+        remove_service_account_token(spec);
+    }
 
     if let Some(capacity) = capacity {
         let resources = spec
@@ -977,6 +980,51 @@ pub fn fargate_pod(profile: &FargateProfile, pod: &Pod, capacity: Option<Capacit
         }
     }
     pod
+}
+
+/// Removes the API token volume the API server's ServiceAccount admission mounted before fargo
+/// saw the pod (`kube-api-access-<suffix>`, a projected volume with a service-account token), and
+/// its mounts: `automountServiceAccountToken: false` set this late would otherwise leave the
+/// token in every container.
+fn remove_service_account_token(spec: &mut PodSpec) {
+    let is_token_volume = |volume: &Volume| {
+        volume.name.starts_with("kube-api-access-")
+            && volume.projected.as_ref().is_some_and(|projected| {
+                projected
+                    .sources
+                    .iter()
+                    .flatten()
+                    .any(|source| source.service_account_token.is_some())
+            })
+    };
+    let token_volumes: Vec<String> = spec
+        .volumes
+        .iter()
+        .flatten()
+        .filter(|volume| is_token_volume(volume))
+        .map(|volume| volume.name.clone())
+        .collect();
+    if token_volumes.is_empty() {
+        return;
+    }
+    if let Some(volumes) = spec.volumes.as_mut() {
+        volumes.retain(|volume| !token_volumes.contains(&volume.name));
+    }
+    let mounts = spec
+        .init_containers
+        .iter_mut()
+        .flatten()
+        .chain(spec.containers.iter_mut())
+        .map(|c| &mut c.volume_mounts)
+        .chain(
+            spec.ephemeral_containers
+                .iter_mut()
+                .flatten()
+                .map(|c| &mut c.volume_mounts),
+        );
+    for mounts in mounts.flatten() {
+        mounts.retain(|mount| !token_volumes.contains(&mount.name));
+    }
 }
 
 #[cfg(test)]
@@ -1805,6 +1853,52 @@ spec:
                     ],
                 },
             })
+        );
+    }
+
+    /// A pod as the API server's ServiceAccount admission leaves it, before the webhooks.
+    const WITH_TOKEN_VOLUME: &str = r#"
+spec:
+  volumes:
+    - name: kube-api-access-x7k2p
+      projected:
+        sources:
+          - serviceAccountToken: {path: token, expirationSeconds: 3607}
+          - configMap: {name: kube-root-ca.crt, items: [{key: ca.crt, path: ca.crt}]}
+    - name: data
+      emptyDir: {}
+  initContainers:
+    - name: setup
+      volumeMounts:
+        - {name: kube-api-access-x7k2p, mountPath: /var/run/secrets/kubernetes.io/serviceaccount, readOnly: true}
+  containers:
+    - name: app
+      volumeMounts:
+        - {name: data, mountPath: /data}
+        - {name: kube-api-access-x7k2p, mountPath: /var/run/secrets/kubernetes.io/serviceaccount, readOnly: true}
+"#;
+
+    #[test]
+    fn fargate_pod_removes_the_api_token_the_api_server_mounted_unless_the_pod_asked_for_it() {
+        let admitted = fargate_pod(&payments(), &pod(WITH_TOKEN_VOLUME), None);
+        let spec = serde_json::to_value(admitted.spec.unwrap()).unwrap();
+        assert_eq!(spec["automountServiceAccountToken"], false);
+        assert_eq!(spec["volumes"], json!([{"name": "data", "emptyDir": {}}]));
+        assert_eq!(spec["initContainers"][0]["volumeMounts"], json!([]));
+        assert_eq!(
+            spec["containers"][0]["volumeMounts"],
+            json!([{"name": "data", "mountPath": "/data"}])
+        );
+
+        let asked =
+            WITH_TOKEN_VOLUME.replace("spec:\n", "spec:\n  automountServiceAccountToken: true\n");
+        let admitted = fargate_pod(&payments(), &pod(&asked), None);
+        let spec = admitted.spec.unwrap();
+        assert_eq!(spec.automount_service_account_token, Some(true));
+        assert_eq!(
+            spec.volumes.map(|v| v.len()),
+            Some(2),
+            "the token the pod asked for stays"
         );
     }
 
