@@ -302,6 +302,86 @@ async fn check_installed_operator(client: Client) {
 
     check_webhook_and_reconciler(&client).await;
     check_a_function_answers_through_the_activator_service(&client).await;
+    check_tenant_pods_cannot_reach_the_activators_health_port(&client).await;
+}
+
+/// `/stats` and `/metrics` are the activators' own: the chart's NetworkPolicy opens their health
+/// port to the controller pods only, while their proxy port stays open to every pod.
+async fn check_tenant_pods_cannot_reach_the_activators_health_port(client: &Client) {
+    with_temp_namespaces(client, |client, temp_namespaces| async move {
+        let namespace = temp_namespaces.create_unique("install-tenant").await;
+        let tenant: Pod = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "tenant"},
+            "spec": {
+                "containers": [{
+                    "name": "echo", "image": "fargo.dev/echo:dev", "imagePullPolicy": "Never",
+                    "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1},
+                }],
+                "nodeSelector": {"fargo.dev/node": "real"},
+                "terminationGracePeriodSeconds": 1,
+            },
+        }))
+        .expect("a pod");
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+        pods.create(&PostParams::default(), &tenant)
+            .await
+            .expect("creating the tenant pod");
+        let report = [NAMESPACE.to_string(), namespace.clone()];
+        let tenant_ip = wait_for(&client, &report, 120, "the tenant pod to be Ready", || {
+            let pods = pods.clone();
+            async move {
+                let pod = pods.get("tenant").await.map_err(|e| e.to_string())?;
+                let status = pod.status.unwrap_or_default();
+                let ready = status
+                    .conditions
+                    .iter()
+                    .flatten()
+                    .any(|c| c.type_ == "Ready" && c.status == "True");
+                match (ready, status.pod_ip) {
+                    (true, Some(ip)) => Ok(ip),
+                    _ => Err(format!("phase {:?}", status.phase)),
+                }
+            }
+        })
+        .await;
+        let activators = Api::<Pod>::namespaced(client.clone(), NAMESPACE)
+            .list(&ListParams::default().labels("app.kubernetes.io/component=activator"))
+            .await
+            .expect("listing the activator pods");
+        let activator_ip = activators
+            .iter()
+            .find_map(|pod| pod.status.as_ref()?.pod_ip.clone())
+            .expect("an activator pod with an IP");
+        // The tenant pod's `/call` reports a failed connection as 502 with the error.
+        let call = |port: u16, path: &'static str| {
+            let (tenant_ip, activator_ip) = (tenant_ip.clone(), activator_ip.clone());
+            async move {
+                real_node::http_get(
+                    &tenant_ip,
+                    8080,
+                    &format!("/call?url=http://{activator_ip}:{port}{path}"),
+                    Duration::from_secs(10),
+                )
+                .await
+            }
+        };
+        wait_for(&client, &report, 30, "the tenant to reach the activator's proxy port", || async {
+            match call(8080, "/healthz").await? {
+                (status, body) if status != 502 => Ok(body),
+                (_, body) => Err(body),
+            }
+        })
+        .await;
+        for path in ["/stats", "/metrics"] {
+            let (status, body) = call(9091, path).await.expect("the tenant pod answers");
+            assert!(
+                status == 502 && body.starts_with("calling http://"),
+                "a tenant pod reached the activator's {path}: status {status}, body {body:.200}"
+            );
+        }
+    })
+    .await;
 }
 
 /// What `make dev` promises: from this machine, the activator Service's ClusterIP (kube-proxy on
