@@ -185,6 +185,11 @@ struct ActivatorArgs {
     #[arg(long, env = "FARGO_QUEUE_DEPTH", default_value_t = 100)]
     queue_depth: usize,
 
+    /// Requests the activator may hold at once, all functions together; more get 503 with
+    /// Retry-After.
+    #[arg(long, env = "FARGO_MAX_HELD_REQUESTS", default_value_t = 1024)]
+    max_held_requests: usize,
+
     /// After SIGTERM, how long to keep serving while not ready (so Service endpoints drop the
     /// pod) before no longer accepting connections.
     #[arg(long, env = "FARGO_DRAIN_DELAY", default_value = "5s")]
@@ -200,6 +205,7 @@ impl ActivatorArgs {
             service_name: self.service_name,
             service_namespace: self.service_namespace,
             queue_depth: self.queue_depth,
+            max_held_requests: self.max_held_requests,
             drain_delay: self.drain_delay.into(),
         }
     }

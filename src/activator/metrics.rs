@@ -34,6 +34,8 @@ pub struct ActivatorMetrics {
     in_flight: Family<FunctionLabels, Gauge>,
     held: Family<FunctionLabels, Gauge>,
     duration: HistogramFamily,
+    /// Requests refused because the activator held all it may (`--max-held-requests`).
+    held_refused: Counter,
 }
 
 fn duration_histogram() -> Histogram {
@@ -50,6 +52,7 @@ impl Default for ActivatorMetrics {
             in_flight: Family::default(),
             held: Family::default(),
             duration: Family::new_with_constructor(duration_histogram),
+            held_refused: Counter::default(),
         }
     }
 }
@@ -78,6 +81,11 @@ impl ActivatorMetrics {
             "Time from a request's arrival to its response headers, including time held",
             Unit::Seconds,
             metrics.duration.clone(),
+        );
+        registry.register(
+            "held_refused",
+            "Requests answered 503 because the activator already held --max-held-requests",
+            metrics.held_refused.clone(),
         );
         metrics
     }
@@ -125,6 +133,11 @@ impl RequestMetrics {
                 })
             })
             .inc();
+    }
+
+    /// Counts a request refused because the activator held all it may.
+    pub fn held_refused(&self) {
+        self.families.held_refused.inc();
     }
 
     /// Drops the function's series (it was deleted).

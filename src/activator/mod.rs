@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::routes::ActivatorNames;
 use crate::telemetry;
+use hold::HoldLimit;
 use index::FunctionIndex;
 use metrics::ActivatorMetrics;
 use proxy::Proxy;
@@ -49,6 +50,8 @@ pub struct Config {
     pub service_namespace: String,
     /// Requests each function may hold at once; more get 429.
     pub queue_depth: usize,
+    /// Requests the activator may hold at once, all functions together; more get 503.
+    pub max_held_requests: usize,
     /// After SIGTERM, how long to keep serving while not ready, so that Service endpoints drop
     /// this pod before it stops accepting.
     pub drain_delay: Duration,
@@ -84,7 +87,12 @@ pub async fn run(
         &config.service_namespace,
         &config.domain,
     );
-    let index = Arc::new(FunctionIndex::new(names, config.queue_depth, metrics));
+    let index = Arc::new(FunctionIndex::new(
+        names,
+        config.queue_depth,
+        HoldLimit::new(config.max_held_requests),
+        metrics,
+    ));
 
     let (functions_synced, functions_ready) = oneshot::channel();
     let (endpoints_synced, endpoints_ready) = oneshot::channel();

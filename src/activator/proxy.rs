@@ -113,6 +113,19 @@ impl Proxy {
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
                 return response;
             }
+            Admission::ActivatorFull(limit) => {
+                function.metrics().held_refused();
+                let message = format!(
+                    "the activator already holds {limit} requests waiting for pods, all functions \
+                     together; retry later"
+                );
+                let mut response =
+                    refuse(&function, arrived, StatusCode::SERVICE_UNAVAILABLE, message);
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return response;
+            }
             Admission::Hold(held) => {
                 if held.should_poke() {
                     match &self.cluster {

@@ -6,9 +6,13 @@ use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
 use hyper::server::conn::http1;
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use super::*;
 use crate::activator::function_state::{FunctionConfig, ObservedEndpoint};
+use crate::activator::hold::HoldLimit;
 use crate::activator::metrics::ActivatorMetrics;
 use crate::activator::router::HttpRoute;
 use crate::api::routes::ActivatorNames;
@@ -16,15 +20,22 @@ use crate::api::routes::ActivatorNames;
 struct Activator {
     addr: SocketAddr,
     index: Arc<FunctionIndex>,
+    registry: Registry,
     shutdown: Shutdown,
     served: tokio::task::JoinHandle<()>,
 }
 
 async fn activator(queue_depth: usize) -> Activator {
+    activator_within(queue_depth, usize::MAX).await
+}
+
+async fn activator_within(queue_depth: usize, max_held_requests: usize) -> Activator {
+    let mut registry = Registry::default();
     let index = Arc::new(FunctionIndex::new(
         ActivatorNames::new("fargo-activator", "fargo-system", "fargo.local"),
         queue_depth,
-        ActivatorMetrics::default(),
+        HoldLimit::new(max_held_requests),
+        ActivatorMetrics::register(&mut registry),
     ));
     let proxy = Arc::new(Proxy::new(index.clone(), None));
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -34,8 +45,19 @@ async fn activator(queue_depth: usize) -> Activator {
     Activator {
         addr,
         index,
+        registry,
         shutdown,
         served,
+    }
+}
+
+impl Activator {
+    fn metric(&self, series: &str) -> u64 {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("encode");
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0)
     }
 }
 
@@ -439,5 +461,59 @@ fn assert_forwarded_by_the_activator(body: &str) {
         "forwarded: for=127.0.0.1;host=\"activator.test\";proto=http",
     ] {
         assert!(body.contains(&format!("{header}\n")), "{header}: {body}");
+    }
+}
+
+/// Sends `request` as is on a new connection and reads until the activator closes it.
+async fn exchange(activator: SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(activator).await.expect("connect");
+    stream.write_all(request).await.expect("request sent");
+    let mut response = Vec::new();
+    let read = stream.read_to_end(&mut response);
+    let _ = tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .expect("the activator closes the connection");
+    String::from_utf8_lossy(&response).to_lowercase()
+}
+
+#[tokio::test]
+async fn requests_held_beyond_the_activator_limit_get_503_while_the_held_ones_stay() {
+    let activator = activator_within(10, 2).await;
+    for name in ["thumbnail", "resize"] {
+        activator
+            .index
+            .upsert("media", name, config(5_000, 0), HttpRoute::default());
+    }
+    let thumbnail = tokio::spawn(get(activator.addr, "/media/thumbnail/"));
+    let resize = tokio::spawn(get(activator.addr, "/media/resize/"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let refused = exchange(
+        activator.addr,
+        b"GET /media/thumbnail/ HTTP/1.1\r\nhost: activator.test\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(refused.starts_with("http/1.1 503"), "{refused}");
+    assert!(refused.contains("\r\nretry-after: 1\r\n"), "{refused}");
+    assert!(
+        refused.ends_with(
+            "the activator already holds 2 requests waiting for pods, all functions together; \
+             retry later\n"
+        ),
+        "{refused}"
+    );
+    assert_eq!(activator.metric("held_refused_total"), 1);
+
+    for name in ["thumbnail", "resize"] {
+        let function = activator.index.get("media", name).expect("known");
+        assert!(function.is_holding(), "{name} still holds its request");
+    }
+    let pod = echo_pod().await;
+    for name in ["thumbnail", "resize"] {
+        activator.index.set_endpoints("media", name, &[ready(pod)]);
+    }
+    for request in [thumbnail, resize] {
+        let (status, body) = request.await.expect("request finishes");
+        assert_eq!(status, StatusCode::OK, "{body}");
     }
 }
