@@ -13,6 +13,10 @@
 //!
 //! hyper's own HTTP/1 header timer is not used: it starts only once the protocol is known, so it
 //! misses a client that sends nothing at all, and HTTP/2 has none. This one clock covers both.
+//!
+//! A busy connection has a bound too: one whose writes make no progress for the header read
+//! timeout — a client that stops reading its response — is closed ([`StallTimeout`]), since
+//! hyper would otherwise wait on it, and keep its request in progress, for ever.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -29,8 +33,9 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -64,6 +69,8 @@ pub enum CloseReason {
     HandshakeTimeout,
     /// A request's headers were larger than allowed (HTTP/1 answers 431 first).
     HeadersTooLarge,
+    /// The client took none of the response's bytes for the header read timeout.
+    WriteStalled,
 }
 
 impl CloseReason {
@@ -73,6 +80,7 @@ impl CloseReason {
             CloseReason::Evicted => "evicted",
             CloseReason::HandshakeTimeout => "handshake_timeout",
             CloseReason::HeadersTooLarge => "headers_too_large",
+            CloseReason::WriteStalled => "write_stalled",
         }
     }
 }
@@ -307,6 +315,11 @@ impl Place {
     pub fn closed_for(&self, reason: CloseReason) {
         self.connections.metrics.closed(reason);
     }
+
+    /// `stream`, closed when its writes stall for the header read timeout.
+    pub fn stall_timeout<S>(&self, stream: S) -> StallTimeout<S> {
+        StallTimeout::new(stream, self.connections.limits.header_read_timeout)
+    }
 }
 
 impl Drop for Place {
@@ -427,6 +440,8 @@ pub async fn drive<C>(
                 if let Err(error) = result {
                     if headers_too_large(&*error) {
                         place.closed_for(CloseReason::HeadersTooLarge);
+                    } else if write_stalled(&*error) {
+                        place.closed_for(CloseReason::WriteStalled);
                     } else {
                         tracing::debug!(%error, "connection ended with an error");
                     }
@@ -466,6 +481,119 @@ fn headers_too_large(error: &(dyn std::error::Error + 'static)) -> bool {
         source = error.source();
     }
     false
+}
+
+/// Whether the connection ended because its client stopped taking what it was sent.
+fn write_stalled(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(error);
+    while let Some(error) = source {
+        // An io::Error's `source()` skips the error it wraps.
+        let wrapped = error
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref);
+        if error.is::<WriteStalled>() || wrapped.is_some_and(|inner| inner.is::<WriteStalled>()) {
+            return true;
+        }
+        source = error.source();
+    }
+    false
+}
+
+/// The client took none of the bytes written to it for the stall timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("the client took nothing of the response for {0:?}")]
+struct WriteStalled(Duration);
+
+pin_project! {
+    /// A stream whose writes fail once they have made no progress for `timeout`: a client that
+    /// stops reading cannot keep its connection, and its request, for ever.
+    pub struct StallTimeout<S> {
+        #[pin]
+        stream: S,
+        timeout: Duration,
+        // Set while a write waits for room.
+        stalled: Option<Pin<Box<Sleep>>>,
+    }
+}
+
+impl<S> StallTimeout<S> {
+    fn new(stream: S, timeout: Duration) -> Self {
+        Self {
+            stream,
+            timeout,
+            stalled: None,
+        }
+    }
+}
+
+/// After an inner write or flush: clears the stall clock on progress, starts it on `Pending`,
+/// and fails once it has run out.
+fn watch_stall<T>(
+    polled: Poll<std::io::Result<T>>,
+    stalled: &mut Option<Pin<Box<Sleep>>>,
+    timeout: Duration,
+    cx: &mut Context<'_>,
+) -> Poll<std::io::Result<T>> {
+    if polled.is_ready() {
+        *stalled = None;
+        return polled;
+    }
+    let clock = stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+    match clock.as_mut().poll(cx) {
+        Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            WriteStalled(timeout),
+        ))),
+        Poll::Pending => Poll::Pending,
+    }
+}
+
+impl<S: AsyncRead> AsyncRead for StallTimeout<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        self.project().stream.poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite> AsyncWrite for StallTimeout<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.project();
+        let polled = this.stream.poll_write(cx, buf);
+        watch_stall(polled, this.stalled, *this.timeout, cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.project();
+        let polled = this.stream.poll_write_vectored(cx, bufs);
+        watch_stall(polled, this.stalled, *this.timeout, cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.project();
+        let polled = this.stream.poll_flush(cx);
+        watch_stall(polled, this.stalled, *this.timeout, cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.project();
+        let polled = this.stream.poll_shutdown(cx);
+        watch_stall(polled, this.stalled, *this.timeout, cx)
+    }
 }
 
 #[cfg(test)]

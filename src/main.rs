@@ -196,8 +196,9 @@ struct ActivatorArgs {
           value_parser = clap::value_parser!(u32).range(1..))]
     max_connections: u32,
 
-    /// How long a client connection may go without a request in progress: a new one until its
-    /// first request's headers are complete, a kept-alive one until its next request's.
+    /// How long a client connection may go without a request in progress (a new one until its
+    /// first request's headers are complete, a kept-alive one until its next request's), and
+    /// how long it may take none of a response's bytes.
     #[arg(long, env = "FARGO_HEADER_READ_TIMEOUT", default_value = "30s",
           value_parser = positive_duration)]
     header_read_timeout: kube::core::Duration,

@@ -604,6 +604,7 @@ pub async fn serve(
                 Ok::<_, Infallible>(response.map(|body| TrackedBody::new(body, in_progress)))
             }
         });
+        let stream = place.stall_timeout(stream);
         let connection = builder
             .serve_connection(TokioIo::new(stream), service)
             .into_owned();

@@ -150,3 +150,39 @@ async fn all_closed_waits_for_every_place() {
     drop(place);
     waiting.await.expect("every connection closed");
 }
+
+#[tokio::test(start_paused = true)]
+async fn writes_to_a_client_that_stops_reading_fail_after_the_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let (_client, server) = tokio::io::duplex(64);
+    let mut stream = StallTimeout::new(server, Duration::from_secs(10));
+    stream
+        .write_all(&[0; 64])
+        .await
+        .expect("room for the first bytes");
+    let stalled = Instant::now();
+    let error = stream.write_all(&[0; 64]).await.expect_err("nobody reads");
+    assert_eq!(error.kind(), std::io::ErrorKind::TimedOut);
+    assert_eq!(Instant::now() - stalled, Duration::from_secs(10));
+    assert!(write_stalled(&error));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_but_steady_reader_keeps_its_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut client, server) = tokio::io::duplex(64);
+    let mut stream = StallTimeout::new(server, Duration::from_secs(10));
+    let reader = tokio::spawn(async move {
+        let mut byte = [0; 1];
+        let mut read = 0;
+        while read < 256 {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            read += client.read(&mut byte).await.expect("a byte");
+        }
+    });
+    stream
+        .write_all(&[0; 256])
+        .await
+        .expect("every write progresses in time");
+    reader.await.expect("reader");
+}

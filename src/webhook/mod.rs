@@ -471,7 +471,10 @@ pub async fn serve_tls(
                     place.closed_for(reason);
                     return;
                 }
-                handshake = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream)) => handshake,
+                handshake = tokio::time::timeout(
+                    limits.handshake_timeout,
+                    acceptor.accept(place.stall_timeout(stream)),
+                ) => handshake,
             };
             let stream = match handshake {
                 Ok(Ok(stream)) => stream,

@@ -706,3 +706,65 @@ async fn headers_over_the_bound_are_refused_with_431() {
     let answered = exchange(activator.addr, fits.as_bytes()).await;
     assert!(answered.starts_with("http/1.1 404"), "{answered}");
 }
+
+/// A pod that answers every request with `megabytes` MiB, streamed.
+async fn big_pod(megabytes: usize) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("bound address");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let service = service_fn(move |_request: Request<Incoming>| async move {
+                let mebibyte = Bytes::from(vec![b'x'; 1024 * 1024]);
+                let frames = std::iter::repeat_n(mebibyte, megabytes)
+                    .map(|chunk| Ok::<_, hyper::Error>(Frame::data(chunk)));
+                let body = http_body_util::StreamBody::new(futures::stream::iter(frames));
+                Ok::<_, hyper::Error>(Response::new(body))
+            });
+            tokio::spawn(http1::Builder::new().serve_connection(TokioIo::new(stream), service));
+        }
+    });
+    addr
+}
+
+/// Sends a GET on a new connection and reads no more than the status line.
+async fn status_line_only(activator: SocketAddr, target: &str) -> (TcpStream, String) {
+    let mut stream = TcpStream::connect(activator).await.expect("connect");
+    let request = format!("GET {target} HTTP/1.1\r\nhost: activator.test\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("sent");
+    let mut status = [0; 12];
+    stream.read_exact(&mut status).await.expect("a status line");
+    (stream, String::from_utf8_lossy(&status).into_owned())
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_loses_its_connection_and_its_place_on_the_pod() {
+    // The function's own timeout is far away: only the stalled writes end the first request.
+    let activator = activator_within(10, usize::MAX, small_limits(Some(500))).await;
+    activator
+        .index
+        .upsert("media", "video", config(3_600_000, 1), HttpRoute::default());
+    let pod = big_pod(64).await;
+    activator
+        .index
+        .set_endpoints("media", "video", &[ready(pod)]);
+
+    let (stalled, status) = status_line_only(activator.addr, "/media/video/").await;
+    assert_eq!(status, "HTTP/1.1 200");
+    // perInstance is 1: the next request waits for the stalled one's place.
+    let (_next, status) = tokio::time::timeout(
+        Duration::from_secs(20),
+        status_line_only(activator.addr, "/media/video/"),
+    )
+    .await
+    .expect("the next request gets the place");
+    assert_eq!(status, "HTTP/1.1 200");
+    let counted = async {
+        while activator.metric("connections_closed_total{reason=\"write_stalled\"}") != 1 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), counted)
+        .await
+        .expect("the stalled connection is counted");
+    drop(stalled);
+}
