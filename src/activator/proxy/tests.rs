@@ -768,3 +768,31 @@ async fn a_client_that_stops_reading_loses_its_connection_and_its_place_on_the_p
         .expect("the stalled connection is counted");
     drop(stalled);
 }
+
+#[tokio::test]
+async fn http2_headers_over_the_bound_get_431_and_the_connection_stays() {
+    let activator = activator_within(10, usize::MAX, small_limits(None)).await;
+    let stream = TokioIo::new(TcpStream::connect(activator.addr).await.expect("connect"));
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), stream)
+            .await
+            .expect("HTTP/2");
+    tokio::spawn(connection);
+    let request = |big: Option<String>| {
+        let mut request = Request::get(format!("http://{}/media/missing/", activator.addr));
+        if let Some(big) = big {
+            request = request.header("x-big", big);
+        }
+        request.body(Empty::<Bytes>::new()).expect("a request")
+    };
+    let refused = sender
+        .send_request(request(Some("b".repeat(9 * 1024))))
+        .await
+        .expect("an answer");
+    assert_eq!(
+        refused.status(),
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+    );
+    let answered = sender.send_request(request(None)).await.expect("an answer");
+    assert_eq!(answered.status(), StatusCode::NOT_FOUND);
+}
