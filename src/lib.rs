@@ -3,7 +3,8 @@
 //! The binary (`src/main.rs`) is thin; everything it runs lives here so tests and benchmarks can
 //! reach it. Data flows one way (README, "Layout"):
 //! - shared by both sides: [`api`] (resources, names, the activator's `/stats` contract),
-//!   [`telemetry`], [`quantity`], [`diagnosis`];
+//!   [`telemetry`], [`quantity`], [`diagnosis`], [`connections`] (the bounds on the clients of
+//!   the webhook and the activator's proxy);
 //! - the request path: [`activator`];
 //! - the controller side's shared plumbing: [`reconcile`] (Events, metrics, status patches),
 //!   [`caches`], [`replicas`], [`http_client`];
@@ -14,6 +15,7 @@ pub mod activator;
 pub mod api;
 pub mod autoscaler;
 pub mod caches;
+pub mod connections;
 pub mod controller;
 pub mod diagnosis;
 pub mod function;

@@ -211,6 +211,29 @@ struct ActivatorArgs {
     #[arg(long, env = "FARGO_QUEUE_DEPTH", default_value_t = 100)]
     queue_depth: usize,
 
+    /// Requests the activator may hold at once, all functions together; more get 503 with
+    /// Retry-After. Keep it below --max-connections: a held HTTP/1 request keeps its connection.
+    #[arg(long, env = "FARGO_MAX_HELD_REQUESTS", default_value_t = 1024)]
+    max_held_requests: usize,
+
+    /// Client connections open at once. At the cap, the connection idle longest is closed for a
+    /// new one; when none is idle, new connections wait in the listen backlog.
+    #[arg(long, env = "FARGO_MAX_CONNECTIONS", default_value_t = 2048,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
+
+    /// How long a client connection may go without a request in progress (a new one until its
+    /// first request's headers are complete, a kept-alive one until its next request's), and
+    /// how long it may take none of a response's bytes.
+    #[arg(long, env = "FARGO_HEADER_READ_TIMEOUT", default_value = "30s",
+          value_parser = positive_duration)]
+    header_read_timeout: kube::core::Duration,
+
+    /// Largest request line and headers, in bytes (at least 8192); larger requests get 431.
+    #[arg(long, env = "FARGO_MAX_HEADER_BYTES", default_value_t = 32768,
+          value_parser = clap::value_parser!(u32).range(8192..))]
+    max_header_bytes: u32,
+
     /// After SIGTERM, how long to keep serving while not ready (so Service endpoints drop the
     /// pod) before no longer accepting connections.
     #[arg(long, env = "FARGO_DRAIN_DELAY", default_value = "5s")]
@@ -226,9 +249,24 @@ impl ActivatorArgs {
             service_name: self.service_name,
             service_namespace: self.service_namespace,
             queue_depth: self.queue_depth,
+            max_held_requests: self.max_held_requests,
+            max_connections: self.max_connections as usize,
+            header_read_timeout: self.header_read_timeout.into(),
+            max_header_bytes: self.max_header_bytes as usize,
             drain_delay: self.drain_delay.into(),
         }
     }
+}
+
+/// A duration longer than zero.
+fn positive_duration(text: &str) -> Result<kube::core::Duration, String> {
+    let duration: kube::core::Duration = text.parse().map_err(|error| format!("{error}"))?;
+    if duration.is_negative() || std::time::Duration::from(duration).is_zero() {
+        return Err(format!(
+            "{text} would close every connection at once; give a time above 0s"
+        ));
+    }
+    Ok(duration)
 }
 
 #[tokio::main]
@@ -304,5 +342,19 @@ mod tests {
     fn cli_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn activator_refuses_bounds_that_would_refuse_every_client() {
+        for flags in [
+            ["--header-read-timeout", "0s"],
+            ["--max-connections", "0"],
+            ["--max-header-bytes", "4096"],
+        ] {
+            let parsed = Cli::try_parse_from(["fargo", "activator", flags[0], flags[1]]);
+            assert!(parsed.is_err(), "{flags:?} was accepted");
+        }
+        let parsed = Cli::try_parse_from(["fargo", "activator", "--header-read-timeout", "10s"]);
+        assert!(parsed.is_ok());
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! A request is [admitted](FunctionState::admit): it either gets a [`Lease`] (a place on a pod)
 //! at once, or waits in the hold queue as a [`HeldRequest`] until a place frees or a pod becomes
-//! usable, or is turned away when the queue is full. Dropping a `Lease` frees its place and
+//! usable, or is turned away when the queue is full or the activator holds all it may. Dropping a `Lease` frees its place and
 //! hands it to the oldest held request.
 
 use std::net::{IpAddr, SocketAddr};
@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 
 use super::balancer::{Balancer, Endpoint, Slot};
 use super::concurrency::ConcurrencyMeter;
-use super::hold::{HoldQueue, WaiterId};
+use super::hold::{HoldLimit, HoldQueue, HoldRefused, WaiterId};
 use super::metrics::RequestMetrics;
 use crate::api::stats::FunctionStats;
 
@@ -90,6 +90,9 @@ pub enum Admission {
     Hold(HeldRequest),
     /// The hold queue is full (its capacity given): answer 429.
     QueueFull(usize),
+    /// The activator holds as many requests as it may, all functions together (that number
+    /// given): answer 503.
+    ActivatorFull(usize),
 }
 
 impl FunctionState {
@@ -98,6 +101,7 @@ impl FunctionState {
         name: &str,
         config: FunctionConfig,
         queue_depth: usize,
+        hold_limit: Arc<HoldLimit>,
         metrics: RequestMetrics,
     ) -> Arc<Self> {
         Arc::new(Self {
@@ -106,7 +110,7 @@ impl FunctionState {
             inner: Mutex::new(Inner {
                 balancer: Balancer::new(config.per_instance),
                 config,
-                queue: HoldQueue::new(queue_depth),
+                queue: HoldQueue::new(queue_depth, hold_limit),
                 meter: ConcurrencyMeter::new(Instant::now()),
                 requests: 0,
                 last_request: None,
@@ -218,8 +222,14 @@ impl FunctionState {
             };
             return (timeout, Admission::Proxy(lease));
         }
-        let Ok((id, receiver)) = inner.queue.push() else {
-            return (timeout, Admission::QueueFull(inner.queue.capacity()));
+        let (id, receiver) = match inner.queue.push() {
+            Ok(waiter) => waiter,
+            Err(HoldRefused::QueueFull) => {
+                return (timeout, Admission::QueueFull(inner.queue.capacity()));
+            }
+            Err(HoldRefused::LimitReached) => {
+                return (timeout, Admission::ActivatorFull(inner.queue.limit().max()));
+            }
         };
         inner.meter.increment(now);
         let poke = !inner.poke_running
@@ -398,12 +408,27 @@ mod tests {
     use crate::activator::metrics::ActivatorMetrics;
 
     fn function(per_instance: u32, queue_depth: usize) -> Arc<FunctionState> {
+        function_within(per_instance, queue_depth, HoldLimit::new(usize::MAX))
+    }
+
+    fn function_within(
+        per_instance: u32,
+        queue_depth: usize,
+        hold_limit: Arc<HoldLimit>,
+    ) -> Arc<FunctionState> {
         let metrics = ActivatorMetrics::default().for_function("media", "thumbnail");
         let config = FunctionConfig {
             per_instance,
             ..FunctionConfig::default()
         };
-        FunctionState::new("media", "thumbnail", config, queue_depth, metrics)
+        FunctionState::new(
+            "media",
+            "thumbnail",
+            config,
+            queue_depth,
+            hold_limit,
+            metrics,
+        )
     }
 
     fn pod(last_octet: u8, ready: bool) -> ObservedEndpoint {
@@ -463,6 +488,19 @@ mod tests {
         let stats = function.stats().expect("requests arrived");
         assert_eq!(stats.held, 2);
         assert_eq!(stats.requests, 3);
+    }
+
+    #[test]
+    fn activator_hold_limit_rejects_the_request_and_frees_with_the_held_ones() {
+        let limit = HoldLimit::new(2);
+        let function = function_within(0, 10, limit.clone());
+        let first = held(function.admit().1);
+        let _second = held(function.admit().1);
+        assert!(matches!(function.admit().1, Admission::ActivatorFull(2)));
+        assert_eq!(function.stats().map(|s| s.held), Some(2));
+        drop(first);
+        assert_eq!(limit.held(), 1);
+        let _third = held(function.admit().1);
     }
 
     #[test]

@@ -13,6 +13,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::oneshot;
 
 use super::function_state::{FunctionConfig, FunctionState, ObservedEndpoint};
+use super::hold::HoldLimit;
 use super::metrics::ActivatorMetrics;
 use super::router::{HttpRoute, RouteError, RouteTable};
 use crate::api::ServerlessFunction;
@@ -27,7 +28,10 @@ pub struct Resolved {
 
 pub struct FunctionIndex {
     inner: RwLock<Inner>,
+    /// Requests each function may hold.
     queue_depth: usize,
+    /// Requests the activator may hold, all functions together.
+    hold_limit: Arc<HoldLimit>,
     metrics: ActivatorMetrics,
 }
 
@@ -40,15 +44,38 @@ struct Inner {
 }
 
 impl FunctionIndex {
-    pub fn new(names: ActivatorNames, queue_depth: usize, metrics: ActivatorMetrics) -> Self {
+    pub fn new(
+        names: ActivatorNames,
+        queue_depth: usize,
+        hold_limit: Arc<HoldLimit>,
+        metrics: ActivatorMetrics,
+    ) -> Self {
         Self {
             inner: RwLock::new(Inner {
                 routes: RouteTable::new(names),
                 states: HashMap::new(),
             }),
             queue_depth,
+            hold_limit,
             metrics,
         }
+    }
+
+    fn new_state(&self, namespace: &str, name: &str, config: FunctionConfig) -> Arc<FunctionState> {
+        let metrics = self.metrics.for_function(namespace, name);
+        let hold_limit = self.hold_limit.clone();
+        FunctionState::new(
+            namespace,
+            name,
+            config,
+            self.queue_depth,
+            hold_limit,
+            metrics,
+        )
+    }
+
+    pub fn metrics(&self) -> &ActivatorMetrics {
+        &self.metrics
     }
 
     fn read(&self) -> RwLockReadGuard<'_, Inner> {
@@ -99,8 +126,7 @@ impl FunctionIndex {
                 state.clone()
             }
             None => {
-                let metrics = self.metrics.for_function(namespace, name);
-                let state = FunctionState::new(namespace, name, config, self.queue_depth, metrics);
+                let state = self.new_state(namespace, name, config);
                 inner
                     .states
                     .entry(namespace.to_string())
@@ -156,11 +182,7 @@ impl FunctionIndex {
                 .entry(namespace.to_string())
                 .or_default()
                 .entry(name.to_string())
-                .or_insert_with(|| {
-                    let metrics = self.metrics.for_function(namespace, name);
-                    let config = FunctionConfig::default();
-                    FunctionState::new(namespace, name, config, self.queue_depth, metrics)
-                })
+                .or_insert_with(|| self.new_state(namespace, name, FunctionConfig::default()))
                 .clone()
         });
         let to_probe = state.set_endpoints(endpoints);
@@ -321,6 +343,7 @@ mod tests {
         FunctionIndex::new(
             ActivatorNames::new("fargo-activator", "fargo-system", "fargo.local"),
             10,
+            HoldLimit::new(usize::MAX),
             ActivatorMetrics::default(),
         )
     }

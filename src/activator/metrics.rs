@@ -1,5 +1,6 @@
 //! The activator's metrics (sub-registry `activator`): labels are namespace, function and
-//! status class only, so series are bounded by the functions that exist.
+//! status class only, so series are bounded by the functions that exist; the proxy's
+//! connections and the activator-wide hold limit have none.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -10,6 +11,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
+
+use crate::connections::ConnectionMetrics;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FunctionLabels {
@@ -34,6 +37,9 @@ pub struct ActivatorMetrics {
     in_flight: Family<FunctionLabels, Gauge>,
     held: Family<FunctionLabels, Gauge>,
     duration: HistogramFamily,
+    /// Requests refused because the activator held all it may (`--max-held-requests`).
+    held_refused: Counter,
+    connections: ConnectionMetrics,
 }
 
 fn duration_histogram() -> Histogram {
@@ -50,6 +56,8 @@ impl Default for ActivatorMetrics {
             in_flight: Family::default(),
             held: Family::default(),
             duration: Family::new_with_constructor(duration_histogram),
+            held_refused: Counter::default(),
+            connections: ConnectionMetrics::default(),
         }
     }
 }
@@ -57,7 +65,7 @@ impl Default for ActivatorMetrics {
 impl ActivatorMetrics {
     /// Registers the families in `registry` (the `activator` sub-registry).
     pub fn register(registry: &mut Registry) -> Self {
-        let metrics = Self::default();
+        let mut metrics = Self::default();
         registry.register(
             "requests",
             "Requests received, by function and status class",
@@ -79,7 +87,18 @@ impl ActivatorMetrics {
             Unit::Seconds,
             metrics.duration.clone(),
         );
+        registry.register(
+            "held_refused",
+            "Requests answered 503 because the activator already held --max-held-requests",
+            metrics.held_refused.clone(),
+        );
+        metrics.connections = ConnectionMetrics::register(registry);
         metrics
+    }
+
+    /// The proxy's connections.
+    pub fn connections(&self) -> &ConnectionMetrics {
+        &self.connections
     }
 
     /// Handles for one function, so that requests touch no label map.
@@ -125,6 +144,11 @@ impl RequestMetrics {
                 })
             })
             .inc();
+    }
+
+    /// Counts a request refused because the activator held all it may.
+    pub fn held_refused(&self) {
+        self.families.held_refused.inc();
     }
 
     /// Drops the function's series (it was deleted).

@@ -28,7 +28,9 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::routes::ActivatorNames;
+use crate::connections::ConnectionLimits;
 use crate::telemetry;
+use hold::HoldLimit;
 use index::FunctionIndex;
 use metrics::ActivatorMetrics;
 use proxy::Proxy;
@@ -49,6 +51,14 @@ pub struct Config {
     pub service_namespace: String,
     /// Requests each function may hold at once; more get 429.
     pub queue_depth: usize,
+    /// Requests the activator may hold at once, all functions together; more get 503.
+    pub max_held_requests: usize,
+    /// Client connections open at once (see [`crate::connections`]).
+    pub max_connections: usize,
+    /// How long a client connection may go without a request in progress.
+    pub header_read_timeout: Duration,
+    /// A request's line and headers, in bytes.
+    pub max_header_bytes: usize,
     /// After SIGTERM, how long to keep serving while not ready, so that Service endpoints drop
     /// this pod before it stops accepting.
     pub drain_delay: Duration,
@@ -84,7 +94,12 @@ pub async fn run(
         &config.service_namespace,
         &config.domain,
     );
-    let index = Arc::new(FunctionIndex::new(names, config.queue_depth, metrics));
+    let index = Arc::new(FunctionIndex::new(
+        names,
+        config.queue_depth,
+        HoldLimit::new(config.max_held_requests),
+        metrics,
+    ));
 
     let (functions_synced, functions_ready) = oneshot::channel();
     let (endpoints_synced, endpoints_ready) = oneshot::channel();
@@ -132,7 +147,21 @@ pub async fn run(
     tracing::info!(addr = %config.addr, domain = %config.domain, "activator proxy listening");
     let proxy = Arc::new(Proxy::new(index.clone(), Some(Cluster::new(client))));
     let proxy_shutdown = proxy::Shutdown::default();
-    let mut proxy_served = tokio::spawn(proxy::serve(listener, proxy, proxy_shutdown.clone()));
+    let limits = proxy::ClientLimits {
+        connections: ConnectionLimits {
+            max_connections: config.max_connections,
+            header_read_timeout: config.header_read_timeout,
+            // Held requests and slow functions are what the activator is for.
+            cut_requests_after: None,
+        },
+        max_header_bytes: config.max_header_bytes,
+    };
+    let mut proxy_served = tokio::spawn(proxy::serve(
+        listener,
+        proxy,
+        limits,
+        proxy_shutdown.clone(),
+    ));
 
     // Ready once both watches have listed everything, so no request meets an empty index.
     let synced = async {

@@ -18,7 +18,6 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use pin_project_lite::pin_project;
 use tokio::net::TcpListener;
 use tokio::time::{Instant, Sleep};
@@ -28,6 +27,7 @@ use super::function_state::{Admission, FunctionState, Lease};
 use super::index::FunctionIndex;
 use super::router::upstream_path;
 use super::scale::{Cluster, spawn_poke};
+use crate::connections::{self, ConnectionLimits, Connections, TrackedBody};
 use crate::telemetry::error_chain;
 
 type UpstreamBody = Either<Incoming, Empty<Bytes>>;
@@ -108,6 +108,19 @@ impl Proxy {
                 );
                 let mut response =
                     refuse(&function, arrived, StatusCode::TOO_MANY_REQUESTS, message);
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return response;
+            }
+            Admission::ActivatorFull(limit) => {
+                function.metrics().held_refused();
+                let message = format!(
+                    "the activator already holds {limit} requests waiting for pods, all functions \
+                     together; retry later"
+                );
+                let mut response =
+                    refuse(&function, arrived, StatusCode::SERVICE_UNAVAILABLE, message);
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -513,14 +526,42 @@ pub struct Shutdown {
     pub stop: CancellationToken,
 }
 
-/// Accepts connections on `listener` and serves them with `proxy` until `shutdown.stop` is
-/// cancelled; then stops accepting and returns once every open connection has finished its
-/// requests (held ones included).
-pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: Shutdown) {
+/// The bounds on the proxy's clients (the `fargo activator` flags); see [`crate::connections`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientLimits {
+    pub connections: ConnectionLimits,
+    /// A request's line and headers, in bytes. Over HTTP/1 this is hyper's buffer for the
+    /// connection (at least 8 KiB): a request whose headers do not fit, or that has more than
+    /// 100 headers, is answered 431 and its connection closed. Over HTTP/2 it is the header list
+    /// size the activator announces, and a larger request is answered 431 on its stream.
+    pub max_header_bytes: usize,
+}
+
+/// Accepts connections on `listener` and serves them with `proxy` within `limits` until
+/// `shutdown.stop` is cancelled; then stops accepting and returns once every open connection
+/// has finished its requests (held ones included).
+pub async fn serve(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    limits: ClientLimits,
+    shutdown: Shutdown,
+) {
     let Shutdown { draining, stop } = shutdown;
+    let connections = Connections::new(
+        limits.connections,
+        proxy.index.metrics().connections().clone(),
+    );
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new());
-    let graceful = GracefulShutdown::new();
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        // The connection's place keeps the time instead (it also covers HTTP/2).
+        .header_read_timeout(None)
+        .max_buf_size(limits.max_header_bytes);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
     loop {
         let (stream, peer) = tokio::select! {
             biased;
@@ -535,12 +576,19 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: Shutdown)
                 }
             },
         };
+        let place = tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            place = connections.admit() => place,
+        };
         let _ = stream.set_nodelay(true);
         let client_ip = HeaderValue::from_str(&peer.ip().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
         let proxy = proxy.clone();
         let draining = draining.clone();
+        let requests = place.requests();
         let service = service_fn(move |request: Request<Incoming>| {
+            let in_progress = requests.start();
             let proxy = proxy.clone();
             let client_ip = client_ip.clone();
             let draining = draining.clone();
@@ -553,21 +601,22 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: Shutdown)
                         .headers_mut()
                         .insert(header::CONNECTION, HeaderValue::from_static("close"));
                 }
-                Ok::<_, Infallible>(response)
+                Ok::<_, Infallible>(response.map(|body| TrackedBody::new(body, in_progress)))
             }
         });
+        let stream = place.stall_timeout(stream);
         let connection = builder
             .serve_connection(TokioIo::new(stream), service)
             .into_owned();
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(error = %error, "connection ended with an error");
-            }
-        });
+        tokio::spawn(connections::drive(
+            place,
+            connection,
+            stop.clone(),
+            |connection| connection.graceful_shutdown(),
+        ));
     }
     drop(listener);
-    graceful.shutdown().await;
+    connections.all_closed().await;
 }
 
 #[cfg(test)]

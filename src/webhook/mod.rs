@@ -13,16 +13,22 @@ pub mod certs;
 pub mod fence;
 
 use std::collections::BTreeSet;
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use axum::extract::State;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::StreamExt;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper::body::Incoming;
+use hyper::service::{Service as _, service_fn};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use k8s_openapi::ByteString;
@@ -41,6 +47,7 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
@@ -52,6 +59,10 @@ use tracing::{info, warn};
 
 use crate::api::profile::FargateProfile;
 use crate::api::{CONTROLLER_MANAGER, NAMESPACE_NAME_LABEL, PROFILE_LABEL};
+use crate::connections::{
+    self, CloseReason, ConnectionLimits, ConnectionMetrics, Connections, RequestCounter,
+    TrackedBody,
+};
 pub use certs::WebhookCertificate;
 
 /// Name of both webhook configurations.
@@ -59,6 +70,57 @@ pub const CONFIGURATION_NAME: &str = "fargo";
 pub const MUTATE_PATH: &str = "/mutate-pods";
 pub const VALIDATE_PATH: &str = "/validate-pods";
 pub const NETWORK_POLICY_PATH: &str = "/validate-networkpolicies";
+
+// The bounds on the webhook server's clients. Its one legitimate client is the API server, which
+// opens a connection, completes TLS and sends its review at once, and gives up after the
+// configurations' `timeoutSeconds` (5): a client slower than that is not the API server, and its
+// connection is what gets closed when the API server needs a place.
+
+/// Connections served at once. Each carries one review at a time (an HTTP/2 client opens another
+/// connection for the next one), so this also bounds the reviews read at once, and their bodies in
+/// memory to this × [`MAX_REVIEW_BYTES`]. The API server needs a handful. At the cap, the
+/// connection idle longest, else the one whose request has run longest past [`SLOW_REQUEST`],
+/// makes room for the new one; only when neither exists does it wait in the listen backlog.
+pub const MAX_CONNECTIONS: usize = 16;
+/// To complete the TLS handshake after the connection is accepted.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
+/// For a connection without a request in progress — new, or kept alive after a response — to
+/// complete the next request's headers.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// At the cap, a request running this long may be cut for a new connection: a review takes
+/// milliseconds once its body has arrived, and the API server sends the body at once.
+pub const SLOW_REQUEST: Duration = Duration::from_secs(2);
+/// For a whole request, body included: twice the API server's 5 s, by which time it has given up.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// An AdmissionReview's size: a pod UPDATE carries the object and the old object, each at most
+/// the 1.5 MiB etcd stores, and the API server itself takes no request over 3 MiB.
+pub const MAX_REVIEW_BYTES: usize = 3 * 1024 * 1024;
+/// A request's headers: the API server sends a few hundred bytes. Over HTTP/1 this is hyper's
+/// buffer for the connection, and a request whose headers do not fit is answered
+/// 431 and its connection closed; over HTTP/2 the stream is answered 431.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// The bounds [`serve_tls`] puts on its clients; `default()` is the figures above.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServerLimits {
+    pub connections: ConnectionLimits,
+    pub handshake_timeout: Duration,
+    pub request_timeout: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            connections: ConnectionLimits {
+                max_connections: MAX_CONNECTIONS,
+                header_read_timeout: HEADER_READ_TIMEOUT,
+                cut_requests_after: Some(SLOW_REQUEST),
+            },
+            handshake_timeout: HANDSHAKE_TIMEOUT,
+            request_timeout: REQUEST_TIMEOUT,
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -107,9 +169,18 @@ struct AdmissionLabels {
     allowed: bool,
 }
 
-/// Admission metrics: decisions and their latency, by webhook and outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusalLabels {
+    /// `body_too_large` or `timeout`.
+    reason: &'static str,
+}
+
+/// Admission metrics: decisions and their latency, by webhook and outcome; the server's
+/// connections, and the requests its bounds refused.
 pub struct WebhookMetrics {
     decisions: Family<AdmissionLabels, Histogram>,
+    refused: Family<RefusalLabels, Counter>,
+    connections: ConnectionMetrics,
 }
 
 impl WebhookMetrics {
@@ -122,7 +193,22 @@ impl WebhookMetrics {
             "Time to decide an admission request, by webhook and outcome",
             decisions.clone(),
         );
-        Arc::new(Self { decisions })
+        let refused = Family::default();
+        registry.register(
+            "requests_refused",
+            "Requests the webhook server refused, by bound: body_too_large (413), timeout (408)",
+            refused.clone(),
+        );
+        let connections = ConnectionMetrics::register(registry);
+        Arc::new(Self {
+            decisions,
+            refused,
+            connections,
+        })
+    }
+
+    fn refused(&self, reason: &'static str) {
+        self.refused.get_or_create(&RefusalLabels { reason }).inc();
     }
 }
 
@@ -224,10 +310,17 @@ async fn serve_until_shutdown(
     }
     let state = AppState {
         profiles: profiles.store.clone(),
-        metrics,
+        metrics: metrics.clone(),
         fargo_user: fargo_user.into(),
     };
-    let server = tokio::spawn(serve_tls(listener, tls, router(state), shutdown.clone()));
+    let server = tokio::spawn(serve_tls(
+        listener,
+        tls,
+        router(state),
+        ServerLimits::default(),
+        metrics,
+        shutdown.clone(),
+    ));
 
     if config.register {
         let ca_bundle = config
@@ -318,21 +411,38 @@ fn router(state: AppState) -> Router {
         .route(VALIDATE_PATH, post(validate_handler))
         .route(NETWORK_POLICY_PATH, post(network_policy_handler))
         .route("/healthz", get(|| async { "ok" }))
+        .layer(DefaultBodyLimit::max(MAX_REVIEW_BYTES))
         .with_state(state)
 }
 
 async fn mutate_handler(
     State(state): State<AppState>,
-    Json(review): Json<AdmissionReview<Pod>>,
-) -> Json<AdmissionReview<DynamicObject>> {
-    decide(&state, "mutate", review, admission::mutate)
+    review: Result<Json<AdmissionReview<Pod>>, JsonRejection>,
+) -> Response {
+    match review {
+        Ok(Json(review)) => decide(&state, "mutate", review, admission::mutate).into_response(),
+        Err(rejection) => refuse_review(&state, rejection),
+    }
 }
 
 async fn validate_handler(
     State(state): State<AppState>,
-    Json(review): Json<AdmissionReview<Pod>>,
-) -> Json<AdmissionReview<DynamicObject>> {
-    decide(&state, "validate", review, admission::validate)
+    review: Result<Json<AdmissionReview<Pod>>, JsonRejection>,
+) -> Response {
+    match review {
+        Ok(Json(review)) => decide(&state, "validate", review, admission::validate).into_response(),
+        Err(rejection) => refuse_review(&state, rejection),
+    }
+}
+
+/// A body that is no AdmissionReview, or larger than [`MAX_REVIEW_BYTES`] (counted).
+fn refuse_review(state: &AppState, rejection: JsonRejection) -> Response {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        state.metrics.refused("body_too_large");
+    }
+    // Not a warning: anyone who reaches the port could fill the logs with them.
+    tracing::debug!(error = %rejection.body_text(), "unreadable admission review");
+    rejection.into_response()
 }
 
 async fn network_policy_handler(
@@ -399,17 +509,35 @@ pub fn tls_config(certificate: &WebhookCertificate) -> Result<rustls::ServerConf
     Ok(config)
 }
 
-/// Accepts TLS connections until `shutdown`, each served on its own task.
+/// Accepts TLS connections until `shutdown`, each served on its own task within `limits` (see
+/// [`crate::connections`]): a new connection waits for a place, taking that of the connection
+/// idle longest or of a request slower than the API server ever is; TLS must complete within
+/// the handshake timeout, each request within the request timeout.
 pub async fn serve_tls(
     listener: tokio::net::TcpListener,
     tls: rustls::ServerConfig,
     router: Router,
+    limits: ServerLimits,
+    metrics: Arc<WebhookMetrics>,
     shutdown: CancellationToken,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, "serving the admission webhook");
     }
+    let connections = Connections::new(limits.connections, metrics.connections.clone());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        // The connection's place keeps the time instead (it also covers HTTP/2).
+        .header_read_timeout(None)
+        .max_buf_size(MAX_HEADER_BYTES);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(1)
+        .max_header_list_size(MAX_HEADER_BYTES as u32);
     loop {
         let (stream, _) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -417,21 +545,90 @@ pub async fn serve_tls(
                 Ok(accepted) => accepted,
                 Err(error) => {
                     warn!(%error, "accepting a webhook connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
         };
+        let place = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            place = connections.admit() => place,
+        };
         let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(router.clone());
+        let service = review_service(
+            router.clone(),
+            place.requests(),
+            limits.request_timeout,
+            metrics.clone(),
+        );
+        let builder = builder.clone();
+        let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            let Ok(stream) = acceptor.accept(stream).await else {
-                return;
+            let handshake = tokio::select! {
+                reason = place.closing() => {
+                    place.closed_for(reason);
+                    return;
+                }
+                handshake = tokio::time::timeout(
+                    limits.handshake_timeout,
+                    acceptor.accept(place.stall_timeout(stream)),
+                ) => handshake,
             };
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let stream = match handshake {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => {
+                    tracing::debug!(%error, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    place.closed_for(CloseReason::HandshakeTimeout);
+                    return;
+                }
+            };
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            connections::drive(place, connection, shutdown, |connection| {
+                connection.graceful_shutdown();
+            })
+            .await;
         });
     }
+}
+
+/// The router as one connection's service: each request counts as in progress on the
+/// connection until its response is sent, and is answered 408 when it takes longer than
+/// `request_timeout` (a body that does not arrive).
+fn review_service(
+    router: Router,
+    requests: RequestCounter,
+    request_timeout: Duration,
+    metrics: Arc<WebhookMetrics>,
+) -> impl hyper::service::Service<
+    hyper::Request<Incoming>,
+    Response = hyper::Response<TrackedBody<axum::body::Body>>,
+    Error = Infallible,
+    Future: Send,
+> + Clone {
+    let router = TowerToHyperService::new(router);
+    service_fn(move |request: hyper::Request<Incoming>| {
+        let in_progress = requests.start();
+        let response = router.call(request);
+        let metrics = metrics.clone();
+        async move {
+            let response = match tokio::time::timeout(request_timeout, response).await {
+                Ok(Ok(response)) => response,
+                Ok(Err(never)) => match never {},
+                Err(_) => {
+                    metrics.refused("timeout");
+                    let message = format!(
+                        "the request did not complete within {}s\n",
+                        request_timeout.as_secs_f64()
+                    );
+                    (StatusCode::REQUEST_TIMEOUT, message).into_response()
+                }
+            };
+            Ok(response.map(|body| TrackedBody::new(body, in_progress)))
+        }
+    })
 }
 
 /// The names a certificate for an out-of-cluster webhook at `url` must carry: the URL's host,
@@ -671,6 +868,9 @@ async fn register(
         .await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod slow_clients;
 
 #[cfg(test)]
 mod tests {

@@ -6,9 +6,14 @@ use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
 use hyper::server::conn::http1;
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
 
 use super::*;
 use crate::activator::function_state::{FunctionConfig, ObservedEndpoint};
+use crate::activator::hold::HoldLimit;
 use crate::activator::metrics::ActivatorMetrics;
 use crate::activator::router::HttpRoute;
 use crate::api::routes::ActivatorNames;
@@ -16,26 +21,60 @@ use crate::api::routes::ActivatorNames;
 struct Activator {
     addr: SocketAddr,
     index: Arc<FunctionIndex>,
+    registry: Registry,
     shutdown: Shutdown,
     served: tokio::task::JoinHandle<()>,
 }
 
 async fn activator(queue_depth: usize) -> Activator {
+    activator_within(queue_depth, usize::MAX, limits()).await
+}
+
+/// The production figures, as `fargo activator` starts with them.
+fn limits() -> ClientLimits {
+    ClientLimits {
+        connections: ConnectionLimits {
+            max_connections: 2048,
+            header_read_timeout: Duration::from_secs(30),
+            cut_requests_after: None,
+        },
+        max_header_bytes: 32 * 1024,
+    }
+}
+
+async fn activator_within(
+    queue_depth: usize,
+    max_held_requests: usize,
+    limits: ClientLimits,
+) -> Activator {
+    let mut registry = Registry::default();
     let index = Arc::new(FunctionIndex::new(
         ActivatorNames::new("fargo-activator", "fargo-system", "fargo.local"),
         queue_depth,
-        ActivatorMetrics::default(),
+        HoldLimit::new(max_held_requests),
+        ActivatorMetrics::register(&mut registry),
     ));
     let proxy = Arc::new(Proxy::new(index.clone(), None));
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("bound address");
     let shutdown = Shutdown::default();
-    let served = tokio::spawn(serve(listener, proxy, shutdown.clone()));
+    let served = tokio::spawn(serve(listener, proxy, limits, shutdown.clone()));
     Activator {
         addr,
         index,
+        registry,
         shutdown,
         served,
+    }
+}
+
+impl Activator {
+    fn metric(&self, series: &str) -> u64 {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("encode");
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0)
     }
 }
 
@@ -440,4 +479,320 @@ fn assert_forwarded_by_the_activator(body: &str) {
     ] {
         assert!(body.contains(&format!("{header}\n")), "{header}: {body}");
     }
+}
+
+/// Sends `request` as is on a new connection and reads until the activator closes it.
+async fn exchange(activator: SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(activator).await.expect("connect");
+    stream.write_all(request).await.expect("request sent");
+    let mut response = Vec::new();
+    let read = stream.read_to_end(&mut response);
+    let _ = tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .expect("the activator closes the connection");
+    String::from_utf8_lossy(&response).to_lowercase()
+}
+
+/// Small figures, so that the bounds bite within a test; `None` is a time no test waits for.
+fn small_limits(header_read_timeout_ms: Option<u64>) -> ClientLimits {
+    ClientLimits {
+        connections: ConnectionLimits {
+            max_connections: CAP,
+            header_read_timeout: Duration::from_millis(header_read_timeout_ms.unwrap_or(3_600_000)),
+            cut_requests_after: None,
+        },
+        max_header_bytes: 8 * 1024,
+    }
+}
+
+const CAP: usize = 8;
+
+/// A client that connects, writes `bytes` one at a time 50 ms apart, and returns once the
+/// activator has closed the connection.
+fn dribbler(activator: SocketAddr, bytes: &'static [u8]) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let Ok(mut stream) = TcpStream::connect(activator).await else {
+            return;
+        };
+        let mut next = bytes.iter();
+        let mut read = [0; 512];
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        loop {
+            tokio::select! {
+                outcome = stream.read(&mut read) => match outcome {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                },
+                _ = tick.tick() => {
+                    // Once the bytes run out it keeps quiet, as an idle client does.
+                    if let Some(byte) = next.next()
+                        && stream.write_all(&[*byte]).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Waits (boundedly) until the activator has closed the connections of at least `expected`
+/// clients.
+async fn closed_by_the_activator(clients: &[JoinHandle<()>], expected: usize) {
+    let waiting = async {
+        while clients.iter().filter(|client| client.is_finished()).count() < expected {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), waiting)
+        .await
+        .expect("the activator closes the slow connections");
+}
+
+async fn echo_function(activator: &Activator) {
+    let pod = echo_pod().await;
+    activator
+        .index
+        .upsert("media", "echo", config(5_000, 0), HttpRoute::default());
+    activator
+        .index
+        .set_endpoints("media", "echo", &[ready(pod)]);
+}
+
+#[tokio::test]
+async fn slow_and_silent_clients_do_not_keep_other_tenants_out() {
+    // No timeout would free a place within the test: only closing the connection idle longest
+    // lets the other tenant in.
+    let activator = activator_within(10, usize::MAX, small_limits(None)).await;
+    echo_function(&activator).await;
+    let mut slow = Vec::new();
+    for _ in 0..CAP {
+        slow.push(dribbler(activator.addr, b""));
+        slow.push(dribbler(
+            activator.addr,
+            b"GET /media/echo/ HTTP/1.1\r\nhost: a",
+        ));
+        slow.push(dribbler(activator.addr, b"PRI * HTTP/2.0\r\n"));
+    }
+    // Let them take every place (the outcome below does not depend on it).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let (status, body) =
+        tokio::time::timeout(Duration::from_secs(20), get(activator.addr, "/media/echo/"))
+            .await
+            .expect("the other tenant is answered");
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // 3 × CAP slow connections and the tenant's went through CAP places.
+    closed_by_the_activator(&slow, 2 * CAP).await;
+    assert!(activator.metric("connections_closed_total{reason=\"evicted\"}") >= 2 * CAP as u64);
+}
+
+#[tokio::test]
+async fn silent_slow_and_idle_connections_are_closed_after_the_header_read_timeout() {
+    let activator = activator_within(10, usize::MAX, small_limits(Some(500))).await;
+    echo_function(&activator).await;
+    let mut clients = vec![
+        dribbler(activator.addr, b""),
+        dribbler(activator.addr, b"GET /media/echo/ HTTP/1.1\r\nhost: a"),
+    ];
+    // An HTTP/1.1 connection kept alive after its request, then left unused.
+    let mut kept_alive = TcpStream::connect(activator.addr).await.expect("connect");
+    kept_alive
+        .write_all(b"GET /media/echo/ HTTP/1.1\r\nhost: activator.test\r\n\r\n")
+        .await
+        .expect("request sent");
+    let mut answer = [0; 12];
+    kept_alive.read_exact(&mut answer).await.expect("an answer");
+    assert_eq!(&answer, b"HTTP/1.1 200");
+    clients.push(tokio::spawn(async move {
+        let mut rest = Vec::new();
+        let _ = kept_alive.read_to_end(&mut rest).await;
+    }));
+    // The same over HTTP/2 (prior knowledge), which has no header timer of its own.
+    let stream = TokioIo::new(TcpStream::connect(activator.addr).await.expect("connect"));
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), stream)
+            .await
+            .expect("HTTP/2");
+    let connection = tokio::spawn(connection);
+    let request = Request::get(format!("http://{}/media/echo/", activator.addr))
+        .body(Empty::<Bytes>::new())
+        .expect("a request");
+    let response = sender.send_request(request).await.expect("an answer");
+    assert_eq!(response.status(), StatusCode::OK);
+    drop(response);
+    clients.push(tokio::spawn(async move {
+        let _keep = sender;
+        let _ = connection.await;
+    }));
+
+    let all = clients.len();
+    closed_by_the_activator(&clients, all).await;
+    assert_eq!(
+        activator.metric("connections_closed_total{reason=\"header_timeout\"}"),
+        4
+    );
+    assert_eq!(
+        activator.metric("connections_closed_total{reason=\"evicted\"}"),
+        0
+    );
+}
+
+#[tokio::test]
+async fn requests_held_beyond_the_activator_limit_get_503_while_the_held_ones_stay() {
+    let activator = activator_within(10, 2, limits()).await;
+    for name in ["thumbnail", "resize"] {
+        activator
+            .index
+            .upsert("media", name, config(5_000, 0), HttpRoute::default());
+    }
+    let thumbnail = tokio::spawn(get(activator.addr, "/media/thumbnail/"));
+    let resize = tokio::spawn(get(activator.addr, "/media/resize/"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let refused = exchange(
+        activator.addr,
+        b"GET /media/thumbnail/ HTTP/1.1\r\nhost: activator.test\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(refused.starts_with("http/1.1 503"), "{refused}");
+    assert!(refused.contains("\r\nretry-after: 1\r\n"), "{refused}");
+    assert!(
+        refused.ends_with(
+            "the activator already holds 2 requests waiting for pods, all functions together; \
+             retry later\n"
+        ),
+        "{refused}"
+    );
+    assert_eq!(activator.metric("held_refused_total"), 1);
+
+    for name in ["thumbnail", "resize"] {
+        let function = activator.index.get("media", name).expect("known");
+        assert!(function.is_holding(), "{name} still holds its request");
+    }
+    let pod = echo_pod().await;
+    for name in ["thumbnail", "resize"] {
+        activator.index.set_endpoints("media", name, &[ready(pod)]);
+    }
+    for request in [thumbnail, resize] {
+        let (status, body) = request.await.expect("request finishes");
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+}
+
+#[tokio::test]
+async fn headers_over_the_bound_are_refused_with_431() {
+    let activator = activator_within(10, usize::MAX, small_limits(None)).await;
+    let big = format!(
+        "GET /media/missing/ HTTP/1.1\r\nhost: activator.test\r\nx-big: {}\r\n\r\n",
+        "b".repeat(9 * 1024)
+    );
+    let refused = exchange(activator.addr, big.as_bytes()).await;
+    assert!(refused.starts_with("http/1.1 431"), "{refused}");
+
+    let many: String = (0..101).map(|n| format!("x-{n}: {n}\r\n")).collect();
+    let many = format!("GET /media/missing/ HTTP/1.1\r\nhost: activator.test\r\n{many}\r\n");
+    let refused = exchange(activator.addr, many.as_bytes()).await;
+    assert!(refused.starts_with("http/1.1 431"), "{refused}");
+    assert_eq!(
+        activator.metric("connections_closed_total{reason=\"headers_too_large\"}"),
+        2
+    );
+
+    let fits = format!(
+        "GET /media/missing/ HTTP/1.1\r\nhost: activator.test\r\nconnection: close\r\nx-big: {}\r\n\r\n",
+        "b".repeat(6 * 1024)
+    );
+    let answered = exchange(activator.addr, fits.as_bytes()).await;
+    assert!(answered.starts_with("http/1.1 404"), "{answered}");
+}
+
+/// A pod that answers every request with `megabytes` MiB, streamed.
+async fn big_pod(megabytes: usize) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("bound address");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let service = service_fn(move |_request: Request<Incoming>| async move {
+                let mebibyte = Bytes::from(vec![b'x'; 1024 * 1024]);
+                let frames = std::iter::repeat_n(mebibyte, megabytes)
+                    .map(|chunk| Ok::<_, hyper::Error>(Frame::data(chunk)));
+                let body = http_body_util::StreamBody::new(futures::stream::iter(frames));
+                Ok::<_, hyper::Error>(Response::new(body))
+            });
+            tokio::spawn(http1::Builder::new().serve_connection(TokioIo::new(stream), service));
+        }
+    });
+    addr
+}
+
+/// Sends a GET on a new connection and reads no more than the status line.
+async fn status_line_only(activator: SocketAddr, target: &str) -> (TcpStream, String) {
+    let mut stream = TcpStream::connect(activator).await.expect("connect");
+    let request = format!("GET {target} HTTP/1.1\r\nhost: activator.test\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("sent");
+    let mut status = [0; 12];
+    stream.read_exact(&mut status).await.expect("a status line");
+    (stream, String::from_utf8_lossy(&status).into_owned())
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_loses_its_connection_and_its_place_on_the_pod() {
+    // The function's own timeout is far away: only the stalled writes end the first request.
+    let activator = activator_within(10, usize::MAX, small_limits(Some(500))).await;
+    activator
+        .index
+        .upsert("media", "video", config(3_600_000, 1), HttpRoute::default());
+    let pod = big_pod(64).await;
+    activator
+        .index
+        .set_endpoints("media", "video", &[ready(pod)]);
+
+    let (stalled, status) = status_line_only(activator.addr, "/media/video/").await;
+    assert_eq!(status, "HTTP/1.1 200");
+    // perInstance is 1: the next request waits for the stalled one's place.
+    let (_next, status) = tokio::time::timeout(
+        Duration::from_secs(20),
+        status_line_only(activator.addr, "/media/video/"),
+    )
+    .await
+    .expect("the next request gets the place");
+    assert_eq!(status, "HTTP/1.1 200");
+    let counted = async {
+        while activator.metric("connections_closed_total{reason=\"write_stalled\"}") != 1 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), counted)
+        .await
+        .expect("the stalled connection is counted");
+    drop(stalled);
+}
+
+#[tokio::test]
+async fn http2_headers_over_the_bound_get_431_and_the_connection_stays() {
+    let activator = activator_within(10, usize::MAX, small_limits(None)).await;
+    let stream = TokioIo::new(TcpStream::connect(activator.addr).await.expect("connect"));
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), stream)
+            .await
+            .expect("HTTP/2");
+    tokio::spawn(connection);
+    let request = |big: Option<String>| {
+        let mut request = Request::get(format!("http://{}/media/missing/", activator.addr));
+        if let Some(big) = big {
+            request = request.header("x-big", big);
+        }
+        request.body(Empty::<Bytes>::new()).expect("a request")
+    };
+    let refused = sender
+        .send_request(request(Some("b".repeat(9 * 1024))))
+        .await
+        .expect("an answer");
+    assert_eq!(
+        refused.status(),
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+    );
+    let answered = sender.send_request(request(None)).await.expect("an answer");
+    assert_eq!(answered.status(), StatusCode::NOT_FOUND);
 }
