@@ -356,9 +356,11 @@ async fn keep_registered(
     config: Config,
     ca_bundle: Option<String>,
     profiles: Profiles,
-    mut applied: LabelSelector,
+    applied: AdmissionScope,
     shutdown: CancellationToken,
 ) {
+    // `None` after a failed apply: the next profile change or minute applies again.
+    let mut applied = Some(applied);
     let mut every_minute = tokio::time::interval(std::time::Duration::from_secs(60));
     every_minute.tick().await;
     loop {
@@ -368,23 +370,22 @@ async fn keep_registered(
             () = profiles.changed.notified() => false,
         };
         let scope = admission_scope(&profiles.store.state(), &profiles.reserved);
-        if !due && scope == applied {
+        if !due && applied.as_ref() == Some(&scope) {
             continue;
         }
         match register(&client, &config, ca_bundle.as_deref(), &scope).await {
             Ok(()) => {
-                if scope != applied {
+                if applied.as_ref() != Some(&scope) {
                     info!(
-                        ?scope,
-                        "webhook configurations now select the profiles' namespaces"
+                        patterns = scope.patterns.join(","),
+                        "the webhooks now see the profiles' namespaces"
                     );
                 }
-                applied = scope;
+                applied = Some(scope);
             }
             Err(error) => {
                 warn!(%error, "applying the webhook configurations failed");
-                // Tried again at the next profile change or minute.
-                applied = LabelSelector::default();
+                applied = None;
             }
         }
     }
@@ -689,42 +690,81 @@ fn pod_rule(operations: &[&str], resources: &[&str]) -> RuleWithOperations {
     }
 }
 
-/// The namespaces the webhooks see: those the profiles' selectors name, by the
-/// `kubernetes.io/metadata.name` label the API server sets on every namespace at creation and
-/// lets no one change. A namespace pattern with a wildcard (`team-*`) cannot be written as a
-/// label selector, so then every namespace but the reserved ones is seen, and the webhook tells
-/// which a profile takes. With no profiles, no namespace is seen (every namespace has the name
-/// label, so none lacks it).
-pub fn admission_scope(profiles: &[Arc<FargateProfile>], reserved: &[String]) -> LabelSelector {
-    let patterns: BTreeSet<&str> = profiles
+/// Annotation on both configurations listing the namespace patterns their webhooks see.
+pub const PATTERNS_ANNOTATION: &str = "fargo.dev/namespace-patterns";
+
+/// Which requests reach the webhooks: those in the namespaces the profiles' selectors name.
+///
+/// The API server itself tells, from the request's namespace name — which it sets and no one
+/// can change — never from a label fargo writes after the fact. A label selector cannot express
+/// a wildcard (`team-*`), so a CEL match condition does: the patterns become one anchored regular
+/// expression over `request.namespace`. The namespace selector only keeps the reserved
+/// namespaces (fargo's and Kubernetes' own) out of the webhooks' reach, whatever a pattern says.
+/// Requests in other namespaces never reach fargo, so they never wait on it or fail with it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdmissionScope {
+    /// The profiles' namespace patterns, sorted, without the reserved names.
+    pub patterns: Vec<String>,
+    pub namespaces: LabelSelector,
+    pub condition: MatchCondition,
+}
+
+/// The scope of the webhooks for `profiles`; `reserved` are the namespaces no profile may take.
+/// With no profiles, no namespace is seen.
+pub fn admission_scope(profiles: &[Arc<FargateProfile>], reserved: &[String]) -> AdmissionScope {
+    let patterns: Vec<String> = profiles
         .iter()
         .flat_map(|profile| &profile.spec.selectors)
-        .map(|selector| selector.namespace.as_str())
-        .collect();
-    let wildcard = patterns.iter().any(|p| p.contains(['*', '?']));
-    let names: Vec<String> = patterns
+        .map(|selector| selector.namespace.clone())
+        .filter(|pattern| !reserved.contains(pattern))
+        .collect::<BTreeSet<_>>()
         .into_iter()
-        .filter(|name| !reserved.iter().any(|r| r == name))
-        .map(String::from)
         .collect();
     let requirement = |operator: &str, values: Option<Vec<String>>| LabelSelectorRequirement {
         key: NAMESPACE_NAME_LABEL.into(),
         operator: operator.into(),
         values,
     };
-    let requirement = if wildcard && reserved.is_empty() {
-        requirement("Exists", None)
-    } else if wildcard {
-        requirement("NotIn", Some(reserved.to_vec()))
-    } else if names.is_empty() {
+    let requirement = if patterns.is_empty() {
+        // Every namespace carries its name label, so this selects none.
         requirement("DoesNotExist", None)
+    } else if reserved.is_empty() {
+        requirement("Exists", None)
     } else {
-        requirement("In", Some(names))
+        requirement("NotIn", Some(reserved.to_vec()))
     };
-    LabelSelector {
-        match_labels: None,
-        match_expressions: Some(vec![requirement]),
+    let expression = namespace_regex(&patterns).map_or_else(
+        || "false".to_string(),
+        |regex| format!("request.namespace.matches('{regex}')"),
+    );
+    AdmissionScope {
+        patterns,
+        namespaces: LabelSelector {
+            match_labels: None,
+            match_expressions: Some(vec![requirement]),
+        },
+        condition: MatchCondition {
+            name: "profiled-namespace".into(),
+            expression,
+        },
     }
+}
+
+/// An RE2 expression matching exactly the namespace names `patterns` match (`*`: any run of
+/// characters, `?`: one); `None` when no pattern can match a namespace name. Namespace names are
+/// lower-case letters, digits and `-`, so a pattern with any other character matches none, and
+/// no character ever needs escaping.
+fn namespace_regex(patterns: &[String]) -> Option<String> {
+    let alternatives: Vec<String> = patterns
+        .iter()
+        .filter(|pattern| {
+            pattern.chars().all(|c| {
+                c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '*' | '?')
+            })
+        })
+        .map(|pattern| pattern.replace('*', ".*").replace('?', "."))
+        .collect();
+    (!alternatives.is_empty()).then(|| format!("^(?:{})$", alternatives.join("|")))
 }
 
 /// CEL: whether `object` (`object` or `oldObject`) carries the profile label.
@@ -757,26 +797,34 @@ fn runs_under_a_profile() -> MatchCondition {
     }
 }
 
-/// A validating webhook on the profiled namespaces (`scope`), failing closed there.
+/// A validating webhook on the profiled namespaces (`scope`), failing closed there; `conditions`
+/// narrow it further.
 fn validating_webhook(
     name: &str,
     client_config: WebhookClientConfig,
     rules: Vec<RuleWithOperations>,
-    match_conditions: Option<Vec<MatchCondition>>,
-    scope: &LabelSelector,
+    conditions: Vec<MatchCondition>,
+    scope: &AdmissionScope,
 ) -> ValidatingWebhook {
     ValidatingWebhook {
         name: name.into(),
         client_config,
         rules: Some(rules),
-        match_conditions,
-        namespace_selector: Some(scope.clone()),
+        match_conditions: Some(scoped(scope, conditions)),
+        namespace_selector: Some(scope.namespaces.clone()),
         failure_policy: Some("Fail".into()),
         side_effects: "None".into(),
         admission_review_versions: vec!["v1".into()],
         timeout_seconds: Some(5),
         ..ValidatingWebhook::default()
     }
+}
+
+/// The scope's condition first, then `conditions`: a webhook is called only when all hold.
+fn scoped(scope: &AdmissionScope, conditions: Vec<MatchCondition>) -> Vec<MatchCondition> {
+    std::iter::once(scope.condition.clone())
+        .chain(conditions)
+        .collect()
 }
 
 /// Both webhook configurations, as the controller applies them, seeing the namespaces of `scope`
@@ -790,14 +838,15 @@ fn validating_webhook(
 pub fn configurations(
     config: &Config,
     ca_bundle: Option<&str>,
-    scope: &LabelSelector,
+    scope: &AdmissionScope,
 ) -> (MutatingWebhookConfiguration, ValidatingWebhookConfiguration) {
     let mut mutating = MutatingWebhookConfiguration {
         webhooks: Some(vec![MutatingWebhook {
             name: "pods.mutate.fargo.dev".into(),
             client_config: client_config(config, MUTATE_PATH, ca_bundle),
             rules: Some(vec![pod_rule(&["CREATE"], &["pods"])]),
-            namespace_selector: Some(scope.clone()),
+            match_conditions: Some(scoped(scope, vec![])),
+            namespace_selector: Some(scope.namespaces.clone()),
             failure_policy: Some("Fail".into()),
             side_effects: "None".into(),
             admission_review_versions: vec!["v1".into()],
@@ -808,6 +857,8 @@ pub fn configurations(
         ..MutatingWebhookConfiguration::default()
     };
     mutating.metadata.name = Some(CONFIGURATION_NAME.into());
+    let patterns = [(PATTERNS_ANNOTATION.to_string(), scope.patterns.join(","))];
+    mutating.metadata.annotations = Some(patterns.clone().into());
     let validate = || client_config(config, VALIDATE_PATH, ca_bundle);
     let mut validating = ValidatingWebhookConfiguration {
         webhooks: Some(vec![
@@ -815,21 +866,21 @@ pub fn configurations(
                 "pods.validate.fargo.dev",
                 validate(),
                 vec![pod_rule(&["CREATE"], &["pods"])],
-                None,
+                vec![],
                 scope,
             ),
             validating_webhook(
                 "profile-label.validate.fargo.dev",
                 validate(),
                 vec![pod_rule(&["UPDATE"], &["pods", "pods/status"])],
-                Some(vec![profile_label_changes()]),
+                vec![profile_label_changes()],
                 scope,
             ),
             validating_webhook(
                 "ephemeral-containers.validate.fargo.dev",
                 validate(),
                 vec![pod_rule(&["UPDATE"], &["pods/ephemeralcontainers"])],
-                Some(vec![runs_under_a_profile()]),
+                vec![runs_under_a_profile()],
                 scope,
             ),
             validating_webhook(
@@ -842,13 +893,14 @@ pub fn configurations(
                     resources: Some(vec!["networkpolicies".into()]),
                     scope: Some("Namespaced".into()),
                 }],
-                None,
+                vec![],
                 scope,
             ),
         ]),
         ..ValidatingWebhookConfiguration::default()
     };
     validating.metadata.name = Some(CONFIGURATION_NAME.into());
+    validating.metadata.annotations = Some(patterns.into());
     (mutating, validating)
 }
 
@@ -856,7 +908,7 @@ async fn register(
     client: &Client,
     config: &Config,
     ca_bundle: Option<&str>,
-    scope: &LabelSelector,
+    scope: &AdmissionScope,
 ) -> Result<(), kube::Error> {
     let (mutating, validating) = configurations(config, ca_bundle, scope);
     let params = PatchParams::apply(CONTROLLER_MANAGER).force();
@@ -904,63 +956,86 @@ mod tests {
         )
     }
 
-    fn requirement(scope: &LabelSelector) -> (String, String, Vec<String>) {
-        let [requirement] = scope.match_expressions.as_deref().expect("one requirement") else {
+    fn requirement(scope: &AdmissionScope) -> (String, Vec<String>) {
+        let [requirement] = scope
+            .namespaces
+            .match_expressions
+            .as_deref()
+            .expect("one requirement")
+        else {
             panic!("one requirement: {scope:?}");
         };
-        assert_eq!(scope.match_labels, None);
+        assert_eq!(requirement.key, "kubernetes.io/metadata.name");
         (
-            requirement.key.clone(),
             requirement.operator.clone(),
             requirement.values.clone().unwrap_or_default(),
         )
     }
 
     #[test]
-    fn the_webhooks_see_the_namespaces_the_profiles_name_by_their_immutable_name_label() {
+    fn the_webhooks_see_the_namespaces_the_profiles_name_by_the_name_the_api_server_sets() {
         let reserved = ["fargo-system".to_string(), "kube-system".to_string()];
-        let named = [
-            profile("a", &["payments", "orders"]),
-            profile("b", &["payments", "kube-system"]),
+        let profiles = [
+            profile("a", &["payments", "team-*"]),
+            profile("b", &["payments", "kube-system", "x?"]),
         ];
+        let scope = admission_scope(&profiles, &reserved);
+        assert_eq!(scope.patterns, ["payments", "team-*", "x?"]);
         assert_eq!(
-            requirement(&admission_scope(&named, &reserved)),
-            (
-                "kubernetes.io/metadata.name".into(),
-                "In".into(),
-                vec!["orders".into(), "payments".into()]
-            ),
-            "exact names, reserved ones left out"
+            requirement(&scope),
+            ("NotIn".into(), reserved.to_vec()),
+            "never the reserved namespaces, whatever a pattern says"
         );
-        let wildcard = [profile("a", &["payments"]), profile("b", &["team-?", "x"])];
+        assert_eq!(scope.condition.name, "profiled-namespace");
         assert_eq!(
-            requirement(&admission_scope(&wildcard, &reserved)),
-            (
-                "kubernetes.io/metadata.name".into(),
-                "NotIn".into(),
-                reserved.to_vec()
-            ),
-            "a wildcard: every namespace but the reserved"
+            scope.condition.expression,
+            "request.namespace.matches('^(?:payments|team-.*|x.)$')"
         );
         for none in [vec![], vec![profile("a", &["kube-system"])]] {
-            assert_eq!(
-                requirement(&admission_scope(&none, &reserved)),
-                (
-                    "kubernetes.io/metadata.name".into(),
-                    "DoesNotExist".into(),
-                    vec![]
-                ),
-                "no namespace"
-            );
+            let scope = admission_scope(&none, &reserved);
+            assert_eq!(requirement(&scope), ("DoesNotExist".into(), vec![]));
+            assert_eq!(scope.condition.expression, "false");
         }
+    }
+
+    #[test]
+    fn the_namespace_expression_matches_what_the_profile_patterns_match() {
+        // The expression, read back with the profiles' own wildcard rule: every alternative is
+        // the pattern with `.*` for `*` and `.` for `?`, and nothing else to escape.
+        let patterns = ["a-*-b".to_string(), "q?".to_string(), "plain".to_string()];
+        assert_eq!(
+            namespace_regex(&patterns).as_deref(),
+            Some("^(?:a-.*-b|q.|plain)$")
+        );
+        assert_eq!(
+            namespace_regex(&["Upper".to_string(), "dot.ted".to_string()]),
+            None,
+            "patterns no namespace name can match"
+        );
     }
 
     #[test]
     fn validating_webhooks_judge_creation_relabelling_ephemeral_containers_and_policies() {
         let scope = admission_scope(&[profile("a", &["payments"])], &[]);
         let (mutating, validating) = configurations(&in_cluster(), None, &scope);
+        for annotations in [
+            &mutating.metadata.annotations,
+            &validating.metadata.annotations,
+        ] {
+            let patterns = annotations
+                .as_ref()
+                .and_then(|a| a.get(PATTERNS_ANNOTATION));
+            assert_eq!(patterns.map(String::as_str), Some("payments"));
+        }
         let mutating = mutating.webhooks.expect("a webhook");
-        assert_eq!(mutating[0].namespace_selector.as_ref(), Some(&scope));
+        assert_eq!(
+            mutating[0].namespace_selector.as_ref(),
+            Some(&scope.namespaces)
+        );
+        assert_eq!(
+            mutating[0].match_conditions.as_deref(),
+            Some(std::slice::from_ref(&scope.condition))
+        );
         let webhooks = validating.webhooks.expect("webhooks");
         let summary: Vec<_> = webhooks
             .iter()
@@ -994,25 +1069,25 @@ mod tests {
                     "pods.validate.fargo.dev",
                     vec!["CREATE"],
                     vec!["pods"],
-                    vec![]
+                    vec!["profiled-namespace"]
                 ),
                 (
                     "profile-label.validate.fargo.dev",
                     vec!["UPDATE"],
                     vec!["pods", "pods/status"],
-                    vec!["profile-label-changes"]
+                    vec!["profiled-namespace", "profile-label-changes"]
                 ),
                 (
                     "ephemeral-containers.validate.fargo.dev",
                     vec!["UPDATE"],
                     vec!["pods/ephemeralcontainers"],
-                    vec!["runs-under-a-profile"]
+                    vec!["profiled-namespace", "runs-under-a-profile"]
                 ),
                 (
                     "network-policies.validate.fargo.dev",
                     vec!["CREATE", "UPDATE", "DELETE"],
                     vec!["networkpolicies"],
-                    vec![]
+                    vec!["profiled-namespace"]
                 ),
             ]
         );
@@ -1022,7 +1097,7 @@ mod tests {
             VALIDATE_PATH,
             NETWORK_POLICY_PATH,
         ]) {
-            assert_eq!(webhook.namespace_selector.as_ref(), Some(&scope));
+            assert_eq!(webhook.namespace_selector.as_ref(), Some(&scope.namespaces));
             assert_eq!(webhook.failure_policy.as_deref(), Some("Fail"));
             assert_eq!(
                 webhook
@@ -1034,7 +1109,7 @@ mod tests {
             );
         }
         assert_eq!(
-            webhooks[1].match_conditions.as_ref().expect("a condition")[0].expression,
+            webhooks[1].match_conditions.as_ref().expect("a condition")[1].expression,
             "(has(object.metadata.labels) && 'fargo.dev/profile' in object.metadata.labels) ? \
              (!(has(oldObject.metadata.labels) && 'fargo.dev/profile' in \
              oldObject.metadata.labels) || object.metadata.labels['fargo.dev/profile'] != \

@@ -31,8 +31,10 @@ pub fn selects(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> b
     by_labels && by_expressions
 }
 
-/// `Ok` once every fargo webhook sees `namespace` (by the name label the API server gives it),
-/// else which does not.
+/// `Ok` once every fargo webhook sees `namespace`, else which does not: its namespace selector
+/// selects the namespace by the name label the API server gives it, and the patterns of the
+/// profiles the configurations were last applied for (their annotation, written with the match
+/// condition the API server evaluates) match its name.
 pub async fn webhooks_see(client: &Client, namespace: &str) -> Result<(), String> {
     let labels = BTreeMap::from([(
         "kubernetes.io/metadata.name".to_string(),
@@ -46,22 +48,47 @@ pub async fn webhooks_see(client: &Client, namespace: &str) -> Result<(), String
         .get("fargo")
         .await
         .map_err(|e| e.to_string())?;
-    let selectors = mutating
+    for metadata in [&mutating.metadata, &validating.metadata] {
+        let patterns = metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(fargo::webhook::PATTERNS_ANNOTATION))
+            .cloned()
+            .unwrap_or_default();
+        if !patterns
+            .split(',')
+            .any(|pattern| fargo::profile::wildcard_matches(pattern, namespace))
+        {
+            return Err(format!(
+                "the webhooks see namespaces {patterns:?}, not {namespace} yet"
+            ));
+        }
+    }
+    let webhooks = mutating
         .webhooks
         .into_iter()
         .flatten()
-        .map(|w| (w.name, w.namespace_selector))
+        .map(|w| (w.name, w.namespace_selector, w.match_conditions))
         .chain(
             validating
                 .webhooks
                 .into_iter()
                 .flatten()
-                .map(|w| (w.name, w.namespace_selector)),
+                .map(|w| (w.name, w.namespace_selector, w.match_conditions)),
         );
-    for (name, selector) in selectors {
+    for (name, selector, conditions) in webhooks {
         if !selects(&selector.unwrap_or_default(), &labels) {
             return Err(format!(
-                "webhook {name} does not see namespace {namespace} yet"
+                "webhook {name} does not select namespace {namespace}"
+            ));
+        }
+        if !conditions
+            .iter()
+            .flatten()
+            .any(|c| c.name == "profiled-namespace" && c.expression != "false")
+        {
+            return Err(format!(
+                "webhook {name} has no profiled-namespace condition yet"
             ));
         }
     }
