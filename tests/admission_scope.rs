@@ -54,17 +54,22 @@ async fn pods_are_judged_without_waiting_for_fargo_to_label_their_namespace() {
 
     with_temp_namespaces(&client, |client, temp_namespaces| async move {
         let name = unique_name("scope");
-        let (early, late, elsewhere) = (
+        let (early, late, wild, elsewhere) = (
             format!("{name}-early"),
             format!("{name}-late"),
+            format!("{name}-w-late"),
             format!("{name}-elsewhere"),
         );
-        // The profile names two namespaces that do not exist yet.
+        // The profile names two namespaces that do not exist yet, and a pattern.
         let profiles: Api<FargateProfile> = Api::all(client.clone());
         let profile = json!({
             "apiVersion": "fargo.dev/v1alpha1", "kind": "FargateProfile",
             "metadata": {"name": name},
-            "spec": {"selectors": [{"namespace": early}, {"namespace": late}]},
+            "spec": {"selectors": [
+                {"namespace": early},
+                {"namespace": late},
+                {"namespace": format!("{name}-w-*")},
+            ]},
         });
         profiles
             .patch(
@@ -115,11 +120,14 @@ async fn pods_are_judged_without_waiting_for_fargo_to_label_their_namespace() {
         // the webhook and fails closed. A namespace no profile names does not depend on fargo.
         controller.kill();
         temp_namespaces.create(&late).await;
+        temp_namespaces.create(&wild).await;
         temp_namespaces.create(&elsewhere).await;
-        let refused = create_pod(&client, &late, &pod("while-down", false))
-            .await
-            .expect_err("no pod is admitted in a profiled namespace while fargo is down");
-        assert!(refused.contains("fargo.dev"), "{refused}");
+        for namespace in [&late, &wild] {
+            let refused = create_pod(&client, namespace, &pod("while-down", false))
+                .await
+                .expect_err("no pod is admitted in a profiled namespace while fargo is down");
+            assert!(refused.contains("fargo.dev"), "{namespace}: {refused}");
+        }
         let late_namespace = namespaces.get(&late).await.expect("reading the namespace");
         assert!(
             !is_profiled_label_set(&late_namespace),
