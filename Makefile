@@ -30,9 +30,10 @@ lint:
 # --all-targets leaves out tests marked `test = false` (tests/install.rs).
 	cargo clippy --test install --locked -- -D warnings
 
-## unit: the pure logic, and the reconcilers replayed against recorded API exchanges (no cluster)
+## unit: the pure logic, the reconcilers replayed against recorded API exchanges, and the inputs
+## that once failed a fuzz target (no cluster, no nightly)
 unit:
-	cargo test --locked --lib --bins --test exchanges
+	cargo test --locked --lib --bins --test exchanges --test fuzz_regressions
 
 ## integration: the tests under tests/ against the cluster in KUBECONFIG; then, alone, the Helm
 ## install test (tests/install.rs), whose release would collide with the other tests' controllers
