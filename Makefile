@@ -11,7 +11,7 @@ export KUBECONFIG := $(CURDIR)/.cluster/kubeconfig
 export KUBECTL := $(K8S_BIN)/kubectl
 export PATH := $(K8S_BIN):$(HELM_BIN):$(PATH)
 
-.PHONY: test lint unit integration cluster-up cluster-down images crds dev bench
+.PHONY: test lint unit integration cluster-up cluster-down images crds dev bench fuzz
 
 ## test: lint, unit tests, then the integration tests against a local cluster started for them
 test: lint unit
@@ -30,9 +30,10 @@ lint:
 # --all-targets leaves out tests marked `test = false` (tests/install.rs).
 	cargo clippy --test install --locked -- -D warnings
 
-## unit: the pure logic, and the reconcilers replayed against recorded API exchanges (no cluster)
+## unit: the pure logic, the reconcilers replayed against recorded API exchanges, and the inputs
+## that once failed a fuzz target (no cluster, no nightly)
 unit:
-	cargo test --locked --lib --bins --test exchanges
+	cargo test --locked --lib --bins --test exchanges --test fuzz_regressions
 
 ## integration: the tests under tests/ against the cluster in KUBECONFIG; then, alone, the Helm
 ## install test (tests/install.rs), whose release would collide with the other tests' controllers
@@ -73,6 +74,21 @@ dev:
 	printf '  export KUBECONFIG=%s PATH=%s:%s:$$PATH\n' "$(KUBECONFIG)" "$(K8S_BIN)" "$(HELM_BIN)"; \
 	printf '  curl http://%s/demo/echo/        # wakes it: the first answer waits for its pod\n' "$$activator"; \
 	printf '  kubectl get fn,pods -n demo -w         # watch it wake, and go back to zero after 30s idle\n\n'
+
+## fuzz: every libFuzzer target in fuzz/ for FUZZ_SECONDS seconds each, on nightly with cargo-fuzz
+## (installed from crates.io when missing); each corpus grows in fuzz/corpus/<target> from the
+## seeds in fuzz/seeds/<target>, and every input in fuzz/regressions/<target> is run first
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := admission routing cron quantity
+fuzz:
+	command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
+	cd fuzz && for target in $(FUZZ_TARGETS); do \
+	  mkdir -p corpus/$$target; \
+	  if [ -d seeds/$$target ]; then cp seeds/$$target/* corpus/$$target/; fi; \
+	  dirs=(corpus/$$target); if [ -d regressions/$$target ]; then dirs+=(regressions/$$target); fi; \
+	  cargo +nightly fuzz run $$target "$${dirs[@]}" -- \
+	    -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1; \
+	done
 
 ## bench: benchmarks against a local cluster (started if none runs; left running)
 bench: cluster-up

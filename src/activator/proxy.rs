@@ -300,7 +300,7 @@ fn text_response(status: StatusCode, mut message: String) -> Response<ProxyBody>
     response
 }
 
-fn request_host<B>(request: &Request<B>) -> Option<&str> {
+pub fn request_host<B>(request: &Request<B>) -> Option<&str> {
     match request.headers().get(header::HOST) {
         Some(host) => host.to_str().ok(),
         // HTTP/2 carries it in :authority.
@@ -309,7 +309,7 @@ fn request_host<B>(request: &Request<B>) -> Option<&str> {
 }
 
 /// The request target for the pod: the path without the route's prefix, and the query.
-fn upstream_path_and_query(uri: &Uri, strip: usize) -> Result<PathAndQuery, uri::InvalidUri> {
+pub fn upstream_path_and_query(uri: &Uri, strip: usize) -> Result<PathAndQuery, uri::InvalidUri> {
     if strip == 0 {
         return Ok(uri
             .path_and_query()
@@ -323,7 +323,7 @@ fn upstream_path_and_query(uri: &Uri, strip: usize) -> Result<PathAndQuery, uri:
     }
 }
 
-fn upstream_request(
+pub fn upstream_request(
     method: Method,
     authority: &Authority,
     path_and_query: &PathAndQuery,
@@ -347,7 +347,7 @@ fn upstream_request(
 /// `X-Forwarded-Proto` plain HTTP. What the client sent in these headers is dropped, not
 /// appended to: a function that trusts them (for an allow list, a rate limit, an audit log)
 /// must not be told another address by the caller itself.
-fn prepare_request_headers(headers: &mut HeaderMap, uri: &Uri, client_ip: &HeaderValue) {
+pub fn prepare_request_headers(headers: &mut HeaderMap, uri: &Uri, client_ip: &HeaderValue) {
     remove_hop_by_hop(headers);
     for name in [
         X_FORWARDED_FOR,

@@ -271,11 +271,13 @@ impl Cron {
             AmbiguousOffset::Unambiguous { offset } => {
                 ticks.extend(offset.to_timestamp(local).ok());
             }
-            AmbiguousOffset::Gap { before, .. } => {
-                // `local` read with the offset before the jump lies after the jump; the jump
-                // itself is the transition just before it.
-                if let Ok(after_jump) = before.to_timestamp(local)
-                    && let Some(jump) = tz.preceding(after_jump).next()
+            AmbiguousOffset::Gap { after, .. } => {
+                // `local` read with the offset after the jump lies before the jump, wherever it
+                // is in the gap; the jump itself is the transition just after it. (Read with the
+                // offset before, the first skipped minute is the jump's own instant, which a
+                // search for the transition strictly before it misses.)
+                if let Ok(before_jump) = after.to_timestamp(local)
+                    && let Some(jump) = tz.following(before_jump).next()
                 {
                     ticks.push(jump.timestamp());
                 }
@@ -464,6 +466,41 @@ mod tests {
             half_past_two.next_tick(ts("2026-03-29T01:00:00Z")),
             Some(ts("2026-03-30T00:30:00Z"))
         );
+    }
+
+    #[test]
+    fn a_tick_at_the_first_skipped_minute_fires_at_the_jump() {
+        // 02:00 does not exist on the days the clock jumps from 02:00 to 03:00: the nightly run
+        // happens at the jump, as for any tick in the skipped hour, not a day late.
+        for (cron, tz, day_before, jump) in [
+            (
+                "0 2 * * *",
+                "Europe/Paris",
+                "2026-03-28T12:00:00Z",
+                "2026-03-29T01:00:00Z",
+            ),
+            (
+                "0 2 * * *",
+                "America/New_York",
+                "2026-03-07T12:00:00Z",
+                "2026-03-08T07:00:00Z",
+            ),
+            // Lord Howe Island jumps half an hour, from 02:00 to 02:30.
+            (
+                "@hourly",
+                "Australia/Lord_Howe",
+                "2026-10-03T15:10:00Z",
+                "2026-10-03T15:30:00Z",
+            ),
+        ] {
+            let schedule = zoned(cron, tz);
+            assert_eq!(schedule.next_tick(ts(day_before)), Some(ts(jump)), "{tz}");
+            assert_eq!(
+                schedule.cron.latest_at_or_before(ts(jump), &schedule.tz),
+                Some(ts(jump)),
+                "{tz}"
+            );
+        }
     }
 
     #[test]
