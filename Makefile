@@ -84,7 +84,7 @@ fuzz:
 	command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
 	cd fuzz && for target in $(FUZZ_TARGETS); do \
 	  mkdir -p corpus/$$target; \
-	  if [ -d seeds/$$target ]; then cp seeds/$$target/* corpus/$$target/; fi; \
+	  if [ -d seeds/$$target ]; then cp -r seeds/$$target/. corpus/$$target/; fi; \
 	  dirs=(corpus/$$target); if [ -d regressions/$$target ]; then dirs+=(regressions/$$target); fi; \
 	  cargo +nightly fuzz run $$target "$${dirs[@]}" -- \
 	    -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1; \
