@@ -395,21 +395,21 @@ fn forwarded(client_ip: &HeaderValue, host: Option<&HeaderValue>) -> Option<Head
 }
 
 fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    if let Some(connection) = headers.get(header::CONNECTION) {
-        // Headers the sender named in `Connection` are hop-by-hop too.
-        let named: Vec<HeaderName> = connection
-            .to_str()
-            .unwrap_or_default()
-            .split(',')
-            .map(str::trim)
-            .filter(|name| {
-                !name.eq_ignore_ascii_case("close") && !name.eq_ignore_ascii_case("keep-alive")
-            })
-            .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
-        }
+    // Headers the sender named in any `Connection` header are hop-by-hop too. The names are read
+    // as bytes: a value that is not valid text (obs-text) or a second `Connection` header must
+    // not let a named header through.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&byte| byte == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|name| {
+            !name.eq_ignore_ascii_case(b"close") && !name.eq_ignore_ascii_case(b"keep-alive")
+        })
+        .filter_map(|name| HeaderName::from_bytes(name).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
     }
     for name in &HOP_BY_HOP {
         headers.remove(name);

@@ -796,3 +796,24 @@ async fn http2_headers_over_the_bound_get_431_and_the_connection_stays() {
     let answered = sender.send_request(request(None)).await.expect("an answer");
     assert_eq!(answered.status(), StatusCode::NOT_FOUND);
 }
+
+#[test]
+fn every_header_any_connection_header_names_is_dropped() {
+    let mut headers = HeaderMap::new();
+    headers.append(
+        header::CONNECTION,
+        HeaderValue::from_static("keep-alive, x-first"),
+    );
+    headers.append(header::CONNECTION, HeaderValue::from_static("x-second"));
+    headers.append(
+        header::CONNECTION,
+        HeaderValue::from_bytes(b"x-third, caf\xe9").expect("obs-text is a valid value"),
+    );
+    for name in ["x-first", "x-second", "x-third", "x-kept"] {
+        headers.insert(HeaderName::from_static(name), HeaderValue::from_static("v"));
+    }
+    headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    remove_hop_by_hop(&mut headers);
+    let left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+    assert_eq!(left, ["x-kept"]);
+}
