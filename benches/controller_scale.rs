@@ -76,7 +76,8 @@ async fn apply_raw(client: &Client, namespace: &str, count: usize) -> Duration {
             let (client, params) = (client.clone(), params.clone());
             async move {
                 // No owner: the uid above names no object, and the garbage collector would act.
-                let mut deployment = fargo::function::build::deployment(&function)?;
+                let mut deployment =
+                    fargo::function::build::deployment(&function, &Default::default())?;
                 deployment.metadata.owner_references = None;
                 if let Some(spec) = deployment.spec.as_mut() {
                     spec.replicas = Some(0);

@@ -16,6 +16,7 @@ use tracing::{error, info};
 use crate::api::LEASE_NAME;
 use crate::api::routes::ActivatorNames;
 use crate::autoscaler::{AutoscalerMetrics, StatsSource};
+use crate::function::runtime_pod::RuntimeSettings;
 use crate::profile::{ClusterDns, Surroundings};
 use crate::reconcile::{EventPublisher, ReconcileMetrics, Reporting};
 use crate::schedule::trigger::ScheduleMetrics;
@@ -66,6 +67,8 @@ pub struct Config {
     pub activator_names: ActivatorNames,
     /// Where the autoscaler reads the activators' `/stats`.
     pub stats: StatsSource,
+    /// Images and endpoints the pods of handler functions are made with.
+    pub runtimes: RuntimeSettings,
 }
 
 /// The metrics of every part, registered once under `fargo_`.
@@ -267,6 +270,7 @@ fn start_loops(
                 applied: Default::default(),
                 activator_url: config.activator_url.clone(),
                 activator_names: config.activator_names.clone(),
+                runtimes: Arc::new(config.runtimes.clone()),
             },
             shutdown.clone(),
         )),

@@ -23,6 +23,13 @@ enum Command {
     Controller(Box<ControllerArgs>),
     /// Run the HTTP gateway in front of every function.
     Activator(ActivatorArgs),
+    /// Wait until ADDR accepts TCP connections (a pod's hook waits so for a sidecar), or fail
+    /// after `--within`.
+    WaitFor {
+        addr: SocketAddr,
+        #[arg(long, default_value = "10s")]
+        within: kube::core::Duration,
+    },
     /// Print the CustomResourceDefinitions as YAML, or write one file per CRD into a directory.
     Crds {
         /// Directory to write `<crd name>.yaml` files into; stdout when absent.
@@ -134,6 +141,31 @@ struct ControllerArgs {
     /// http://127.0.0.1:9091/stats), instead of the pods behind `--activator-service`.
     #[arg(long, env = "FARGO_ACTIVATOR_STATS_URLS", value_delimiter = ',')]
     activator_stats_url: Vec<String>,
+
+    /// fargo's own image, which handler functions' pods run their Runtime API sidecar and code
+    /// fetcher from.
+    #[arg(long, env = "FARGO_IMAGE", default_value = "fargo.dev/fargo:dev")]
+    fargo_image: String,
+
+    /// Image of a Lambda runtime, `RUNTIME=IMAGE` (e.g.
+    /// `python3.11=registry.example/runtime-python3.11:1`), repeated or comma-separated; runtimes
+    /// not named use `fargo.dev/runtime-<runtime>:dev`.
+    #[arg(long, env = "FARGO_RUNTIME_IMAGES", value_delimiter = ',', value_parser = runtime_image)]
+    runtime_image: Vec<(fargo::api::function::Runtime, String)>,
+
+    /// S3 endpoint (path-style) that functions' `code.s3` zips are fetched from, e.g.
+    /// http://versitygw.fargo-system.svc:7070.
+    #[arg(long, env = "FARGO_S3_ENDPOINT")]
+    s3_endpoint: Option<String>,
+
+    /// Secret in each function's namespace with `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`
+    /// for `code.s3`, unless the function names its own.
+    #[arg(long, env = "FARGO_S3_SECRET", default_value = "fargo-s3")]
+    s3_secret: String,
+
+    /// Region in function ARNs and the functions' `AWS_REGION`.
+    #[arg(long, env = "FARGO_REGION", default_value = "us-east-1")]
+    region: String,
 }
 
 impl ControllerArgs {
@@ -179,6 +211,15 @@ impl ControllerArgs {
             activator_url: self.activator_url,
             activator_names,
             stats,
+            runtimes: fargo::function::runtime_pod::RuntimeSettings {
+                fargo_image: self.fargo_image,
+                runtime_images: fargo::function::runtime_pod::RuntimeSettings::images(
+                    &self.runtime_image,
+                ),
+                s3_endpoint: self.s3_endpoint,
+                s3_secret: self.s3_secret,
+                region: self.region,
+            },
         }
     }
 }
@@ -274,6 +315,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Crds { out_dir } => print_crds(out_dir),
+        Command::WaitFor { addr, within } => wait_for(addr, within.into()).await,
         Command::Controller(args) => {
             telemetry::init_logging(cli.log_json);
             let shutdown = telemetry::shutdown_on_signal().context("installing signal handlers")?;
@@ -293,11 +335,32 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
+/// `RUNTIME=IMAGE`, as `--runtime-image` takes them.
+fn runtime_image(text: &str) -> Result<(fargo::api::function::Runtime, String), String> {
+    match text.split_once('=') {
+        Some((runtime, image)) if !image.is_empty() => Ok((runtime.parse()?, image.to_string())),
+        _ => Err(format!("{text:?} is not RUNTIME=IMAGE")),
+    }
+}
+
 /// A `key=value` label, as `--dns-pod-labels` takes them.
 fn label_pair(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
         _ => Err(format!("{text:?} is not key=value")),
+    }
+}
+
+async fn wait_for(addr: SocketAddr, within: std::time::Duration) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::net::TcpStream::connect(addr).await {
+            Ok(_) => return Ok(()),
+            Err(error) if tokio::time::Instant::now() >= deadline => {
+                anyhow::bail!("{addr} did not accept connections within {within:?}: {error}")
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
+        }
     }
 }
 

@@ -56,6 +56,20 @@ spec:
   image: registry.example/echo:1
 "#;
 
+const VALID_HANDLER: &str = r#"
+apiVersion: fargo.dev/v1alpha1
+kind: ServerlessFunction
+metadata: {name: hello, namespace: TEST_NS}
+spec:
+  runtime: python3.11
+  handler: app.handler
+  code: {inline: {app.py: "def handler(event, context):\n    return event\n"}}
+  layers: [{configMap: {name: shared-libs}}, {s3: {bucket: layers, key: numpy.zip}}]
+  ephemeralStorage: 1Gi
+  serviceAccountName: hello-role
+  imagePullPolicy: IfNotPresent
+"#;
+
 /// One invalid object per validation rule: (what is wrong, the object's spec, a part of the
 /// API server's message).
 fn invalid_objects() -> Vec<(&'static str, &'static str, &'static str, &'static str)> {
@@ -236,6 +250,72 @@ fn invalid_objects() -> Vec<(&'static str, &'static str, &'static str, &'static 
             "triggers.http.hosts must be DNS names, not IP addresses",
         ),
         (
+            "image and runtime",
+            "function",
+            "image: x\nruntime: python3.11\nhandler: app.handler\ncode: {inline: {app.py: ''}}",
+            "set either image (a container image) or runtime with handler and code",
+        ),
+        (
+            "neither image nor runtime",
+            "function",
+            "port: 8080",
+            "set either image (a container image) or runtime with handler and code",
+        ),
+        (
+            "runtime without code",
+            "function",
+            "runtime: python3.11\nhandler: app.handler",
+            "runtime and code go together",
+        ),
+        (
+            "runtime without handler",
+            "function",
+            "runtime: nodejs20.x\ncode: {inline: {index.mjs: ''}}",
+            "handler is required with this runtime",
+        ),
+        (
+            "unknown runtime",
+            "function",
+            "runtime: python2.7\nhandler: app.handler\ncode: {inline: {app.py: ''}}",
+            r#"supported values: "python3.11", "nodejs20.x", "java17", "provided""#,
+        ),
+        (
+            "two code sources",
+            "function",
+            "runtime: provided\ncode: {inline: {bootstrap: ''}, s3: {bucket: code, key: f.zip}}",
+            "code takes exactly one of inline, configMap or s3",
+        ),
+        (
+            "inline file in a directory",
+            "function",
+            "runtime: python3.11\nhandler: app.handler\ncode: {inline: {../app.py: ''}}",
+            "inline file names are plain names",
+        ),
+        (
+            "package without image",
+            "function",
+            "runtime: python3.11\nhandler: app.handler\ncode: {inline: {app.py: ''}}\npackage: Image",
+            "package applies to image functions",
+        ),
+        (
+            "layers on an image",
+            "function",
+            "image: x\nlayers: [{inline: {a.py: ''}}]",
+            "layers apply to handler code",
+        ),
+        (
+            "tiny ephemeral storage",
+            "function",
+            "image: x\nephemeralStorage: 100Mi",
+            "ephemeralStorage must be a quantity between 512Mi and 10Gi",
+        ),
+        (
+            "bad bucket",
+            "function",
+            "runtime: provided\ncode: {s3: {bucket: Photos_1, key: f.zip}}",
+            "s3.bucket must be an S3 bucket name",
+        ),
+        (
             "seventeen hosts",
             "function",
             "image: x\ntriggers: {http: {hosts: [a.x, b.x, c.x, d.x, e.x, f.x, g.x, h.x, i.x, j.x, k.x, l.x, m.x, n.x, o.x, p.x, q.x]}}",
@@ -276,6 +356,9 @@ async fn invalid_objects_are_refused_with_a_message_that_says_what_to_fix() {
         )
         .await
         .expect("a valid function is accepted");
+        apply_yaml(&client, &VALID_HANDLER.replace("TEST_NS", &ns), true)
+            .await
+            .expect("a valid handler function is accepted");
 
         let cases = invalid_objects();
         assert!(cases.len() >= 14);

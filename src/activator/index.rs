@@ -239,7 +239,7 @@ pub fn settings_of(function: &ServerlessFunction) -> (FunctionConfig, HttpRoute)
     let config = FunctionConfig {
         timeout,
         per_instance: spec
-            .concurrency
+            .effective_concurrency()
             .per_instance
             .and_then(|n| u32::try_from(n).ok())
             .unwrap_or(0),

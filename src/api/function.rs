@@ -1,15 +1,21 @@
 //! ServerlessFunction: an HTTP container that scales to zero and wakes on the first request.
 
-use k8s_openapi::api::core::v1::{EnvFromSource, EnvVar, ResourceRequirements};
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    EnvFromSource, EnvVar, LocalObjectReference, ResourceRequirements,
+};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::core::Duration;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-/// A ServerlessFunction is a container that serves HTTP on `port`, fronted by the fargo
-/// activator: it scales to zero when idle, wakes on the first request (the activator holds that
-/// request meanwhile), scales out with load, and can be fired on a cron schedule.
+/// A ServerlessFunction is handler code in a Lambda runtime (`runtime` + `handler` + `code`), a
+/// Lambda container image (`image` + `package: Image`) or a container that serves HTTP on `port`
+/// (`image`), fronted by the fargo activator: it scales to zero when idle, wakes on the first
+/// request (the activator holds that request meanwhile), scales out with load, and can be fired
+/// on a cron schedule.
 // Printer columns repeat `type_`, which clippy takes for a duplicated attribute.
 #[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -22,7 +28,7 @@ use serde::{Deserialize, Serialize};
     category = "fargo",
     status = "ServerlessFunctionStatus",
     derive = "PartialEq",
-    doc = "A ServerlessFunction is an HTTP container behind the fargo activator that scales to zero when idle, wakes on the first request and can fire on a cron schedule.",
+    doc = "A ServerlessFunction is handler code in a Lambda runtime, a Lambda container image or an HTTP container, behind the fargo activator: it scales to zero when idle, wakes on the first request and can fire on a cron schedule.",
     printcolumn(
         name = "Ready",
         type_ = "string",
@@ -48,10 +54,64 @@ use serde::{Deserialize, Serialize};
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.image) != has(self.runtime)").message("set either image (a container image) or runtime with handler and code (handler code), not both"))]
+#[x_kube(validation = Rule::new("has(self.runtime) == has(self.code)").message("runtime and code go together: code is the handler code the runtime runs (inline, configMap or s3)"))]
+#[x_kube(validation = Rule::new("!has(self.runtime) || self.runtime == 'provided' || (has(self.handler) && size(self.handler) > 0)").message("handler is required with this runtime, e.g. app.handler (python3.11), index.handler (nodejs20.x), example.Hello::handleRequest (java17)"))]
+#[x_kube(validation = Rule::new("!has(self.package) || has(self.image)").message("package applies to image functions: Http (the image serves HTTP on port) or Image (a Lambda container image)"))]
+#[x_kube(validation = Rule::new("!has(self.layers) || size(self.layers) == 0 || has(self.runtime)").message("layers apply to handler code (runtime); a container image carries its own /opt"))]
 pub struct ServerlessFunctionSpec {
-    /// Container image that serves HTTP on `port`.
+    /// Container image: one that serves HTTP on `port` (`package: Http`, the default) or a
+    /// Lambda container image whose entrypoint is an AWS runtime interface client
+    /// (`package: Image`). Exclusive with `runtime`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("size(self.trim()) > 0").message("image must not be empty, e.g. registry.example/thumbnail:1.0"))]
-    pub image: String,
+    pub image: Option<String>,
+
+    /// What kind of image `image` is: `Http` (default) serves HTTP on `port`; `Image` is a Lambda
+    /// container image (built on an AWS Lambda base image or with a runtime interface client as
+    /// its entrypoint), which fargo runs unmodified beside its Runtime API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package: Option<Package>,
+
+    /// Lambda runtime that runs `handler` from `code`: python3.11, nodejs20.x, java17, or
+    /// provided (an executable `bootstrap` in the code, as Go and Rust functions use).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<Runtime>,
+
+    /// Handler as the runtime names it: `app.handler` (file app.py, function handler),
+    /// `index.handler` (index.mjs or index.js), `example.Hello::handleRequest` (Java); passed to
+    /// `provided` bootstraps as `_HANDLER`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub handler: Option<String>,
+
+    /// Handler code, unpacked into `/var/task` before the runtime starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<Code>,
+
+    /// Extra code bundles unpacked under `/opt` in order, later over earlier (Lambda layers).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 5))]
+    pub layers: Vec<Code>,
+
+    /// Service account the function runs as: its execution identity. Its API token is mounted
+    /// only when this is set (so cloud workload identity works as Lambda's execution role does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+
+    /// Secrets for pulling the image from a private registry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+
+    /// When the node pulls the image: Always, IfNotPresent or Never; Kubernetes' default when
+    /// unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<PullPolicy>,
+
+    /// Size of the function's writable `/tmp`, 512Mi to 10Gi as Lambda's ephemeral storage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("isQuantity(string(self)) && quantity(string(self)).compareTo(quantity('512Mi')) >= 0 && quantity(string(self)).compareTo(quantity('10Gi')) <= 0").message("ephemeralStorage must be a quantity between 512Mi and 10Gi, such as 1Gi"))]
+    pub ephemeral_storage: Option<Quantity>,
 
     /// Entrypoint; the image's ENTRYPOINT when empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -69,7 +129,8 @@ pub struct ServerlessFunctionSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env_from: Vec<EnvFromSource>,
 
-    /// TCP port the container serves HTTP on.
+    /// TCP port the container serves HTTP on; for handler code and Lambda images, the port of
+    /// fargo's in-pod Runtime API part that the activator talks to.
     #[serde(default = "default_port")]
     #[x_kube(validation = Rule::new("self >= 1 && self <= 65535").message("port must be between 1 and 65535"))]
     pub port: i32,
@@ -104,6 +165,170 @@ pub struct ServerlessFunctionSpec {
     /// FargateProfile the function's pods run under (they carry its label).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub profile: Option<String>,
+}
+
+impl ServerlessFunctionSpec {
+    /// Whether the function is invoked through an AWS runtime interface client (handler code or
+    /// a Lambda container image) rather than serving HTTP itself.
+    pub fn uses_runtime_api(&self) -> bool {
+        self.runtime.is_some() || self.package == Some(Package::Image)
+    }
+
+    /// Concurrency as it applies: Lambda runtimes take one invocation at a time per instance, so
+    /// their `perInstance` and `target` default to 1.
+    pub fn effective_concurrency(&self) -> Concurrency {
+        let mut concurrency = self.concurrency.clone();
+        if self.uses_runtime_api() && concurrency.per_instance.is_none() {
+            concurrency.per_instance = Some(1);
+            concurrency.target = concurrency.target.or(Some(1));
+        }
+        concurrency
+    }
+}
+
+/// What kind of container image a function's `image` is.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Package {
+    /// The image serves HTTP on `port`.
+    Http,
+    /// A Lambda container image: its entrypoint is an AWS runtime interface client.
+    Image,
+}
+
+/// Lambda runtimes fargo has images for.
+#[derive(
+    schemars::JsonSchema,
+    Serialize,
+    Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+)]
+pub enum Runtime {
+    #[serde(rename = "python3.11")]
+    Python311,
+    #[serde(rename = "nodejs20.x")]
+    Nodejs20,
+    #[serde(rename = "java17")]
+    Java17,
+    #[serde(rename = "provided")]
+    Provided,
+}
+
+impl Runtime {
+    pub const ALL: [Runtime; 4] = [
+        Runtime::Python311,
+        Runtime::Nodejs20,
+        Runtime::Java17,
+        Runtime::Provided,
+    ];
+
+    /// The name as Lambda and `spec.runtime` spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Runtime::Python311 => "python3.11",
+            Runtime::Nodejs20 => "nodejs20.x",
+            Runtime::Java17 => "java17",
+            Runtime::Provided => "provided",
+        }
+    }
+}
+
+impl std::fmt::Display for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Runtime {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Runtime::ALL
+            .into_iter()
+            .find(|runtime| runtime.as_str() == s)
+            .ok_or_else(|| {
+                let known: Vec<_> = Runtime::ALL.iter().map(|r| r.as_str()).collect();
+                format!("unknown runtime {s:?}; known: {}", known.join(", "))
+            })
+    }
+}
+
+/// When the node pulls a function's image.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PullPolicy {
+    Always,
+    IfNotPresent,
+    Never,
+}
+
+impl PullPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PullPolicy::Always => "Always",
+            PullPolicy::IfNotPresent => "IfNotPresent",
+            PullPolicy::Never => "Never",
+        }
+    }
+}
+
+/// Where handler code (or a layer) comes from: exactly one of `inline`, `configMap`, `s3`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("(has(self.inline) ? 1 : 0) + (has(self.configMap) ? 1 : 0) + (has(self.s3) ? 1 : 0) == 1").message("code takes exactly one of inline, configMap or s3"))]
+pub struct Code {
+    /// Files by name with their text, for small functions: at most 64 files of 256 KiB, and the
+    /// whole function must fit in a ConfigMap (1 MiB), which fargo creates for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    #[schemars(extend("maxProperties" = 64))]
+    #[x_kube(validation = Rule::new(r"self.all(f, f.matches('^[-._a-zA-Z0-9]{1,253}$') && f != '.' && f != '..')").message("inline file names are plain names of letters, digits, '-', '_' and '.', such as app.py"))]
+    #[x_kube(validation = Rule::new("self.all(f, size(self[f]) <= 262144)").message("inline files are at most 256 KiB; put larger code in a ConfigMap or an S3 zip"))]
+    pub inline: Option<BTreeMap<String, String>>,
+
+    /// A ConfigMap in the function's namespace whose keys are the files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map: Option<ConfigMapCode>,
+
+    /// A zip in an S3 bucket, as Lambda takes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Code>,
+}
+
+/// A ConfigMap holding code files.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigMapCode {
+    /// Name of the ConfigMap, in the function's namespace.
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$')").message("configMap.name must name a ConfigMap"))]
+    pub name: String,
+}
+
+/// A zip of code in an S3 bucket, fetched by the pod before the runtime starts from fargo's S3
+/// endpoint (the controller's `--s3-endpoint`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Code {
+    /// Bucket name.
+    #[schemars(length(max = 63))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9][-a-z0-9.]{1,61}[a-z0-9]$')").message("s3.bucket must be an S3 bucket name: 3 to 63 lower-case letters, digits, '-' and '.'"))]
+    pub bucket: String,
+
+    /// Object key of the zip.
+    #[schemars(length(min = 1, max = 1024))]
+    pub key: String,
+
+    /// Secret in the function's namespace with `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`
+    /// for the bucket; default the controller's `--s3-secret` (`fargo-s3`).
+    #[schemars(length(max = 253))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
 }
 
 fn default_port() -> i32 {

@@ -42,7 +42,7 @@ impl ScalePolicy {
         Self {
             min,
             max: spec.scale.max.map(|max| max.max(min).max(1)),
-            target: target_concurrency(&spec.concurrency),
+            target: target_concurrency(&spec.effective_concurrency()),
             idle_timeout: spec.scale.idle_timeout.into(),
         }
     }

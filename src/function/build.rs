@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
-    SecurityContext, Service, ServicePort, ServiceSpec, TCPSocketAction,
+    ConfigMap, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, PodSpec, PodTemplateSpec,
+    Probe, ResourceRequirements, SecurityContext, Service, ServicePort, ServiceSpec,
+    TCPSocketAction, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -22,6 +23,8 @@ use crate::api::{
     ServerlessFunctionSpec,
 };
 use crate::quantity::{QuantityError, parse_bytes};
+
+use super::runtime_pod::{self, RuntimePodError, RuntimeSettings};
 
 /// Name of the function's container in its pods.
 pub const CONTAINER_NAME: &str = "function";
@@ -45,6 +48,8 @@ pub enum BuildError {
     Memory(#[source] QuantityError),
     #[error("the function lacks {0}; it was not read from the API server")]
     MissingMetadata(&'static str),
+    #[error(transparent)]
+    Runtime(#[from] RuntimePodError),
 }
 
 /// Labels of the function's Deployment and Service.
@@ -167,16 +172,20 @@ fn environment(spec: &ServerlessFunctionSpec) -> Vec<EnvVar> {
 }
 
 /// The function's Deployment, without `spec.replicas`.
-pub fn deployment(function: &ServerlessFunction) -> Result<Deployment, BuildError> {
+pub fn deployment(
+    function: &ServerlessFunction,
+    settings: &RuntimeSettings,
+) -> Result<Deployment, BuildError> {
     let name = function.name_any();
     let spec = &function.spec;
     let resources = match &spec.resources {
         Some(resources) => resources.clone(),
         None => resources_for_memory(&spec.memory).map_err(BuildError::Memory)?,
     };
-    let container = Container {
+    let mut container = Container {
         name: CONTAINER_NAME.to_string(),
-        image: Some(spec.image.clone()),
+        image: spec.image.clone(),
+        image_pull_policy: spec.image_pull_policy.map(|p| p.as_str().to_string()),
         command: (!spec.command.is_empty()).then(|| spec.command.clone()),
         args: (!spec.args.is_empty()).then(|| spec.args.clone()),
         env: Some(environment(spec)),
@@ -207,14 +216,38 @@ pub fn deployment(function: &ServerlessFunction) -> Result<Deployment, BuildErro
         }),
         ..Default::default()
     };
-    let pod = PodSpec {
-        containers: vec![container],
-        automount_service_account_token: Some(false),
+    let mut pod = PodSpec {
+        automount_service_account_token: Some(spec.service_account_name.is_some()),
+        service_account_name: spec.service_account_name.clone(),
+        image_pull_secrets: (!spec.image_pull_secrets.is_empty())
+            .then(|| spec.image_pull_secrets.clone()),
         // Thousands of Services in a namespace would otherwise become environment variables.
         enable_service_links: Some(false),
         termination_grace_period_seconds: Some(termination_grace_seconds(spec.timeout.into())),
         ..Default::default()
     };
+    if spec.uses_runtime_api() {
+        let memory_mib = parse_bytes(&spec.memory).map_err(BuildError::Memory)? / (1024 * 1024);
+        let parts = runtime_pod::runtime_pod(&name, spec, memory_mib, settings, &mut container)?;
+        pod.init_containers = Some(parts.init_containers);
+        pod.volumes = Some(parts.volumes);
+    } else if let Some(size) = &spec.ephemeral_storage {
+        // The image's own /tmp, sized as asked.
+        pod.volumes = Some(vec![Volume {
+            name: "tmp".into(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                medium: None,
+                size_limit: Some(size.clone()),
+            }),
+            ..Default::default()
+        }]);
+        container.volume_mounts = Some(vec![VolumeMount {
+            name: "tmp".into(),
+            mount_path: "/tmp".into(),
+            ..Default::default()
+        }]);
+    }
+    pod.containers = vec![container];
     Ok(Deployment {
         metadata: child_metadata(function)?,
         spec: Some(DeploymentSpec {
@@ -235,6 +268,17 @@ pub fn deployment(function: &ServerlessFunction) -> Result<Deployment, BuildErro
         }),
         status: None,
     })
+}
+
+/// The ConfigMap holding the function's inline code, when it has any.
+pub fn code_config_map(function: &ServerlessFunction) -> Result<Option<ConfigMap>, BuildError> {
+    let Some(mut config_map) = runtime_pod::inline_code_config_map(&function.spec) else {
+        return Ok(None);
+    };
+    let mut metadata = child_metadata(function)?;
+    metadata.name = Some(runtime_pod::code_config_map_name(&function.name_any()));
+    config_map.metadata = metadata;
+    Ok(Some(config_map))
 }
 
 /// The function's ClusterIP Service: port 80 (`http`) to the container's port.
@@ -298,7 +342,7 @@ spec:
 
     #[test]
     fn deployment_never_names_replicas() {
-        let deployment = deployment(&function(THUMBNAIL)).unwrap();
+        let deployment = deployment(&function(THUMBNAIL), &RuntimeSettings::default()).unwrap();
         assert_eq!(deployment.spec.as_ref().unwrap().replicas, None);
         let json = serde_json::to_value(&deployment).unwrap();
         assert!(json["spec"].get("replicas").is_none(), "{json}");
@@ -308,7 +352,9 @@ spec:
     fn children_are_labelled_and_owned_by_the_function() {
         let f = function(THUMBNAIL);
         for metadata in [
-            deployment(&f).unwrap().metadata,
+            deployment(&f, &RuntimeSettings::default())
+                .unwrap()
+                .metadata,
             service(&f).unwrap().metadata,
         ] {
             assert_eq!(metadata.name.as_deref(), Some("thumbnail"));
@@ -328,7 +374,7 @@ spec:
 
     #[test]
     fn pods_carry_the_function_and_profile_labels() {
-        let deployment = deployment(&function(THUMBNAIL)).unwrap();
+        let deployment = deployment(&function(THUMBNAIL), &RuntimeSettings::default()).unwrap();
         let spec = deployment.spec.unwrap();
         assert_eq!(
             spec.selector.match_labels.unwrap(),
@@ -343,7 +389,7 @@ spec:
     #[test]
     fn pods_without_a_profile_get_no_profile_label() {
         let f = function(&THUMBNAIL.replace("  profile: payments\n", ""));
-        let labels = deployment(&f)
+        let labels = deployment(&f, &RuntimeSettings::default())
             .unwrap()
             .spec
             .unwrap()
@@ -357,7 +403,7 @@ spec:
 
     #[test]
     fn the_container_runs_the_spec() {
-        let deployment = deployment(&function(THUMBNAIL)).unwrap();
+        let deployment = deployment(&function(THUMBNAIL), &RuntimeSettings::default()).unwrap();
         let c = container(&deployment);
         assert_eq!(c.name, CONTAINER_NAME);
         assert_eq!(c.image.as_deref(), Some("registry.example/thumbnail:1.0"));
@@ -397,7 +443,7 @@ spec:
             r#"env: [{name: QUALITY, value: "80"}]"#,
             r#"env: [{name: QUALITY, value: "80"}, {name: MODE, value: a}, {name: QUALITY, value: "90"}]"#,
         ));
-        let deployment = deployment(&f).unwrap();
+        let deployment = deployment(&f, &RuntimeSettings::default()).unwrap();
         let env: Vec<(String, Option<String>)> = container(&deployment)
             .env
             .as_ref()
@@ -417,7 +463,7 @@ spec:
             r#"env: [{name: QUALITY, value: "80"}]"#,
             r#"env: [{name: PORT, value: "9000"}]"#,
         ));
-        let deployment = super::deployment(&own_port).unwrap();
+        let deployment = super::deployment(&own_port, &RuntimeSettings::default()).unwrap();
         let env = container(&deployment).env.as_ref().unwrap();
         assert_eq!(env.len(), 1);
         assert_eq!(env[0].value.as_deref(), Some("9000"));
@@ -425,7 +471,7 @@ spec:
 
     #[test]
     fn readiness_is_a_tcp_probe_on_the_port_every_second() {
-        let deployment = deployment(&function(THUMBNAIL)).unwrap();
+        let deployment = deployment(&function(THUMBNAIL), &RuntimeSettings::default()).unwrap();
         let probe = container(&deployment).readiness_probe.clone().unwrap();
         assert_eq!(
             probe.tcp_socket.unwrap().port,
@@ -438,13 +484,13 @@ spec:
 
     #[test]
     fn pods_get_no_token_and_a_grace_period_capped_at_thirty_seconds() {
-        let deployment = deployment(&function(THUMBNAIL)).unwrap();
+        let deployment = deployment(&function(THUMBNAIL), &RuntimeSettings::default()).unwrap();
         let pod = deployment.spec.unwrap().template.spec.unwrap();
         assert_eq!(pod.automount_service_account_token, Some(false));
         assert_eq!(pod.enable_service_links, Some(false));
         assert_eq!(pod.termination_grace_period_seconds, Some(30));
         let quick = function(&THUMBNAIL.replace("timeout: 45s", "timeout: 10s"));
-        let pod = super::deployment(&quick)
+        let pod = super::deployment(&quick, &RuntimeSettings::default())
             .unwrap()
             .spec
             .unwrap()
@@ -466,7 +512,7 @@ spec:
 
     #[test]
     fn memory_sets_requests_equal_to_limits() {
-        let deployment = deployment(&function(THUMBNAIL)).unwrap();
+        let deployment = deployment(&function(THUMBNAIL), &RuntimeSettings::default()).unwrap();
         let resources = container(&deployment).resources.clone().unwrap();
         let expected = BTreeMap::from([
             ("cpu".to_string(), Quantity("290m".into())),
@@ -483,7 +529,7 @@ spec:
         let f = function(&format!(
             "{THUMBNAIL}  resources: {{requests: {{cpu: 2, memory: 1Gi}}}}\n"
         ));
-        let deployment = deployment(&f).unwrap();
+        let deployment = deployment(&f, &RuntimeSettings::default()).unwrap();
         let resources = container(&deployment).resources.clone().unwrap();
         assert_eq!(resources.limits, None);
         assert_eq!(resources.requests.unwrap()["cpu"], Quantity("2".into()));
@@ -508,7 +554,7 @@ spec:
     fn children_need_an_object_read_from_the_api_server() {
         let f = function(&THUMBNAIL.replace(", uid: 7c1f0d7e-0000-4000-8000-000000000001", ""));
         assert!(matches!(
-            deployment(&f),
+            deployment(&f, &RuntimeSettings::default()),
             Err(BuildError::MissingMetadata("metadata.uid"))
         ));
     }

@@ -2,6 +2,8 @@
 //! reports its status.
 //!
 //! - [`build`]: the Deployment and Service of a function (pure);
+//! - [`runtime_pod`]: the pod pieces of handler functions and Lambda images — the code fetcher,
+//!   the Runtime API sidecar, the runtime container's probes and environment (pure);
 //! - [`status`]: the status and its conditions from what was observed (pure);
 //! - [`reconciler`]: reads, applies the children and writes the status.
 //!
@@ -11,6 +13,7 @@
 
 pub mod build;
 pub mod reconciler;
+pub mod runtime_pod;
 pub mod status;
 
 pub use build::{deployment, service};

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::core::DeserializeGuard;
@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, instrument};
 
 use super::build::{self, BuildError};
+use super::runtime_pod::{RuntimePodError, RuntimeSettings};
 use super::status::{self, Observed, ProfileCheck, reason};
 use crate::api::conditions::{HOSTS_ACCEPTED, PROFILE_FOUND, READY, SCHEDULES_VALID};
 use crate::api::profile::FargateProfile;
@@ -61,6 +62,10 @@ impl ReconcileError for Error {
             Error::Kube(_) => "KubernetesApiError",
             Error::Build(BuildError::Memory(_)) => "InvalidMemory",
             Error::Build(BuildError::MissingMetadata(_)) => "MissingMetadata",
+            Error::Build(BuildError::Runtime(RuntimePodError::NoS3Endpoint)) => "NoS3Endpoint",
+            Error::Build(BuildError::Runtime(RuntimePodError::NoRuntimeImage(_))) => {
+                "NoRuntimeImage"
+            }
             Error::InvalidObject(_) => "InvalidObject",
             Error::InitialScale(_) => "InitialScaleFailed",
         }
@@ -87,7 +92,7 @@ impl ReconcileError for Error {
     fn is_terminal(&self) -> bool {
         matches!(
             self,
-            Error::Build(BuildError::Memory(_)) | Error::InvalidObject(_)
+            Error::Build(BuildError::Memory(_) | BuildError::Runtime(_)) | Error::InvalidObject(_)
         )
     }
 }
@@ -108,6 +113,8 @@ pub struct Context {
     pub activator_url: String,
     /// The names the activator is reached by, which no function may claim as hosts.
     pub activator_names: ActivatorNames,
+    /// Images and endpoints the pods of handler functions are made with.
+    pub runtimes: Arc<RuntimeSettings>,
 }
 
 /// How long a function's reconcile waits for more changes to the function or its children.
@@ -506,7 +513,16 @@ impl ServerlessFunction {
             ),
             None => Some(build::initial_replicas(&self.spec)),
         };
-        let desired = build::deployment(self)?;
+        if let Some(code) = build::code_config_map(self)? {
+            Api::<ConfigMap>::namespaced(ctx.client.clone(), namespace)
+                .patch(
+                    code.metadata.name.as_deref().unwrap_or_default(),
+                    &PatchParams::apply(CONTROLLER_MANAGER).force(),
+                    &Patch::Apply(&code),
+                )
+                .await?;
+        }
+        let desired = build::deployment(self, &ctx.runtimes)?;
         let key = (namespace.to_string(), name.clone());
         let hash = hash_of(&desired);
         if seed.is_none()

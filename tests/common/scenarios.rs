@@ -88,6 +88,7 @@ pub async fn reconcile_function(client: Client, inputs: &FunctionInputs) -> Stri
             FARGO_NAMESPACE,
             "fargo.local",
         ),
+        runtimes: Default::default(),
     };
     let guard = Arc::new(DeserializeGuard(Ok(inputs.function.clone())));
     outcome(fargo::function::reconciler::reconcile(guard, Arc::new(ctx)).await)
