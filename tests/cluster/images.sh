@@ -23,6 +23,10 @@ log_tag=images
 out="$root/target/images"
 socket="${FARGO_CONTAINERD_SOCKET:-$root/.cluster/node/containerd/containerd.sock}"
 
+# Work directories go in here, removed however the script ends.
+scratch="$(mktemp -d)"
+trap 'rm -rf "$scratch"' EXIT
+
 sha256() { sha256sum "$1" | cut -d' ' -f1; }
 size() { stat -c %s "$1"; }
 
@@ -34,20 +38,22 @@ blob() {
   echo "$digest"
 }
 
-# rootfs DIR BINARY: the binary as /usr/local/bin/<name>, with what it needs to run.
-rootfs() {
-  local dir="$1" binary="$2" lib
-  mkdir -p "$dir/usr/local/bin" "$dir/etc" "$dir/tmp"
+# json_array WORD...: the words as a JSON array of strings.
+json_array() {
+  local word sep="" out="["
+  for word in "$@"; do
+    word="${word//\\/\\\\}"
+    out+="$sep\"${word//\"/\\\"}\""
+    sep=", "
+  done
+  echo "$out]"
+}
+
+# base_files DIR: what every image has besides its program: users, groups, name service, /tmp.
+base_files() {
+  local dir="$1"
+  mkdir -p "$dir/etc" "$dir/tmp"
   chmod 1777 "$dir/tmp"
-  cp "$binary" "$dir/usr/local/bin/"
-  # ldd lists `name => /path (addr)` and the loader as `/path (addr)`; a static binary makes
-  # it fail with "not a dynamic executable".
-  if ldd "$binary" >/dev/null 2>&1; then
-    while read -r lib; do
-      mkdir -p "$dir$(dirname "$lib")"
-      cp -L "$lib" "$dir$lib"
-    done < <(ldd "$binary" | grep -o '/[^ ]*')
-  fi
   cat >"$dir/etc/passwd" <<'EOF'
 root:x:0:0:root:/root:/sbin/nologin
 nonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin
@@ -61,21 +67,76 @@ EOF
   echo "hosts: files dns" >"$dir/etc/nsswitch.conf"
 }
 
-# image NAME BINARY USER [PORT]: writes $out/<repository>.tar and imports it.
+# copy_libs DIR FILE...: the shared libraries `ldd` names for each FILE, and the dynamic loader,
+# at the same paths under DIR. Those ldd finds inside DIR itself (a JRE's own) are there already.
+copy_libs() {
+  local dir="$1" file lib
+  shift
+  for file in "$@"; do
+    # ldd lists `name => /path (addr)` and the loader as `/path (addr)`; a static binary makes
+    # it fail with "not a dynamic executable".
+    ldd "$file" >/dev/null 2>&1 || continue
+    if ldd "$file" | grep -q 'not found'; then
+      die "$file needs libraries this machine lacks: $(ldd "$file" | grep 'not found' | xargs)"
+    fi
+    while read -r lib; do
+      [[ "$lib" != "$dir"/* && ! -e "$dir$lib" ]] || continue
+      mkdir -p "$dir$(dirname "$lib")"
+      cp -L "$lib" "$dir$lib"
+    done < <(ldd "$file" | grep -o '/[^ ]*')
+  done
+}
+
+# rootfs DIR BINARY: the binary as /usr/local/bin/<name>, with what it needs to run.
+rootfs() {
+  local dir="$1" binary="$2"
+  base_files "$dir"
+  mkdir -p "$dir/usr/local/bin"
+  cp "$binary" "$dir/usr/local/bin/"
+  copy_libs "$dir" "$binary"
+}
+
+# image NAME BINARY USER [PORT]: the image of one binary, its entrypoint.
 image() {
   local name="$1" binary="$2" user="$3" port="${4:-}"
   [[ -x "$binary" ]] || die "$binary is missing or not executable"
-  local entry="/usr/local/bin/${binary##*/}" work file
-  work="$(mktemp -d)"
-  # Closes over $work, which is gone once this function returns.
-  # shellcheck disable=SC2064
-  trap "rm -rf '$work'" RETURN
+  local work
+  work="$(mktemp -d -p "$scratch")"
+  rootfs "$work/rootfs" "$binary"
+  oci_image "$name" "$work/rootfs" --user "$user" --port "$port" \
+    --entrypoint "$(json_array "/usr/local/bin/${binary##*/}")"
+  rm -rf "$work"
+}
+
+# oci_image NAME ROOTFS [--user UID] [--entrypoint JSON] [--cmd JSON] [--env NAME=VALUE]...
+#   [--workdir DIR] [--port PORT]
+# writes $out/<repository>.tar, an image of one layer holding the files of ROOTFS, and imports
+# it. A JSON is an array of strings (json_array); PATH is always in the environment.
+oci_image() {
+  local name="$1" dir="$2" user=65532 entrypoint=null cmd=null workdir=/ port=""
+  local env=("PATH=/usr/local/bin:/usr/bin:/bin")
+  shift 2
+  while (($#)); do
+    (($# >= 2)) || die "oci_image: $1 needs a value"
+    case "$1" in
+      --user) user="$2" ;;
+      --entrypoint) entrypoint="$2" ;;
+      --cmd) cmd="$2" ;;
+      --env) env+=("$2") ;;
+      --workdir) workdir="$2" ;;
+      --port) port="$2" ;;
+      *) die "oci_image: unknown option $1" ;;
+    esac
+    shift 2
+  done
+  [[ -d "$dir" ]] || die "$dir is not a directory"
+  local work file
+  work="$(mktemp -d -p "$scratch")"
   layout="$work/layout"
   mkdir -p "$layout/blobs/sha256"
 
-  rootfs "$work/rootfs" "$binary"
-  # Reproducible: the same binary gives the same digests.
-  tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$work/rootfs" \
+  # Reproducible: the same files give the same digests.
+  tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$dir" \
     -cf "$work/layer.tar" .
   local diff_id layer layer_size
   diff_id="$(sha256 "$work/layer.tar")"
@@ -83,8 +144,9 @@ image() {
   layer_size="$(size "$work/layer.tar.gz")"
   layer="$(blob "$work/layer.tar.gz")"
 
-  local exposed="{}"
+  local exposed="{}" cmd_field=""
   [[ -z "$port" ]] || exposed="{\"$port/tcp\": {}}"
+  [[ "$cmd" == null ]] || cmd_field=$'\n'"    \"Cmd\": $cmd,"
   cat >"$work/config.json" <<EOF
 {
   "created": "1970-01-01T00:00:00Z",
@@ -92,9 +154,9 @@ image() {
   "os": "linux",
   "config": {
     "User": "$user:$user",
-    "Entrypoint": ["$entry"],
-    "Env": ["PATH=/usr/local/bin:/usr/bin:/bin"],
-    "WorkingDir": "/",
+    "Entrypoint": $entrypoint,${cmd_field}
+    "Env": $(json_array "${env[@]}"),
+    "WorkingDir": "$workdir",
     "ExposedPorts": $exposed
   },
   "rootfs": {"type": "layers", "diff_ids": ["sha256:$diff_id"]},
@@ -146,6 +208,7 @@ EOF
   mkdir -p "$out"
   file="$out/$(basename "${name%:*}").tar"
   tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$layout" -cf "$file" .
+  rm -rf "$work"
   log "$name: $file (manifest sha256:$manifest)"
 
   [[ -z "${FARGO_IMAGES_NO_IMPORT:-}" ]] || return 0
