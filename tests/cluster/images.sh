@@ -3,9 +3,13 @@
 # into the local node's containerd (tests/cluster/node.sh), where pods use them with
 # `imagePullPolicy: Never` (or IfNotPresent).
 #
-#   tests/cluster/images.sh [all]     fargo.dev/fargo:dev and fargo.dev/echo:dev (runs cargo build)
+#   tests/cluster/images.sh [all]     fargo.dev/fargo:dev and fargo.dev/echo:dev (runs cargo build),
+#                                     and the runtimes
 #   tests/cluster/images.sh fargo     fargo.dev/fargo:dev from target/release/fargo
 #   tests/cluster/images.sh echo      fargo.dev/echo:dev from target/release/fargo-echo
+#   tests/cluster/images.sh runtimes  the runtimes of handler functions (runtimes.sh):
+#                                     fargo.dev/runtime-{python3.11,nodejs20.x,java17,provided}:dev,
+#                                     and fargo.dev/lambda-image-example:dev, a Lambda-style image
 #   tests/cluster/images.sh image NAME BINARY USER [PORT]
 #                                     any binary; node.sh builds the pause image this way
 #
@@ -19,6 +23,10 @@ umask 022
 
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# shellcheck source-path=SCRIPTDIR source=versions.env
+source "$here/versions.env"
+# shellcheck source-path=SCRIPTDIR source=runtimes.sh
+source "$here/runtimes.sh"
 log_tag=images
 out="$root/target/images"
 socket="${FARGO_CONTAINERD_SOCKET:-$root/.cluster/node/containerd/containerd.sock}"
@@ -210,12 +218,76 @@ EOF
   tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$layout" -cf "$file" .
   rm -rf "$work"
   log "$name: $file (manifest sha256:$manifest)"
+  import "$name" "$file"
+}
 
+# import NAME FILE: imports the archive into the node's containerd, unless FARGO_IMAGES_NO_IMPORT.
+import() {
+  local name="$1" file="$2"
   [[ -z "${FARGO_IMAGES_NO_IMPORT:-}" ]] || return 0
   [[ -S "$socket" ]] || die "no containerd at $socket; start it with tests/cluster/node.sh up"
   # The CRI plugin sees images of the k8s.io namespace only.
   ctr --address "$socket" --namespace k8s.io images import "$file" >/dev/null
   log "$name: imported into $socket"
+}
+
+# cached_image NAME ROOTFS OPTION...: oci_image, unless target/images holds the archive of the
+# same root filesystem (a cached one, whose name says what it is made of) and options.
+cached_image() {
+  local name="$1" dir="$2" file stamp key
+  file="$out/$(basename "${name%:*}").tar"
+  stamp="$file.key"
+  key="$(echo "$*" | sha256sum | cut -d' ' -f1)"
+  if [[ -f "$file" && "$(cat "$stamp" 2>/dev/null)" == "$key" ]]; then
+    log "$name: $file is up to date"
+    import "$name" "$file"
+    return 0
+  fi
+  rm -f "$stamp"
+  oci_image "$@"
+  echo "$key" >"$stamp"
+}
+
+# runtimes: the images of spec.runtime (runtimes.sh), and an image made the way a Lambda-style
+# container image is: a runtime with the function's code in /var/task and its handler as Cmd.
+runtimes() {
+  local python nodejs java provided lambda_env=(
+    --env LANG=C.UTF-8 --env LAMBDA_TASK_ROOT=/var/task --env LAMBDA_RUNTIME_DIR=/var/runtime
+    --workdir /var/task --user 65532
+  )
+  local python_entry=(/usr/bin/python3.11 -m awslambdaric)
+  python="$(runtime_rootfs python)"
+  cached_image fargo.dev/runtime-python3.11:dev "$python" "${lambda_env[@]}" \
+    --env PYTHONPATH=/var/runtime --entrypoint "$(json_array "${python_entry[@]}")"
+
+  nodejs="$(runtime_rootfs nodejs)"
+  cached_image fargo.dev/runtime-nodejs20.x:dev "$nodejs" "${lambda_env[@]}" \
+    --entrypoint "$(json_array /usr/bin/node /var/runtime/node_modules/aws-lambda-ric/bin/index.mjs)"
+
+  java="$(runtime_rootfs java)"
+  cached_image fargo.dev/runtime-java17:dev "$java" "${lambda_env[@]}" \
+    --env JAVA_HOME=/usr/lib/jvm/java-17 --entrypoint "$(json_array /usr/bin/java \
+    -XX:+TieredCompilation -XX:TieredStopAtLevel=1 \
+    "-Dcom.amazonaws.services.lambda.runtime.api.client.runtimeapi.NativeClient.JNI=$java_jni" \
+    -cp "/var/runtime/lib/*:/var/task:/var/task/lib/*" \
+    com.amazonaws.services.lambda.runtime.api.client.AWSLambda)"
+
+  provided="$(runtime_rootfs provided)"
+  cached_image fargo.dev/runtime-provided:dev "$provided" "${lambda_env[@]}" \
+    --entrypoint "$(json_array /var/task/bootstrap)"
+
+  # The example's code is part of the key: the directory is named by its hash.
+  local app="$root/examples/python-hello/app.py" example
+  example="$cache/runtimes/lambda-image-example-$(basename "$python")-$(sha256 "$app" | cut -c1-12)"
+  if ! done_dir "$example"; then
+    rm -rf "$example.tmp"
+    cp -al "$python" "$example.tmp"
+    install -m 0644 "$app" "$example.tmp/var/task/app.py"
+    finish_dir "$example.tmp" "$example"
+  fi
+  cached_image fargo.dev/lambda-image-example:dev "$example" "${lambda_env[@]}" \
+    --env PYTHONPATH=/var/runtime --entrypoint "$(json_array "${python_entry[@]}")" \
+    --cmd "$(json_array app.handler)"
 }
 
 cargo_binaries() {
@@ -231,6 +303,7 @@ case "${1:-all}" in
     cargo_binaries --bin fargo --bin fargo-echo
     image fargo.dev/fargo:dev "$root/target/release/fargo" 65532 9090
     image fargo.dev/echo:dev "$root/target/release/fargo-echo" 65532 8080
+    runtimes
     ;;
   fargo)
     cargo_binaries --bin fargo
@@ -240,9 +313,10 @@ case "${1:-all}" in
     cargo_binaries --bin fargo-echo
     image fargo.dev/echo:dev "$root/target/release/fargo-echo" 65532 8080
     ;;
+  runtimes) runtimes ;;
   image)
     (($# >= 4)) || die "usage: $0 image NAME BINARY USER [PORT]"
     image "$2" "$3" "$4" "${5:-}"
     ;;
-  *) die "usage: $0 [all|fargo|echo|image NAME BINARY USER [PORT]]" ;;
+  *) die "usage: $0 [all|fargo|echo|runtimes|image NAME BINARY USER [PORT]]" ;;
 esac
