@@ -42,7 +42,7 @@ python_ric() {
   rm -rf "$dir.tmp"
   # Byte code is compiled in the image, against its own paths.
   /usr/bin/python3.11 -m pip install --quiet --no-cache-dir --no-compile --only-binary=:all: \
-    --disable-pip-version-check --target "$dir.tmp" "awslambdaric==$AWSLAMBDARIC_VERSION"
+    --disable-pip-version-check --root-user-action=ignore --target "$dir.tmp" "awslambdaric==$AWSLAMBDARIC_VERSION"
   finish_dir "$dir.tmp" "$dir"
 }
 
@@ -112,13 +112,13 @@ java_ric() {
 </project>
 EOF
   (cd "$dir.tmp" && mvn -q -B dependency:copy-dependencies -DincludeScope=runtime \
-    -DoutputDirectory="$dir.tmp/lib") || die "mvn could not fetch the Java RIC"
+    -DoutputDirectory="$dir.tmp/lib" -Dstyle.color=never >&2) || die "mvn could not fetch the Java RIC"
   finish_dir "$dir.tmp" "$dir"
 }
 
 # java_core_jar: the path of the cached aws-lambda-java-core jar, fetched if need be.
 java_core_jar() {
-  java_ric
+  java_ric >&2
   echo "$cache/ric/aws-lambda-java-$AWS_LAMBDA_JAVA_RIC_VERSION-$AWS_LAMBDA_JAVA_CORE_VERSION/lib/aws-lambda-java-core-$AWS_LAMBDA_JAVA_CORE_VERSION.jar"
 }
 
@@ -177,7 +177,7 @@ rootfs_nodejs() {
 
 rootfs_java() {
   local dir="$1" jars
-  java_ric
+  java_ric >&2
   jars="$cache/ric/aws-lambda-java-$AWS_LAMBDA_JAVA_RIC_VERSION-$AWS_LAMBDA_JAVA_CORE_VERSION/lib"
   runtime_base "$dir"
   mkdir -p "$dir/usr/lib/jvm" "$dir/usr/bin" "$dir/var/runtime/lib/native"
