@@ -76,7 +76,8 @@ EOF
 }
 
 # copy_libs DIR FILE...: the shared libraries `ldd` names for each FILE, and the dynamic loader,
-# at the same paths under DIR. Those ldd finds inside DIR itself (a JRE's own) are there already.
+# at the same paths under DIR. Those ldd finds inside DIR itself (a JRE's own) are there already,
+# and so are those it cannot find but DIR holds (libjvm.so, which the JVM has loaded first).
 copy_libs() {
   local dir="$1" file lib
   shift
@@ -84,9 +85,10 @@ copy_libs() {
     # ldd lists `name => /path (addr)` and the loader as `/path (addr)`; a static binary makes
     # it fail with "not a dynamic executable".
     ldd "$file" >/dev/null 2>&1 || continue
-    if ldd "$file" | grep -q 'not found'; then
-      die "$file needs libraries this machine lacks: $(ldd "$file" | grep 'not found' | xargs)"
-    fi
+    while read -r lib; do
+      [[ -n "$(find "$dir" -name "$lib" -print -quit)" ]] ||
+        die "$file needs $lib, which this machine lacks"
+    done < <(ldd "$file" | awk '/not found/ { print $1 }')
     while read -r lib; do
       [[ "$lib" != "$dir"/* && ! -e "$dir$lib" ]] || continue
       mkdir -p "$dir$(dirname "$lib")"

@@ -171,7 +171,9 @@ rootfs_nodejs() {
   local addons
   mapfile -t addons < <(find "$dir/var/runtime" -name '*.node')
   copy_libs "$dir" "$dir/usr/bin/node" "${addons[@]}"
-  node -e 'require(process.argv[1])' "$dir/var/runtime/node_modules/aws-lambda-ric/dist/rapid-client.node" ||
+  # The addon reads the Runtime API's address as it loads.
+  AWS_LAMBDA_RUNTIME_API=127.0.0.1:9001 node -e 'require(process.argv[1])' \
+    "$dir/var/runtime/node_modules/aws-lambda-ric/dist/rapid-client.node" ||
     die "the nodejs20.x runtime's native addon does not load"
 }
 
