@@ -182,12 +182,12 @@ rootfs_java() {
   java_ric >&2
   jars="$cache/ric/aws-lambda-java-$AWS_LAMBDA_JAVA_RIC_VERSION-$AWS_LAMBDA_JAVA_CORE_VERSION/lib"
   runtime_base "$dir"
-  mkdir -p "$dir/usr/lib/jvm" "$dir/usr/bin" "$dir/var/runtime/lib/native"
+  mkdir -p "$dir/usr/lib/jvm" "$dir/var/runtime/lib/native"
   # A JRE of the modules handlers use: a quarter of the JDK. Class data sharing makes it start
   # faster.
   "$jdk/bin/jlink" --module-path "$jdk/jmods" --add-modules "$jre_modules" --strip-debug \
     --no-header-files --no-man-pages --generate-cds-archive --output "$dir/usr/lib/jvm/java-17"
-  ln -s ../lib/jvm/java-17/bin/java "$dir/usr/bin/java"
+  # Run by its own path: its $ORIGIN-relative libraries are not found through a symbolic link.
   cp "$jars"/*.jar "$dir/var/runtime/lib/"
   unzip -p "$jars/aws-lambda-java-runtime-interface-client-$AWS_LAMBDA_JAVA_RIC_VERSION.jar" \
     jni/libaws-lambda-jni.linux-x86_64.so >"$dir$java_jni"
