@@ -268,7 +268,8 @@ runtimes() {
 
   java="$(runtime_rootfs java)"
   cached_image fargo.dev/runtime-java17:dev "$java" "${lambda_env[@]}" \
-    --env JAVA_HOME=/usr/lib/jvm/java-17 --entrypoint "$(json_array /usr/lib/jvm/java-17/bin/java \
+    --env JAVA_HOME=/usr/lib/jvm/java-17 --env LD_LIBRARY_PATH=/usr/lib/jvm/java-17/lib \
+    --entrypoint "$(json_array /usr/lib/jvm/java-17/bin/java \
     -XX:+TieredCompilation -XX:TieredStopAtLevel=1 \
     "-Dcom.amazonaws.services.lambda.runtime.api.client.runtimeapi.NativeClient.JNI=$java_jni" \
     -cp "/var/runtime/lib/*:/var/task:/var/task/lib/*" \
