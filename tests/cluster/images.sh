@@ -3,9 +3,13 @@
 # into the local node's containerd (tests/cluster/node.sh), where pods use them with
 # `imagePullPolicy: Never` (or IfNotPresent).
 #
-#   tests/cluster/images.sh [all]     fargo.dev/fargo:dev and fargo.dev/echo:dev (runs cargo build)
+#   tests/cluster/images.sh [all]     fargo.dev/fargo:dev and fargo.dev/echo:dev (runs cargo build),
+#                                     and the runtimes
 #   tests/cluster/images.sh fargo     fargo.dev/fargo:dev from target/release/fargo
 #   tests/cluster/images.sh echo      fargo.dev/echo:dev from target/release/fargo-echo
+#   tests/cluster/images.sh runtimes  the runtimes of handler functions (runtimes.sh):
+#                                     fargo.dev/runtime-{python3.11,nodejs20.x,java17,provided}:dev,
+#                                     and fargo.dev/lambda-image-example:dev, a Lambda-style image
 #   tests/cluster/images.sh image NAME BINARY USER [PORT]
 #                                     any binary; node.sh builds the pause image this way
 #
@@ -19,9 +23,17 @@ umask 022
 
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# shellcheck source-path=SCRIPTDIR source=versions.env
+source "$here/versions.env"
+# shellcheck source-path=SCRIPTDIR source=runtimes.sh
+source "$here/runtimes.sh"
 log_tag=images
 out="$root/target/images"
 socket="${FARGO_CONTAINERD_SOCKET:-$root/.cluster/node/containerd/containerd.sock}"
+
+# Work directories go in here, removed however the script ends.
+scratch="$(mktemp -d)"
+trap 'rm -rf "$scratch"' EXIT
 
 sha256() { sha256sum "$1" | cut -d' ' -f1; }
 size() { stat -c %s "$1"; }
@@ -34,20 +46,22 @@ blob() {
   echo "$digest"
 }
 
-# rootfs DIR BINARY: the binary as /usr/local/bin/<name>, with what it needs to run.
-rootfs() {
-  local dir="$1" binary="$2" lib
-  mkdir -p "$dir/usr/local/bin" "$dir/etc" "$dir/tmp"
+# json_array WORD...: the words as a JSON array of strings.
+json_array() {
+  local word sep="" out="["
+  for word in "$@"; do
+    word="${word//\\/\\\\}"
+    out+="$sep\"${word//\"/\\\"}\""
+    sep=", "
+  done
+  echo "$out]"
+}
+
+# base_files DIR: what every image has besides its program: users, groups, name service, /tmp.
+base_files() {
+  local dir="$1"
+  mkdir -p "$dir/etc" "$dir/tmp"
   chmod 1777 "$dir/tmp"
-  cp "$binary" "$dir/usr/local/bin/"
-  # ldd lists `name => /path (addr)` and the loader as `/path (addr)`; a static binary makes
-  # it fail with "not a dynamic executable".
-  if ldd "$binary" >/dev/null 2>&1; then
-    while read -r lib; do
-      mkdir -p "$dir$(dirname "$lib")"
-      cp -L "$lib" "$dir$lib"
-    done < <(ldd "$binary" | grep -o '/[^ ]*')
-  fi
   cat >"$dir/etc/passwd" <<'EOF'
 root:x:0:0:root:/root:/sbin/nologin
 nonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin
@@ -61,21 +75,78 @@ EOF
   echo "hosts: files dns" >"$dir/etc/nsswitch.conf"
 }
 
-# image NAME BINARY USER [PORT]: writes $out/<repository>.tar and imports it.
+# copy_libs DIR FILE...: the shared libraries `ldd` names for each FILE, and the dynamic loader,
+# at the same paths under DIR. Those ldd finds inside DIR itself (a JRE's own) are there already,
+# and so are those it cannot find but DIR holds (libjvm.so, which the JVM has loaded first).
+copy_libs() {
+  local dir="$1" file lib
+  shift
+  for file in "$@"; do
+    # ldd lists `name => /path (addr)` and the loader as `/path (addr)`; a static binary makes
+    # it fail with "not a dynamic executable".
+    ldd "$file" >/dev/null 2>&1 || continue
+    while read -r lib; do
+      [[ -n "$(find "$dir" -name "$lib" -print -quit)" ]] ||
+        die "$file needs $lib, which this machine lacks"
+    done < <(ldd "$file" | awk '/not found/ { print $1 }')
+    while read -r lib; do
+      [[ "$lib" != "$dir"/* && ! -e "$dir$lib" ]] || continue
+      mkdir -p "$dir$(dirname "$lib")"
+      cp -L "$lib" "$dir$lib"
+    done < <(ldd "$file" | grep -o '/[^ ]*')
+  done
+}
+
+# rootfs DIR BINARY: the binary as /usr/local/bin/<name>, with what it needs to run.
+rootfs() {
+  local dir="$1" binary="$2"
+  base_files "$dir"
+  mkdir -p "$dir/usr/local/bin"
+  cp "$binary" "$dir/usr/local/bin/"
+  copy_libs "$dir" "$binary"
+}
+
+# image NAME BINARY USER [PORT]: the image of one binary, its entrypoint.
 image() {
   local name="$1" binary="$2" user="$3" port="${4:-}"
   [[ -x "$binary" ]] || die "$binary is missing or not executable"
-  local entry="/usr/local/bin/${binary##*/}" work file
-  work="$(mktemp -d)"
-  # Closes over $work, which is gone once this function returns.
-  # shellcheck disable=SC2064
-  trap "rm -rf '$work'" RETURN
+  local work
+  work="$(mktemp -d -p "$scratch")"
+  rootfs "$work/rootfs" "$binary"
+  oci_image "$name" "$work/rootfs" --user "$user" --port "$port" \
+    --entrypoint "$(json_array "/usr/local/bin/${binary##*/}")"
+  rm -rf "$work"
+}
+
+# oci_image NAME ROOTFS [--user UID] [--entrypoint JSON] [--cmd JSON] [--env NAME=VALUE]...
+#   [--workdir DIR] [--port PORT]
+# writes $out/<repository>.tar, an image of one layer holding the files of ROOTFS, and imports
+# it. A JSON is an array of strings (json_array); PATH is always in the environment.
+oci_image() {
+  local name="$1" dir="$2" user=65532 entrypoint=null cmd=null workdir=/ port=""
+  local env=("PATH=/usr/local/bin:/usr/bin:/bin")
+  shift 2
+  while (($#)); do
+    (($# >= 2)) || die "oci_image: $1 needs a value"
+    case "$1" in
+      --user) user="$2" ;;
+      --entrypoint) entrypoint="$2" ;;
+      --cmd) cmd="$2" ;;
+      --env) env+=("$2") ;;
+      --workdir) workdir="$2" ;;
+      --port) port="$2" ;;
+      *) die "oci_image: unknown option $1" ;;
+    esac
+    shift 2
+  done
+  [[ -d "$dir" ]] || die "$dir is not a directory"
+  local work file
+  work="$(mktemp -d -p "$scratch")"
   layout="$work/layout"
   mkdir -p "$layout/blobs/sha256"
 
-  rootfs "$work/rootfs" "$binary"
-  # Reproducible: the same binary gives the same digests.
-  tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$work/rootfs" \
+  # Reproducible: the same files give the same digests.
+  tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$dir" \
     -cf "$work/layer.tar" .
   local diff_id layer layer_size
   diff_id="$(sha256 "$work/layer.tar")"
@@ -83,8 +154,9 @@ image() {
   layer_size="$(size "$work/layer.tar.gz")"
   layer="$(blob "$work/layer.tar.gz")"
 
-  local exposed="{}"
+  local exposed="{}" cmd_field=""
   [[ -z "$port" ]] || exposed="{\"$port/tcp\": {}}"
+  [[ "$cmd" == null ]] || cmd_field=$'\n'"    \"Cmd\": $cmd,"
   cat >"$work/config.json" <<EOF
 {
   "created": "1970-01-01T00:00:00Z",
@@ -92,9 +164,9 @@ image() {
   "os": "linux",
   "config": {
     "User": "$user:$user",
-    "Entrypoint": ["$entry"],
-    "Env": ["PATH=/usr/local/bin:/usr/bin:/bin"],
-    "WorkingDir": "/",
+    "Entrypoint": $entrypoint,${cmd_field}
+    "Env": $(json_array "${env[@]}"),
+    "WorkingDir": "$workdir",
     "ExposedPorts": $exposed
   },
   "rootfs": {"type": "layers", "diff_ids": ["sha256:$diff_id"]},
@@ -146,13 +218,79 @@ EOF
   mkdir -p "$out"
   file="$out/$(basename "${name%:*}").tar"
   tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$layout" -cf "$file" .
+  rm -rf "$work"
   log "$name: $file (manifest sha256:$manifest)"
+  import "$name" "$file"
+}
 
+# import NAME FILE: imports the archive into the node's containerd, unless FARGO_IMAGES_NO_IMPORT.
+import() {
+  local name="$1" file="$2"
   [[ -z "${FARGO_IMAGES_NO_IMPORT:-}" ]] || return 0
   [[ -S "$socket" ]] || die "no containerd at $socket; start it with tests/cluster/node.sh up"
   # The CRI plugin sees images of the k8s.io namespace only.
   ctr --address "$socket" --namespace k8s.io images import "$file" >/dev/null
   log "$name: imported into $socket"
+}
+
+# cached_image NAME ROOTFS OPTION...: oci_image, unless target/images holds the archive of the
+# same root filesystem (a cached one, whose name says what it is made of) and options.
+cached_image() {
+  local name="$1" dir="$2" file stamp key
+  file="$out/$(basename "${name%:*}").tar"
+  stamp="$file.key"
+  key="$(echo "$*" | sha256sum | cut -d' ' -f1)"
+  if [[ -f "$file" && "$(cat "$stamp" 2>/dev/null)" == "$key" ]]; then
+    log "$name: $file is up to date"
+    import "$name" "$file"
+    return 0
+  fi
+  rm -f "$stamp"
+  oci_image "$@"
+  echo "$key" >"$stamp"
+}
+
+# runtimes: the images of spec.runtime (runtimes.sh), and an image made the way a Lambda-style
+# container image is: a runtime with the function's code in /var/task and its handler as Cmd.
+runtimes() {
+  local python nodejs java provided lambda_env=(
+    --env LANG=C.UTF-8 --env LAMBDA_TASK_ROOT=/var/task --env LAMBDA_RUNTIME_DIR=/var/runtime
+    --workdir /var/task --user 65532
+  )
+  local python_entry=(/usr/bin/python3.11 -m awslambdaric)
+  python="$(runtime_rootfs python)"
+  cached_image fargo.dev/runtime-python3.11:dev "$python" "${lambda_env[@]}" \
+    --env PYTHONPATH=/var/runtime --entrypoint "$(json_array "${python_entry[@]}")"
+
+  nodejs="$(runtime_rootfs nodejs)"
+  cached_image fargo.dev/runtime-nodejs20.x:dev "$nodejs" "${lambda_env[@]}" \
+    --entrypoint "$(json_array /usr/bin/node /var/runtime/node_modules/aws-lambda-ric/bin/index.mjs)"
+
+  java="$(runtime_rootfs java)"
+  cached_image fargo.dev/runtime-java17:dev "$java" "${lambda_env[@]}" \
+    --env JAVA_HOME=/usr/lib/jvm/java-17 --env LD_LIBRARY_PATH=/usr/lib/jvm/java-17/lib \
+    --entrypoint "$(json_array /usr/lib/jvm/java-17/bin/java \
+    -XX:+TieredCompilation -XX:TieredStopAtLevel=1 \
+    "-Dcom.amazonaws.services.lambda.runtime.api.client.runtimeapi.NativeClient.JNI=$java_jni" \
+    -cp "/var/runtime/lib/*:/var/task:/var/task/lib/*" \
+    com.amazonaws.services.lambda.runtime.api.client.AWSLambda)"
+
+  provided="$(runtime_rootfs provided)"
+  cached_image fargo.dev/runtime-provided:dev "$provided" "${lambda_env[@]}" \
+    --entrypoint "$(json_array /var/task/bootstrap)"
+
+  # The example's code is part of the key: the directory is named by its hash.
+  local app="$root/examples/python-hello/app.py" example
+  example="$cache/runtimes/lambda-image-example-$(basename "$python")-$(sha256 "$app" | cut -c1-12)"
+  if ! done_dir "$example"; then
+    rm -rf "$example.tmp"
+    cp -al "$python" "$example.tmp"
+    install -m 0644 "$app" "$example.tmp/var/task/app.py"
+    finish_dir "$example.tmp" "$example"
+  fi
+  cached_image fargo.dev/lambda-image-example:dev "$example" "${lambda_env[@]}" \
+    --env PYTHONPATH=/var/runtime --entrypoint "$(json_array "${python_entry[@]}")" \
+    --cmd "$(json_array app.handler)"
 }
 
 cargo_binaries() {
@@ -168,6 +306,7 @@ case "${1:-all}" in
     cargo_binaries --bin fargo --bin fargo-echo
     image fargo.dev/fargo:dev "$root/target/release/fargo" 65532 9090
     image fargo.dev/echo:dev "$root/target/release/fargo-echo" 65532 8080
+    runtimes
     ;;
   fargo)
     cargo_binaries --bin fargo
@@ -177,9 +316,10 @@ case "${1:-all}" in
     cargo_binaries --bin fargo-echo
     image fargo.dev/echo:dev "$root/target/release/fargo-echo" 65532 8080
     ;;
+  runtimes) runtimes ;;
   image)
     (($# >= 4)) || die "usage: $0 image NAME BINARY USER [PORT]"
     image "$2" "$3" "$4" "${5:-}"
     ;;
-  *) die "usage: $0 [all|fargo|echo|image NAME BINARY USER [PORT]]" ;;
+  *) die "usage: $0 [all|fargo|echo|runtimes|image NAME BINARY USER [PORT]]" ;;
 esac

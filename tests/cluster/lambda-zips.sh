@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Builds the examples' code as Lambda takes it, a zip with the handler at its root, into
+# <repo>/target/lambda/: python-hello.zip (app.py), node-hello.zip (index.mjs), java-hello.zip
+# (classes compiled against aws-lambda-java-core) and go-hello.zip (bootstrap, for runtime
+# `provided`). A zip is rebuilt only when its sources or pinned versions changed.
+#
+#   tests/cluster/lambda-zips.sh [python|node|java|go]...    all four when none is named
+set -euo pipefail
+umask 022
+
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# shellcheck source-path=SCRIPTDIR source=versions.env
+source "$here/versions.env"
+# shellcheck source-path=SCRIPTDIR source=runtimes.sh
+source "$here/runtimes.sh"
+log_tag=lambda-zips
+out="$root/target/lambda"
+examples="$root/examples"
+
+# sources_key EXAMPLE: the hash of the example's files (but its README and YAML) and versions.
+sources_key() {
+  (cd "$examples/$1" && find . -type f ! -name README.md ! -name '*.yaml' -print0 | sort -z |
+    xargs -0 sha256sum
+    cat "$here/versions.env") | sha256sum | cut -d' ' -f1
+}
+
+# zip_dir DIR ZIP: the files of DIR at the zip's root, with fixed times: the same files give the
+# same zip.
+zip_dir() {
+  find "$1" -exec touch -h -d '1980-01-01T00:00:00Z' {} +
+  rm -f "$2"
+  (cd "$1" && find . -type f | LC_ALL=C sort | zip -q -X -@ "$2")
+}
+
+build_python() { cp "$examples/python-hello/app.py" "$1/"; }
+
+build_node() { cp "$examples/node-hello/index.mjs" "$1/"; }
+
+build_java() {
+  local core
+  core="$(java_core_jar)"
+  "$jdk/bin/javac" --release 17 -nowarn -cp "$core" -d "$1" \
+    "$examples/java-hello/src/main/java/example/Hello.java"
+}
+
+build_go() {
+  (cd "$examples/go-hello" && CGO_ENABLED=0 GOOS=linux GOARCH=amd64 go build -trimpath \
+    -ldflags='-s -w -buildid=' -o "$1/bootstrap" .)
+}
+
+# example NAME: target/lambda/NAME-hello.zip, unless it was built from the same sources.
+example() {
+  local name="$1" zip="$out/$1-hello.zip" key work
+  key="$(sources_key "$name-hello")"
+  if [[ -f "$zip" && "$(cat "$zip.key" 2>/dev/null)" == "$key" ]]; then
+    log "$zip is up to date"
+    return 0
+  fi
+  work="$(mktemp -d)"
+  "build_$name" "$work"
+  mkdir -p "$out"
+  zip_dir "$work" "$zip"
+  rm -rf "$work"
+  echo "$key" >"$zip.key"
+  log "$zip"
+}
+
+command -v zip >/dev/null || die "zip is missing; install it (apt-get install -y zip)"
+(($#)) || set -- python node java go
+for name in "$@"; do
+  case "$name" in
+    python | node | java | go) example "$name" ;;
+    *) die "usage: $0 [python|node|java|go]..." ;;
+  esac
+done
