@@ -20,15 +20,29 @@ async fn every_example_is_accepted_by_server_side_apply() {
     let client = client().await;
     install_crds(&client).await;
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
-    let mut files: Vec<_> = std::fs::read_dir(dir)
+    let yaml_in = |dir: &std::path::Path| {
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|entry| entry.expect("a directory entry").path())
+            .filter(|path| path.extension().is_some_and(|ext| ext == "yaml"))
+            .collect();
+        files.sort();
+        files
+    };
+    // The top-level examples first: they create the namespaces the per-language ones use.
+    let mut files = yaml_in(dir.as_ref());
+    let mut languages: Vec<_> = std::fs::read_dir(dir)
         .expect("examples/")
         .map(|entry| entry.expect("a directory entry").path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "yaml"))
+        .filter(|path| path.is_dir())
         .collect();
-    files.sort();
+    languages.sort();
+    for language in languages {
+        files.extend(yaml_in(&language));
+    }
     assert!(
-        files.len() >= 2,
-        "examples/ holds at least the two DESIGN.md examples"
+        files.len() >= 6,
+        "examples/ holds at least the two DESIGN.md examples and one function per language"
     );
     for file in files {
         let yaml = std::fs::read_to_string(&file).expect("readable example");

@@ -530,3 +530,285 @@ fn fetch_container(
     };
     Ok((container, volumes))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::ServerlessFunction;
+    use k8s_openapi::api::core::v1::PodSpec;
+
+    fn pod(
+        yaml: &str,
+        settings: &RuntimeSettings,
+    ) -> Result<PodSpec, super::super::build::BuildError> {
+        let function: ServerlessFunction = serde_yaml::from_str(&format!(
+            "apiVersion: fargo.dev/v1alpha1\nkind: ServerlessFunction\n\
+             metadata: {{name: hello, namespace: team-a, uid: 7c1f0d7e-0000-4000-8000-000000000002}}\n\
+             spec:\n{}",
+            yaml.lines().map(|l| format!("  {l}\n")).collect::<String>()
+        ))
+        .expect("a test function");
+        let deployment = super::super::build::deployment(&function, settings)?;
+        Ok(deployment.spec.unwrap().template.spec.unwrap())
+    }
+
+    const PYTHON: &str = "runtime: python3.11\nhandler: app.handler\n\
+        code: {inline: {app.py: 'def handler(e, c): return e'}}\n\
+        env: [{name: AWS_LAMBDA_RUNTIME_API, value: evil.example:80}, {name: MODE, value: a}]\n\
+        memory: 256Mi\ntimeout: 3s";
+
+    fn env_of<'a>(container: &'a Container, name: &str) -> Option<&'a str> {
+        container
+            .env
+            .iter()
+            .flatten()
+            .find(|var| var.name == name)
+            .and_then(|var| var.value.as_deref())
+    }
+
+    #[test]
+    fn a_handler_runs_in_its_runtime_image_beside_the_sidecar() {
+        let pod = pod(PYTHON, &RuntimeSettings::default()).unwrap();
+        let init = pod.init_containers.as_ref().unwrap();
+        assert_eq!(
+            init.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+            [FETCH_CONTAINER, RUNTIME_API_CONTAINER],
+            "the code is in place before the sidecar and the runtime start"
+        );
+        let sidecar = &init[1];
+        assert_eq!(sidecar.restart_policy.as_deref(), Some("Always"));
+        assert_eq!(sidecar.image.as_deref(), Some("fargo.dev/fargo:dev"));
+        assert_eq!(env_of(sidecar, "FARGO_FUNCTION_TIMEOUT_MS"), Some("3000"));
+        assert_eq!(
+            env_of(sidecar, "FARGO_RUNTIME_LISTEN"),
+            Some("0.0.0.0:8080")
+        );
+        let hook = sidecar
+            .lifecycle
+            .as_ref()
+            .unwrap()
+            .post_start
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            hook.exec.as_ref().unwrap().command.as_ref().unwrap()[1..],
+            ["wait-for".to_string(), RUNTIME_API_ADDR.to_string()]
+        );
+        let security = sidecar.security_context.as_ref().unwrap();
+        assert_eq!(security.run_as_user, Some(SIDECAR_USER));
+        assert_ne!(
+            SIDECAR_USER, RUNTIME_USER,
+            "the function cannot signal its meter"
+        );
+
+        let function = &pod.containers[0];
+        assert_eq!(
+            function.image.as_deref(),
+            Some("fargo.dev/runtime-python3.11:dev")
+        );
+        assert_eq!(function.args, Some(vec!["app.handler".to_string()]));
+        assert_eq!(
+            function.ports, None,
+            "the sidecar serves the function's port"
+        );
+        assert_eq!(
+            env_of(function, "AWS_LAMBDA_RUNTIME_API"),
+            Some(RUNTIME_API_ADDR),
+            "the user cannot point the runtime client elsewhere"
+        );
+        assert_eq!(env_of(function, "MODE"), Some("a"));
+        assert_eq!(
+            env_of(function, "AWS_LAMBDA_FUNCTION_MEMORY_SIZE"),
+            Some("256")
+        );
+        assert_eq!(env_of(function, "_HANDLER"), Some("app.handler"));
+        assert_eq!(env_of(function, "PORT"), None);
+        let live = function.liveness_probe.as_ref().unwrap();
+        assert_eq!(
+            live.http_get.as_ref().unwrap().path.as_deref(),
+            Some("/live")
+        );
+        assert_eq!(live.failure_threshold, Some(1));
+        let ready = function.readiness_probe.as_ref().unwrap();
+        assert_eq!(
+            ready.http_get.as_ref().unwrap().port,
+            IntOrString::Int(PROBE_PORT)
+        );
+        assert_eq!(
+            function.termination_message_policy.as_deref(),
+            Some("FallbackToLogsOnError"),
+            "a runtime that fails to start leaves its last words for the Ready condition"
+        );
+        let mounts: Vec<_> = function
+            .volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| (m.mount_path.as_str(), m.read_only == Some(true)))
+            .collect();
+        assert_eq!(mounts, [(TASK_DIR, true), ("/tmp", false)]);
+        assert_eq!(pod.automount_service_account_token, Some(false));
+    }
+
+    #[test]
+    fn inline_code_reaches_the_fetcher_through_the_functions_config_map() {
+        let spec = pod(
+            "runtime: python3.11\nhandler: app.handler\n\
+             code: {inline: {app.py: a, util.py: b}}\n\
+             layers: [{inline: {lib.py: c}}, {configMap: {name: shared}}]",
+            &RuntimeSettings::default(),
+        )
+        .unwrap();
+        let fetch = &spec.init_containers.as_ref().unwrap()[0];
+        assert_eq!(
+            fetch.args.as_ref().unwrap(),
+            &[
+                "fetch-code",
+                "--into",
+                "/var/task",
+                "--opt",
+                "/opt",
+                "--source",
+                "dir:/fargo/sources/code",
+                "--layer",
+                "dir:/fargo/sources/layer-0",
+                "--layer",
+                "dir:/fargo/sources/layer-1",
+            ]
+            .map(String::from)
+        );
+        let code = spec
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == "source-code")
+            .unwrap()
+            .config_map
+            .as_ref()
+            .unwrap();
+        assert_eq!(code.name, "hello-code");
+        let items: Vec<_> = code
+            .items
+            .iter()
+            .flatten()
+            .map(|i| (i.key.as_str(), i.path.as_str()))
+            .collect();
+        assert_eq!(
+            items,
+            [("code.app.py", "app.py"), ("code.util.py", "util.py")]
+        );
+
+        let function: ServerlessFunction = serde_yaml::from_str(
+            "apiVersion: fargo.dev/v1alpha1\nkind: ServerlessFunction\nmetadata: {name: hello}\n\
+             spec: {runtime: python3.11, handler: app.handler, code: {inline: {app.py: a}},\n\
+             layers: [{inline: {lib.py: c}}]}",
+        )
+        .unwrap();
+        assert_eq!(
+            inline_code(&function.spec).unwrap(),
+            BTreeMap::from([
+                ("code.app.py".to_string(), "a".to_string()),
+                ("layer-0.lib.py".to_string(), "c".to_string()),
+            ])
+        );
+    }
+
+    #[test]
+    fn s3_code_needs_an_endpoint_and_takes_its_credentials_from_a_secret() {
+        let yaml = "runtime: provided\ncode: {s3: {bucket: code, key: go/hello.zip}}";
+        assert!(matches!(
+            pod(yaml, &RuntimeSettings::default()),
+            Err(super::super::build::BuildError::Runtime(
+                RuntimePodError::NoS3Endpoint
+            ))
+        ));
+        let settings = RuntimeSettings {
+            s3_endpoint: Some("http://s3.local:7070".into()),
+            ..Default::default()
+        };
+        let spec = pod(yaml, &settings).unwrap();
+        let fetch = &spec.init_containers.as_ref().unwrap()[0];
+        assert!(
+            fetch
+                .args
+                .as_ref()
+                .unwrap()
+                .ends_with(&["--source".to_string(), "s3:code/go/hello.zip".to_string()])
+        );
+        assert_eq!(
+            env_of(fetch, "FARGO_S3_ENDPOINT"),
+            Some("http://s3.local:7070")
+        );
+        let key = fetch
+            .env
+            .iter()
+            .flatten()
+            .find(|v| v.name == "AWS_SECRET_ACCESS_KEY")
+            .and_then(|v| v.value_from.as_ref())
+            .and_then(|v| v.secret_key_ref.as_ref())
+            .unwrap();
+        assert_eq!(key.name, "fargo-s3");
+        let function = &spec.containers[0];
+        assert_eq!(
+            function.image.as_deref(),
+            Some("fargo.dev/runtime-provided:dev")
+        );
+        assert_eq!(function.args, None, "provided has no handler argument");
+        assert_eq!(
+            env_of(function, "AWS_ACCESS_KEY_ID"),
+            None,
+            "the code's key stays with the fetcher"
+        );
+    }
+
+    #[test]
+    fn a_lambda_image_runs_unmodified_beside_the_sidecar() {
+        let spec = pod(
+            "image: registry.example/resize:1\npackage: Image\nserviceAccountName: resizer\n\
+             imagePullPolicy: Never\nephemeralStorage: 2Gi",
+            &RuntimeSettings::default(),
+        )
+        .unwrap();
+        let init = spec.init_containers.as_ref().unwrap();
+        assert_eq!(init.len(), 1, "no code to fetch");
+        assert_eq!(init[0].name, RUNTIME_API_CONTAINER);
+        let function = &spec.containers[0];
+        assert_eq!(function.image.as_deref(), Some("registry.example/resize:1"));
+        assert_eq!(function.command, None);
+        assert_eq!(function.args, None);
+        assert_eq!(function.image_pull_policy.as_deref(), Some("Never"));
+        assert_eq!(
+            function.security_context.as_ref().unwrap().run_as_user,
+            None
+        );
+        assert_eq!(
+            env_of(function, "AWS_LAMBDA_RUNTIME_API"),
+            Some(RUNTIME_API_ADDR)
+        );
+        assert_eq!(spec.service_account_name.as_deref(), Some("resizer"));
+        assert_eq!(spec.automount_service_account_token, Some(true));
+        let tmp = spec
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == "tmp")
+            .unwrap();
+        assert_eq!(
+            tmp.empty_dir.as_ref().unwrap().size_limit,
+            Some(Quantity("2Gi".into()))
+        );
+    }
+
+    #[test]
+    fn a_runtime_without_an_image_is_reported() {
+        let settings = RuntimeSettings {
+            runtime_images: BTreeMap::new(),
+            ..Default::default()
+        };
+        assert!(matches!(
+            pod(PYTHON, &settings),
+            Err(super::super::build::BuildError::Runtime(
+                RuntimePodError::NoRuntimeImage(Runtime::Python311)
+            ))
+        ));
+    }
+}
