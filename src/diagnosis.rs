@@ -6,6 +6,52 @@ use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 
 /// Container states that say a pod will not become ready by itself soon.
 const NORMAL_WAITING: [&str; 2] = ["ContainerCreating", "PodInitializing"];
+/// Waiting reasons after which a pod serves nothing until someone fixes the function (its
+/// image, its code, its configuration): requests waiting for it are answered at once.
+const BROKEN_WAITING: [&str; 8] = [
+    "CrashLoopBackOff",
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "ErrImageNeverPull",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "RunContainerError",
+];
+/// The most of a container's termination message (the tail of its log, for runtimes) a
+/// problem quotes.
+const LAST_WORDS_CHARS: usize = 600;
+
+/// The problems of these pods when every one of them is broken (see [`BROKEN_WAITING`]): no
+/// request should wait for them. `None` while any pod may still become ready.
+pub fn all_broken(pods: &[Pod]) -> Option<Vec<String>> {
+    let live: Vec<&Pod> = pods
+        .iter()
+        .filter(|pod| pod.metadata.deletion_timestamp.is_none())
+        .collect();
+    let broken = |pod: &&Pod| {
+        let Some(status) = pod.status.as_ref() else {
+            return false;
+        };
+        status
+            .init_container_statuses
+            .iter()
+            .flatten()
+            .chain(status.container_statuses.iter().flatten())
+            .any(|container| {
+                container
+                    .state
+                    .as_ref()
+                    .and_then(|state| state.waiting.as_ref())
+                    .and_then(|waiting| waiting.reason.as_deref())
+                    .is_some_and(|reason| BROKEN_WAITING.contains(&reason))
+            })
+    };
+    if live.is_empty() || !live.iter().all(broken) {
+        return None;
+    }
+    Some(pod_problems(pods))
+}
 
 /// What keeps each of these pods from serving, one line per problem; empty when they are just
 /// starting.
@@ -56,7 +102,13 @@ fn container_problem(container: &ContainerStatus) -> Option<String> {
             .last_state
             .as_ref()
             .and_then(|s| s.terminated.as_ref())
-            .map(|t| format!(" (last exit code {})", t.exit_code))
+            .map(|t| {
+                format!(
+                    " (last exit code {}{})",
+                    t.exit_code,
+                    with_message(last_words(t.message.as_deref()).as_deref())
+                )
+            })
             .unwrap_or_default();
         return Some(format!(
             "{reason}{}{last_exit}",
@@ -67,12 +119,37 @@ fn container_problem(container: &ContainerStatus) -> Option<String> {
         && terminated.exit_code != 0
     {
         return Some(format!(
-            "exited with code {}{}",
+            "exited with code {}{}{}",
             terminated.exit_code,
-            with_message(terminated.reason.as_deref())
+            with_message(terminated.reason.as_deref()),
+            with_message(last_words(terminated.message.as_deref()).as_deref())
         ));
     }
     None
+}
+
+/// The end of a termination message (for a runtime, the tail of its log: its error), on one
+/// line, at most [`LAST_WORDS_CHARS`] characters.
+fn last_words(message: Option<&str>) -> Option<String> {
+    let lines: Vec<&str> = message?
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect();
+    let mut text = lines.join(" | ");
+    if text.is_empty() {
+        return None;
+    }
+    let chars = text.chars().count();
+    if chars > LAST_WORDS_CHARS {
+        text = format!(
+            "…{}",
+            text.chars()
+                .skip(chars - LAST_WORDS_CHARS)
+                .collect::<String>()
+        );
+    }
+    Some(text)
 }
 
 fn with_message(message: Option<&str>) -> String {
@@ -133,6 +210,62 @@ status:
             pod_problems(&pods),
             vec!["pod thumbnail-abc, container function: CrashLoopBackOff (last exit code 3)"]
         );
+    }
+
+    #[test]
+    fn a_runtime_that_fails_to_start_is_reported_with_the_end_of_its_log() {
+        let pods = [pod(r#"
+metadata: {name: hello-abc}
+status:
+  containerStatuses:
+    - name: function
+      image: x
+      imageID: ""
+      ready: false
+      restartCount: 2
+      state:
+        waiting: {reason: CrashLoopBackOff}
+      lastState:
+        terminated:
+          exitCode: 1
+          message: "START\n[ERROR] Runtime.ImportModuleError: Unable to import module 'app'\n\n"
+"#)];
+        let problems = all_broken(&pods).expect("a crash loop is broken");
+        assert_eq!(
+            problems,
+            vec![
+                "pod hello-abc, container function: CrashLoopBackOff (last exit code 1: START | \
+                 [ERROR] Runtime.ImportModuleError: Unable to import module 'app')"
+            ]
+        );
+        let long = "x".repeat(2000);
+        let words = last_words(Some(&long)).unwrap();
+        assert_eq!(words.chars().count(), LAST_WORDS_CHARS + 1);
+        assert!(words.starts_with('…'));
+    }
+
+    #[test]
+    fn pods_are_broken_only_when_every_live_one_is() {
+        let crashing = pod(r#"
+metadata: {name: a}
+status:
+  containerStatuses:
+    - {name: function, image: x, imageID: "", ready: false, restartCount: 3, state: {waiting: {reason: CrashLoopBackOff}}}
+"#);
+        let starting = pod(r#"
+metadata: {name: b}
+status:
+  containerStatuses:
+    - {name: function, image: x, imageID: "", ready: false, restartCount: 0, state: {waiting: {reason: ContainerCreating}}}
+"#);
+        let mut leaving = starting.clone();
+        leaving.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+            ));
+        assert!(all_broken(&[crashing.clone(), starting]).is_none());
+        assert!(all_broken(&[crashing.clone(), leaving]).is_some());
+        assert!(all_broken(&[]).is_none(), "no pod yet: it is being created");
     }
 
     #[test]

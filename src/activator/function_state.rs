@@ -66,7 +66,7 @@ pub struct FunctionState {
     metrics: RequestMetrics,
     /// Last explanation of why the function's pods are not ready, so that a burst of requests
     /// timing out together lists the pods once.
-    pub(super) diagnosis: tokio::sync::Mutex<Option<(Instant, Arc<str>)>>,
+    pub(super) diagnosis: tokio::sync::Mutex<Option<(Instant, super::scale::Diagnosis)>>,
 }
 
 struct Inner {

@@ -33,6 +33,8 @@ use crate::telemetry::error_chain;
 type UpstreamBody = Either<Incoming, Empty<Bytes>>;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// How often a held request asks whether the function's pods are all broken.
+const BROKEN_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -133,11 +135,22 @@ impl Proxy {
                         None => function.poke_finished(true),
                     }
                 }
-                match held.wait_until(deadline).await {
-                    Some(lease) => lease,
-                    None => {
-                        let message = self.explain_hold_timeout(&function, timeout).await;
-                        return refuse(&function, arrived, StatusCode::GATEWAY_TIMEOUT, message);
+                let waited = held.wait_until(deadline);
+                tokio::select! {
+                    waited = waited => match waited {
+                        Some(lease) => lease,
+                        None => {
+                            let message = self.explain_hold_timeout(&function, timeout).await;
+                            return refuse(&function, arrived, StatusCode::GATEWAY_TIMEOUT, message);
+                        }
+                    },
+                    problems = self.broken(&function) => {
+                        let message = format!(
+                            "function {}/{} cannot start: {problems}",
+                            function.namespace(),
+                            function.name()
+                        );
+                        return refuse(&function, arrived, StatusCode::BAD_GATEWAY, message);
                     }
                 }
             }
@@ -232,6 +245,24 @@ impl Proxy {
         Response::from_parts(parts, ProxyBody::upstream(body, lease, deadline))
     }
 
+    /// Resolves, with the pods' problems, once every pod of the function is broken (see
+    /// [`crate::diagnosis::all_broken`]): a runtime that fails to initialise, an image that
+    /// cannot be pulled. A held request then gets the reason at once instead of waiting out
+    /// its timeout. Never resolves without a cluster.
+    async fn broken(&self, function: &FunctionState) -> Arc<str> {
+        let Some(cluster) = &self.cluster else {
+            return std::future::pending().await;
+        };
+        loop {
+            tokio::time::sleep(BROKEN_CHECK_INTERVAL).await;
+            if let Some(diagnosis) = cluster.why_not_ready(function).await
+                && diagnosis.broken
+            {
+                return diagnosis.text;
+            }
+        }
+    }
+
     /// The body of a 504 for a request held until its timeout: busy pods, or why no pod is
     /// ready (from the pods as they are now).
     async fn explain_hold_timeout(&self, function: &FunctionState, timeout: Duration) -> String {
@@ -246,7 +277,7 @@ impl Proxy {
             );
         }
         let problems = match &self.cluster {
-            Some(cluster) => cluster.why_not_ready(function).await,
+            Some(cluster) => cluster.why_not_ready(function).await.map(|d| d.text),
             None => None,
         };
         match problems {
@@ -355,6 +386,7 @@ pub fn prepare_request_headers(headers: &mut HeaderMap, uri: &Uri, client_ip: &H
         X_FORWARDED_PROTO,
         X_REAL_IP,
         header::FORWARDED,
+        HeaderName::from_static(crate::api::INVOKE_HEADER),
     ] {
         headers.remove(name);
     }

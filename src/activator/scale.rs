@@ -89,30 +89,48 @@ impl Cluster {
     }
 
     /// Why a function's pods are not ready, from the pods as they are now; cached briefly so
-    /// that requests timing out together list the pods once.
-    pub async fn why_not_ready(&self, function: &FunctionState) -> Option<Arc<str>> {
+    /// that requests waiting together list the pods once.
+    pub async fn why_not_ready(&self, function: &FunctionState) -> Option<Diagnosis> {
         let mut cached = function.diagnosis.lock().await;
-        if let Some((at, text)) = cached.as_ref()
+        if let Some((at, diagnosis)) = cached.as_ref()
             && at.elapsed() < DIAGNOSIS_TTL
         {
-            return Some(text.clone());
+            return Some(diagnosis.clone());
         }
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), function.namespace());
         let params = ListParams::default().labels(&format!("{FUNCTION_LABEL}={}", function.name()));
         let listed = tokio::time::timeout(DIAGNOSIS_TIMEOUT, pods.list(&params)).await;
-        let text: Arc<str> = match listed {
-            Ok(Ok(list)) => crate::diagnosis::pod_problems(&list.items)
-                .join("; ")
-                .into(),
+        let diagnosis = match listed {
+            Ok(Ok(list)) => match crate::diagnosis::all_broken(&list.items) {
+                Some(problems) => Diagnosis {
+                    text: problems.join("; ").into(),
+                    broken: true,
+                },
+                None => Diagnosis {
+                    text: crate::diagnosis::pod_problems(&list.items)
+                        .join("; ")
+                        .into(),
+                    broken: false,
+                },
+            },
             Ok(Err(error)) => {
-                tracing::debug!(%error, "listing a function's pods to explain a timeout");
+                tracing::debug!(%error, "listing a function's pods to explain a wait");
                 return None;
             }
             Err(_) => return None,
         };
-        *cached = Some((Instant::now(), text.clone()));
-        Some(text)
+        *cached = Some((Instant::now(), diagnosis.clone()));
+        Some(diagnosis)
     }
+}
+
+/// What the pods of a function say about why none is ready.
+#[derive(Clone, Debug)]
+pub struct Diagnosis {
+    /// The problems, one per container, `; `-separated; empty when the pods are just starting.
+    pub text: Arc<str>,
+    /// Every pod is broken (crash loop, image or configuration error): waiting is pointless.
+    pub broken: bool,
 }
 
 /// Asks for the function to scale from zero, in the background; retries while requests are

@@ -111,7 +111,7 @@ async fn echo_pod() -> SocketAddr {
                         .to_string()
                 };
                 let mut text = format!(
-                    "{} {}\nhost: {}\nx-forwarded-for: {}\nx-forwarded-host: {}\nx-forwarded-proto: {}\nx-real-ip: {}\nforwarded: {}\nx-private: {}\n",
+                    "{} {}\nhost: {}\nx-forwarded-for: {}\nx-forwarded-host: {}\nx-forwarded-proto: {}\nx-real-ip: {}\nforwarded: {}\nx-private: {}\nx-fargo-invoke: {}\n",
                     request.method(),
                     request.uri(),
                     header("host"),
@@ -121,6 +121,7 @@ async fn echo_pod() -> SocketAddr {
                     header("x-real-ip"),
                     header("forwarded"),
                     header("x-private"),
+                    header("x-fargo-invoke"),
                 );
                 let body = request.into_body().collect().await?.to_bytes();
                 text.push_str(&String::from_utf8_lossy(&body));
@@ -242,11 +243,14 @@ async fn forwarding_headers_the_client_sent_are_replaced_not_passed_on() {
             ("x-forwarded-proto", "https"),
             ("x-real-ip", "10.0.0.1"),
             ("forwarded", "for=10.0.0.1;proto=https"),
+            // Only fargo marks an invocation as a raw event, never a client.
+            ("x-fargo-invoke", "event"),
         ],
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_forwarded_by_the_activator(&body);
+    assert!(body.contains("x-fargo-invoke: -\n"), "{body}");
     for forged in ["10.0.0.1", "192.168.1.1", "admin.internal", "https"] {
         assert!(!body.contains(forged), "{forged} reached the pod: {body}");
     }
