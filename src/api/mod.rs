@@ -2,6 +2,7 @@
 
 pub mod conditions;
 pub mod function;
+pub mod lambda;
 pub mod profile;
 pub mod routes;
 pub mod stats;
