@@ -287,3 +287,177 @@ fn percent_decode(text: &str) -> String {
     }
     String::from_utf8_lossy(&decoded).into_owned()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    fn event_of(
+        method: &Method,
+        path: &str,
+        query: &str,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> serde_json::Value {
+        let request = HttpRequest {
+            method,
+            path,
+            query,
+            version: Version::HTTP_11,
+            headers,
+            body,
+            peer: "10.0.0.7".parse().expect("an address"),
+        };
+        let context = EventContext {
+            request_id: "c0ffee",
+            namespace: "media",
+            function: "thumbnail",
+            arrival: "2021-09-07T22:50:22.677Z".parse().expect("a time"),
+        };
+        serde_json::to_value(http_event(&request, &context)).expect("the event serializes")
+    }
+
+    #[test]
+    fn a_get_becomes_a_function_url_event() {
+        let headers = headers(&[
+            ("host", "thumbnail.media.fargo.local:8080"),
+            ("user-agent", "curl/8"),
+            ("accept", "text/html"),
+            ("accept", "application/json"),
+            ("cookie", "a=1; b=2"),
+            ("cookie", "c=3"),
+        ]);
+        let event = event_of(
+            &Method::GET,
+            "/photos/a%20b",
+            "size=small&tag=x&tag=y&q=a+b%21",
+            &headers,
+            b"",
+        );
+        assert_eq!(
+            event,
+            serde_json::json!({
+                "version": "2.0",
+                "routeKey": "$default",
+                "rawPath": "/photos/a%20b",
+                "rawQueryString": "size=small&tag=x&tag=y&q=a+b%21",
+                "cookies": ["a=1", "b=2", "c=3"],
+                "headers": {
+                    "host": "thumbnail.media.fargo.local:8080",
+                    "user-agent": "curl/8",
+                    "accept": "text/html,application/json"
+                },
+                "queryStringParameters": {"size": "small", "tag": "x,y", "q": "a b!"},
+                "requestContext": {
+                    "accountId": "media",
+                    "apiId": "thumbnail",
+                    "domainName": "thumbnail.media.fargo.local",
+                    "domainPrefix": "thumbnail",
+                    "http": {
+                        "method": "GET",
+                        "path": "/photos/a%20b",
+                        "protocol": "HTTP/1.1",
+                        "sourceIp": "10.0.0.7",
+                        "userAgent": "curl/8"
+                    },
+                    "requestId": "c0ffee",
+                    "routeKey": "$default",
+                    "stage": "$default",
+                    "time": "07/Sep/2021:22:50:22 +0000",
+                    "timeEpoch": 1631055022677i64
+                },
+                "isBase64Encoded": false
+            })
+        );
+    }
+
+    #[test]
+    fn the_client_address_is_the_first_forwarded_for_and_the_host_the_forwarded_host() {
+        let headers = headers(&[
+            ("host", "10.1.2.3:8080"),
+            ("x-forwarded-host", "shop.example.com"),
+            ("x-forwarded-for", "203.0.113.9, 10.0.0.1"),
+        ]);
+        let event = event_of(&Method::GET, "/", "", &headers, b"");
+        assert_eq!(event["requestContext"]["http"]["sourceIp"], "203.0.113.9");
+        assert_eq!(event["requestContext"]["domainName"], "shop.example.com");
+        assert_eq!(event["requestContext"]["domainPrefix"], "shop");
+        assert!(event.get("cookies").is_none());
+        assert!(event.get("queryStringParameters").is_none());
+        assert!(event.get("body").is_none());
+    }
+
+    #[test]
+    fn text_bodies_stay_text_and_others_are_base64() {
+        let json = headers(&[("content-type", "application/json; charset=utf-8")]);
+        let event = event_of(&Method::POST, "/", "", &json, br#"{"a":1}"#);
+        assert_eq!(event["body"], r#"{"a":1}"#);
+        assert_eq!(event["isBase64Encoded"], false);
+
+        let binary = headers(&[("content-type", "application/octet-stream")]);
+        let event = event_of(&Method::POST, "/", "", &binary, &[0, 159, 146, 150]);
+        assert_eq!(event["body"], "AJ+Slg==");
+        assert_eq!(event["isBase64Encoded"], true);
+
+        let untyped = HeaderMap::new();
+        assert_eq!(
+            event_of(&Method::POST, "/", "", &untyped, b"hi")["isBase64Encoded"],
+            true
+        );
+
+        let not_utf8 = headers(&[("content-type", "text/plain")]);
+        assert_eq!(
+            event_of(&Method::POST, "/", "", &not_utf8, &[0xff])["isBase64Encoded"],
+            true
+        );
+    }
+
+    #[test]
+    fn text_types_are_text_json_xml_and_javascript() {
+        for text in [
+            "text/plain",
+            "text/html; charset=utf-8",
+            "application/json",
+            "application/ld+json",
+            "application/xml",
+            "image/svg+xml",
+            "application/javascript",
+        ] {
+            assert!(is_text(text), "{text}");
+        }
+        for binary in [
+            "application/octet-stream",
+            "image/png",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=x",
+            "",
+            "json",
+        ] {
+            assert!(!is_text(binary), "{binary}");
+        }
+    }
+
+    #[test]
+    fn raw_events_are_the_body_when_it_is_json() {
+        assert_eq!(raw_event(br#"{"tick":1}"#), br#"{"tick":1}"#);
+        assert_eq!(raw_event(b""), b"{}");
+        assert_eq!(raw_event(b"  \n"), b"{}");
+        assert_eq!(raw_event(b"nightly run"), br#""nightly run""#);
+    }
+
+    #[test]
+    fn malformed_escapes_stay_as_they_are() {
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz%41"), "%zzA");
+        assert_eq!(percent_decode("%e2%82%ac"), "€");
+    }
+}

@@ -472,3 +472,179 @@ impl Drop for Ticket {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn invocations(timeout_ms: u64) -> Arc<Invocations> {
+        Invocations::new(
+            Function::new(
+                "local",
+                "media",
+                "thumbnail",
+                128,
+                Duration::from_millis(timeout_ms),
+            ),
+            RuntimeMetrics::default(),
+        )
+    }
+
+    fn submit(invocations: &Arc<Invocations>, id: &str) -> Ticket {
+        invocations
+            .submit(
+                id.into(),
+                Bytes::from_static(b"{}"),
+                Instant::now(),
+                1_000_000,
+            )
+            .expect("accepted")
+    }
+
+    #[test]
+    fn the_function_arn_has_the_namespace_in_the_account_slot() {
+        assert_eq!(
+            invocations(1000).function().arn,
+            "arn:aws:lambda:local:media:function:thumbnail"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_runtime_takes_the_invocation_with_its_deadline_and_answers_it() {
+        let invocations = invocations(3000);
+        let stop = CancellationToken::new();
+        let ticket = submit(&invocations, "one");
+        let taken = invocations.next(Instant::now(), &stop).await.expect("work");
+        assert_eq!(taken.request_id, "one");
+        assert_eq!(taken.deadline_ms, 1_003_000);
+        assert!(taken.trace_id.starts_with("Root=1-000003e8-"));
+        assert_eq!(invocations.readiness(), Ok(()));
+        invocations
+            .finish("one", Finished::Response(Bytes::from_static(b"42")))
+            .expect("a running id");
+        assert_eq!(
+            ticket.finished().await,
+            Finished::Response(Bytes::from_static(b"42"))
+        );
+        assert_eq!(
+            invocations.finish("one", Finished::Response(Bytes::new())),
+            Err(UnknownRequestId),
+            "a second answer is refused"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timeout_makes_the_runtime_not_live_until_a_new_connection_asks_for_work() {
+        let invocations = invocations(1000);
+        let stop = CancellationToken::new();
+        let old_connection = Instant::now();
+        let ticket = submit(&invocations, "slow");
+        invocations.next(old_connection, &stop).await.expect("work");
+        assert_eq!(ticket.finished().await, Finished::TimedOut);
+        assert!(invocations.liveness().is_err());
+        assert!(invocations.readiness().is_err());
+        assert_eq!(
+            invocations.finish("slow", Finished::Response(Bytes::new())),
+            Err(UnknownRequestId),
+            "a late answer is refused"
+        );
+
+        // The stuck runtime's connection gets no more work.
+        let _waiting = submit(&invocations, "next");
+        let stale = tokio::time::timeout(
+            Duration::from_millis(100),
+            invocations.next(old_connection, &stop),
+        )
+        .await;
+        assert!(stale.is_err(), "an old connection was handed work");
+        assert!(invocations.liveness().is_err());
+
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let taken = invocations.next(Instant::now(), &stop).await.expect("work");
+        assert_eq!(taken.request_id, "next");
+        assert_eq!(invocations.liveness(), Ok(()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_init_error_fails_waiting_and_new_invocations_until_a_runtime_asks_again() {
+        let invocations = invocations(60_000);
+        let stop = CancellationToken::new();
+        let waiting = submit(&invocations, "waiting");
+        let error = Bytes::from_static(
+            br#"{"errorMessage":"bad handler","errorType":"Runtime.HandlerNotFound"}"#,
+        );
+        invocations.init_error(error.clone());
+        assert_eq!(waiting.finished().await, Finished::InitError(error.clone()));
+        assert!(matches!(
+            invocations.submit("new".into(), Bytes::new(), Instant::now(), 0),
+            Err(Refusal::InitError(body)) if body == error
+        ));
+        assert!(
+            invocations
+                .readiness()
+                .expect_err("not ready")
+                .contains("bad handler")
+        );
+
+        let restarted = {
+            let invocations = invocations.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move { invocations.next(Instant::now(), &stop).await })
+        };
+        tokio::task::yield_now().await;
+        assert_eq!(invocations.readiness(), Ok(()));
+        let ticket = submit(&invocations, "after");
+        assert_eq!(
+            restarted.await.expect("joined").expect("work").request_id,
+            "after"
+        );
+        drop(ticket);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_caller_that_leaves_cancels_its_queued_invocation() {
+        let invocations = invocations(60_000);
+        let stop = CancellationToken::new();
+        drop(submit(&invocations, "gone"));
+        let _kept = submit(&invocations, "kept");
+        let taken = invocations.next(Instant::now(), &stop).await.expect("work");
+        assert_eq!(taken.request_id, "kept");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn invocations_wait_for_a_runtime_until_their_deadline() {
+        let invocations = invocations(500);
+        let ticket = submit(&invocations, "lonely");
+        let started = Instant::now();
+        assert_eq!(ticket.finished().await, Finished::TimedOut);
+        assert_eq!(started.elapsed(), Duration::from_millis(500));
+        assert!(invocations.idle());
+        assert_eq!(
+            invocations.liveness(),
+            Ok(()),
+            "no runtime took it: nothing to restart"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_runtimes_are_released_at_stop_and_new_work_is_refused_while_draining() {
+        let invocations = invocations(500);
+        let stop = CancellationToken::new();
+        stop.cancel();
+        assert!(invocations.next(Instant::now(), &stop).await.is_none());
+        invocations.drain();
+        assert!(matches!(
+            invocations.submit("late".into(), Bytes::new(), Instant::now(), 0),
+            Err(Refusal::ShuttingDown)
+        ));
+    }
+
+    #[test]
+    fn request_ids_are_distinct_uuids() {
+        let (a, b) = (request_id(), request_id());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 36);
+        assert_eq!(&a[14..15], "4");
+        assert!(matches!(&a[19..20], "8" | "9" | "a" | "b"));
+    }
+}

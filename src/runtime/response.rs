@@ -197,3 +197,139 @@ pub fn shutting_down() -> Answer {
         ErrorBody::new("ServiceException", "the function's pod is shutting down").to_json(),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header<'a>(answer: &'a Answer, name: &str) -> Vec<&'a str> {
+        answer
+            .headers
+            .iter()
+            .filter(|(header, _)| header.as_str() == name)
+            .map(|(_, value)| value.to_str().expect("ASCII"))
+            .collect()
+    }
+
+    #[test]
+    fn a_result_with_a_status_code_sets_status_headers_cookies_and_body() {
+        let answer = http_response(
+            br#"{"statusCode": 201, "headers": {"Content-Type": "text/plain", "X-Count": 3},
+                 "cookies": ["a=1; Max-Age=60", "b=2"], "body": "created"}"#,
+        )
+        .expect("a valid response");
+        assert_eq!(answer.status, StatusCode::CREATED);
+        assert_eq!(header(&answer, "content-type"), ["text/plain"]);
+        assert_eq!(header(&answer, "x-count"), ["3"]);
+        assert_eq!(header(&answer, "set-cookie"), ["a=1; Max-Age=60", "b=2"]);
+        assert_eq!(answer.body, "created");
+    }
+
+    #[test]
+    fn a_base64_body_is_decoded() {
+        let answer =
+            http_response(br#"{"statusCode": 200, "body": "AJ+Slg==", "isBase64Encoded": true}"#)
+                .expect("a valid response");
+        assert_eq!(answer.body.as_ref(), [0, 159, 146, 150]);
+        assert!(answer.headers.is_empty());
+        assert_eq!(
+            http_response(br#"{"statusCode": 200, "body": "%%%", "isBase64Encoded": true}"#),
+            Err(InvalidResult::Base64("Invalid symbol 37, offset 0.".into()))
+        );
+    }
+
+    #[test]
+    fn other_json_is_the_body_of_a_200_as_it_was_returned() {
+        for result in [
+            &br#"{"message": "hi"}"#[..],
+            br#""Hello, world!""#,
+            b"42",
+            b"[1,2]",
+            b"null",
+        ] {
+            let answer = http_response(result).expect("valid JSON");
+            assert_eq!(answer.status, StatusCode::OK);
+            assert_eq!(header(&answer, "content-type"), ["application/json"]);
+            assert_eq!(answer.body.as_ref(), result);
+        }
+    }
+
+    #[test]
+    fn results_that_cannot_be_responses_are_refused() {
+        assert!(matches!(
+            http_response(b"not json"),
+            Err(InvalidResult::NotJson(_))
+        ));
+        assert!(matches!(
+            http_response(br#"{"statusCode": 99}"#),
+            Err(InvalidResult::Status(_))
+        ));
+        assert!(matches!(
+            http_response(br#"{"statusCode": "200"}"#),
+            Err(InvalidResult::Status(_))
+        ));
+        assert!(matches!(
+            http_response(br#"{"statusCode": 200, "headers": {"bad name": "x"}}"#),
+            Err(InvalidResult::Header(_))
+        ));
+        assert_eq!(
+            http_response(br#"{"statusCode": 200, "cookies": "a=1"}"#),
+            Err(InvalidResult::Cookies)
+        );
+        let answer = invalid_result(&InvalidResult::Cookies);
+        assert_eq!(answer.status, StatusCode::BAD_GATEWAY);
+    }
+
+    #[test]
+    fn a_missing_body_is_empty_and_an_object_body_is_its_json() {
+        assert_eq!(
+            http_response(br#"{"statusCode": 204}"#)
+                .expect("valid")
+                .body,
+            ""
+        );
+        assert_eq!(
+            http_response(br#"{"statusCode": 200, "body": {"a": 1}}"#)
+                .expect("valid")
+                .body,
+            r#"{"a":1}"#
+        );
+    }
+
+    #[test]
+    fn function_errors_are_502_unhandled_with_the_error_json() {
+        let body = Bytes::from_static(br#"{"errorMessage":"boom","errorType":"ValueError"}"#);
+        let answer = function_error(body.clone());
+        assert_eq!(answer.status, StatusCode::BAD_GATEWAY);
+        assert_eq!(header(&answer, "x-amz-function-error"), ["Unhandled"]);
+        assert_eq!(answer.body, body);
+    }
+
+    #[test]
+    fn timeouts_are_504_with_lambdas_error_type() {
+        let answer = timed_out("media", "thumbnail", Duration::from_millis(3000));
+        assert_eq!(answer.status, StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&answer.body).expect("JSON"),
+            serde_json::json!({
+                "errorMessage": "media/thumbnail timed out after 3.00 seconds",
+                "errorType": "Sandbox.Timedout"
+            })
+        );
+        assert_eq!(
+            timeout_message("a", "b", Duration::from_millis(1234)),
+            "a/b timed out after 1.23 seconds"
+        );
+    }
+
+    #[test]
+    fn payloads_over_the_limit_say_the_limit() {
+        assert_eq!(
+            request_too_large(6291456).status,
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+        let error: serde_json::Value =
+            serde_json::from_slice(&response_too_large_error(6291456)).expect("JSON");
+        assert_eq!(error["errorType"], "Function.ResponseSizeTooLarge");
+    }
+}

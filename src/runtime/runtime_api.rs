@@ -300,3 +300,71 @@ fn error_response(status: StatusCode, error_type: &str, message: &str) -> Respon
     )
         .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.insert(
+                *name,
+                HeaderValue::try_from(*value).expect("a header value"),
+            );
+        }
+        headers
+    }
+
+    #[test]
+    fn an_error_in_trailers_is_the_error_body_they_carry() {
+        let body = r#"{"errorMessage":"stream broke","errorType":"errorString"}"#;
+        let encoded = base64::engine::general_purpose::STANDARD.encode(body);
+        let trailers = map(&[
+            ("Lambda-Runtime-Function-Error-Type", "errorString"),
+            ("Lambda-Runtime-Function-Error-Body", &encoded),
+        ]);
+        assert_eq!(trailer_error(&trailers).expect("an error"), body);
+    }
+
+    #[test]
+    fn an_error_type_trailer_without_a_usable_body_still_makes_an_error() {
+        let trailers = map(&[
+            ("Lambda-Runtime-Function-Error-Type", "Runtime.Broken"),
+            ("Lambda-Runtime-Function-Error-Body", "not base64!"),
+        ]);
+        let error: serde_json::Value =
+            serde_json::from_slice(&trailer_error(&trailers).expect("an error")).expect("JSON");
+        assert_eq!(error["errorType"], "Runtime.Broken");
+    }
+
+    #[test]
+    fn trailers_without_an_error_type_are_no_error() {
+        assert_eq!(trailer_error(&HeaderMap::new()), None);
+        assert_eq!(
+            trailer_error(&map(&[("Lambda-Runtime-Function-Error-Type", "")])),
+            None
+        );
+    }
+
+    #[test]
+    fn error_bodies_are_passed_on_when_json_and_made_otherwise() {
+        let json = br#"{"errorMessage":"boom","errorType":"ValueError","stackTrace":[]}"#;
+        assert_eq!(error_body(&HeaderMap::new(), json), &json[..]);
+        let made: serde_json::Value = serde_json::from_slice(&error_body(
+            &map(&[(
+                "Lambda-Runtime-Function-Error-Type",
+                "Runtime.ImportModuleError",
+            )]),
+            b"No module named 'app'",
+        ))
+        .expect("JSON");
+        assert_eq!(
+            made,
+            serde_json::json!({"errorMessage": "No module named 'app'", "errorType": "Runtime.ImportModuleError"})
+        );
+        let untyped: serde_json::Value =
+            serde_json::from_slice(&error_body(&HeaderMap::new(), b"")).expect("JSON");
+        assert_eq!(untyped["errorType"], "Runtime.Unknown");
+    }
+}
