@@ -5,7 +5,7 @@
 //! - shared by both sides: [`api`] (resources, names, the activator's `/stats` contract),
 //!   [`telemetry`], [`quantity`], [`diagnosis`], [`connections`] (the bounds on the clients of
 //!   the webhook and the activator's proxy);
-//! - the request path: [`activator`];
+//! - the request path: [`activator`]; in each handler function's pod, [`runtime`];
 //! - the controller side's shared plumbing: [`reconcile`] (Events, metrics, status patches),
 //!   [`caches`], [`replicas`], [`http_client`];
 //! - its rooms: [`profile`], [`webhook`], [`function`], [`autoscaler`], [`schedule`];
@@ -24,6 +24,7 @@ pub mod profile;
 pub mod quantity;
 pub mod reconcile;
 pub mod replicas;
+pub mod runtime;
 pub mod schedule;
 pub mod telemetry;
 pub mod webhook;

@@ -30,6 +30,9 @@ enum Command {
         #[arg(long, default_value = "10s")]
         within: kube::core::Duration,
     },
+    /// Run a handler function's sidecar: AWS's Runtime API for the runtime client, the
+    /// function's HTTP port for the activator, and the probes.
+    RuntimeApi(RuntimeApiArgs),
     /// Print the CustomResourceDefinitions as YAML, or write one file per CRD into a directory.
     Crds {
         /// Directory to write `<crd name>.yaml` files into; stdout when absent.
@@ -299,6 +302,71 @@ impl ActivatorArgs {
     }
 }
 
+#[derive(clap::Args, Debug)]
+struct RuntimeApiArgs {
+    /// The function's port: the activator forwards HTTP requests here.
+    #[arg(long, env = "FARGO_RUNTIME_LISTEN", default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+
+    /// AWS Lambda's Runtime API, for the runtime interface client (`AWS_LAMBDA_RUNTIME_API`).
+    #[arg(long, env = "FARGO_RUNTIME_API", default_value = "127.0.0.1:9001")]
+    runtime_api: SocketAddr,
+
+    /// Address of `/ready`, `/live` and `/metrics`.
+    #[arg(
+        long,
+        env = "FARGO_RUNTIME_PROBE_LISTEN",
+        default_value = "0.0.0.0:9002"
+    )]
+    probe_listen: SocketAddr,
+
+    /// The function's name.
+    #[arg(long, env = "AWS_LAMBDA_FUNCTION_NAME")]
+    function_name: String,
+
+    /// The function's namespace (the account in its ARN).
+    #[arg(long, env = "FARGO_FUNCTION_NAMESPACE")]
+    namespace: String,
+
+    /// Memory of the function in MB, as its REPORT lines state it.
+    #[arg(long, env = "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    memory_mb: u32,
+
+    /// How long an invocation may take, from its arrival, in milliseconds.
+    #[arg(long, env = "FARGO_FUNCTION_TIMEOUT_MS",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    timeout_ms: u64,
+
+    /// Region in the function's ARN.
+    #[arg(long, env = "AWS_REGION", default_value = "local")]
+    region: String,
+
+    /// Largest event and largest response, in bytes (Lambda's synchronous limit); larger
+    /// requests get 413.
+    #[arg(long, env = "FARGO_RUNTIME_MAX_PAYLOAD_BYTES", default_value_t = 6 * 1024 * 1024,
+          value_parser = clap::value_parser!(u64).range(1024..))]
+    max_payload_bytes: u64,
+}
+
+impl RuntimeApiArgs {
+    fn into_config(self) -> fargo::runtime::Config {
+        fargo::runtime::Config {
+            listen: self.listen,
+            runtime_api: self.runtime_api,
+            probe_listen: self.probe_listen,
+            function: fargo::runtime::Function::new(
+                &self.region,
+                &self.namespace,
+                &self.function_name,
+                self.memory_mb,
+                std::time::Duration::from_millis(self.timeout_ms),
+            ),
+            max_payload_bytes: usize::try_from(self.max_payload_bytes).unwrap_or(usize::MAX),
+        }
+    }
+}
+
 /// A duration longer than zero.
 fn positive_duration(text: &str) -> Result<kube::core::Duration, String> {
     let duration: kube::core::Duration = text.parse().map_err(|error| format!("{error}"))?;
@@ -331,6 +399,13 @@ async fn main() -> anyhow::Result<()> {
             fargo::activator::run(client, args.into_config(), shutdown)
                 .await
                 .context("the activator failed")
+        }
+        Command::RuntimeApi(args) => {
+            telemetry::init_logging(cli.log_json);
+            let shutdown = telemetry::shutdown_on_signal().context("installing signal handlers")?;
+            fargo::runtime::run(args.into_config(), shutdown)
+                .await
+                .context("the runtime API sidecar failed")
         }
     }
 }
@@ -419,5 +494,34 @@ mod tests {
         }
         let parsed = Cli::try_parse_from(["fargo", "activator", "--header-read-timeout", "10s"]);
         assert!(parsed.is_ok());
+    }
+
+    #[test]
+    fn runtime_api_names_the_function_in_its_arn() {
+        let parsed = Cli::try_parse_from([
+            "fargo",
+            "runtime-api",
+            "--function-name",
+            "thumbnail",
+            "--namespace",
+            "media",
+            "--memory-mb",
+            "128",
+            "--timeout-ms",
+            "3000",
+            "--region",
+            "eu-west-1",
+        ])
+        .expect("the flags parse");
+        let Command::RuntimeApi(args) = parsed.command else {
+            panic!("not the runtime-api command");
+        };
+        let config = args.into_config();
+        assert_eq!(
+            config.function.arn,
+            "arn:aws:lambda:eu-west-1:media:function:thumbnail"
+        );
+        assert_eq!(config.max_payload_bytes, 6 * 1024 * 1024);
+        assert_eq!(config.runtime_api.to_string(), "127.0.0.1:9001");
     }
 }

@@ -386,7 +386,7 @@ pub fn prepare_request_headers(headers: &mut HeaderMap, uri: &Uri, client_ip: &H
         X_FORWARDED_PROTO,
         X_REAL_IP,
         header::FORWARDED,
-        HeaderName::from_static(crate::api::INVOKE_HEADER),
+        HeaderName::from_static(crate::api::lambda::INVOKE_HEADER),
     ] {
         headers.remove(name);
     }

@@ -2,6 +2,7 @@
 
 pub mod conditions;
 pub mod function;
+pub mod lambda;
 pub mod profile;
 pub mod routes;
 pub mod stats;
@@ -61,11 +62,6 @@ pub const LEASE_NAME: &str = "fargo-controller";
 pub const SCHEDULE_STATE_ANNOTATION: &str = "fargo.dev/schedule-state";
 /// Header naming the schedule on each request it sends.
 pub const SCHEDULE_HEADER: &str = "x-fargo-schedule";
-/// Header with which fargo itself (never a client: the activator removes it from every request
-/// it forwards) marks an invocation whose body is the event as it is, not an HTTP request to
-/// turn into one: `x-fargo-invoke: event`. Schedules are sent raw too, under
-/// [`SCHEDULE_HEADER`].
-pub const INVOKE_HEADER: &str = "x-fargo-invoke";
 /// Field manager of the schedule-state annotation.
 pub const SCHEDULE_MANAGER: &str = "fargo.dev/schedule";
 

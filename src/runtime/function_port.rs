@@ -1,0 +1,140 @@
+//! The function's port, which the activator forwards HTTP requests to: each request becomes an
+//! invocation, its answer an HTTP response.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use tokio::time::Instant;
+
+use super::event::{self, EventContext, HttpRequest};
+use super::invocations::{self, Finished, Invocations, Refusal};
+use super::response::{self, Answer};
+use crate::api::SCHEDULE_HEADER;
+use crate::api::lambda::{INVOKE_EVENT, INVOKE_HEADER};
+
+/// Header with the invocation's request id on every answer, as function URLs send it.
+const REQUEST_ID_HEADER: &str = "x-amzn-requestid";
+
+#[derive(Clone)]
+struct PortState {
+    invocations: Arc<Invocations>,
+    max_payload_bytes: usize,
+}
+
+/// Every path and method is the function's; serve with connect info `SocketAddr`.
+pub fn router(invocations: Arc<Invocations>, max_payload_bytes: usize) -> Router {
+    Router::new().fallback(invoke).with_state(PortState {
+        invocations,
+        max_payload_bytes,
+    })
+}
+
+/// Whether the request carries its event as its body (a schedule tick, an Invoke API event)
+/// rather than being an HTTP event.
+pub fn is_raw_invocation(headers: &axum::http::HeaderMap) -> bool {
+    headers.contains_key(SCHEDULE_HEADER)
+        || headers.get(INVOKE_HEADER).is_some_and(|value| {
+            value
+                .as_bytes()
+                .eq_ignore_ascii_case(INVOKE_EVENT.as_bytes())
+        })
+}
+
+#[tracing::instrument(skip_all, fields(method = %request.method(), path = %request.uri().path(), request_id))]
+async fn invoke(
+    State(state): State<PortState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response {
+    let arrival = Instant::now();
+    let arrival_time = jiff::Timestamp::now();
+    let (parts, body) = request.into_parts();
+    let body = match Limited::new(body, state.max_payload_bytes).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => {
+            return into_response(response::request_too_large(state.max_payload_bytes), None);
+        }
+        Err(error) => {
+            tracing::debug!(%error, "reading the request body");
+            return StatusCode::BAD_REQUEST.into_response();
+        }
+    };
+
+    let request_id = invocations::request_id();
+    tracing::Span::current().record("request_id", request_id.as_str());
+    let function = state.invocations.function();
+    let raw = is_raw_invocation(&parts.headers);
+    let event = if raw {
+        event::raw_event(&body)
+    } else {
+        let request = HttpRequest {
+            method: &parts.method,
+            path: parts.uri.path(),
+            query: parts.uri.query().unwrap_or_default(),
+            version: parts.version,
+            headers: &parts.headers,
+            body: &body,
+            peer: peer.ip(),
+        };
+        let context = EventContext {
+            request_id: &request_id,
+            namespace: &function.namespace,
+            function: &function.name,
+            arrival: arrival_time,
+        };
+        serde_json::to_vec(&event::http_event(&request, &context)).unwrap_or_default()
+    };
+    drop(body);
+    if event.len() > state.max_payload_bytes {
+        return into_response(
+            response::request_too_large(state.max_payload_bytes),
+            Some(&request_id),
+        );
+    }
+
+    let ticket = match state.invocations.submit(
+        request_id.clone(),
+        event.into(),
+        arrival,
+        arrival_time.as_millisecond(),
+    ) {
+        Ok(ticket) => ticket,
+        Err(Refusal::InitError(error)) => {
+            return into_response(response::function_error(error), Some(&request_id));
+        }
+        Err(Refusal::ShuttingDown) => {
+            return into_response(response::shutting_down(), Some(&request_id));
+        }
+    };
+    let answer = match ticket.finished().await {
+        Finished::Response(result) if raw => response::raw_response(result),
+        Finished::Response(result) => response::http_response(&result).unwrap_or_else(|error| {
+            tracing::info!(%error, "the handler's result is not an HTTP response");
+            response::invalid_result(&error)
+        }),
+        Finished::Error(error) | Finished::InitError(error) => response::function_error(error),
+        Finished::TimedOut => {
+            response::timed_out(&function.namespace, &function.name, function.timeout)
+        }
+    };
+    into_response(answer, Some(&request_id))
+}
+
+fn into_response(answer: Answer, request_id: Option<&str>) -> Response {
+    let mut response = Response::new(Body::from(answer.body));
+    *response.status_mut() = answer.status;
+    let headers = response.headers_mut();
+    for (name, value) in answer.headers {
+        headers.append(name, value);
+    }
+    if let Some(value) = request_id.and_then(|id| HeaderValue::try_from(id).ok()) {
+        headers.insert(HeaderName::from_static(REQUEST_ID_HEADER), value);
+    }
+    response
+}

@@ -1,0 +1,650 @@
+//! The invocations between the function port and the runtime clients: queued until a runtime
+//! asks for work (`/next`), running until it answers or the deadline passes. The state of the
+//! runtime lives here too: whether one has asked for work (`/ready`), its standing init error,
+//! and whether one timed out and must be restarted (`/live`).
+
+use std::collections::{HashMap, VecDeque};
+use std::pin::pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{Notify, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::metrics::RuntimeMetrics;
+use super::report;
+use crate::api::lambda::{InvocationReport, Outcome, billed_ms};
+
+/// What every invocation of this function shares.
+#[derive(Clone, Debug)]
+pub struct Function {
+    pub namespace: String,
+    pub name: String,
+    /// `arn:aws:lambda:<region>:<namespace>:function:<name>`.
+    pub arn: String,
+    pub memory_mb: u32,
+    pub timeout: Duration,
+}
+
+impl Function {
+    pub fn new(
+        region: &str,
+        namespace: &str,
+        name: &str,
+        memory_mb: u32,
+        timeout: Duration,
+    ) -> Self {
+        Self {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            arn: format!("arn:aws:lambda:{region}:{namespace}:function:{name}"),
+            memory_mb,
+            timeout,
+        }
+    }
+}
+
+/// An invocation as a runtime receives it from `/next`.
+#[derive(Clone, Debug)]
+pub struct Invocation {
+    pub request_id: String,
+    pub event: Bytes,
+    /// Milliseconds since the epoch (`Lambda-Runtime-Deadline-Ms`).
+    pub deadline_ms: i64,
+    pub trace_id: String,
+}
+
+/// How an invocation ended, for the function port.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Finished {
+    /// The handler's result.
+    Response(Bytes),
+    /// The handler's error, as the runtime posted it (or one fargo made for it).
+    Error(Bytes),
+    /// The runtime's init error: the handler never ran.
+    InitError(Bytes),
+    TimedOut,
+}
+
+/// Why an invocation is refused before it is queued.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Refusal {
+    /// The runtime failed to initialize, and no runtime asked for work since.
+    InitError(Bytes),
+    ShuttingDown,
+}
+
+/// An answer for an id that no running invocation has (unknown, answered, or timed out).
+#[derive(Debug, PartialEq, Eq)]
+pub struct UnknownRequestId;
+
+struct Queued {
+    invocation: Invocation,
+    answer: oneshot::Sender<Finished>,
+}
+
+struct Running {
+    answer: oneshot::Sender<Finished>,
+    started: Instant,
+    init_duration: Option<Duration>,
+}
+
+struct State {
+    queue: VecDeque<Queued>,
+    running: HashMap<String, Running>,
+    init_error: Option<Bytes>,
+    /// A runtime asked for work since the sidecar started or the last runtime failed.
+    runtime_waiting: bool,
+    /// When the last invocation timed out; runtime connections accepted before it are the
+    /// stuck runtime's, which kubelet restarts.
+    timed_out_at: Option<Instant>,
+    /// When the current runtime started (the sidecar's start, or its last failure), until its
+    /// first `/next`.
+    started_at: Option<Instant>,
+    /// Init duration for the next invocation a runtime takes.
+    init_duration: Option<Duration>,
+    draining: bool,
+}
+
+/// The invocations of one function pod.
+pub struct Invocations {
+    function: Function,
+    state: Mutex<State>,
+    work: Notify,
+    metrics: RuntimeMetrics,
+}
+
+impl Invocations {
+    pub fn new(function: Function, metrics: RuntimeMetrics) -> Arc<Self> {
+        Arc::new(Self {
+            function,
+            state: Mutex::new(State {
+                queue: VecDeque::new(),
+                running: HashMap::new(),
+                init_error: None,
+                runtime_waiting: false,
+                timed_out_at: None,
+                started_at: Some(Instant::now()),
+                init_duration: None,
+                draining: false,
+            }),
+            work: Notify::new(),
+            metrics,
+        })
+    }
+
+    pub fn function(&self) -> &Function {
+        &self.function
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues an invocation for the next runtime that asks for work; its deadline is `timeout`
+    /// after `arrival`.
+    pub fn submit(
+        self: &Arc<Self>,
+        request_id: String,
+        event: Bytes,
+        arrival: Instant,
+        arrival_epoch_ms: i64,
+    ) -> Result<Ticket, Refusal> {
+        let (answer, receiver) = oneshot::channel();
+        let mut state = self.lock();
+        if let Some(error) = state.init_error.clone() {
+            drop(state);
+            self.metrics.invocation(Outcome::InitError, None);
+            return Err(Refusal::InitError(error));
+        }
+        if state.draining {
+            return Err(Refusal::ShuttingDown);
+        }
+        let timeout_ms = i64::try_from(self.function.timeout.as_millis()).unwrap_or(i64::MAX);
+        state.queue.push_back(Queued {
+            invocation: Invocation {
+                request_id: request_id.clone(),
+                event,
+                deadline_ms: arrival_epoch_ms.saturating_add(timeout_ms),
+                trace_id: trace_id(arrival_epoch_ms, &request_id),
+            },
+            answer,
+        });
+        drop(state);
+        self.work.notify_waiters();
+        Ok(Ticket {
+            invocations: self.clone(),
+            request_id,
+            deadline: arrival + self.function.timeout,
+            receiver: Some(receiver),
+        })
+    }
+
+    /// `/next`: waits for an invocation and hands it to the runtime on a connection accepted at
+    /// `connection_accepted`; `None` once `stop` is cancelled. A connection older than the last
+    /// timeout belongs to the runtime that timed out: it gets no more work.
+    pub async fn next(
+        &self,
+        connection_accepted: Instant,
+        stop: &CancellationToken,
+    ) -> Option<Invocation> {
+        let arrived = Instant::now();
+        {
+            let mut state = self.lock();
+            if !stale(&state, connection_accepted) {
+                state.timed_out_at = None;
+                state.init_error = None;
+                state.runtime_waiting = true;
+                if let Some(started) = state.started_at.take() {
+                    state.init_duration = Some(arrived - started);
+                }
+            }
+        }
+        loop {
+            let mut notified = pin!(self.work.notified());
+            notified.as_mut().enable();
+            let taken = {
+                let mut state = self.lock();
+                if stale(&state, connection_accepted) {
+                    None
+                } else {
+                    self.take(&mut state)
+                }
+            };
+            if let Some(invocation) = taken {
+                report::print(&report::start_line(&invocation.request_id));
+                return Some(invocation);
+            }
+            tokio::select! {
+                () = notified => {}
+                () = stop.cancelled() => return None,
+            }
+        }
+    }
+
+    fn take(&self, state: &mut State) -> Option<Invocation> {
+        while let Some(queued) = state.queue.pop_front() {
+            if queued.answer.is_closed() {
+                self.metrics.invocation(Outcome::Cancelled, None);
+                continue;
+            }
+            let init_duration = state.init_duration.take();
+            state.running.insert(
+                queued.invocation.request_id.clone(),
+                Running {
+                    answer: queued.answer,
+                    started: Instant::now(),
+                    init_duration,
+                },
+            );
+            return Some(queued.invocation);
+        }
+        None
+    }
+
+    /// The runtime's answer (`/response` or `/error`) for a running invocation.
+    pub fn finish(&self, request_id: &str, finished: Finished) -> Result<(), UnknownRequestId> {
+        let running = self
+            .lock()
+            .running
+            .remove(request_id)
+            .ok_or(UnknownRequestId)?;
+        let outcome = match finished {
+            Finished::Response(_) => Outcome::Success,
+            _ => Outcome::Error,
+        };
+        self.report(request_id, outcome, &running, None);
+        let _ = running.answer.send(finished);
+        Ok(())
+    }
+
+    /// The deadline of `request_id` passed: a queued invocation is dropped, a running one ends
+    /// as timed out and its runtime is reported not live until a new one connects.
+    pub fn time_out(&self, request_id: &str) {
+        let mut state = self.lock();
+        if let Some(position) = state
+            .queue
+            .iter()
+            .position(|queued| queued.invocation.request_id == request_id)
+        {
+            state.queue.remove(position);
+            drop(state);
+            self.metrics.invocation(Outcome::Timeout, None);
+            return;
+        }
+        let Some(running) = state.running.remove(request_id) else {
+            return;
+        };
+        let now = Instant::now();
+        state.timed_out_at = Some(now);
+        state.runtime_waiting = false;
+        state.started_at = Some(now);
+        state.init_duration = None;
+        drop(state);
+        report::print(&report::timeout_line(request_id, self.function.timeout));
+        self.report(request_id, Outcome::Timeout, &running, Some(now));
+        let _ = running.answer.send(Finished::TimedOut);
+    }
+
+    /// The caller left: a queued invocation is dropped; a running one keeps its deadline, so a
+    /// stuck runtime is still found out.
+    fn abandon(self: &Arc<Self>, request_id: String, deadline: Instant) {
+        let mut state = self.lock();
+        if let Some(position) = state
+            .queue
+            .iter()
+            .position(|queued| queued.invocation.request_id == request_id)
+        {
+            state.queue.remove(position);
+            drop(state);
+            self.metrics.invocation(Outcome::Cancelled, None);
+            return;
+        }
+        if state.running.contains_key(&request_id) {
+            drop(state);
+            let invocations = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep_until(deadline).await;
+                invocations.time_out(&request_id);
+            });
+        }
+    }
+
+    /// `/init/error`: the runtime could not load the handler. Waiting invocations fail with the
+    /// error at once, and so do new ones until a runtime asks for work again.
+    pub fn init_error(&self, body: Bytes) {
+        self.metrics.init_error();
+        let mut state = self.lock();
+        state.init_error = Some(body.clone());
+        state.runtime_waiting = false;
+        state.started_at = Some(Instant::now());
+        state.init_duration = None;
+        let queued: Vec<Queued> = state.queue.drain(..).collect();
+        drop(state);
+        for waiting in queued {
+            self.metrics.invocation(Outcome::InitError, None);
+            let _ = waiting.answer.send(Finished::InitError(body.clone()));
+        }
+    }
+
+    fn report(&self, request_id: &str, outcome: Outcome, running: &Running, end: Option<Instant>) {
+        let duration = end.unwrap_or_else(Instant::now) - running.started;
+        self.metrics.invocation(outcome, Some(duration));
+        let duration_ms = duration.as_secs_f64() * 1000.0;
+        let report = InvocationReport {
+            namespace: self.function.namespace.clone(),
+            function: self.function.name.clone(),
+            request_id: request_id.to_string(),
+            outcome,
+            duration_ms,
+            billed_duration_ms: billed_ms(duration_ms),
+            memory_size_mb: self.function.memory_mb,
+            max_memory_used_mb: report::max_memory_used_mb(),
+            init_duration_ms: running
+                .init_duration
+                .map(|init| init.as_secs_f64() * 1000.0),
+        };
+        report::print(&report::end_lines(&report));
+    }
+
+    /// `/ready`: why the pod should not get requests, if it should not.
+    pub fn readiness(&self) -> Result<(), String> {
+        let state = self.lock();
+        if state.draining {
+            return Err("the pod is shutting down".into());
+        }
+        if let Some(error) = &state.init_error {
+            return Err(format!(
+                "the runtime failed to initialize: {}",
+                String::from_utf8_lossy(error)
+            ));
+        }
+        if state.timed_out_at.is_some() {
+            return Err("an invocation timed out; waiting for the runtime to restart".into());
+        }
+        if !state.runtime_waiting {
+            return Err("no runtime client has asked for work yet".into());
+        }
+        Ok(())
+    }
+
+    /// `/live`: whether an invocation timed out and no new runtime has connected since.
+    pub fn liveness(&self) -> Result<(), String> {
+        match self.lock().timed_out_at {
+            Some(_) => Err(format!(
+                "an invocation timed out after {:.2} seconds; the runtime must be restarted",
+                self.function.timeout.as_secs_f64()
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Takes no new invocation (SIGTERM).
+    pub fn drain(&self) {
+        self.lock().draining = true;
+    }
+
+    /// Nothing is queued or running.
+    pub fn idle(&self) -> bool {
+        let state = self.lock();
+        state.queue.iter().all(|queued| queued.answer.is_closed()) && state.running.is_empty()
+    }
+}
+
+fn stale(state: &State, connection_accepted: Instant) -> bool {
+    state
+        .timed_out_at
+        .is_some_and(|timed_out| connection_accepted <= timed_out)
+}
+
+/// An X-Ray-shaped trace id (`Root=1-<epoch seconds hex>-<24 hex>;Sampled=0`) for
+/// `Lambda-Runtime-Trace-Id`; the runtime clients expect one.
+fn trace_id(epoch_ms: i64, request_id: &str) -> String {
+    let hex: String = request_id
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .take(24)
+        .collect();
+    format!("Root=1-{:08x}-{hex:0<24};Sampled=0", epoch_ms / 1000)
+}
+
+/// A fresh request id in the UUID v4 shape Lambda uses.
+pub fn request_id() -> String {
+    use std::hash::BuildHasher;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    // Each RandomState has fresh keys seeded from the OS: unique, unpredictable ids without a
+    // random number crate.
+    let count = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let high = std::collections::hash_map::RandomState::new().hash_one(count);
+    let low = std::collections::hash_map::RandomState::new().hash_one(!count);
+    let bits = (u128::from(high) << 64 | u128::from(low)) & !(0xf000 << 64) & !(0xc000 << 48);
+    let bits = bits | (0x4000 << 64) | (0x8000 << 48);
+    let hex = format!("{bits:032x}");
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
+/// The function port's hold on one invocation: wait for its end with [`Ticket::finished`];
+/// dropped before that, it cancels the invocation if no runtime took it yet.
+pub struct Ticket {
+    invocations: Arc<Invocations>,
+    request_id: String,
+    deadline: Instant,
+    receiver: Option<oneshot::Receiver<Finished>>,
+}
+
+impl Ticket {
+    pub fn request_id(&self) -> &str {
+        &self.request_id
+    }
+
+    /// The invocation's end: the runtime's answer, or [`Finished::TimedOut`] at the deadline.
+    pub async fn finished(mut self) -> Finished {
+        let Some(receiver) = self.receiver.take() else {
+            return Finished::TimedOut;
+        };
+        match tokio::time::timeout_at(self.deadline, receiver).await {
+            Ok(Ok(finished)) => finished,
+            // The sender is gone only when the invocation was dropped for the deadline.
+            Ok(Err(_)) => Finished::TimedOut,
+            Err(_) => {
+                self.invocations.time_out(&self.request_id);
+                Finished::TimedOut
+            }
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if self.receiver.is_some() {
+            self.invocations
+                .abandon(std::mem::take(&mut self.request_id), self.deadline);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn invocations(timeout_ms: u64) -> Arc<Invocations> {
+        Invocations::new(
+            Function::new(
+                "local",
+                "media",
+                "thumbnail",
+                128,
+                Duration::from_millis(timeout_ms),
+            ),
+            RuntimeMetrics::default(),
+        )
+    }
+
+    fn submit(invocations: &Arc<Invocations>, id: &str) -> Ticket {
+        invocations
+            .submit(
+                id.into(),
+                Bytes::from_static(b"{}"),
+                Instant::now(),
+                1_000_000,
+            )
+            .expect("accepted")
+    }
+
+    #[test]
+    fn the_function_arn_has_the_namespace_in_the_account_slot() {
+        assert_eq!(
+            invocations(1000).function().arn,
+            "arn:aws:lambda:local:media:function:thumbnail"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_runtime_takes_the_invocation_with_its_deadline_and_answers_it() {
+        let invocations = invocations(3000);
+        let stop = CancellationToken::new();
+        let ticket = submit(&invocations, "one");
+        let taken = invocations.next(Instant::now(), &stop).await.expect("work");
+        assert_eq!(taken.request_id, "one");
+        assert_eq!(taken.deadline_ms, 1_003_000);
+        assert!(taken.trace_id.starts_with("Root=1-000003e8-"));
+        assert_eq!(invocations.readiness(), Ok(()));
+        invocations
+            .finish("one", Finished::Response(Bytes::from_static(b"42")))
+            .expect("a running id");
+        assert_eq!(
+            ticket.finished().await,
+            Finished::Response(Bytes::from_static(b"42"))
+        );
+        assert_eq!(
+            invocations.finish("one", Finished::Response(Bytes::new())),
+            Err(UnknownRequestId),
+            "a second answer is refused"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timeout_makes_the_runtime_not_live_until_a_new_connection_asks_for_work() {
+        let invocations = invocations(1000);
+        let stop = CancellationToken::new();
+        let old_connection = Instant::now();
+        let ticket = submit(&invocations, "slow");
+        invocations.next(old_connection, &stop).await.expect("work");
+        assert_eq!(ticket.finished().await, Finished::TimedOut);
+        assert!(invocations.liveness().is_err());
+        assert!(invocations.readiness().is_err());
+        assert_eq!(
+            invocations.finish("slow", Finished::Response(Bytes::new())),
+            Err(UnknownRequestId),
+            "a late answer is refused"
+        );
+
+        // The stuck runtime's connection gets no more work.
+        let _waiting = submit(&invocations, "next");
+        let stale = tokio::time::timeout(
+            Duration::from_millis(100),
+            invocations.next(old_connection, &stop),
+        )
+        .await;
+        assert!(stale.is_err(), "an old connection was handed work");
+        assert!(invocations.liveness().is_err());
+
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let taken = invocations.next(Instant::now(), &stop).await.expect("work");
+        assert_eq!(taken.request_id, "next");
+        assert_eq!(invocations.liveness(), Ok(()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_init_error_fails_waiting_and_new_invocations_until_a_runtime_asks_again() {
+        let invocations = invocations(60_000);
+        let stop = CancellationToken::new();
+        let waiting = submit(&invocations, "waiting");
+        let error = Bytes::from_static(
+            br#"{"errorMessage":"bad handler","errorType":"Runtime.HandlerNotFound"}"#,
+        );
+        invocations.init_error(error.clone());
+        assert_eq!(waiting.finished().await, Finished::InitError(error.clone()));
+        assert!(matches!(
+            invocations.submit("new".into(), Bytes::new(), Instant::now(), 0),
+            Err(Refusal::InitError(body)) if body == error
+        ));
+        assert!(
+            invocations
+                .readiness()
+                .expect_err("not ready")
+                .contains("bad handler")
+        );
+
+        let restarted = {
+            let invocations = invocations.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move { invocations.next(Instant::now(), &stop).await })
+        };
+        tokio::task::yield_now().await;
+        assert_eq!(invocations.readiness(), Ok(()));
+        let ticket = submit(&invocations, "after");
+        assert_eq!(
+            restarted.await.expect("joined").expect("work").request_id,
+            "after"
+        );
+        drop(ticket);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_caller_that_leaves_cancels_its_queued_invocation() {
+        let invocations = invocations(60_000);
+        let stop = CancellationToken::new();
+        drop(submit(&invocations, "gone"));
+        let _kept = submit(&invocations, "kept");
+        let taken = invocations.next(Instant::now(), &stop).await.expect("work");
+        assert_eq!(taken.request_id, "kept");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn invocations_wait_for_a_runtime_until_their_deadline() {
+        let invocations = invocations(500);
+        let ticket = submit(&invocations, "lonely");
+        let started = Instant::now();
+        assert_eq!(ticket.finished().await, Finished::TimedOut);
+        assert_eq!(started.elapsed(), Duration::from_millis(500));
+        assert!(invocations.idle());
+        assert_eq!(
+            invocations.liveness(),
+            Ok(()),
+            "no runtime took it: nothing to restart"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_runtimes_are_released_at_stop_and_new_work_is_refused_while_draining() {
+        let invocations = invocations(500);
+        let stop = CancellationToken::new();
+        stop.cancel();
+        assert!(invocations.next(Instant::now(), &stop).await.is_none());
+        invocations.drain();
+        assert!(matches!(
+            invocations.submit("late".into(), Bytes::new(), Instant::now(), 0),
+            Err(Refusal::ShuttingDown)
+        ));
+    }
+
+    #[test]
+    fn request_ids_are_distinct_uuids() {
+        let (a, b) = (request_id(), request_id());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 36);
+        assert_eq!(&a[14..15], "4");
+        assert!(matches!(&a[19..20], "8" | "9" | "a" | "b"));
+    }
+}
