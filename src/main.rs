@@ -297,13 +297,21 @@ struct FetchCodeArgs {
     s3_access_key_id: Option<String>,
 
     /// Secret key of S3 requests.
-    #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true,
-          requires = "s3_access_key_id")]
+    #[arg(
+        long,
+        env = "AWS_SECRET_ACCESS_KEY",
+        hide_env_values = true,
+        requires = "s3_access_key_id"
+    )]
     s3_secret_access_key: Option<String>,
 
     /// Session token of temporary credentials.
-    #[arg(long, env = "AWS_SESSION_TOKEN", hide_env_values = true,
-          requires = "s3_secret_access_key")]
+    #[arg(
+        long,
+        env = "AWS_SESSION_TOKEN",
+        hide_env_values = true,
+        requires = "s3_secret_access_key"
+    )]
     s3_session_token: Option<String>,
 
     /// How long one download may take, connecting included.
@@ -340,9 +348,9 @@ impl FetchCodeArgs {
                 Some(token) => rusty_s3::Credentials::new_with_token(key, secret, token),
                 None => rusty_s3::Credentials::new(key, secret),
             }),
-            (Some(_), None) => anyhow::bail!(
-                "AWS_ACCESS_KEY_ID is set without AWS_SECRET_ACCESS_KEY"
-            ),
+            (Some(_), None) => {
+                anyhow::bail!("AWS_ACCESS_KEY_ID is set without AWS_SECRET_ACCESS_KEY")
+            }
             _ => None,
         };
         let s3 = self.s3_endpoint.map(|endpoint| fargo::fetch::S3Config {
@@ -368,7 +376,9 @@ impl FetchCodeArgs {
 async fn fetch_code(args: FetchCodeArgs) -> ! {
     let termination_log = args.termination_log.clone();
     let outcome = match args.into_config() {
-        Ok(config) => fargo::fetch::run(config).await.map_err(|error| error.to_string()),
+        Ok(config) => fargo::fetch::run(config)
+            .await
+            .map_err(|error| error.to_string()),
         Err(error) => Err(format!("fetch-code: {error}")),
     };
     match outcome {

@@ -211,7 +211,10 @@ mod tests {
         assert_eq!(budget.left(), 40);
         assert_eq!(budget.charge(40), Ok(()));
         assert_eq!(budget.charge(1), Err(OverBudget { limit: 100 }));
-        assert_eq!(Budget::new(10).charge(u64::MAX), Err(OverBudget { limit: 10 }));
+        assert_eq!(
+            Budget::new(10).charge(u64::MAX),
+            Err(OverBudget { limit: 10 })
+        );
     }
 
     #[test]

@@ -147,7 +147,12 @@ pub async fn run(config: Config) -> Result<(), Error> {
         .sources
         .iter()
         .map(|source| (source, config.task_dir.as_path()))
-        .chain(config.layers.iter().map(|layer| (layer, config.opt_dir.as_path())));
+        .chain(
+            config
+                .layers
+                .iter()
+                .map(|layer| (layer, config.opt_dir.as_path())),
+        );
     for (source, root) in targets {
         let unpacked = fetch_one(source, root, s3.as_ref(), config.max_entries, &mut budget)
             .await

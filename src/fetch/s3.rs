@@ -90,17 +90,19 @@ impl S3Client {
             self.config.region.clone(),
         )
         .map_err(|error| Problem::BadEndpoint(format!("{}: {error}", self.config.endpoint)))?;
-        let url = GetObject::new(&bucket, self.config.credentials.as_ref(), key)
-            .sign(SIGNATURE_LIFETIME);
+        let url =
+            GetObject::new(&bucket, self.config.credentials.as_ref(), key).sign(SIGNATURE_LIFETIME);
         let request = hyper::Request::get(url.as_str())
             .body(Empty::new())
             .map_err(|error| Problem::BadEndpoint(error.to_string()))?;
-        let response = self.http.request(request).await.map_err(|error| {
-            Problem::Unreachable {
+        let response = self
+            .http
+            .request(request)
+            .await
+            .map_err(|error| Problem::Unreachable {
                 endpoint: self.config.endpoint.to_string(),
                 reason: crate::telemetry::error_chain(&error),
-            }
-        })?;
+            })?;
         let status = response.status();
         if !status.is_success() {
             let body = read_capped(response.into_body(), MAX_ERROR_BODY as u64)
@@ -134,13 +136,11 @@ enum ReadError {
     Body(String),
 }
 
-async fn read_capped(
-    mut body: hyper::body::Incoming,
-    limit: u64,
-) -> Result<Bytes, ReadError> {
+async fn read_capped(mut body: hyper::body::Incoming, limit: u64) -> Result<Bytes, ReadError> {
     let mut collected = BytesMut::new();
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|error| ReadError::Body(crate::telemetry::error_chain(&error)))?;
+        let frame =
+            frame.map_err(|error| ReadError::Body(crate::telemetry::error_chain(&error)))?;
         if let Ok(data) = frame.into_data() {
             if (collected.len() + data.len()) as u64 > limit {
                 return Err(ReadError::TooLarge);

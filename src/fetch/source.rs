@@ -177,10 +177,7 @@ mod tests {
         ));
         for bucket in ["Photos", "ph", "-photos", "a/../b"] {
             let text = format!("s3:{bucket}/k.zip");
-            assert!(
-                text.parse::<Source>().is_err(),
-                "{text} was accepted"
-            );
+            assert!(text.parse::<Source>().is_err(), "{text} was accepted");
         }
         assert!(matches!(
             "http://x/y".parse::<Source>(),
