@@ -178,7 +178,7 @@ pub fn copy_directory(
                 continue;
             }
             let path = EntryPath::parse(&name).map_err(|problem| refused(&name, problem, root))?;
-            let marked = executable.iter().any(|wanted| *wanted == name);
+            let marked = executable.contains(&name);
             let executable = is_executable(&path, Some(metadata.permissions().mode()), marked);
             let mut file =
                 File::open(&resolved).map_err(|error| Problem::io("reading", &from, error))?;
