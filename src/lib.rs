@@ -6,6 +6,7 @@
 //!   [`telemetry`], [`quantity`], [`diagnosis`], [`connections`] (the bounds on the clients of
 //!   the webhook and the activator's proxy);
 //! - the request path: [`activator`]; in each handler function's pod, [`runtime`];
+//! - the init container of handler functions: [`fetch`] (`fargo fetch-code`);
 //! - the controller side's shared plumbing: [`reconcile`] (Events, metrics, status patches),
 //!   [`caches`], [`replicas`], [`http_client`];
 //! - its rooms: [`profile`], [`webhook`], [`function`], [`autoscaler`], [`schedule`];
@@ -18,6 +19,7 @@ pub mod caches;
 pub mod connections;
 pub mod controller;
 pub mod diagnosis;
+pub mod fetch;
 pub mod function;
 pub mod http_client;
 pub mod profile;

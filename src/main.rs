@@ -33,6 +33,10 @@ enum Command {
     /// Run a handler function's sidecar: AWS's Runtime API for the runtime client, the
     /// function's HTTP port for the activator, and the probes.
     RuntimeApi(RuntimeApiArgs),
+    /// Fill a handler function's code (`/var/task`) and layers (`/opt`) from mounted ConfigMaps
+    /// and zips in S3, then exit: the init container of handler functions. A failure exits 1
+    /// with one line, `<source>: <reason>`, on stderr (and in --termination-log).
+    FetchCode(FetchCodeArgs),
     /// Print the CustomResourceDefinitions as YAML, or write one file per CRD into a directory.
     Crds {
         /// Directory to write `<crd name>.yaml` files into; stdout when absent.
@@ -367,6 +371,137 @@ impl RuntimeApiArgs {
     }
 }
 
+#[derive(clap::Args, Debug)]
+struct FetchCodeArgs {
+    /// Directory the code goes into.
+    #[arg(long, env = "FARGO_CODE_DIR", default_value = "/var/task")]
+    into: std::path::PathBuf,
+
+    /// The code, in order, later over earlier: `dir:<path>[;executable=<file>,...]` (a mounted
+    /// ConfigMap: its keys, with `bootstrap` and the listed files executable) or
+    /// `s3:<bucket>/<key>` (a zip). Repeat the flag; in the env var, one per line.
+    #[arg(long = "source", env = "FARGO_CODE_SOURCES", value_delimiter = '\n')]
+    sources: Vec<fargo::fetch::Source>,
+
+    /// Directory the layers go into.
+    #[arg(long, env = "FARGO_LAYER_DIR", default_value = "/opt")]
+    opt: std::path::PathBuf,
+
+    /// The layers, in order, later over earlier, with the syntax of --source. Repeat the flag;
+    /// in the env var, one per line.
+    #[arg(long = "layer", env = "FARGO_LAYER_SOURCES", value_delimiter = '\n')]
+    layers: Vec<fargo::fetch::Source>,
+
+    /// S3 endpoint, e.g. http://versitygw.fargo-system.svc:7070; buckets are addressed
+    /// path-style.
+    #[arg(long, env = "FARGO_S3_ENDPOINT")]
+    s3_endpoint: Option<url::Url>,
+
+    /// Region requests are signed for.
+    #[arg(long, env = "FARGO_S3_REGION", default_value = "us-east-1")]
+    s3_region: String,
+
+    /// Access key of S3 requests; without it they are sent unsigned.
+    #[arg(long, env = "AWS_ACCESS_KEY_ID", hide_env_values = true)]
+    s3_access_key_id: Option<String>,
+
+    /// Secret key of S3 requests.
+    #[arg(
+        long,
+        env = "AWS_SECRET_ACCESS_KEY",
+        hide_env_values = true,
+        requires = "s3_access_key_id"
+    )]
+    s3_secret_access_key: Option<String>,
+
+    /// Session token of temporary credentials.
+    #[arg(
+        long,
+        env = "AWS_SESSION_TOKEN",
+        hide_env_values = true,
+        requires = "s3_secret_access_key"
+    )]
+    s3_session_token: Option<String>,
+
+    /// How long one download may take, connecting included.
+    #[arg(long, env = "FARGO_S3_TIMEOUT", default_value = "120s", value_parser = positive_duration)]
+    s3_timeout: kube::core::Duration,
+
+    /// Largest zip downloaded, in bytes.
+    #[arg(long, env = "FARGO_MAX_ZIP_BYTES",
+          default_value_t = fargo::fetch::DEFAULT_MAX_ZIP_BYTES)]
+    max_zip_bytes: u64,
+
+    /// Most bytes unpacked, code and layers together.
+    #[arg(long, env = "FARGO_MAX_UNPACKED_BYTES",
+          default_value_t = fargo::fetch::DEFAULT_MAX_UNPACKED_BYTES)]
+    max_unpacked_bytes: u64,
+
+    /// Most entries in one zip.
+    #[arg(long, env = "FARGO_MAX_ENTRIES", default_value_t = fargo::fetch::DEFAULT_MAX_ENTRIES)]
+    max_entries: usize,
+
+    /// File the failure line is also written to: the container's terminationMessagePath
+    /// (/dev/termination-log in a pod).
+    #[arg(long, env = "FARGO_TERMINATION_LOG")]
+    termination_log: Option<std::path::PathBuf>,
+}
+
+impl FetchCodeArgs {
+    fn into_config(self) -> anyhow::Result<fargo::fetch::Config> {
+        if self.sources.is_empty() && self.layers.is_empty() {
+            anyhow::bail!("nothing to fetch: give --source or --layer");
+        }
+        let credentials = match (self.s3_access_key_id, self.s3_secret_access_key) {
+            (Some(key), Some(secret)) => Some(match self.s3_session_token {
+                Some(token) => rusty_s3::Credentials::new_with_token(key, secret, token),
+                None => rusty_s3::Credentials::new(key, secret),
+            }),
+            (Some(_), None) => {
+                anyhow::bail!("AWS_ACCESS_KEY_ID is set without AWS_SECRET_ACCESS_KEY")
+            }
+            _ => None,
+        };
+        let s3 = self.s3_endpoint.map(|endpoint| fargo::fetch::S3Config {
+            endpoint,
+            region: self.s3_region,
+            credentials,
+            timeout: self.s3_timeout.into(),
+            max_zip_bytes: self.max_zip_bytes,
+        });
+        Ok(fargo::fetch::Config {
+            task_dir: self.into,
+            sources: self.sources,
+            opt_dir: self.opt,
+            layers: self.layers,
+            s3,
+            max_unpacked_bytes: self.max_unpacked_bytes,
+            max_entries: self.max_entries,
+        })
+    }
+}
+
+/// Runs `fetch-code`; a failure is one line on stderr and in the termination log, exit 1.
+async fn fetch_code(args: FetchCodeArgs) -> ! {
+    let termination_log = args.termination_log.clone();
+    let outcome = match args.into_config() {
+        Ok(config) => fargo::fetch::run(config)
+            .await
+            .map_err(|error| error.to_string()),
+        Err(error) => Err(format!("fetch-code: {error}")),
+    };
+    match outcome {
+        Ok(()) => std::process::exit(0),
+        Err(line) => {
+            eprintln!("{line}");
+            if let Some(path) = termination_log {
+                let _ = std::fs::write(path, &line);
+            }
+            std::process::exit(1)
+        }
+    }
+}
+
 /// A duration longer than zero.
 fn positive_duration(text: &str) -> Result<kube::core::Duration, String> {
     let duration: kube::core::Duration = text.parse().map_err(|error| format!("{error}"))?;
@@ -391,6 +526,10 @@ async fn main() -> anyhow::Result<()> {
             fargo::controller::run(client, args.into_config(), shutdown)
                 .await
                 .context("the controller failed")
+        }
+        Command::FetchCode(args) => {
+            telemetry::init_logging(cli.log_json);
+            fetch_code(args).await
         }
         Command::Activator(args) => {
             telemetry::init_logging(cli.log_json);

@@ -2,6 +2,7 @@
 # Builds the binaries of the local cluster from the Go module proxy, once per version.
 #
 #   tests/cluster/build.sh            build whatever is missing from the cache
+#   tests/cluster/build.sh versitygw  only the S3 server (function code; tests/fetch_code.rs)
 #   FARGO_CACHE=/some/dir build.sh    cache somewhere else (default ~/.cache/fargo)
 #
 # Output: $FARGO_CACHE/bin/<name>-<version>/ holding the binaries, and a `.done` marker
@@ -138,11 +139,13 @@ case "${1:-all}" in
     kwok_stages
     build_plain helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm
     build_kubernetes
+    build_plain versitygw "$VERSITYGW_VERSION" github.com/versity/versitygw/cmd/versitygw
     ;;
   kubernetes) build_kubernetes ;;
   etcd) build_etcd ;;
   kwok) build_plain kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok && kwok_stages ;;
   helm) build_plain helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm ;;
-  *) echo "usage: $0 [all|kubernetes|etcd|kwok|helm]" >&2; exit 2 ;;
+  versitygw) build_plain versitygw "$VERSITYGW_VERSION" github.com/versity/versitygw/cmd/versitygw ;;
+  *) echo "usage: $0 [all|kubernetes|etcd|kwok|helm|versitygw]" >&2; exit 2 ;;
 esac
 log "binaries ready under $cache/bin"
