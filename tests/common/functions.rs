@@ -34,6 +34,11 @@ pub async fn start_function_stack(
 /// controller pointed at it (its webhook left unregistered: functions without a profile need
 /// none), which leads once any earlier controller has let go of the Lease.
 pub async fn shared_function_stack(client: &Client) -> ActivatorAddrs {
+    shared_function_stack_with(client, &[]).await
+}
+
+/// [`shared_function_stack`] with more flags for the controller (the first call's count).
+pub async fn shared_function_stack_with(client: &Client, flags: &[String]) -> ActivatorAddrs {
     static IDENTITY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     ensure_namespace(client, "fargo-system").await;
     let activator = shared_activator().await;
@@ -46,6 +51,7 @@ pub async fn shared_function_stack(client: &Client) -> ActivatorAddrs {
             "false".into(),
         ];
         extra.extend(activator.controller_args());
+        extra.extend(flags.iter().cloned());
         let (webhook_port, health_port) = (free_port(), free_port());
         spawn_for_the_process(move || spawn_controller_with(webhook_port, health_port, &extra));
         identity

@@ -16,6 +16,18 @@ pub async fn http_request_with_headers(
     headers: &[(&str, &str)],
     body: Option<&str>,
 ) -> Result<(u16, String), String> {
+    let body = body.unwrap_or_default().as_bytes().to_vec();
+    let (status, _, body) = http_exchange(method, url, headers, body).await?;
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// One request with any body; the status, the response's headers and its body.
+pub async fn http_exchange(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Result<(u16, hyper::HeaderMap, bytes::Bytes), String> {
     use http_body_util::{BodyExt, Full};
     use hyper_util::client::legacy::Client as HttpClient;
     use hyper_util::rt::TokioExecutor;
@@ -25,20 +37,18 @@ pub async fn http_request_with_headers(
         request = request.header(*name, *value);
     }
     let request = request
-        .body(Full::new(bytes::Bytes::from(
-            body.unwrap_or_default().to_string(),
-        )))
+        .body(Full::new(bytes::Bytes::from(body)))
         .map_err(|e| format!("{method} {url}: {e}"))?;
     let response = client
         .request(request)
         .await
         .map_err(|e| format!("{method} {url}: {e:?}"))?;
     let status = response.status().as_u16();
-    let body = response
-        .into_body()
+    let (parts, body) = response.into_parts();
+    let body = body
         .collect()
         .await
         .map_err(|e| format!("{method} {url}: reading the body: {e}"))?
         .to_bytes();
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    Ok((status, parts.headers, body))
 }

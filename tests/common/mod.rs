@@ -24,6 +24,8 @@ pub mod processes;
 #[allow(dead_code)]
 pub mod report;
 #[allow(dead_code)]
+pub mod s3;
+#[allow(dead_code)]
 pub mod scenarios;
 #[allow(dead_code)]
 pub mod tenant;
