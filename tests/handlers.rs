@@ -48,15 +48,13 @@ async fn setup() -> (Client, &'static Stack) {
         .get_or_init(|| async {
             let node_ip = node_address(&client).await;
             let scratch = Scratch::new("handlers");
-            let s3 = S3Server::start(&scratch, node_ip).await;
+            let s3 = S3Server::start_for_the_process(&scratch, node_ip).await;
             for zip in ["go-hello.zip", "java-hello.zip"] {
                 s3.put(zip, example_zip(zip)).await;
             }
-            let activator = shared_function_stack_with(
-                &client,
-                &["--s3-endpoint".into(), s3.endpoint.clone()],
-            )
-            .await;
+            let activator =
+                shared_function_stack_with(&client, &["--s3-endpoint".into(), s3.endpoint.clone()])
+                    .await;
             Stack {
                 activator,
                 _s3: s3,
@@ -131,8 +129,7 @@ struct Answer {
 
 impl Answer {
     fn json(&self) -> Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("{e}: not JSON: {}", self.body))
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: not JSON: {}", self.body))
     }
 
     fn header(&self, name: &str) -> Option<&str> {
@@ -166,7 +163,16 @@ async fn call(
 }
 
 async fn get(stack: &Stack, namespace: &str, function: &str, path_and_query: &str) -> Answer {
-    call(stack, namespace, function, "GET", path_and_query, &[], vec![]).await
+    call(
+        stack,
+        namespace,
+        function,
+        "GET",
+        path_and_query,
+        &[],
+        vec![],
+    )
+    .await
 }
 
 /// What the runtime container of the function's pod printed.
@@ -226,7 +232,13 @@ fn python(handler: &str, file: &str, extra: Value) -> Value {
 async fn a_python_handler_at_zero_gets_the_http_request_as_a_v2_event() {
     let (client, stack) = setup().await;
     with_temp_ns(&client, move |client, ns| async move {
-        apply_function(&client, &ns, "echo", python("app.handler", ECHO_EVENT, json!({}))).await;
+        apply_function(
+            &client,
+            &ns,
+            "echo",
+            python("app.handler", ECHO_EVENT, json!({})),
+        )
+        .await;
         wait_at_zero(&client, &ns, "echo").await;
 
         let binary: Vec<u8> = (0..=255u8).collect();
@@ -277,7 +289,10 @@ async fn a_python_handler_at_zero_gets_the_http_request_as_a_v2_event() {
         // Lambda's lines, from the sidecar.
         let logs = runtime_logs(&client, &ns, "echo").await;
         for line in ["START RequestId: ", "END RequestId: ", "REPORT RequestId: "] {
-            assert!(logs.contains(line), "no {line:?} in the pod's logs:\n{logs}");
+            assert!(
+                logs.contains(line),
+                "no {line:?} in the pod's logs:\n{logs}"
+            );
         }
         assert!(logs.contains("Billed Duration: "), "{logs}");
     })
@@ -358,7 +373,13 @@ async fn a_raising_handler_gives_502_with_lambdas_error_json() {
     let (client, stack) = setup().await;
     with_temp_ns(&client, move |client, ns| async move {
         let code = "def handler(event, context):\n    raise ValueError('no cats today')\n";
-        apply_function(&client, &ns, "raises", python("app.handler", code, json!({}))).await;
+        apply_function(
+            &client,
+            &ns,
+            "raises",
+            python("app.handler", code, json!({})),
+        )
+        .await;
         wait_at_zero(&client, &ns, "raises").await;
         let answer = get(stack, &ns, "raises", "").await;
         assert_eq!(answer.status, 502, "{}", answer.body);
@@ -441,10 +462,14 @@ async fn a_handler_past_its_timeout_gives_504_and_the_next_request_works() {
             &client,
             &ns,
             "sleepy",
-            python("app.handler", code, json!({"timeout": "5s", "scale": {"min": 1}})),
+            python(
+                "app.handler",
+                code,
+                json!({"timeout": "5s", "scale": {"min": 1}}),
+            ),
         )
         .await;
-        wait_function_condition(&client, &ns, "sleepy", ("Ready", "True", "Available"), 120).await;
+        wait_function_condition(&client, &ns, "sleepy", ("Ready", "True", "Serving"), 120).await;
         // Warm: the 5 s timeout is the handler's alone.
         let warm = get(stack, &ns, "sleepy", "fast").await;
         assert_eq!(warm.status, 200, "{}", warm.body);

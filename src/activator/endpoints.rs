@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 
 use super::function_state::{FunctionState, ObservedEndpoint};
 use super::index::FunctionIndex;
-use crate::api::{FUNCTION_LABEL, SERVICE_NAME_LABEL};
+use crate::api::{FUNCTION_LABEL, PROBE_HEADER, SERVICE_NAME_LABEL};
 
 /// The label the EndpointSlice controller puts on the slices it manages, and its value there.
 const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
@@ -185,7 +185,7 @@ const PROBE_RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 pub async fn probe_until_alive(function: Arc<FunctionState>, addr: SocketAddr) {
     let give_up = tokio::time::Instant::now() + function.config().timeout;
     let request = format!(
-        "GET / HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: fargo-activator-probe\r\nConnection: close\r\n\r\n"
+        "GET / HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: fargo-activator-probe\r\n{PROBE_HEADER}: 1\r\nConnection: close\r\n\r\n"
     );
     while function.needs_probe(addr) {
         if answers_http(addr, request.as_bytes()).await {

@@ -387,6 +387,7 @@ pub fn prepare_request_headers(headers: &mut HeaderMap, uri: &Uri, client_ip: &H
         X_REAL_IP,
         header::FORWARDED,
         HeaderName::from_static(crate::api::lambda::INVOKE_HEADER),
+        HeaderName::from_static(crate::api::PROBE_HEADER),
     ] {
         headers.remove(name);
     }

@@ -62,6 +62,10 @@ pub const LEASE_NAME: &str = "fargo-controller";
 pub const SCHEDULE_STATE_ANNOTATION: &str = "fargo.dev/schedule-state";
 /// Header naming the schedule on each request it sends.
 pub const SCHEDULE_HEADER: &str = "x-fargo-schedule";
+/// Header of the activator's own probe of a starting pod (`x-fargo-probe: 1`): a pod serving
+/// AWS's Runtime API answers it without invoking the function. The activator removes it from
+/// every client request.
+pub const PROBE_HEADER: &str = "x-fargo-probe";
 /// Field manager of the schedule-state annotation.
 pub const SCHEDULE_MANAGER: &str = "fargo.dev/schedule";
 

@@ -15,8 +15,8 @@ use tokio::time::Instant;
 use super::event::{self, EventContext, HttpRequest};
 use super::invocations::{self, Finished, Invocations, Refusal};
 use super::response::{self, Answer};
-use crate::api::SCHEDULE_HEADER;
 use crate::api::lambda::{INVOKE_EVENT, INVOKE_HEADER};
+use crate::api::{PROBE_HEADER, SCHEDULE_HEADER};
 
 /// Header with the invocation's request id on every answer, as function URLs send it.
 const REQUEST_ID_HEADER: &str = "x-amzn-requestid";
@@ -52,6 +52,10 @@ async fn invoke(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Request,
 ) -> Response {
+    // The activator asking whether the pod is up: never an invocation.
+    if request.headers().contains_key(PROBE_HEADER) {
+        return StatusCode::NO_CONTENT.into_response();
+    }
     let arrival = Instant::now();
     let arrival_time = jiff::Timestamp::now();
     let (parts, body) = request.into_parts();

@@ -78,7 +78,8 @@ impl Drop for Scratch {
 
 /// versitygw serving `<scratch>/s3`, stopped when dropped.
 pub struct S3Server {
-    child: Child,
+    /// `None` when the server lives for the process.
+    child: Option<Child>,
     /// Where this machine reaches it.
     pub endpoint: String,
     /// The port it listens on, on every address of `bind`.
@@ -90,12 +91,23 @@ impl S3Server {
     /// Starts it on `bind` (loopback for processes of this machine; the node bridge's address for
     /// pods) with bucket [`BUCKET`].
     pub async fn start(scratch: &Scratch, bind: IpAddr) -> Self {
+        Self::start_with(scratch, bind, false).await
+    }
+
+    /// [`S3Server::start`] for every test of the binary: it lives as long as the process, not
+    /// the test thread that starts it.
+    pub async fn start_for_the_process(scratch: &Scratch, bind: IpAddr) -> Self {
+        Self::start_with(scratch, bind, true).await
+    }
+
+    async fn start_with(scratch: &Scratch, bind: IpAddr, for_the_process: bool) -> Self {
         use std::os::unix::process::CommandExt;
         let port = {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             listener.local_addr().unwrap().port()
         };
-        let log = std::fs::File::create(scratch.0.join("versitygw.log")).unwrap();
+        let log_path = scratch.0.join("versitygw.log");
+        let log = std::fs::File::create(&log_path).unwrap();
         let mut command = Command::new(versitygw());
         command
             .args(["--access", ACCESS_KEY, "--secret", SECRET_KEY])
@@ -104,24 +116,32 @@ impl S3Server {
             .arg(scratch.dir("s3"))
             .stdout(log.try_clone().unwrap())
             .stderr(log);
-        // SAFETY: prctl(2) only, between fork and exec: the server ends with the test thread
-        // that started it, however the test ends.
+        // SAFETY: prctl(2) only, between fork and exec: the server ends with the thread that
+        // started it, however the test ends.
         unsafe {
             command.pre_exec(|| {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
                 Ok(())
             });
         }
-        let mut child = command.spawn().expect("starting versitygw");
+        let mut child = if for_the_process {
+            super::processes::spawn_for_the_process(move || {
+                command.spawn().expect("starting versitygw")
+            });
+            None
+        } else {
+            Some(command.spawn().expect("starting versitygw"))
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect((bind, port)).is_err() {
-            if let Some(status) = child.try_wait().unwrap() {
-                let log = std::fs::read_to_string(scratch.0.join("versitygw.log"));
+            if let Some(status) = child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+                let log = std::fs::read_to_string(&log_path);
                 panic!("versitygw exited ({status}): {}", log.unwrap_or_default());
             }
             assert!(
                 Instant::now() < deadline,
-                "versitygw did not listen within 30s"
+                "versitygw did not listen within 30s: {}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -168,8 +188,10 @@ impl S3Server {
 
 impl Drop for S3Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
