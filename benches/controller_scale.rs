@@ -201,7 +201,7 @@ async fn on_the_cluster() {
     common::install_crds(&client).await;
     let identity = format!("fargo-bench-scale-{}", std::process::id());
     let (_activator, controller, _) =
-        common::functions::start_function_stack(&client, &identity).await;
+        common::functions::start_function_stack(&client, &identity, &[]).await;
     let (idle_rss, _) = memory_mib(controller.id());
 
     let raw_namespace = common::namespaces::unique_name("bench-raw");

@@ -7,9 +7,15 @@
 //!   (cold start − pod start) / pod start.
 //! - **proxy overhead**: one warm pod, requests straight to its IP against requests through the
 //!   activator, interleaved, at 1, 16 and 64 connections (keep-alive clients).
+//! - **handler cold start**: the same measure for a Python handler (inline code) and a Go
+//!   handler (`provided`, its zip fetched from an S3 server), beside the HTTP echo image.
+//! - **the in-pod part of handler functions** (no cluster: processes of this machine):
+//!   `fargo runtime-api` with the Go example's `bootstrap` as its runtime client, against
+//!   `fargo-echo` served as a plain HTTP server — latency at 1 and 16 connections, the sidecar's
+//!   CPU per invocation, and its resident memory idle and after the load.
 //!
-//! `make bench` runs it; it needs KUBECONFIG (it is skipped, saying so, without one) and the
-//! fargo-echo image imported into the node (`make images`).
+//! `make bench` runs it; it needs KUBECONFIG (the cluster parts are skipped, saying so, without
+//! one) and the images of `make images` on the node.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -34,6 +40,10 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const COLD_RUNS: usize = 20;
+/// Cold starts of each handler function (each run starts a pod, fetches code, starts a runtime).
+const HANDLER_COLD_RUNS: usize = 10;
+/// Requests per level to the in-pod part and to the plain server, in [`ROUNDS`] rounds.
+const IN_POD_REQUESTS: usize = 10_000;
 const LEVELS: [usize; 3] = [1, 16, 64];
 /// Requests per path and level, in rounds that alternate the two paths.
 const REQUESTS_PER_LEVEL: usize = 20_000;
@@ -70,12 +80,14 @@ async fn get(client: &Keepalive, url: &hyper::Uri) -> Duration {
     started.elapsed()
 }
 
-/// Whether the pod at `addr` answers `GET /healthz` over a fresh connection.
-async fn answers(addr: SocketAddr) -> bool {
+/// Whether the pod at `addr` answers `GET <path>` with 200 over a fresh connection.
+async fn answers(addr: SocketAddr, path: &str) -> bool {
     let exchange = async {
         let mut stream = tokio::net::TcpStream::connect(addr).await?;
         stream
-            .write_all(b"GET /healthz HTTP/1.1\r\nHost: pod\r\nConnection: close\r\n\r\n")
+            .write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: pod\r\nConnection: close\r\n\r\n").as_bytes(),
+            )
             .await?;
         let mut head = [0u8; 12];
         stream.read_exact(&mut head).await?;
@@ -161,9 +173,14 @@ async fn replicas_raised(
     panic!("the Deployment watch ended");
 }
 
-/// When the function's new pod first answered on its IP, polled every 2 ms from the moment a
-/// pod watch shows its address.
-async fn pod_answered(client: Client, namespace: String, function: String) -> Instant {
+/// When the function's new pod first answered `probe` (port, path) on its IP, polled every 2 ms
+/// from the moment a pod watch shows its address.
+async fn pod_answered(
+    client: Client,
+    namespace: String,
+    function: String,
+    (port, path): (u16, &'static str),
+) -> Instant {
     let api: Api<Pod> = Api::namespaced(client, &namespace);
     let config = watcher::Config::default().labels(&format!("fargo.dev/function={function}"));
     let mut events = watcher(api, config).boxed();
@@ -180,29 +197,27 @@ async fn pod_answered(client: Client, namespace: String, function: String) -> In
         }
     }
     let ip = ip.unwrap_or_default();
-    let addr: SocketAddr = format!("{ip}:8080").parse().expect("a pod address");
+    let addr: SocketAddr = format!("{ip}:{port}").parse().expect("a pod address");
     loop {
-        if answers(addr).await {
+        if answers(addr, path).await {
             return Instant::now();
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
 
+/// Cold starts of `function` (applied with `spec`), `runs` times; `probe_port` is where its pod
+/// answers `GET /healthz` once up (a handler's sidecar answers on its probe port).
 async fn cold_start(
     client: &Client,
     activator: &common::activator::ActivatorAddrs,
     namespace: &str,
+    (function, spec): (&str, serde_json::Value),
+    probe: (u16, &'static str),
+    runs: usize,
 ) {
-    let function = "cold";
-    common::functions::apply_function(
-        client,
-        namespace,
-        function,
-        json!({"image": "fargo.dev/echo:dev", "timeout": "30s",
-               "scale": {"idleTimeout": "1s"}}),
-    )
-    .await;
+    println!("cold start of {function}:");
+    common::functions::apply_function(client, namespace, function, spec).await;
     common::functions::wait_function_condition(
         client,
         namespace,
@@ -216,7 +231,7 @@ async fn cold_start(
         .parse()
         .expect("a URL");
     let (mut cold, mut pod_start, mut poke) = (vec![], vec![], vec![]);
-    for run in 0..COLD_RUNS {
+    for run in 0..runs {
         scale_to_zero(client, namespace, function).await;
         let (watching, watch_ready) = tokio::sync::oneshot::channel();
         let raised = tokio::spawn(replicas_raised(
@@ -230,6 +245,7 @@ async fn cold_start(
             client.clone(),
             namespace.to_string(),
             function.to_string(),
+            probe,
         ));
         // A fresh client: no connection kept from the previous run.
         let http = keepalive_client();
@@ -412,19 +428,225 @@ async fn on_the_cluster() {
     }
     let client = common::client().await;
     common::install_crds(&client).await;
+    // The Go handler's zip is served from a real S3 server where the pods reach this machine.
+    let scratch = common::s3::Scratch::new("bench-functions");
+    let s3 = common::s3::S3Server::start(&scratch, common::node_address(&client).await).await;
+    s3.put("go-hello.zip", common::s3::example_zip("go-hello.zip"))
+        .await;
     let identity = format!("fargo-bench-functions-{}", std::process::id());
-    let (activator_process, _controller, activator) =
-        common::functions::start_function_stack(&client, &identity).await;
+    let (activator_process, _controller, activator) = common::functions::start_function_stack(
+        &client,
+        &identity,
+        &["--s3-endpoint".into(), s3.endpoint.clone()],
+    )
+    .await;
 
     let namespace = common::namespaces::unique_name("bench-functions");
     common::namespaces::ensure_namespace(&client, &namespace).await;
+    common::s3::s3_secret(&client, &namespace).await;
     println!("load average before: {}", load_average());
-    cold_start(&client, &activator, &namespace).await;
+    let http = (8080, "/healthz");
+    let handler = (9002, "/ready");
+    cold_start(
+        &client,
+        &activator,
+        &namespace,
+        (
+            "cold",
+            json!({"image": "fargo.dev/echo:dev", "timeout": "30s",
+                   "scale": {"idleTimeout": "1s"}}),
+        ),
+        http,
+        COLD_RUNS,
+    )
+    .await;
+    let python = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/python-hello/app.py"
+    ))
+    .expect("the Python example");
+    cold_start(
+        &client,
+        &activator,
+        &namespace,
+        (
+            "cold-python",
+            json!({"runtime": "python3.11", "handler": "app.handler",
+                   "code": {"inline": {"app.py": python}}, "timeout": "30s",
+                   "scale": {"idleTimeout": "1s"}}),
+        ),
+        handler,
+        HANDLER_COLD_RUNS,
+    )
+    .await;
+    cold_start(
+        &client,
+        &activator,
+        &namespace,
+        (
+            "cold-go",
+            json!({"runtime": "provided",
+                   "code": {"s3": {"bucket": common::s3::BUCKET, "key": "go-hello.zip"}},
+                   "timeout": "30s", "scale": {"idleTimeout": "1s"}}),
+        ),
+        handler,
+        HANDLER_COLD_RUNS,
+    )
+    .await;
     proxy_overhead(&client, &activator, activator_process.id(), &namespace).await;
     println!("load average after: {}", load_average());
     let _ = Api::<Namespace>::all(client.clone())
         .delete(&namespace, &DeleteParams::background())
         .await;
+}
+
+/// `fargo runtime-api` with the Go example as its runtime client, against fargo-echo as a plain
+/// HTTP server, both processes of this machine.
+async fn in_pod_part() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let work = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-in-pod");
+    std::fs::create_dir_all(&work).expect("a work directory");
+    let bootstrap = work.join("bootstrap");
+    let built = std::process::Command::new("go")
+        .args(["build", "-o"])
+        .arg(&bootstrap)
+        .arg(".")
+        .current_dir(root.join("examples/go-hello"))
+        .env("CGO_ENABLED", "0")
+        .status()
+        .expect("running go build");
+    assert!(built.success(), "go build of examples/go-hello failed");
+
+    let ports: Vec<u16> = (0..4).map(|_| common::processes::free_port()).collect();
+    let sidecar = common::processes::FargoProcess::new(
+        std::process::Command::new(env!("CARGO_BIN_EXE_fargo"))
+            .arg("runtime-api")
+            .env("FARGO_RUNTIME_LISTEN", format!("127.0.0.1:{}", ports[0]))
+            .env("FARGO_RUNTIME_API", format!("127.0.0.1:{}", ports[1]))
+            .env(
+                "FARGO_RUNTIME_PROBE_LISTEN",
+                format!("127.0.0.1:{}", ports[2]),
+            )
+            .env("AWS_LAMBDA_FUNCTION_NAME", "hello")
+            .env("FARGO_FUNCTION_NAMESPACE", "bench")
+            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
+            .env("FARGO_FUNCTION_TIMEOUT_MS", "30000")
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("starting fargo runtime-api"),
+    );
+    let probe: SocketAddr = format!("127.0.0.1:{}", ports[2]).parse().unwrap();
+    let idle_rss = common::wait::eventually(10, "the sidecar listening", || async {
+        answers(probe, "/live").await.then(|| rss_kib(sidecar.id()))
+    })
+    .await;
+    let runtime = common::processes::FargoProcess::new(
+        std::process::Command::new(&bootstrap)
+            .env("AWS_LAMBDA_RUNTIME_API", format!("127.0.0.1:{}", ports[1]))
+            .spawn()
+            .expect("starting the Go handler"),
+    );
+    common::wait::eventually(10, "the runtime asking for work", || async {
+        answers(probe, "/ready").await.then_some(())
+    })
+    .await;
+    let echo = common::processes::FargoProcess::new(
+        std::process::Command::new(env!("CARGO_BIN_EXE_fargo-echo"))
+            .env("PORT", ports[3].to_string())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("starting fargo-echo"),
+    );
+    let echo_addr: SocketAddr = format!("127.0.0.1:{}", ports[3]).parse().unwrap();
+    common::wait::eventually(10, "fargo-echo listening", || async {
+        answers(echo_addr, "/healthz").await.then_some(())
+    })
+    .await;
+
+    let handler: hyper::Uri = format!("http://127.0.0.1:{}/hello?who=bench", ports[0])
+        .parse()
+        .unwrap();
+    let plain: hyper::Uri = format!("http://127.0.0.1:{}/hello?who=bench", ports[3])
+        .parse()
+        .unwrap();
+    let (handler_client, plain_client) = (keepalive_client(), keepalive_client());
+    load(&handler_client, &handler, 500, 16).await;
+    load(&plain_client, &plain, 500, 16).await;
+    println!(
+        "the in-pod part (fargo runtime-api + the Go example) vs fargo-echo as a plain HTTP server:"
+    );
+    for concurrency in [1, 16] {
+        let (mut through, mut plain_latencies) = (vec![], vec![]);
+        let (mut through_time, mut plain_time) = (Duration::ZERO, Duration::ZERO);
+        let mut sidecar_cpu = Duration::ZERO;
+        for round in 0..ROUNDS {
+            for path in [round % 2, 1 - round % 2] {
+                if path == 0 {
+                    let (latencies, took) =
+                        load(&plain_client, &plain, IN_POD_REQUESTS / ROUNDS, concurrency).await;
+                    plain_latencies.extend(latencies);
+                    plain_time += took;
+                } else {
+                    let before = cpu_time(sidecar.id());
+                    let (latencies, took) = load(
+                        &handler_client,
+                        &handler,
+                        IN_POD_REQUESTS / ROUNDS,
+                        concurrency,
+                    )
+                    .await;
+                    sidecar_cpu += cpu_time(sidecar.id()).saturating_sub(before);
+                    through.extend(latencies);
+                    through_time += took;
+                }
+            }
+        }
+        let per_invocation = sidecar_cpu / through.len() as u32;
+        let through_rps = through.len() as f64 / through_time.as_secs_f64();
+        let plain_rps = plain_latencies.len() as f64 / plain_time.as_secs_f64();
+        let (p50, p99) = support::report(
+            &format!("plain HTTP server, {concurrency} connections ({plain_rps:.0} rps)"),
+            LABEL_WIDTH,
+            plain_latencies,
+        );
+        let (h50, h99) = support::report(
+            &format!("handler via the sidecar, {concurrency} conn. ({through_rps:.0} rps)"),
+            LABEL_WIDTH,
+            through,
+        );
+        println!(
+            "{:<LABEL_WIDTH$} p50=+{:?} p99=+{:?}  throughput {:.2}x",
+            "  in-pod part vs plain",
+            h50.saturating_sub(p50),
+            h99.saturating_sub(p99),
+            through_rps / plain_rps,
+        );
+        println!(
+            "{:<LABEL_WIDTH$} {per_invocation:.1?} per invocation",
+            "  sidecar CPU"
+        );
+    }
+    println!(
+        "{:<LABEL_WIDTH$} idle {} KiB, after the load {} KiB",
+        "sidecar resident memory (VmRSS)",
+        idle_rss,
+        rss_kib(sidecar.id())
+    );
+    drop((runtime, echo, sidecar));
+}
+
+/// The process's resident set, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmRSS:"))
+                .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// The machine is shared: what else ran shows in the load average.
@@ -440,5 +662,8 @@ fn load_average() -> String {
 }
 
 fn main() {
-    support::run(on_the_cluster());
+    support::run(async {
+        in_pod_part().await;
+        on_the_cluster().await;
+    });
 }

@@ -8,9 +8,6 @@
 
 mod common;
 
-use std::net::IpAddr;
-use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -18,10 +15,10 @@ use common::activator::ActivatorAddrs;
 use common::functions::{apply_function, shared_function_stack_with, wait_function_condition};
 use common::http::http_exchange;
 use common::namespaces::with_temp_ns;
-use common::s3::{ACCESS_KEY, BUCKET, S3Server, SECRET_KEY, Scratch};
+use common::s3::{BUCKET, S3Server, Scratch};
 use common::wait::eventually;
 use common::{client, install_crds};
-use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{Api, ListParams, LogParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
@@ -46,12 +43,13 @@ async fn setup() -> (Client, &'static Stack) {
     install_crds(&client).await;
     let stack = STACK
         .get_or_init(|| async {
-            let node_ip = node_address(&client).await;
+            let node_ip = common::node_address(&client).await;
             let scratch = Scratch::new("handlers");
             let s3 = S3Server::start_for_the_process(&scratch, node_ip).await;
             for zip in ["go-hello.zip", "java-hello.zip"] {
-                s3.put(zip, example_zip(zip)).await;
+                s3.put(zip, common::s3::example_zip(zip)).await;
             }
+            s3.put("layers/greeting.zip", greeting_layer()).await;
             let activator =
                 shared_function_stack_with(&client, &["--s3-endpoint".into(), s3.endpoint.clone()])
                     .await;
@@ -65,47 +63,18 @@ async fn setup() -> (Client, &'static Stack) {
     (client, stack)
 }
 
-/// The real node's InternalIP: pods reach this machine there.
-async fn node_address(client: &Client) -> IpAddr {
-    let node = Api::<Node>::all(client.clone())
-        .get("fargo-node")
-        .await
-        .expect("the local cluster's real node, fargo-node");
-    let address = node
-        .status
-        .and_then(|status| status.addresses)
-        .unwrap_or_default()
-        .into_iter()
-        .find(|address| address.type_ == "InternalIP")
-        .expect("fargo-node has an InternalIP");
-    address.address.parse().expect("an IP address")
-}
-
-/// `target/lambda/<zip>`, built by `tests/cluster/lambda-zips.sh` (quick when up to date).
-fn example_zip(zip: &str) -> Vec<u8> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let status = Command::new(root.join("tests/cluster/lambda-zips.sh"))
-        .status()
-        .expect("running tests/cluster/lambda-zips.sh");
-    assert!(
-        status.success(),
-        "tests/cluster/lambda-zips.sh failed ({status}): it builds the Go and Java examples with \
-         Go, javac and jars from Maven Central"
-    );
-    std::fs::read(root.join("target/lambda").join(zip)).expect("the example's zip")
-}
-
-/// The Secret a function's namespace holds for `code.s3`.
-async fn s3_secret(client: &Client, namespace: &str) {
-    let secret: Secret = serde_json::from_value(json!({
-        "metadata": {"name": "fargo-s3"},
-        "stringData": {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY},
-    }))
+/// A layer as Lambda's Python layers are made: modules under `python/`.
+fn greeting_layer() -> Vec<u8> {
+    use std::io::Write;
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    zip.start_file(
+        "python/greeting.py",
+        zip::write::SimpleFileOptions::default(),
+    )
     .unwrap();
-    Api::<Secret>::namespaced(client.clone(), namespace)
-        .create(&PostParams::default(), &secret)
-        .await
-        .expect("creating the S3 Secret");
+    zip.write_all(b"def greet(who):\n    return 'hello ' + who + ' from a layer'\n")
+        .unwrap();
+    zip.finish().unwrap().into_inner()
 }
 
 /// Waits until the function is Ready and at zero.
@@ -303,7 +272,7 @@ async fn a_python_handler_at_zero_gets_the_http_request_as_a_v2_event() {
 async fn each_language_answers_through_the_activator_with_code_from_each_source() {
     let (client, stack) = setup().await;
     with_temp_ns(&client, move |client, ns| async move {
-        s3_secret(&client, &ns).await;
+        common::s3::s3_secret(&client, &ns).await;
         // Node.js: its code from a ConfigMap the user keeps.
         let node_code = std::fs::read_to_string(concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -364,6 +333,33 @@ async fn each_language_answers_through_the_activator_with_code_from_each_source(
             assert_eq!(body["query"]["who"], "fargo", "{name}: {body}");
             println!("{name}: first answer from zero in {:?}", answer.took);
         }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_layer_from_s3_is_importable_from_opt() {
+    let (client, stack) = setup().await;
+    with_temp_ns(&client, move |client, ns| async move {
+        common::s3::s3_secret(&client, &ns).await;
+        let code = "import greeting\n\ndef handler(event, context):\n    \
+                    return greeting.greet(event['queryStringParameters']['who'])\n";
+        apply_function(
+            &client,
+            &ns,
+            "layered",
+            python(
+                "app.handler",
+                code,
+                json!({"layers": [{"s3": {"bucket": BUCKET, "key": "layers/greeting.zip"}}]}),
+            ),
+        )
+        .await;
+        wait_at_zero(&client, &ns, "layered").await;
+        let answer = get(stack, &ns, "layered", "?who=fargo").await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        // A bare return value: a JSON body, as function URLs send it.
+        assert_eq!(answer.json(), json!("hello fargo from a layer"));
     })
     .await;
 }

@@ -113,6 +113,24 @@ fn python_handler_receives_function_url_events_and_shapes_responses() {
 }
 
 #[test]
+fn the_activators_probe_of_a_starting_pod_invokes_nothing() {
+    let sidecar = Sidecar::start(30_000);
+    let _runtime = sidecar.python("app.handler");
+    sidecar.wait_ready();
+    let probe = sidecar.request("GET / HTTP/1.1\r\nHost: pod\r\nX-Fargo-Probe: 1\r\n", b"");
+    assert_eq!(probe.status, 204, "{probe:?}");
+    let call = sidecar.request("GET / HTTP/1.1\r\nHost: pod\r\n", b"");
+    assert_eq!(call.status, 200, "{call:?}");
+    wait_for(|| sidecar.stdout().contains("REPORT RequestId").then_some(()));
+    assert_eq!(
+        sidecar.stdout().matches("START RequestId").count(),
+        1,
+        "only the request was an invocation:\n{}",
+        sidecar.stdout()
+    );
+}
+
+#[test]
 fn a_bad_handler_name_answers_with_the_init_error_at_once() {
     let sidecar = Sidecar::start(30_000);
     let _runtime = sidecar.python("app.no_such_handler");

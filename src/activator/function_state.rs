@@ -29,6 +29,10 @@ pub struct FunctionConfig {
     pub per_instance: u32,
     /// `spec.port`, for EndpointSlices that list no port.
     pub port: u16,
+    /// How long past `timeout` a forwarded request still waits for the pod's answer: a handler
+    /// function's sidecar times its invocations out itself and answers as Lambda does, which
+    /// the activator would otherwise cut short. Zero for HTTP images.
+    pub answer_grace: Duration,
 }
 
 impl Default for FunctionConfig {
@@ -37,6 +41,7 @@ impl Default for FunctionConfig {
             timeout: Duration::from_secs(60),
             per_instance: 0,
             port: 8080,
+            answer_grace: Duration::ZERO,
         }
     }
 }

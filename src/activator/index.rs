@@ -228,6 +228,9 @@ impl Inner {
     }
 }
 
+/// How long past its timeout the activator waits for a handler function's own answer.
+const RUNTIME_API_ANSWER_GRACE: Duration = Duration::from_secs(1);
+
 /// What the activator uses of a function.
 pub fn settings_of(function: &ServerlessFunction) -> (FunctionConfig, HttpRoute) {
     let spec = &function.spec;
@@ -244,6 +247,11 @@ pub fn settings_of(function: &ServerlessFunction) -> (FunctionConfig, HttpRoute)
             .and_then(|n| u32::try_from(n).ok())
             .unwrap_or(0),
         port: u16::try_from(spec.port).unwrap_or(FunctionConfig::default().port),
+        answer_grace: if spec.uses_runtime_api() {
+            RUNTIME_API_ANSWER_GRACE
+        } else {
+            Duration::ZERO
+        },
     };
     // A function being deleted gives its hosts up at once: the controller, which reports who
     // holds a host, already counts it gone.
@@ -378,11 +386,24 @@ spec:
             FunctionConfig {
                 timeout: Duration::from_secs(30),
                 per_instance: 10,
-                port: 9000
+                port: 9000,
+                answer_grace: Duration::ZERO,
             }
         );
         assert!(http.enabled);
         assert_eq!(http.hosts, vec!["thumbnail.example.com".to_string()]);
+    }
+
+    #[test]
+    fn handler_functions_take_one_request_at_a_time_and_answer_their_own_timeouts() {
+        let handler = function(
+            "apiVersion: fargo.dev/v1alpha1\nkind: ServerlessFunction\n\
+             metadata: {name: hello, namespace: media}\n\
+             spec: {runtime: python3.11, handler: app.handler, code: {inline: {app.py: ''}}}",
+        );
+        let (config, _) = settings_of(&handler);
+        assert_eq!(config.per_instance, 1);
+        assert_eq!(config.answer_grace, RUNTIME_API_ANSWER_GRACE);
     }
 
     #[test]

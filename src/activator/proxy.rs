@@ -198,7 +198,8 @@ impl Proxy {
             parts.headers,
             Either::Left(body),
         );
-        let mut outcome = tokio::time::timeout_at(deadline, self.client.request(first)).await;
+        let answer_by = deadline + function.config().answer_grace;
+        let mut outcome = tokio::time::timeout_at(answer_by, self.client.request(first)).await;
         if let Ok(Err(error)) = &outcome
             && let Some((method, headers)) = replay
             && (error.is_connect() || idempotent)
@@ -213,7 +214,7 @@ impl Proxy {
                 headers,
                 Either::Right(Empty::new()),
             );
-            outcome = tokio::time::timeout_at(deadline, self.client.request(again)).await;
+            outcome = tokio::time::timeout_at(answer_by, self.client.request(again)).await;
         }
         let response = match outcome {
             Ok(Ok(response)) => response,

@@ -799,6 +799,30 @@ mod tests {
     }
 
     #[test]
+    fn a_restricted_profile_admits_a_handlers_pod_as_fargo_builds_it() {
+        use crate::api::FargateProfile;
+        use crate::profile::pod_rules::{fargate_pod, missing_hardening, violations};
+        use k8s_openapi::api::core::v1::Pod;
+        let profile: FargateProfile = serde_yaml::from_str(
+            "apiVersion: fargo.dev/v1alpha1\nkind: FargateProfile\nmetadata: {name: strict}\n\
+             spec: {selectors: [{namespace: team-a}], podSecurity: Restricted}",
+        )
+        .unwrap();
+        for yaml in [
+            PYTHON,
+            "runtime: provided\ncode: {configMap: {name: go-code}}",
+        ] {
+            let pod = Pod {
+                spec: Some(pod(yaml, &RuntimeSettings::default()).unwrap()),
+                ..Default::default()
+            };
+            assert_eq!(violations(&profile, &pod), vec![], "{yaml}");
+            let hardened = fargate_pod(&profile, &pod, None);
+            assert_eq!(missing_hardening(&profile, &hardened), vec![], "{yaml}");
+        }
+    }
+
+    #[test]
     fn a_runtime_without_an_image_is_reported() {
         let settings = RuntimeSettings {
             runtime_images: BTreeMap::new(),

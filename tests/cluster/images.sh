@@ -259,11 +259,14 @@ runtimes() {
   )
   local python_entry=(/usr/bin/python3.11 -m awslambdaric)
   python="$(runtime_rootfs python)"
+  # Layers are found where Lambda's runtimes look: /opt/python, /opt/nodejs, /opt/java/lib.
+  local python_path=/var/runtime:/opt/python/lib/python3.11/site-packages:/opt/python
   cached_image fargo.dev/runtime-python3.11:dev "$python" "${lambda_env[@]}" \
-    --env PYTHONPATH=/var/runtime --entrypoint "$(json_array "${python_entry[@]}")"
+    --env "PYTHONPATH=$python_path" --entrypoint "$(json_array "${python_entry[@]}")"
 
   nodejs="$(runtime_rootfs nodejs)"
   cached_image fargo.dev/runtime-nodejs20.x:dev "$nodejs" "${lambda_env[@]}" \
+    --env NODE_PATH=/opt/nodejs/node20/node_modules:/opt/nodejs/node_modules:/var/runtime/node_modules:/var/runtime:/var/task \
     --entrypoint "$(json_array /usr/bin/node /var/runtime/node_modules/aws-lambda-ric/bin/index.mjs)"
 
   java="$(runtime_rootfs java)"
@@ -272,7 +275,7 @@ runtimes() {
     --entrypoint "$(json_array /usr/lib/jvm/java-17/bin/java \
     -XX:+TieredCompilation -XX:TieredStopAtLevel=1 \
     "-Dcom.amazonaws.services.lambda.runtime.api.client.runtimeapi.NativeClient.JNI=$java_jni" \
-    -cp "/var/runtime/lib/*:/var/task:/var/task/lib/*" \
+    -cp "/var/runtime/lib/*:/var/task:/var/task/lib/*:/opt/java/lib/*" \
     com.amazonaws.services.lambda.runtime.api.client.AWSLambda)"
 
   provided="$(runtime_rootfs provided)"
@@ -289,7 +292,7 @@ runtimes() {
     finish_dir "$example.tmp" "$example"
   fi
   cached_image fargo.dev/lambda-image-example:dev "$example" "${lambda_env[@]}" \
-    --env PYTHONPATH=/var/runtime --entrypoint "$(json_array "${python_entry[@]}")" \
+    --env "PYTHONPATH=$python_path" --entrypoint "$(json_array "${python_entry[@]}")" \
     --cmd "$(json_array app.handler)"
 }
 

@@ -10,11 +10,12 @@ use super::namespaces::ensure_namespace;
 use super::processes::{FargoProcess, free_port, spawn_for_the_process};
 use super::wait::eventually;
 
-/// An activator and a controller pointed at it (webhook unregistered), run out of cluster for
-/// one benchmark, `identity` leading; both stop when dropped.
+/// An activator and a controller pointed at it (webhook unregistered, `flags` added), run out of
+/// cluster for one benchmark, `identity` leading; both stop when dropped.
 pub async fn start_function_stack(
     client: &Client,
     identity: &str,
+    flags: &[String],
 ) -> (FargoProcess, FargoProcess, ActivatorAddrs) {
     ensure_namespace(client, "fargo-system").await;
     let (activator_process, activator) = start_activator().await;
@@ -25,6 +26,7 @@ pub async fn start_function_stack(
         "false".into(),
     ];
     extra.extend(activator.controller_args());
+    extra.extend(flags.iter().cloned());
     let controller = FargoProcess::new(spawn_controller_with(free_port(), free_port(), &extra));
     wait_until_leading(client, identity, 120).await;
     (activator_process, controller, activator)

@@ -101,3 +101,20 @@ pub fn kubectl() -> std::process::Command {
     }
     std::process::Command::new("kubectl")
 }
+
+#[allow(dead_code)]
+/// The real node's InternalIP: pods reach this machine there.
+pub async fn node_address(client: &Client) -> std::net::IpAddr {
+    let node = Api::<k8s_openapi::api::core::v1::Node>::all(client.clone())
+        .get("fargo-node")
+        .await
+        .expect("the local cluster's real node, fargo-node");
+    let address = node
+        .status
+        .and_then(|status| status.addresses)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|address| address.type_ == "InternalIP")
+        .expect("fargo-node has an InternalIP");
+    address.address.parse().expect("an IP address")
+}

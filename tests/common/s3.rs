@@ -198,3 +198,30 @@ impl Drop for S3Server {
 pub fn credentials() -> Credentials {
     Credentials::new(ACCESS_KEY, SECRET_KEY)
 }
+
+/// `target/lambda/<zip>`, built by `tests/cluster/lambda-zips.sh` (quick when up to date).
+pub fn example_zip(zip: &str) -> Vec<u8> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let status = Command::new(root.join("tests/cluster/lambda-zips.sh"))
+        .status()
+        .expect("running tests/cluster/lambda-zips.sh");
+    assert!(
+        status.success(),
+        "tests/cluster/lambda-zips.sh failed ({status}): it builds the Go and Java examples with \
+         Go, javac and jars from Maven Central"
+    );
+    std::fs::read(root.join("target/lambda").join(zip)).expect("the example's zip")
+}
+
+/// The Secret a function's namespace holds for `code.s3`.
+pub async fn s3_secret(client: &kube::Client, namespace: &str) {
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "fargo-s3"},
+        "stringData": {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY},
+    }))
+    .unwrap();
+    kube::Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), namespace)
+        .create(&kube::api::PostParams::default(), &secret)
+        .await
+        .expect("creating the S3 Secret");
+}

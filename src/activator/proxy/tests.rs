@@ -83,6 +83,7 @@ fn config(timeout_ms: u64, per_instance: u32) -> FunctionConfig {
         timeout: Duration::from_millis(timeout_ms),
         per_instance,
         port: 8080,
+        answer_grace: Duration::ZERO,
     }
 }
 
