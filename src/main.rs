@@ -513,9 +513,22 @@ fn positive_duration(text: &str) -> Result<kube::core::Duration, String> {
     Ok(duration)
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // The sidecar of a handler function serves one runtime at a time: one thread does, with
+    // less memory and no wake-ups across threads.
+    let mut runtime = match cli.command {
+        Command::RuntimeApi(_) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    runtime
+        .enable_all()
+        .build()
+        .context("starting the Tokio runtime")?
+        .block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Crds { out_dir } => print_crds(out_dir),
         Command::WaitFor { addr, within } => wait_for(addr, within.into()).await,

@@ -36,6 +36,12 @@ use serde::{Deserialize, Serialize};
         description = "Whether the function can serve requests"
     ),
     printcolumn(
+        name = "Runtime",
+        type_ = "string",
+        json_path = ".spec.runtime",
+        description = "Lambda runtime of handler code; empty for image functions"
+    ),
+    printcolumn(
         name = "Replicas",
         type_ = "integer",
         json_path = ".status.replicas",

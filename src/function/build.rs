@@ -231,6 +231,10 @@ pub fn deployment(
         let parts = runtime_pod::runtime_pod(&name, spec, memory_mib, settings, &mut container)?;
         pod.init_containers = Some(parts.init_containers);
         pod.volumes = Some(parts.volumes);
+        // `pause` is process 1, so the runtime (which seldom handles SIGTERM, and as process 1
+        // would ignore it) stops at once when the pod does, and the sidecar sees the runtime's
+        // processes to report their peak memory. It cannot signal or trace them: another user.
+        pod.share_process_namespace = Some(true);
     } else if let Some(size) = &spec.ephemeral_storage {
         // The image's own /tmp, sized as asked.
         pod.volumes = Some(vec![Volume {

@@ -647,6 +647,11 @@ mod tests {
             .collect();
         assert_eq!(mounts, [(TASK_DIR, true), ("/tmp", false)]);
         assert_eq!(pod.automount_service_account_token, Some(false));
+        assert_eq!(
+            pod.share_process_namespace,
+            Some(true),
+            "the runtime is not process 1, so SIGTERM stops it"
+        );
     }
 
     #[test]

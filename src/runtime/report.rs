@@ -46,17 +46,19 @@ pub fn print(lines: &str) {
     let _ = out.flush();
 }
 
-/// The highest memory use the sidecar can see, in MiB (Lambda's "MB").
+/// The highest memory use of the function, in MiB (Lambda's "MB").
 ///
-/// Lambda reports the peak of the whole sandbox. The closest figure a container can read is its
-/// cgroup's high-water mark: `memory.peak` (cgroup v2, Linux 5.19+) or
-/// `memory.max_usage_in_bytes` (v1). In a pod, that is the cgroup the sidecar sees — its own
-/// container's unless the pod mounts the pod-level cgroup there — so the runtime container's
-/// memory may be missing from it. When no cgroup figure can be read, the sidecar's own peak
-/// resident size (`VmHWM`) is printed: an honest lower bound, never a guess. `None` only when
-/// not even that can be read.
+/// fargo's pods share one process namespace, so the sidecar sees the runtime's processes: their
+/// peak resident sizes (`VmHWM`), summed, are the function's use (the first process is the pod's
+/// `pause`, the sidecar is left out). Outside such a pod (a test running the sidecar by hand)
+/// the sidecar's cgroup high-water mark is the closest figure — `memory.peak` (cgroup v2) or
+/// `memory.max_usage_in_bytes` (v1) — and failing that its own `VmHWM`, a lower bound. `None`
+/// only when not even that can be read.
 pub fn max_memory_used_mb() -> Option<u64> {
     const MIB: u64 = 1024 * 1024;
+    if let Some(kib) = shared_namespace_peak_kib() {
+        return Some(kib.div_ceil(1024));
+    }
     let cgroup = [
         "/sys/fs/cgroup/memory.peak",
         "/sys/fs/cgroup/memory/memory.max_usage_in_bytes",
@@ -74,6 +76,27 @@ pub fn max_memory_used_mb() -> Option<u64> {
     }
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     vm_hwm_kib(&status).map(|kib| kib.div_ceil(1024))
+}
+
+/// The summed `VmHWM` of the pod's other processes, when the sidecar shares the pod's process
+/// namespace (process 1 is the sandbox's `pause`).
+fn shared_namespace_peak_kib() -> Option<u64> {
+    if std::fs::read_to_string("/proc/1/comm").ok()?.trim() != "pause" {
+        return None;
+    }
+    let own = std::process::id().to_string();
+    let mut total = 0;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str() else { continue };
+        if pid == "1" || pid == own || !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        if let Ok(status) = std::fs::read_to_string(entry.path().join("status")) {
+            total += vm_hwm_kib(&status).unwrap_or(0);
+        }
+    }
+    Some(total)
 }
 
 fn vm_hwm_kib(status: &str) -> Option<u64> {
