@@ -108,6 +108,21 @@ struct State {
     draining: bool,
 }
 
+/// Removes `request_id` from the queue; whether it was waiting there (not yet taken).
+fn dequeue(state: &mut State, request_id: &str) -> bool {
+    match state
+        .queue
+        .iter()
+        .position(|queued| queued.invocation.request_id == request_id)
+    {
+        Some(position) => {
+            state.queue.remove(position);
+            true
+        }
+        None => false,
+    }
+}
+
 /// The invocations of one function pod.
 pub struct Invocations {
     function: Function,
@@ -264,12 +279,7 @@ impl Invocations {
     /// as timed out and its runtime is reported not live until a new one connects.
     pub fn time_out(&self, request_id: &str) {
         let mut state = self.lock();
-        if let Some(position) = state
-            .queue
-            .iter()
-            .position(|queued| queued.invocation.request_id == request_id)
-        {
-            state.queue.remove(position);
+        if dequeue(&mut state, request_id) {
             drop(state);
             self.metrics.invocation(Outcome::Timeout, None);
             return;
@@ -292,12 +302,7 @@ impl Invocations {
     /// stuck runtime is still found out.
     fn abandon(self: &Arc<Self>, request_id: String, deadline: Instant) {
         let mut state = self.lock();
-        if let Some(position) = state
-            .queue
-            .iter()
-            .position(|queued| queued.invocation.request_id == request_id)
-        {
-            state.queue.remove(position);
+        if dequeue(&mut state, &request_id) {
             drop(state);
             self.metrics.invocation(Outcome::Cancelled, None);
             return;

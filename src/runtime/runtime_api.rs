@@ -124,16 +124,19 @@ async fn response(
             Some(error) => Finished::Error(error),
             None => Finished::Response(body),
         },
-        Err(BodyError::TooLarge) => {
-            let error = response_too_large_error(state.max_payload_bytes);
-            return match state.invocations.finish(&id, Finished::Error(error)) {
-                Ok(()) => too_large(state.max_payload_bytes),
-                Err(_) => invalid_request_id(),
-            };
-        }
+        Err(BodyError::TooLarge) => return answer_too_large(&state, &id),
         Err(BodyError::Truncated) => return truncated(),
     };
     answered(state.invocations.finish(&id, finished))
+}
+
+/// The runtime's answer for `id` was over the limit: the caller gets Lambda's error for it.
+fn answer_too_large(state: &ApiState, id: &str) -> Response {
+    let error = response_too_large_error(state.max_payload_bytes);
+    match state.invocations.finish(id, Finished::Error(error)) {
+        Ok(()) => too_large(state.max_payload_bytes),
+        Err(_) => invalid_request_id(),
+    }
 }
 
 #[tracing::instrument(skip(state, request))]
@@ -148,13 +151,7 @@ async fn error(
             .as_ref()
             .and_then(trailer_error)
             .unwrap_or_else(|| error_body(&parts.headers, &body)),
-        Err(BodyError::TooLarge) => {
-            let error = response_too_large_error(state.max_payload_bytes);
-            return match state.invocations.finish(&id, Finished::Error(error)) {
-                Ok(()) => too_large(state.max_payload_bytes),
-                Err(_) => invalid_request_id(),
-            };
-        }
+        Err(BodyError::TooLarge) => return answer_too_large(&state, &id),
         Err(BodyError::Truncated) => return truncated(),
     };
     answered(state.invocations.finish(&id, Finished::Error(body)))
