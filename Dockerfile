@@ -9,8 +9,8 @@ WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target,sharing=locked \
-    cargo build --release --locked --bin fargo --bin fargo-echo && \
-    mkdir /out && cp target/release/fargo target/release/fargo-echo /out/
+    cargo build --release --locked --bin fargo --bin fargo-runtime-api --bin fargo-echo && \
+    mkdir /out && cp target/release/fargo target/release/fargo-runtime-api target/release/fargo-echo /out/
 
 # distroless/cc: glibc and libgcc, which the binaries link, and nothing else.
 FROM gcr.io/distroless/cc-debian12:nonroot AS echo
@@ -22,6 +22,8 @@ ENTRYPOINT ["/usr/local/bin/fargo-echo"]
 
 FROM gcr.io/distroless/cc-debian12:nonroot AS fargo
 COPY --from=build /out/fargo /usr/local/bin/fargo
+# The sidecar of handler functions' pods, run from this image.
+COPY --from=build /out/fargo-runtime-api /usr/local/bin/fargo-runtime-api
 USER 65532:65532
 EXPOSE 9090
 ENTRYPOINT ["/usr/local/bin/fargo"]

@@ -10,7 +10,7 @@
 //! - **handler cold start**: the same measure for a Python handler (inline code) and a Go
 //!   handler (`provided`, its zip fetched from an S3 server), beside the HTTP echo image.
 //! - **the in-pod part of handler functions** (no cluster: processes of this machine):
-//!   `fargo runtime-api` with the Go example's `bootstrap` as its runtime client, against
+//!   `fargo-runtime-api` with the Go example's `bootstrap` as its runtime client, against
 //!   `fargo-echo` served as a plain HTTP server — latency at 1 and 16 connections, the sidecar's
 //!   CPU per invocation, and its resident memory idle and after the load.
 //!
@@ -500,7 +500,7 @@ async fn on_the_cluster() {
         .await;
 }
 
-/// `fargo runtime-api` with the Go example as its runtime client, against fargo-echo as a plain
+/// `fargo-runtime-api` with the Go example as its runtime client, against fargo-echo as a plain
 /// HTTP server, both processes of this machine.
 async fn in_pod_part() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -519,8 +519,7 @@ async fn in_pod_part() {
 
     let ports: Vec<u16> = (0..4).map(|_| common::processes::free_port()).collect();
     let sidecar = common::processes::FargoProcess::new(
-        std::process::Command::new(env!("CARGO_BIN_EXE_fargo"))
-            .arg("runtime-api")
+        std::process::Command::new(env!("CARGO_BIN_EXE_fargo-runtime-api"))
             .env("FARGO_RUNTIME_LISTEN", format!("127.0.0.1:{}", ports[0]))
             .env("FARGO_RUNTIME_API", format!("127.0.0.1:{}", ports[1]))
             .env(
@@ -534,7 +533,7 @@ async fn in_pod_part() {
             .env("RUST_LOG", "warn")
             .stdout(std::process::Stdio::null())
             .spawn()
-            .expect("starting fargo runtime-api"),
+            .expect("starting fargo-runtime-api"),
     );
     let probe: SocketAddr = format!("127.0.0.1:{}", ports[2]).parse().unwrap();
     let idle_rss = common::wait::eventually(10, "the sidecar listening", || async {
@@ -574,7 +573,7 @@ async fn in_pod_part() {
     load(&handler_client, &handler, 500, 16).await;
     load(&plain_client, &plain, 500, 16).await;
     println!(
-        "the in-pod part (fargo runtime-api + the Go example) vs fargo-echo as a plain HTTP server:"
+        "the in-pod part (fargo-runtime-api + the Go example) vs fargo-echo as a plain HTTP server:"
     );
     for concurrency in [1, 16] {
         let (mut through, mut plain_latencies) = (vec![], vec![]);

@@ -23,16 +23,9 @@ enum Command {
     Controller(Box<ControllerArgs>),
     /// Run the HTTP gateway in front of every function.
     Activator(ActivatorArgs),
-    /// Wait until ADDR accepts TCP connections (a pod's hook waits so for a sidecar), or fail
-    /// after `--within`.
-    WaitFor {
-        addr: SocketAddr,
-        #[arg(long, default_value = "10s")]
-        within: kube::core::Duration,
-    },
     /// Run a handler function's sidecar: AWS's Runtime API for the runtime client, the
     /// function's HTTP port for the activator, and the probes.
-    RuntimeApi(RuntimeApiArgs),
+    RuntimeApi(fargo::runtime::cli::RuntimeApiArgs),
     /// Fill a handler function's code (`/var/task`) and layers (`/opt`) from mounted ConfigMaps
     /// and zips in S3, then exit: the init container of handler functions. A failure exits 1
     /// with one line, `<source>: <reason>`, on stderr (and in --termination-log).
@@ -307,71 +300,6 @@ impl ActivatorArgs {
 }
 
 #[derive(clap::Args, Debug)]
-struct RuntimeApiArgs {
-    /// The function's port: the activator forwards HTTP requests here.
-    #[arg(long, env = "FARGO_RUNTIME_LISTEN", default_value = "0.0.0.0:8080")]
-    listen: SocketAddr,
-
-    /// AWS Lambda's Runtime API, for the runtime interface client (`AWS_LAMBDA_RUNTIME_API`).
-    #[arg(long, env = "FARGO_RUNTIME_API", default_value = "127.0.0.1:9001")]
-    runtime_api: SocketAddr,
-
-    /// Address of `/ready`, `/live` and `/metrics`.
-    #[arg(
-        long,
-        env = "FARGO_RUNTIME_PROBE_LISTEN",
-        default_value = "0.0.0.0:9002"
-    )]
-    probe_listen: SocketAddr,
-
-    /// The function's name.
-    #[arg(long, env = "AWS_LAMBDA_FUNCTION_NAME")]
-    function_name: String,
-
-    /// The function's namespace (the account in its ARN).
-    #[arg(long, env = "FARGO_FUNCTION_NAMESPACE")]
-    namespace: String,
-
-    /// Memory of the function in MB, as its REPORT lines state it.
-    #[arg(long, env = "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
-          value_parser = clap::value_parser!(u32).range(1..))]
-    memory_mb: u32,
-
-    /// How long an invocation may take, from its arrival, in milliseconds.
-    #[arg(long, env = "FARGO_FUNCTION_TIMEOUT_MS",
-          value_parser = clap::value_parser!(u64).range(1..))]
-    timeout_ms: u64,
-
-    /// Region in the function's ARN.
-    #[arg(long, env = "AWS_REGION", default_value = "local")]
-    region: String,
-
-    /// Largest event and largest response, in bytes (Lambda's synchronous limit); larger
-    /// requests get 413.
-    #[arg(long, env = "FARGO_RUNTIME_MAX_PAYLOAD_BYTES", default_value_t = 6 * 1024 * 1024,
-          value_parser = clap::value_parser!(u64).range(1024..))]
-    max_payload_bytes: u64,
-}
-
-impl RuntimeApiArgs {
-    fn into_config(self) -> fargo::runtime::Config {
-        fargo::runtime::Config {
-            listen: self.listen,
-            runtime_api: self.runtime_api,
-            probe_listen: self.probe_listen,
-            function: fargo::runtime::Function::new(
-                &self.region,
-                &self.namespace,
-                &self.function_name,
-                self.memory_mb,
-                std::time::Duration::from_millis(self.timeout_ms),
-            ),
-            max_payload_bytes: usize::try_from(self.max_payload_bytes).unwrap_or(usize::MAX),
-        }
-    }
-}
-
-#[derive(clap::Args, Debug)]
 struct FetchCodeArgs {
     /// Directory the code goes into.
     #[arg(long, env = "FARGO_CODE_DIR", default_value = "/var/task")]
@@ -531,7 +459,6 @@ fn main() -> anyhow::Result<()> {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Crds { out_dir } => print_crds(out_dir),
-        Command::WaitFor { addr, within } => wait_for(addr, within.into()).await,
         Command::Controller(args) => {
             telemetry::init_logging(cli.log_json);
             let shutdown = telemetry::shutdown_on_signal().context("installing signal handlers")?;
@@ -575,19 +502,6 @@ fn label_pair(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
         _ => Err(format!("{text:?} is not key=value")),
-    }
-}
-
-async fn wait_for(addr: SocketAddr, within: std::time::Duration) -> anyhow::Result<()> {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        match tokio::net::TcpStream::connect(addr).await {
-            Ok(_) => return Ok(()),
-            Err(error) if tokio::time::Instant::now() >= deadline => {
-                anyhow::bail!("{addr} did not accept connections within {within:?}: {error}")
-            }
-            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
-        }
     }
 }
 

@@ -1,6 +1,6 @@
-//! `fargo runtime-api` with AWS's real runtime interface clients as local processes, no
-//! Kubernetes: Python's awslambdaric (from PyPI, at the version in tests/cluster/versions.env)
-//! and a Go handler built with aws-lambda-go (tests/runtime/go-handler).
+//! `fargo-runtime-api` (the sidecar as pods run it) with AWS's real runtime interface clients
+//! as local processes, no Kubernetes: Python's awslambdaric (from PyPI, at the version in
+//! tests/cluster/versions.env) and a Go handler built with aws-lambda-go (tests/runtime/go-handler).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -225,7 +225,7 @@ fn go_handler_runs_under_aws_lambda_go() {
     );
 }
 
-/// A `fargo runtime-api` process on free ports, stopped with SIGTERM when dropped.
+/// A `fargo-runtime-api` process on free ports, stopped with SIGTERM when dropped.
 struct Sidecar {
     child: Child,
     ports: [u16; 3],
@@ -238,8 +238,7 @@ impl Sidecar {
         let dir = tempdir();
         std::fs::write(dir.join("app.py"), PYTHON_HANDLER).expect("writing the handler");
         let log = |name: &str| std::fs::File::create(dir.join(name)).expect("a log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_fargo"))
-            .arg("runtime-api")
+        let child = Command::new(env!("CARGO_BIN_EXE_fargo-runtime-api"))
             .args(["--listen", &format!("127.0.0.1:{}", ports[0])])
             .args(["--runtime-api", &format!("127.0.0.1:{}", ports[1])])
             .args(["--probe-listen", &format!("127.0.0.1:{}", ports[2])])
@@ -253,7 +252,7 @@ impl Sidecar {
             .stdout(log("sidecar.stdout"))
             .stderr(log("sidecar.stderr"))
             .spawn()
-            .expect("starting fargo runtime-api");
+            .expect("starting fargo-runtime-api");
         let sidecar = Self { child, ports, dir };
         wait_for(|| TcpStream::connect(("127.0.0.1", sidecar.ports[2])).ok());
         sidecar

@@ -17,6 +17,7 @@
 
 use std::collections::HashSet;
 
+use fargo::activator::hold::HoldLimit;
 use fargo::activator::index::{FunctionIndex, Resolved};
 use fargo::activator::metrics::ActivatorMetrics;
 use fargo::activator::proxy::{
@@ -196,7 +197,12 @@ fn index_of<'a>(
     names: &ActivatorNames,
     functions: impl Iterator<Item = &'a ServerlessFunction>,
 ) -> FunctionIndex {
-    let index = FunctionIndex::new(names.clone(), 16, ActivatorMetrics::default());
+    let index = FunctionIndex::new(
+        names.clone(),
+        16,
+        HoldLimit::new(usize::MAX),
+        ActivatorMetrics::default(),
+    );
     for function in functions {
         index.apply(function);
     }

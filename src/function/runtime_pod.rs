@@ -31,6 +31,8 @@ use crate::api::function::{Code, Runtime};
 
 /// Name of the sidecar serving the Runtime API.
 pub const RUNTIME_API_CONTAINER: &str = "runtime-api";
+/// The sidecar's binary in the fargo image.
+pub const SIDECAR_BINARY: &str = "/usr/local/bin/fargo-runtime-api";
 /// Name of the init container that fetches code.
 pub const FETCH_CONTAINER: &str = "fetch-code";
 /// Where the runtime interface client finds the Runtime API.
@@ -397,7 +399,8 @@ fn sidecar(
     Container {
         name: RUNTIME_API_CONTAINER.into(),
         image: Some(settings.fargo_image.clone()),
-        args: Some(vec!["runtime-api".into()]),
+        // The sidecar alone, not the whole `fargo`: it runs in every function pod.
+        command: Some(vec![SIDECAR_BINARY.into()]),
         env: Some(sidecar_env),
         ports: Some(vec![
             ContainerPort {
@@ -419,8 +422,8 @@ fn sidecar(
             post_start: Some(LifecycleHandler {
                 exec: Some(ExecAction {
                     command: Some(vec![
-                        "/usr/local/bin/fargo".into(),
-                        "wait-for".into(),
+                        SIDECAR_BINARY.into(),
+                        "--wait-for".into(),
                         RUNTIME_API_ADDR.into(),
                     ]),
                 }),
@@ -591,8 +594,13 @@ mod tests {
             .as_ref()
             .unwrap();
         assert_eq!(
-            hook.exec.as_ref().unwrap().command.as_ref().unwrap()[1..],
-            ["wait-for".to_string(), RUNTIME_API_ADDR.to_string()]
+            hook.exec.as_ref().unwrap().command.as_ref().unwrap(),
+            &[SIDECAR_BINARY, "--wait-for", RUNTIME_API_ADDR].map(String::from)
+        );
+        assert_eq!(
+            sidecar.command,
+            Some(vec![SIDECAR_BINARY.to_string()]),
+            "the sidecar alone, not the whole fargo"
         );
         let security = sidecar.security_context.as_ref().unwrap();
         assert_eq!(security.run_as_user, Some(SIDECAR_USER));

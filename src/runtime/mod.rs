@@ -10,6 +10,7 @@
 //!
 //! Imports only [`crate::api`] and [`crate::telemetry`].
 
+pub mod cli;
 pub mod event;
 pub mod function_port;
 pub mod invocations;

@@ -5,7 +5,8 @@
 #
 #   tests/cluster/images.sh [all]     fargo.dev/fargo:dev and fargo.dev/echo:dev (runs cargo build),
 #                                     and the runtimes
-#   tests/cluster/images.sh fargo     fargo.dev/fargo:dev from target/release/fargo
+#   tests/cluster/images.sh fargo     fargo.dev/fargo:dev from target/release/fargo (and
+#                                     fargo-runtime-api, the sidecar of handler functions)
 #   tests/cluster/images.sh echo      fargo.dev/echo:dev from target/release/fargo-echo
 #   tests/cluster/images.sh runtimes  the runtimes of handler functions (runtimes.sh):
 #                                     fargo.dev/runtime-{python3.11,nodejs20.x,java17,provided}:dev,
@@ -296,6 +297,19 @@ runtimes() {
     --cmd "$(json_array app.handler)"
 }
 
+# fargo_image: fargo.dev/fargo:dev, `fargo` its entrypoint, with `fargo-runtime-api` beside it
+# (the sidecar of handler functions' pods, which run it from this image).
+fargo_image() {
+  local work release="$root/target/release"
+  work="$(mktemp -d -p "$scratch")"
+  rootfs "$work/rootfs" "$release/fargo"
+  cp "$release/fargo-runtime-api" "$work/rootfs/usr/local/bin/"
+  copy_libs "$work/rootfs" "$release/fargo-runtime-api"
+  oci_image fargo.dev/fargo:dev "$work/rootfs" --user 65532 --port 9090 \
+    --entrypoint "$(json_array /usr/local/bin/fargo)"
+  rm -rf "$work"
+}
+
 cargo_binaries() {
   log "cargo build --release $*"
   (cd "$root" && cargo build --release --locked "$@")
@@ -306,14 +320,14 @@ command -v ctr >/dev/null || [[ -n "${FARGO_IMAGES_NO_IMPORT:-}" ]] ||
 
 case "${1:-all}" in
   all)
-    cargo_binaries --bin fargo --bin fargo-echo
-    image fargo.dev/fargo:dev "$root/target/release/fargo" 65532 9090
+    cargo_binaries --bin fargo --bin fargo-runtime-api --bin fargo-echo
+    fargo_image
     image fargo.dev/echo:dev "$root/target/release/fargo-echo" 65532 8080
     runtimes
     ;;
   fargo)
-    cargo_binaries --bin fargo
-    image fargo.dev/fargo:dev "$root/target/release/fargo" 65532 9090
+    cargo_binaries --bin fargo --bin fargo-runtime-api
+    fargo_image
     ;;
   echo)
     cargo_binaries --bin fargo-echo
