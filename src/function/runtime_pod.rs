@@ -253,24 +253,13 @@ fn small_resources(cpu: &str, memory: &str) -> ResourceRequirements {
 }
 
 /// The identity the sidecar and the runtime share: AWS's variables naming the function.
-fn function_env(
-    name: &str,
-    spec: &ServerlessFunctionSpec,
-    memory_mib: u64,
-    settings: &RuntimeSettings,
-) -> Vec<EnvVar> {
+fn function_env(name: &str, memory_mib: u64, settings: &RuntimeSettings) -> Vec<EnvVar> {
     vec![
         env("AWS_LAMBDA_FUNCTION_NAME", name),
         env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", memory_mib.to_string()),
         env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST"),
         env("AWS_REGION", settings.region.clone()),
         env("AWS_DEFAULT_REGION", settings.region.clone()),
-        env(
-            "FARGO_FUNCTION_TIMEOUT_MS",
-            std::time::Duration::from(spec.timeout)
-                .as_millis()
-                .to_string(),
-        ),
     ]
 }
 
@@ -329,8 +318,7 @@ pub fn runtime_pod(
     // The runtime container: AWS's variables after the user's, so the user cannot point the
     // runtime client elsewhere; probes through the sidecar; no port of its own.
     let mut runtime_env = container.env.take().unwrap_or_default();
-    let mut reserved = function_env(name, spec, memory_mib, settings);
-    reserved.retain(|var| var.name != "FARGO_FUNCTION_TIMEOUT_MS");
+    let mut reserved = function_env(name, memory_mib, settings);
     reserved.extend([
         env("AWS_LAMBDA_RUNTIME_API", RUNTIME_API_ADDR),
         env("AWS_LAMBDA_LOG_GROUP_NAME", format!("/aws/lambda/{name}")),
@@ -386,8 +374,14 @@ fn sidecar(
     memory_mib: u64,
     settings: &RuntimeSettings,
 ) -> Container {
-    let mut sidecar_env = function_env(name, spec, memory_mib, settings);
+    let mut sidecar_env = function_env(name, memory_mib, settings);
     sidecar_env.extend([
+        env(
+            "FARGO_FUNCTION_TIMEOUT_MS",
+            std::time::Duration::from(spec.timeout)
+                .as_millis()
+                .to_string(),
+        ),
         env_from_field("FARGO_FUNCTION_NAMESPACE", "metadata.namespace"),
         env("FARGO_RUNTIME_LISTEN", format!("0.0.0.0:{}", spec.port)),
         env("FARGO_RUNTIME_API", RUNTIME_API_ADDR),

@@ -82,8 +82,6 @@ pub struct S3Server {
     child: Option<Child>,
     /// Where this machine reaches it.
     pub endpoint: String,
-    /// The port it listens on, on every address of `bind`.
-    pub port: u16,
     http: Client<HttpConnector, Full<Bytes>>,
 }
 
@@ -148,7 +146,6 @@ impl S3Server {
         let server = S3Server {
             child,
             endpoint: format!("http://{bind}:{port}"),
-            port,
             http: Client::builder(TokioExecutor::new()).build_http(),
         };
         let bucket = server.bucket();
