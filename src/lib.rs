@@ -5,7 +5,8 @@
 //! - shared by both sides: [`api`] (resources, names, the activator's `/stats` contract),
 //!   [`telemetry`], [`quantity`], [`diagnosis`], [`connections`] (the bounds on the clients of
 //!   the webhook and the activator's proxy);
-//! - the request path: [`activator`]; in each handler function's pod, [`runtime`];
+//! - the request path: [`activator`], whose Lambda API callers [`sigv4`] authenticates; in each
+//!   handler function's pod, [`runtime`];
 //! - the init container of handler functions: [`fetch`] (`fargo fetch-code`);
 //! - the controller side's shared plumbing: [`reconcile`] (Events, metrics, status patches),
 //!   [`caches`], [`replicas`], [`http_client`];
@@ -28,5 +29,6 @@ pub mod reconcile;
 pub mod replicas;
 pub mod runtime;
 pub mod schedule;
+pub mod sigv4;
 pub mod telemetry;
 pub mod webhook;

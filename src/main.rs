@@ -2,6 +2,7 @@ use std::net::SocketAddr;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use fargo::activator::auth::InvokeAuth;
 use fargo::telemetry;
 
 /// fargo: Fargate profiles and serverless functions for any Kubernetes cluster.
@@ -279,6 +280,41 @@ struct ActivatorArgs {
     /// pod) before no longer accepting connections.
     #[arg(long, env = "FARGO_DRAIN_DELAY", default_value = "5s")]
     drain_delay: kube::core::Duration,
+
+    /// NATS server(s) whose JetStream stores asynchronous invocations, e.g.
+    /// nats://fargo-nats.fargo-system.svc:4222 (comma-separated for several). Without it,
+    /// `Event` invocations are refused with 503.
+    #[arg(long, env = "FARGO_NATS_URL")]
+    nats_url: Option<String>,
+
+    /// Copies JetStream keeps of the event stream: 1, or 3 on a 3-node NATS cluster.
+    #[arg(long, env = "FARGO_NATS_REPLICAS", default_value_t = 1,
+          value_parser = clap::value_parser!(u8).range(1..=5))]
+    nats_replicas: u8,
+
+    /// Whether the Lambda API (`/2015-03-31/functions/…`) asks for AWS Signature Version 4
+    /// signatures by keys of `--invoke-keys-secret`. Functions with
+    /// `triggers.http.auth: AWS_IAM` are checked either way.
+    #[arg(long, env = "FARGO_INVOKE_AUTH", value_enum, default_value_t = InvokeAuth::AwsIam)]
+    invoke_auth: InvokeAuth,
+
+    /// Secret in the activator's namespace holding the access keys: each data key is an access
+    /// key id, its value JSON `{"secretAccessKey": "…", "namespaces": ["team-a", "team-*"]}`.
+    #[arg(
+        long,
+        env = "FARGO_INVOKE_KEYS_SECRET",
+        default_value = "fargo-invoke-keys"
+    )]
+    invoke_keys_secret: String,
+
+    /// Region in function ARNs; signatures must name it too.
+    #[arg(long, env = "FARGO_REGION", default_value = "us-east-1")]
+    region: String,
+
+    /// Namespace of a plain function name in the Lambda API when the caller's key names no
+    /// default (or the API asks for no signatures).
+    #[arg(long, env = "FARGO_DEFAULT_NAMESPACE", default_value = "default")]
+    default_namespace: String,
 }
 
 impl ActivatorArgs {
@@ -295,6 +331,12 @@ impl ActivatorArgs {
             header_read_timeout: self.header_read_timeout.into(),
             max_header_bytes: self.max_header_bytes as usize,
             drain_delay: self.drain_delay.into(),
+            nats_url: self.nats_url,
+            nats_replicas: usize::from(self.nats_replicas),
+            invoke_auth: self.invoke_auth,
+            invoke_keys_secret: self.invoke_keys_secret,
+            region: self.region,
+            default_namespace: self.default_namespace,
         }
     }
 }

@@ -17,6 +17,7 @@ use tokio::sync::oneshot;
 use super::balancer::{Balancer, Endpoint, Slot};
 use super::concurrency::ConcurrencyMeter;
 use super::hold::{HoldLimit, HoldQueue, HoldRefused, WaiterId};
+use super::lambda_api::FunctionFacts;
 use super::metrics::RequestMetrics;
 use crate::api::stats::FunctionStats;
 
@@ -33,6 +34,8 @@ pub struct FunctionConfig {
     /// function's sidecar times its invocations out itself and answers as Lambda does, which
     /// the activator would otherwise cut short. Zero for HTTP images.
     pub answer_grace: Duration,
+    /// What the Lambda API, HTTP authentication and the event queue read of the spec.
+    pub facts: Arc<FunctionFacts>,
 }
 
 impl Default for FunctionConfig {
@@ -42,6 +45,7 @@ impl Default for FunctionConfig {
             per_instance: 0,
             port: 8080,
             answer_grace: Duration::ZERO,
+            facts: Arc::default(),
         }
     }
 }

@@ -14,6 +14,7 @@ use tokio::sync::oneshot;
 
 use super::function_state::{FunctionConfig, FunctionState, ObservedEndpoint};
 use super::hold::HoldLimit;
+use super::lambda_api::FunctionFacts;
 use super::metrics::ActivatorMetrics;
 use super::router::{HttpRoute, RouteError, RouteTable};
 use crate::api::ServerlessFunction;
@@ -99,6 +100,24 @@ impl FunctionIndex {
     /// Functions that exist (routed or disabled).
     pub fn function_count(&self) -> usize {
         self.read().routes.len()
+    }
+
+    /// A function that exists (from the ServerlessFunction watch), whether it takes HTTP or not.
+    pub fn function(&self, namespace: &str, name: &str) -> Option<Arc<FunctionState>> {
+        self.read().routes.get(namespace, name).cloned()
+    }
+
+    /// Every function that exists, as `(namespace, name, state)`.
+    pub fn functions(&self) -> Vec<(String, String, Arc<FunctionState>)> {
+        let inner = self.read();
+        inner
+            .routes
+            .keys()
+            .filter_map(|(namespace, name)| {
+                let state = inner.routes.get(namespace, name)?.clone();
+                Some((namespace.to_string(), name.to_string(), state))
+            })
+            .collect()
     }
 
     pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<FunctionState>> {
@@ -252,6 +271,7 @@ pub fn settings_of(function: &ServerlessFunction) -> (FunctionConfig, HttpRoute)
         } else {
             Duration::ZERO
         },
+        facts: Arc::new(FunctionFacts::of(function, timeout)),
     };
     // A function being deleted gives its hosts up at once: the controller, which reports who
     // holds a host, already counts it gone.
@@ -380,7 +400,8 @@ spec:
 
     #[test]
     fn settings_come_from_the_spec() {
-        let (config, http) = settings_of(&function(THUMBNAIL));
+        let thumbnail = function(THUMBNAIL);
+        let (config, http) = settings_of(&thumbnail);
         assert_eq!(
             config,
             FunctionConfig {
@@ -388,8 +409,11 @@ spec:
                 per_instance: 10,
                 port: 9000,
                 answer_grace: Duration::ZERO,
+                facts: Arc::new(FunctionFacts::of(&thumbnail, Duration::from_secs(30))),
             }
         );
+        assert_eq!(config.facts.memory_mb, 128);
+        assert!(!config.facts.uses_runtime_api);
         assert!(http.enabled);
         assert_eq!(http.hosts, vec!["thumbnail.example.com".to_string()]);
     }

@@ -6,12 +6,15 @@
 //! ([`endpoints`]), streams the request through ([`proxy`]) and reports per-function
 //! concurrency ([`concurrency`]) to the autoscaler on `GET /stats` ([`crate::api::stats`]).
 
+pub mod auth;
 pub mod balancer;
 pub mod concurrency;
 pub mod endpoints;
+pub mod events;
 pub mod function_state;
 pub mod hold;
 pub mod index;
+pub mod lambda_api;
 pub mod metrics;
 pub mod proxy;
 pub mod router;
@@ -30,8 +33,11 @@ use tokio_util::sync::CancellationToken;
 use crate::api::routes::ActivatorNames;
 use crate::connections::ConnectionLimits;
 use crate::telemetry;
+use auth::{Authenticator, InvokeAuth};
+use events::EventQueue;
 use hold::HoldLimit;
 use index::FunctionIndex;
+use lambda_api::LambdaSettings;
 use metrics::ActivatorMetrics;
 use proxy::Proxy;
 use scale::Cluster;
@@ -62,6 +68,16 @@ pub struct Config {
     /// After SIGTERM, how long to keep serving while not ready, so that Service endpoints drop
     /// this pod before it stops accepting.
     pub drain_delay: Duration,
+    /// NATS for asynchronous invocations; `None` refuses them.
+    pub nats_url: Option<String>,
+    pub nats_replicas: usize,
+    /// Whether the Lambda API asks for signatures.
+    pub invoke_auth: InvokeAuth,
+    /// Secret (in `service_namespace`) with the access keys.
+    pub invoke_keys_secret: String,
+    pub region: String,
+    /// Namespace of plain function names when the caller has no default.
+    pub default_namespace: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -145,7 +161,39 @@ pub async fn run(
             source,
         })?;
     tracing::info!(addr = %config.addr, domain = %config.domain, "activator proxy listening");
-    let proxy = Arc::new(Proxy::new(index.clone(), Some(Cluster::new(client))));
+    let auth = Arc::new(Authenticator::new(
+        config.invoke_auth,
+        Some(config.region.clone()),
+    ));
+    let keys = tokio::spawn(auth::watch_keys(
+        client.clone(),
+        config.service_namespace.clone(),
+        config.invoke_keys_secret.clone(),
+        auth.clone(),
+    ));
+    let events = match &config.nats_url {
+        Some(url) => match EventQueue::connect(url, config.nats_replicas).await {
+            Ok(queue) => Some(Arc::new(queue)),
+            Err(error) => {
+                tracing::error!(%url, %error, "NATS: asynchronous invocations are refused");
+                None
+            }
+        },
+        None => {
+            tracing::info!("no --nats-url: asynchronous invocations are refused");
+            None
+        }
+    };
+    let lambda = LambdaSettings {
+        region: config.region.clone(),
+        default_namespace: config.default_namespace.clone(),
+        events: events.clone(),
+    };
+    let proxy =
+        Arc::new(Proxy::new(index.clone(), Some(Cluster::new(client))).with_lambda(auth, lambda));
+    let stop_delivery = CancellationToken::new();
+    let delivery = events
+        .map(|queue| tokio::spawn(events::deliver(queue, proxy.clone(), stop_delivery.clone())));
     let proxy_shutdown = proxy::Shutdown::default();
     let limits = proxy::ClientLimits {
         connections: ConnectionLimits {
@@ -183,6 +231,9 @@ pub async fn run(
 
     readiness.set(false);
     proxy_shutdown.draining.cancel();
+    // No new deliveries from a replica on its way out; events being delivered finish, and any
+    // left unacknowledged go to another replica after their ack wait.
+    stop_delivery.cancel();
     tracing::info!(delay = ?config.drain_delay, "draining: not ready, still serving, closing connections after each response");
     tokio::time::sleep(config.drain_delay).await;
     tracing::info!("draining: no new connections; finishing requests in flight and held");
@@ -190,6 +241,10 @@ pub async fn run(
     if let Err(error) = (&mut proxy_served).await {
         tracing::error!(%error, "proxy task failed");
     }
+    if let Some(delivery) = delivery {
+        delivery.abort();
+    }
+    keys.abort();
     for watch in watches {
         watch.abort();
     }

@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{Either, Empty};
+use http_body_util::{Either, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::uri::{self, Authority, PathAndQuery, Scheme};
@@ -23,14 +23,34 @@ use tokio::net::TcpListener;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
+use super::auth::Authenticator;
 use super::function_state::{Admission, FunctionState, Lease};
 use super::index::FunctionIndex;
+use super::lambda_api::LambdaSettings;
+use super::router::RouteError;
 use super::router::upstream_path;
 use super::scale::{Cluster, spawn_poke};
+use crate::api::function::HttpAuth;
 use crate::connections::{self, ConnectionLimits, Connections, TrackedBody};
 use crate::telemetry::error_chain;
 
-type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+type UpstreamBody = Either<Incoming, Full<Bytes>>;
+
+/// A request body on its way to a pod: the client's, streamed through, or one the activator
+/// read whole (an Invoke API payload, an event from the queue, a signed request).
+pub enum Outgoing {
+    Streamed(Incoming),
+    Buffered(Bytes),
+}
+
+impl Outgoing {
+    fn into_upstream(self) -> UpstreamBody {
+        match self {
+            Outgoing::Streamed(body) => Either::Left(body),
+            Outgoing::Buffered(bytes) => Either::Right(Full::new(bytes)),
+        }
+    }
+}
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// How often a held request asks whether the function's pods are all broken.
@@ -62,6 +82,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct Proxy {
     index: Arc<FunctionIndex>,
     client: Client<HttpConnector, UpstreamBody>,
+    auth: Arc<Authenticator>,
+    lambda: LambdaSettings,
     /// `None` runs without a cluster (tests): no scale-from-zero poke, no pod diagnosis.
     cluster: Option<Cluster>,
 }
@@ -78,8 +100,29 @@ impl Proxy {
         Self {
             index,
             client,
+            auth: Arc::new(Authenticator::default()),
+            lambda: LambdaSettings::default(),
             cluster,
         }
+    }
+
+    /// The Lambda API's authentication and settings (off and defaults without this).
+    pub fn with_lambda(mut self, auth: Arc<Authenticator>, lambda: LambdaSettings) -> Self {
+        self.auth = auth;
+        self.lambda = lambda;
+        self
+    }
+
+    pub fn index(&self) -> &FunctionIndex {
+        &self.index
+    }
+
+    pub fn auth(&self) -> &Authenticator {
+        &self.auth
+    }
+
+    pub fn lambda(&self) -> &LambdaSettings {
+        &self.lambda
     }
 
     /// Answers one request. `client_ip` is the peer's address, ready for `X-Forwarded-For`.
@@ -95,9 +138,58 @@ impl Proxy {
             .resolve(request_host(&request), request.uri().path())
         {
             Ok(resolved) => resolved,
+            Err(RouteError::LambdaApi) => {
+                return super::lambda_api::serve(self, request, client_ip).await;
+            }
             Err(error) => return text_response(StatusCode::NOT_FOUND, error.to_string()),
         };
         let function = resolved.function;
+        let (mut parts, body) = request.into_parts();
+        let body = if function.config().facts.http_auth == HttpAuth::AwsIam {
+            match self.auth.function_url(&function, &mut parts, body).await {
+                Ok(body) => Outgoing::Buffered(body),
+                Err(error) => {
+                    return refuse_with(&function, arrived, error.into_response());
+                }
+            }
+        } else {
+            Outgoing::Streamed(body)
+        };
+        let target = Target {
+            strip: resolved.strip,
+            raw_event: false,
+        };
+        self.send(&function, parts, body, target, client_ip, arrived)
+            .await
+    }
+
+    /// The one path of every invocation, whatever its source: admits the request to the
+    /// function (holding it while no pod is free, asking for a scale from zero at once), then
+    /// forwards it to a pod.
+    pub(super) async fn send(
+        &self,
+        function: &Arc<FunctionState>,
+        parts: hyper::http::request::Parts,
+        body: Outgoing,
+        target: Target,
+        client_ip: &HeaderValue,
+        arrived: Instant,
+    ) -> Response<ProxyBody> {
+        match self.admit(function, arrived).await {
+            Ok((lease, timing)) => {
+                self.forward(parts, body, target, lease, client_ip, timing)
+                    .await
+            }
+            Err(refused) => refused,
+        }
+    }
+
+    /// A place on one of the function's pods, or the activator's answer when none comes.
+    async fn admit(
+        &self,
+        function: &Arc<FunctionState>,
+        arrived: Instant,
+    ) -> Result<(Lease, Timing), Response<ProxyBody>> {
         let (timeout, admission) = function.admit();
         let deadline = arrived + timeout;
         let lease = match admission {
@@ -109,11 +201,11 @@ impl Proxy {
                     function.name()
                 );
                 let mut response =
-                    refuse(&function, arrived, StatusCode::TOO_MANY_REQUESTS, message);
+                    refuse(function, arrived, StatusCode::TOO_MANY_REQUESTS, message);
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                return response;
+                return Err(response);
             }
             Admission::ActivatorFull(limit) => {
                 function.metrics().held_refused();
@@ -122,11 +214,11 @@ impl Proxy {
                      together; retry later"
                 );
                 let mut response =
-                    refuse(&function, arrived, StatusCode::SERVICE_UNAVAILABLE, message);
+                    refuse(function, arrived, StatusCode::SERVICE_UNAVAILABLE, message);
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                return response;
+                return Err(response);
             }
             Admission::Hold(held) => {
                 if held.should_poke() {
@@ -140,17 +232,17 @@ impl Proxy {
                     waited = waited => match waited {
                         Some(lease) => lease,
                         None => {
-                            let message = self.explain_hold_timeout(&function, timeout).await;
-                            return refuse(&function, arrived, StatusCode::GATEWAY_TIMEOUT, message);
+                            let message = self.explain_hold_timeout(function, timeout).await;
+                            return Err(refuse(function, arrived, StatusCode::GATEWAY_TIMEOUT, message));
                         }
                     },
-                    problems = self.broken(&function) => {
+                    problems = self.broken(function) => {
                         let message = format!(
                             "function {}/{} cannot start: {problems}",
                             function.namespace(),
                             function.name()
                         );
-                        return refuse(&function, arrived, StatusCode::BAD_GATEWAY, message);
+                        return Err(refuse(function, arrived, StatusCode::BAD_GATEWAY, message));
                     }
                 }
             }
@@ -160,16 +252,16 @@ impl Proxy {
             deadline,
             timeout,
         };
-        self.forward(request, resolved.strip, lease, client_ip, timing)
-            .await
+        Ok((lease, timing))
     }
 
     /// Sends the request to the leased pod (retrying once elsewhere when that is safe) and
     /// returns the pod's answer with a body that holds the lease until it ends.
     async fn forward(
         &self,
-        request: Request<Incoming>,
-        strip: usize,
+        mut parts: hyper::http::request::Parts,
+        body: Outgoing,
+        target: Target,
         mut lease: Lease,
         client_ip: &HeaderValue,
         timing: Timing,
@@ -180,28 +272,36 @@ impl Proxy {
             timeout,
         } = timing;
         let function = lease.function().clone();
-        let (mut parts, body) = request.into_parts();
-        let Ok(path_and_query) = upstream_path_and_query(&parts.uri, strip) else {
+        let Ok(path_and_query) = upstream_path_and_query(&parts.uri, target.strip) else {
             let message = format!("request path {} is not valid", parts.uri.path());
             return refuse(&function, arrived, StatusCode::BAD_REQUEST, message);
         };
         prepare_request_headers(&mut parts.headers, &parts.uri, client_ip);
+        if target.raw_event {
+            parts.headers.insert(
+                HeaderName::from_static(crate::api::lambda::INVOKE_HEADER),
+                HeaderValue::from_static(crate::api::lambda::INVOKE_EVENT),
+            );
+        }
         let idempotent = parts.method == Method::GET || parts.method == Method::HEAD;
         // A request whose body is not read yet can be sent again; keep what that needs.
-        let replay = (idempotent || body.is_end_stream())
-            .then(|| (parts.method.clone(), parts.headers.clone()));
+        let replay = match &body {
+            Outgoing::Buffered(bytes) => Some(bytes.clone()),
+            Outgoing::Streamed(body) => (idempotent || body.is_end_stream()).then(Bytes::new),
+        }
+        .map(|bytes| (parts.method.clone(), parts.headers.clone(), bytes));
 
         let first = upstream_request(
             parts.method,
             lease.authority(),
             &path_and_query,
             parts.headers,
-            Either::Left(body),
+            body.into_upstream(),
         );
         let answer_by = deadline + function.config().answer_grace;
         let mut outcome = tokio::time::timeout_at(answer_by, self.client.request(first)).await;
         if let Ok(Err(error)) = &outcome
-            && let Some((method, headers)) = replay
+            && let Some((method, headers, bytes)) = replay
             && (error.is_connect() || idempotent)
         {
             tracing::debug!(%error, pod = %lease.addr(), "retrying on another pod");
@@ -212,7 +312,7 @@ impl Proxy {
                 lease.authority(),
                 &path_and_query,
                 headers,
-                Either::Right(Empty::new()),
+                Outgoing::Buffered(bytes).into_upstream(),
             );
             outcome = tokio::time::timeout_at(answer_by, self.client.request(again)).await;
         }
@@ -299,6 +399,16 @@ impl Proxy {
     }
 }
 
+/// Where a request goes in the function's pod.
+#[derive(Clone, Copy, Debug)]
+pub struct Target {
+    /// Bytes to cut from the front of the request path (the route's prefix).
+    pub strip: usize,
+    /// The body is the event itself (an Invoke API payload) for the in-pod Runtime API, not an
+    /// HTTP request to turn into one.
+    pub raw_event: bool,
+}
+
 /// When a request arrived and when it must be done.
 #[derive(Clone, Copy)]
 struct Timing {
@@ -309,7 +419,7 @@ struct Timing {
 }
 
 /// Counts a response the activator makes itself, and makes it.
-fn refuse(
+pub(super) fn refuse(
     function: &FunctionState,
     arrived: Instant,
     status: StatusCode,
@@ -321,7 +431,19 @@ fn refuse(
     text_response(status, message)
 }
 
-fn text_response(status: StatusCode, mut message: String) -> Response<ProxyBody> {
+/// Counts a response the activator made (an authentication failure), and returns it.
+pub(super) fn refuse_with(
+    function: &FunctionState,
+    arrived: Instant,
+    response: Response<ProxyBody>,
+) -> Response<ProxyBody> {
+    function
+        .metrics()
+        .record(response.status().as_u16(), arrived.elapsed());
+    response
+}
+
+pub(super) fn text_response(status: StatusCode, mut message: String) -> Response<ProxyBody> {
     message.push('\n');
     let mut response = Response::new(ProxyBody::message(message));
     *response.status_mut() = status;
@@ -477,9 +599,17 @@ pin_project! {
 
 impl ProxyBody {
     fn message(text: String) -> Self {
-        ProxyBody::Message {
-            text: Some(Bytes::from(text)),
-        }
+        Self::bytes(Bytes::from(text))
+    }
+
+    /// A body the activator made whole.
+    pub fn bytes(bytes: Bytes) -> Self {
+        ProxyBody::Message { text: Some(bytes) }
+    }
+
+    /// Whether the activator made this body itself (a refusal), rather than a pod.
+    pub fn is_activators(&self) -> bool {
+        matches!(self, ProxyBody::Message { .. })
     }
 
     fn upstream(body: Incoming, lease: Lease, deadline: Instant) -> Self {

@@ -53,6 +53,10 @@ pub enum RouteError {
          (spec.triggers.http.enabled is false)"
     )]
     Disabled { namespace: String, name: String },
+    /// Not a function's request: the Lambda API (`/2015-03-31/functions…`) on a host no
+    /// function holds.
+    #[error("the Lambda API")]
+    LambdaApi,
     #[error(
         "no function is served at host \"{host}\", path \"{path}\": use \
          /{{namespace}}/{{function}}/ or the host {{function}}.{{namespace}}.{domain}"
@@ -159,7 +163,9 @@ impl<T> RouteTable<T> {
     ///
     /// Hosts from `triggers.http.hosts` come first (the holder of the longest matching path
     /// prefix wins, the path is passed on whole), then `{function}.{namespace}.<domain>` (path
-    /// passed on whole), then `/{namespace}/{function}/rest` (only `/rest` is passed on). No
+    /// passed on whole), then the Lambda API ([`LAMBDA_API_PREFIX`]: it comes before a namespace
+    /// that would be named `2015-03-31`), then `/{namespace}/{function}/rest` (only `/rest` is
+    /// passed on). No
     /// function holds the activator's own names, so a request addressed to the activator by
     /// name is always routed by its path.
     pub fn resolve<'a>(
@@ -175,6 +181,9 @@ impl<T> RouteTable<T> {
             if let Some((namespace, name)) = self.function_host(&host) {
                 return self.lookup(namespace, name, 0);
             }
+        }
+        if is_lambda_api(path) {
+            return Err(RouteError::LambdaApi);
         }
         match split_function_path(path) {
             Some((namespace, name, strip)) => self.lookup(namespace, name, strip),
@@ -219,6 +228,14 @@ impl<T> RouteTable<T> {
         let (name, namespace) = rest.rsplit_once('.')?;
         (!name.is_empty() && !namespace.is_empty()).then_some((namespace, name))
     }
+}
+
+/// Where the Lambda API's function operations live (its 2015-03-31 version).
+pub const LAMBDA_API_PREFIX: &str = "/2015-03-31/functions";
+
+fn is_lambda_api(path: &str) -> bool {
+    path.strip_prefix(LAMBDA_API_PREFIX)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 /// `(namespace, function, bytes of the prefix)` of `/{namespace}/{function}[/rest]`.
@@ -311,6 +328,35 @@ mod tests {
         assert_eq!(
             routed(&table, host, "/media/thumbnail/"),
             ("thumbnail".into(), "/".into())
+        );
+    }
+
+    #[test]
+    fn the_lambda_api_comes_after_hosts_and_before_path_routes() {
+        let table = table();
+        let activator = Some("fargo-activator.fargo-system.svc");
+        for path in [
+            "/2015-03-31/functions",
+            "/2015-03-31/functions/",
+            "/2015-03-31/functions/echo/invocations",
+        ] {
+            assert_eq!(
+                table.resolve(activator, path).err(),
+                Some(RouteError::LambdaApi)
+            );
+        }
+        assert!(matches!(
+            table.resolve(activator, "/2015-03-31/functionsx"),
+            Err(RouteError::UnknownFunction { .. })
+        ));
+        // A function's own host keeps its whole path space.
+        assert_eq!(
+            routed(
+                &table,
+                Some("thumbnail.media.fargo.local"),
+                "/2015-03-31/functions/x"
+            ),
+            ("thumbnail".into(), "/2015-03-31/functions/x".into())
         );
     }
 

@@ -168,6 +168,12 @@ pub struct ServerlessFunctionSpec {
     #[serde(default)]
     pub triggers: Triggers,
 
+    /// Asynchronous invocations (the Invoke API's `InvocationType: Event`): how often a failed
+    /// event is retried, how long an event may wait, and where results go. Events are stored in
+    /// NATS JetStream before they are accepted.
+    #[serde(default, rename = "async")]
+    pub asynchronous: Async,
+
     /// FargateProfile the function's pods run under (they carry its label).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub profile: Option<String>,
@@ -432,6 +438,12 @@ pub struct HttpTrigger {
     #[serde(default = "enabled")]
     pub enabled: bool,
 
+    /// Who may call the function over HTTP: `None` (anyone who reaches the activator, the
+    /// default) or `AWS_IAM` (requests signed with AWS Signature Version 4 by an access key
+    /// allowed to invoke functions of this namespace, as Lambda function URLs).
+    #[serde(default)]
+    pub auth: HttpAuth,
+
     /// Host names routed to the function, besides `{function}.{namespace}.<domain>`: lower-case
     /// DNS names, not IP addresses. The activator's own names (its Service's), names under its
     /// domain and `localhost` are never routed to a function; a host and path that another
@@ -448,10 +460,25 @@ pub struct HttpTrigger {
     pub path: String,
 }
 
+/// How HTTP requests to a function are authenticated.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+pub enum HttpAuth {
+    /// No authentication.
+    #[default]
+    None,
+    /// AWS Signature Version 4 (service `lambda`), checked by the activator against its access
+    /// keys.
+    #[serde(rename = "AWS_IAM")]
+    AwsIam,
+}
+
 impl Default for HttpTrigger {
     fn default() -> Self {
         Self {
             enabled: true,
+            auth: HttpAuth::None,
             hosts: vec![],
             path: default_path(),
         }
@@ -487,6 +514,88 @@ pub struct Schedule {
     pub body: Option<String>,
 }
 
+/// Asynchronous invocations: retries, age limit and destinations (Lambda's
+/// `EventInvokeConfig`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Async {
+    /// Times an event is retried after the function returned an error: 0 to 2. Throttles and
+    /// failures to reach the function are retried, with backoff, until `maxEventAge`.
+    #[serde(default = "default_max_retries")]
+    #[x_kube(validation = Rule::new("self >= 0 && self <= 2").message("async.maxRetries must be 0, 1 or 2"))]
+    pub max_retries: i32,
+
+    /// Longest an event may wait, from its acceptance to its last attempt: 60s to 6h. Older
+    /// events go to `onFailure` with condition `EventAgeExceeded`.
+    #[serde(default = "default_max_event_age")]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('60s') && duration(self) <= duration('6h')").message("async.maxEventAge must be a duration between 60s and 6h, such as 1h"))]
+    pub max_event_age: Duration,
+
+    /// Wait before the first retry after a function error; each further retry waits twice as
+    /// long (Lambda's ≈1 min, then ≈2 min). 1s to 1h.
+    #[serde(default = "default_retry_delay")]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1s') && duration(self) <= duration('1h')").message("async.retryDelay must be a duration between 1s and 1h, such as 60s"))]
+    pub retry_delay: Duration,
+
+    /// Where the record of an event the function handled goes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_success: Option<Destination>,
+
+    /// Where the record of an event that failed every attempt, or grew too old, goes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_failure: Option<Destination>,
+}
+
+impl Default for Async {
+    fn default() -> Self {
+        Self {
+            max_retries: default_max_retries(),
+            max_event_age: default_max_event_age(),
+            retry_delay: default_retry_delay(),
+            on_success: None,
+            on_failure: None,
+        }
+    }
+}
+
+fn default_max_retries() -> i32 {
+    2
+}
+
+fn default_max_event_age() -> Duration {
+    "6h".parse().expect("a valid duration literal")
+}
+
+fn default_retry_delay() -> Duration {
+    "60s".parse().expect("a valid duration literal")
+}
+
+/// Where an asynchronous invocation's record goes: exactly one of `function`, `url`, `subject`.
+/// The record is Lambda's destination record (`version`, `timestamp`, `requestContext`,
+/// `requestPayload`, `responseContext`, `responsePayload`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("[has(self.function), has(self.url), has(self.subject)].filter(x, x).size() == 1").message("a destination is exactly one of function, url or subject"))]
+pub struct Destination {
+    /// Another ServerlessFunction of the same namespace, invoked asynchronously with the record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$') && size(self) <= 253").message("destination function must be the name of a ServerlessFunction in the same namespace"))]
+    pub function: Option<String>,
+
+    /// An HTTP(S) URL the record is POSTed to (as JSON).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')").message("destination url must be an http:// or https:// URL"))]
+    #[schemars(length(max = 2048))]
+    pub url: Option<String>,
+
+    /// A NATS subject the record is published to. Subjects under `fargo.` and `$` (NATS's own)
+    /// are refused: they carry fargo's and the server's own traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9_-]+(\\\\.[A-Za-z0-9_-]+)*$') && !self.startsWith('fargo.') && self != 'fargo'").message("destination subject must be a NATS subject of plain tokens (letters, digits, - and _ separated by dots), not under fargo."))]
+    #[schemars(length(max = 255))]
+    pub subject: Option<String>,
+}
+
 /// What the controller and the activators observed of a function.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
@@ -512,6 +621,15 @@ pub struct ServerlessFunctionStatus {
     /// When the activator last forwarded a request to the function.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_request_time: Option<Time>,
+
+    /// Asynchronous events stored and not yet handled (waiting, being delivered, or waiting
+    /// for a retry), as the activators last reported them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queued_events: Option<i64>,
+
+    /// When the oldest of `queuedEvents` was accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_queued_event: Option<Time>,
 
     /// The generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]

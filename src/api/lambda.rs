@@ -97,6 +97,29 @@ pub fn billed_ms(duration_ms: f64) -> u64 {
     }
 }
 
+/// A fresh request id in the UUID v4 shape Lambda uses.
+pub fn request_id() -> String {
+    use std::hash::BuildHasher;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    // Each RandomState has fresh keys seeded from the OS: unique, unpredictable ids without a
+    // random number crate.
+    let count = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let high = std::collections::hash_map::RandomState::new().hash_one(count);
+    let low = std::collections::hash_map::RandomState::new().hash_one(!count);
+    let bits = (u128::from(high) << 64 | u128::from(low)) & !(0xf000 << 64) & !(0xc000 << 48);
+    let bits = bits | (0x4000 << 64) | (0x8000 << 48);
+    let hex = format!("{bits:032x}");
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,5 +171,14 @@ mod tests {
                 "errorType": "Sandbox.Timedout"
             })
         );
+    }
+
+    #[test]
+    fn request_ids_are_distinct_uuids() {
+        let (a, b) = (request_id(), request_id());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 36);
+        assert_eq!(&a[14..15], "4");
+        assert!(matches!(&a[19..20], "8" | "9" | "a" | "b"));
     }
 }

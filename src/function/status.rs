@@ -212,7 +212,10 @@ pub fn compute(
         replicas: Some(instances.map_or(0, |i| i.existing)),
         ready_replicas: Some(instances.map_or(0, |i| i.ready)),
         conditions,
+        // Written by the autoscaler, from what the activators report.
         last_request_time: None,
+        queued_events: None,
+        oldest_queued_event: None,
         observed_generation: generation,
     }
 }

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::server::conn::http1;
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -84,6 +84,7 @@ fn config(timeout_ms: u64, per_instance: u32) -> FunctionConfig {
         per_instance,
         port: 8080,
         answer_grace: Duration::ZERO,
+        facts: Default::default(),
     }
 }
 
