@@ -412,9 +412,12 @@ async fn deliver_one(
             match ended {
                 Ended::NotRun => {
                     tracing::debug!(function = %function.name(), %status, "event not delivered; retrying later");
-                    message
-                        .ack_with(AckKind::Nak(Some(reach_backoff(delivered))))
-                        .await
+                    // Back no later than just past its age, to be given up then.
+                    let left = settings.max_event_age.saturating_sub(Duration::from_millis(
+                        u64::try_from(now_ms - stored.accepted_ms).unwrap_or(0),
+                    ));
+                    let wait = reach_backoff(delivered).min(left + Duration::from_secs(1));
+                    message.ack_with(AckKind::Nak(Some(wait))).await
                 }
                 Ended::Success | Ended::FunctionError => {
                     let body = Limited::new(response.into_body(), MAX_SYNC_PAYLOAD)

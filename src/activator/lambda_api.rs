@@ -23,7 +23,7 @@ use tokio::time::Instant;
 
 use super::events::EventQueue;
 use super::function_state::FunctionState;
-use super::proxy::{Outgoing, Proxy, ProxyBody, Target};
+use super::proxy::{NotForwarded, Outgoing, Proxy, ProxyBody, Target};
 use super::router::LAMBDA_API_PREFIX;
 use crate::api::function::{Destination, HttpAuth, Package, ServerlessFunction};
 use crate::api::lambda::{ErrorBody, FUNCTION_ERROR_HEADER};
@@ -565,17 +565,20 @@ pub fn ended(
                 .unwrap_or_default(),
             ProxyBody::Upstream { .. } => String::new(),
         };
-        // A request held or forwarded until the function's timeout is a timed out invocation,
-        // as Lambda reports it: the function's error.
-        if status == StatusCode::GATEWAY_TIMEOUT {
+        let forwarded = response.extensions().get::<NotForwarded>().is_none();
+        // A request forwarded and not answered by the function's timeout is a timed out
+        // invocation, as Lambda reports it: the function's error.
+        if forwarded && status == StatusCode::GATEWAY_TIMEOUT {
             return (Ended::FunctionError, None);
         }
         let (status, error_type) = match status {
-            StatusCode::TOO_MANY_REQUESTS => (status, "TooManyRequestsException"),
-            StatusCode::SERVICE_UNAVAILABLE => {
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
                 (StatusCode::TOO_MANY_REQUESTS, "TooManyRequestsException")
             }
-            StatusCode::BAD_GATEWAY => (status, "ResourceNotReadyException"),
+            // Held until the timeout, pods that cannot start, a pod that failed.
+            StatusCode::GATEWAY_TIMEOUT | StatusCode::BAD_GATEWAY => {
+                (StatusCode::BAD_GATEWAY, "ResourceNotReadyException")
+            }
             StatusCode::FORBIDDEN => (status, "AccessDeniedException"),
             StatusCode::BAD_REQUEST => (status, "InvalidRequestContentException"),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "ServiceException"),

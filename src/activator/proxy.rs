@@ -184,8 +184,22 @@ impl Proxy {
         }
     }
 
-    /// A place on one of the function's pods, or the activator's answer when none comes.
+    /// A place on one of the function's pods, or the activator's answer when none comes (marked
+    /// [`NotForwarded`]).
     async fn admit(
+        &self,
+        function: &Arc<FunctionState>,
+        arrived: Instant,
+    ) -> Result<(Lease, Timing), Response<ProxyBody>> {
+        self.wait_for_place(function, arrived)
+            .await
+            .map_err(|mut refused| {
+                refused.extensions_mut().insert(NotForwarded);
+                refused
+            })
+    }
+
+    async fn wait_for_place(
         &self,
         function: &Arc<FunctionState>,
         arrived: Instant,
@@ -398,6 +412,11 @@ impl Proxy {
         }
     }
 }
+
+/// Marks an answer the activator gave without forwarding the request to any pod (queue full,
+/// held until the timeout, pods broken): the invocation did not run.
+#[derive(Clone, Copy, Debug)]
+pub struct NotForwarded;
 
 /// Where a request goes in the function's pod.
 #[derive(Clone, Copy, Debug)]

@@ -72,7 +72,12 @@ impl ActivatorAddrs {
 /// Starts `fargo activator` on 127.0.0.1; run out of cluster, it reaches pod IPs directly. It
 /// gets SIGTERM when the calling thread ends.
 pub fn spawn_activator(addrs: ActivatorAddrs) -> std::process::Child {
-    let args = [
+    spawn_activator_with(addrs, &[])
+}
+
+/// [`spawn_activator`] with more flags.
+pub fn spawn_activator_with(addrs: ActivatorAddrs, extra: &[String]) -> std::process::Child {
+    let mut args = vec![
         "activator".to_string(),
         "--addr".into(),
         format!("127.0.0.1:{}", addrs.port),
@@ -81,6 +86,7 @@ pub fn spawn_activator(addrs: ActivatorAddrs) -> std::process::Child {
         "--drain-delay".into(),
         "0s".into(),
     ];
+    args.extend(extra.iter().cloned());
     spawn_fargo(&args, &format!("activator-{}.log", addrs.port))
 }
 
@@ -93,6 +99,19 @@ pub async fn start_activator() -> (FargoProcess, ActivatorAddrs) {
     let process = FargoProcess::new(spawn_activator(addrs));
     addrs.wait_until_ready().await;
     (process, addrs)
+}
+
+/// An activator with `extra` flags that lives as long as the test process, on free ports;
+/// returns once it is ready.
+pub async fn activator_for_the_process(extra: &[String]) -> ActivatorAddrs {
+    let addrs = ActivatorAddrs {
+        port: free_port(),
+        health_port: free_port(),
+    };
+    let extra = extra.to_vec();
+    spawn_for_the_process(move || spawn_activator_with(addrs, &extra));
+    addrs.wait_until_ready().await;
+    addrs
 }
 
 /// One activator for all the tests of a test binary, started by the first that asks.

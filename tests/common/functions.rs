@@ -62,6 +62,28 @@ pub async fn shared_function_stack_with(client: &Client, flags: &[String]) -> Ac
     activator
 }
 
+/// A controller for the whole test process, pointed at `activator`, with more `flags`; returns
+/// once it leads.
+pub async fn controller_for_the_process(
+    client: &Client,
+    activator: &ActivatorAddrs,
+    identity: &str,
+    flags: &[String],
+) {
+    ensure_namespace(client, "fargo-system").await;
+    let mut extra = vec![
+        "--identity".to_string(),
+        identity.to_string(),
+        "--webhook-register".into(),
+        "false".into(),
+    ];
+    extra.extend(activator.controller_args());
+    extra.extend(flags.iter().cloned());
+    let (webhook_port, health_port) = (free_port(), free_port());
+    spawn_for_the_process(move || spawn_controller_with(webhook_port, health_port, &extra));
+    wait_until_leading(client, identity, 120).await;
+}
+
 /// Server-side applies a ServerlessFunction with `spec`.
 pub async fn apply_function(
     client: &Client,

@@ -1,0 +1,650 @@
+//! The Lambda API on the activator, called by the real AWS CLI and boto3 (from PyPI, see
+//! `tests/cluster/awscli.sh`) with SigV4 keys from a real Secret, and asynchronous invocations
+//! stored in a real NATS JetStream (nats-server from the Go module, run for these tests with a
+//! store on disk) and delivered to handler functions on the real node, with their retries and
+//! destinations.
+//!
+//! Needs the images of `make images` (fargo, runtime-python3.11) on the node.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::activator::{ActivatorAddrs, activator_for_the_process};
+use common::aws::{AwsCli, Credentials};
+use common::functions::{apply_function, controller_for_the_process, wait_function_condition};
+use common::namespaces::with_temp_ns;
+use common::nats::NatsServer;
+use common::s3::Scratch;
+use common::wait::eventually;
+use common::{client, install_crds};
+use http_body_util::{BodyExt, Full};
+use k8s_openapi::api::core::v1::Secret;
+use kube::Client;
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::{Value, json};
+use tokio::sync::OnceCell;
+
+/// Longest a first invocation may take: a pod started from zero, the code fetched.
+const COLD: &str = "120";
+
+struct Stack {
+    activator: ActivatorAddrs,
+    /// Where destination records are POSTed (an HTTP server of this process on the node's
+    /// address, which the activator may call).
+    records: Records,
+    keys_secret: String,
+    /// Kept for the test binary's life: NATS stops when it is dropped.
+    _nats: NatsServer,
+    _scratch: Scratch,
+}
+
+/// The access key every namespace may use (no default namespace).
+fn admin() -> Credentials {
+    Credentials {
+        access_key_id: "AKFARGOTESTADMIN".into(),
+        secret_access_key: "test-secret-of-the-admin-key".into(),
+        region: "us-east-1".into(),
+    }
+}
+
+/// Records POSTed to the test's destination URL, by path.
+#[derive(Clone, Default)]
+struct Records {
+    url: String,
+    received: Arc<Mutex<Vec<(String, Value)>>>,
+}
+
+impl Records {
+    async fn start(ip: IpAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind(SocketAddr::new(ip, 0))
+            .await
+            .expect("a port for destination records");
+        let addr = listener.local_addr().unwrap();
+        let records = Records {
+            url: format!("http://{addr}"),
+            received: Arc::default(),
+        };
+        let received = records.received.clone();
+        // On a thread and runtime of its own: the test that starts it ends, the others need it.
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener =
+                    tokio::net::TcpListener::from_std(listener.into_std().unwrap()).unwrap();
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let received = received.clone();
+                    tokio::spawn(async move {
+                        let service = hyper::service::service_fn(
+                            move |request: hyper::Request<hyper::body::Incoming>| {
+                                let received = received.clone();
+                                async move {
+                                    let path = request.uri().path().to_string();
+                                    let body = request
+                                        .into_body()
+                                        .collect()
+                                        .await
+                                        .map(|b| b.to_bytes())
+                                        .unwrap_or_default();
+                                    let record: Value =
+                                        serde_json::from_slice(&body).unwrap_or(Value::Null);
+                                    received.lock().unwrap().push((path, record));
+                                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                                        Full::new(Bytes::from_static(b"ok")),
+                                    ))
+                                }
+                            },
+                        );
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+            });
+        });
+        records
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/{path}", self.url)
+    }
+
+    /// Waits for the records POSTed to `path` until there are `count`.
+    async fn wait(&self, path: &str, count: usize, seconds: u64) -> Vec<Value> {
+        let want = format!("/{path}");
+        eventually(seconds, &format!("{count} record(s) at {want}"), || {
+            let found: Vec<Value> = self
+                .received
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(p, _)| *p == want)
+                .map(|(_, record)| record.clone())
+                .collect();
+            async move { (found.len() >= count).then_some(found) }
+        })
+        .await
+    }
+
+    fn count(&self, path: &str) -> usize {
+        let want = format!("/{path}");
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(p, _)| *p == want)
+            .count()
+    }
+}
+
+/// NATS, an activator asking for signatures by the keys of a Secret of this process, a
+/// controller pointed at it, and the destination server; once per test binary.
+async fn setup() -> (Client, &'static Stack) {
+    static STACK: OnceCell<Stack> = OnceCell::const_new();
+    let client = client().await;
+    install_crds(&client).await;
+    let stack = STACK
+        .get_or_init(|| async {
+            let node_ip = common::node_address(&client).await;
+            let scratch = Scratch::new("invoke");
+            let nats = NatsServer::start_for_the_process(&scratch, node_ip).await;
+            let keys_secret = format!("fargo-invoke-keys-test-{}", std::process::id());
+            common::namespaces::ensure_namespace(&client, "fargo-system").await;
+            put_keys(&client, &keys_secret, &[(admin(), json!(["*"]))]).await;
+            let activator = activator_for_the_process(&[
+                "--nats-url".into(),
+                nats.url(),
+                "--invoke-auth".into(),
+                "AWS_IAM".into(),
+                "--invoke-keys-secret".into(),
+                keys_secret.clone(),
+            ])
+            .await;
+            let identity = format!("fargo-test-invoke-{}", std::process::id());
+            controller_for_the_process(&client, &activator, &identity, &[]).await;
+            let records = Records::start(node_ip).await;
+            Stack {
+                activator,
+                records,
+                keys_secret,
+                _nats: nats,
+                _scratch: scratch,
+            }
+        })
+        .await;
+    (client, stack)
+}
+
+/// Writes the access keys Secret: each key with the namespaces it may invoke.
+async fn put_keys(client: &Client, name: &str, keys: &[(Credentials, Value)]) {
+    let data: BTreeMap<String, String> = keys
+        .iter()
+        .map(|(key, namespaces)| {
+            (
+                key.access_key_id.clone(),
+                json!({"secretAccessKey": key.secret_access_key, "namespaces": namespaces})
+                    .to_string(),
+            )
+        })
+        .collect();
+    let secret: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": name, "namespace": "fargo-system"},
+        "stringData": data,
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(client.clone(), "fargo-system")
+        .patch(
+            name,
+            &PatchParams::apply("fargo-test").force(),
+            &Patch::Apply(&secret),
+        )
+        .await
+        .expect("writing the access keys Secret");
+}
+
+/// A Python handler: counts its calls per event id in /tmp, fails the first `fail` calls of
+/// an event, and returns the count.
+const COUNTING_HANDLER: &str = r#"
+import os
+
+def handler(event, context):
+    key = str(event.get("id", "none"))
+    path = "/tmp/calls-" + key
+    calls = int(open(path).read()) + 1 if os.path.exists(path) else 1
+    with open(path, "w") as f:
+        f.write(str(calls))
+    if event.get("raise") or calls <= int(event.get("fail", 0)):
+        raise RuntimeError("failing call %d of %s" % (calls, key))
+    return {"calls": calls, "id": key, "echo": event}
+"#;
+
+async fn counting_function(client: &Client, namespace: &str, name: &str, extra: Value) {
+    let mut spec = json!({
+        "runtime": "python3.11",
+        "handler": "app.handler",
+        "code": {"inline": {"app.py": COUNTING_HANDLER}},
+        "timeout": "30s",
+        "scale": {"max": 1},
+    });
+    if let (Some(spec), Value::Object(extra)) = (spec.as_object_mut(), extra) {
+        spec.extend(extra);
+    }
+    apply_function(client, namespace, name, spec).await;
+    wait_function_condition(
+        client,
+        namespace,
+        name,
+        ("Ready", "True", "ScaledToZero"),
+        60,
+    )
+    .await;
+}
+
+fn endpoint(stack: &Stack) -> String {
+    stack.activator.url()
+}
+
+/// `aws lambda ARGS… --endpoint-url <activator>`; returns (exit code, stdout, stderr).
+fn aws_lambda(stack: &Stack, credentials: &Credentials, args: &[&str]) -> (i32, String, String) {
+    let endpoint = endpoint(stack);
+    let mut all = vec!["lambda"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--endpoint-url", &endpoint, "--cli-read-timeout", COLD]);
+    let output = AwsCli::new().aws(&all, credentials);
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// `aws lambda invoke` with a JSON payload; returns the CLI's JSON answer and the result file.
+fn invoke(
+    stack: &Stack,
+    scratch: &Scratch,
+    credentials: &Credentials,
+    function: &str,
+    payload: &Value,
+    extra: &[&str],
+) -> (Value, String) {
+    let out = scratch
+        .0
+        .join(format!("out-{}.json", fargo::api::lambda::request_id()));
+    let payload = payload.to_string();
+    let mut args = vec![
+        "invoke",
+        "--function-name",
+        function,
+        "--payload",
+        &payload,
+        "--cli-binary-format",
+        "raw-in-base64-out",
+    ];
+    args.extend_from_slice(extra);
+    let out_path = out.to_string_lossy().into_owned();
+    args.push(&out_path);
+    let (code, stdout, stderr) = aws_lambda(stack, credentials, &args);
+    assert_eq!(code, 0, "aws lambda invoke failed: {stdout} {stderr}");
+    let answer: Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("{e}: the CLI printed {stdout:?} {stderr:?}"));
+    let result = std::fs::read_to_string(&out).unwrap_or_default();
+    (answer, result)
+}
+
+#[tokio::test]
+async fn the_aws_cli_invokes_lists_and_dry_runs_functions() {
+    let (client, stack) = setup().await;
+    with_temp_ns(&client, |client, ns| async move {
+        counting_function(&client, &ns, "counter", json!({})).await;
+        let scratch = Scratch::new("invoke-cli");
+        let name = format!("{ns}/counter");
+
+        // From zero: the CLI's call is held while the pod starts, then answered.
+        let (answer, result) = invoke(stack, &scratch, &admin(), &name, &json!({"id": "a"}), &[]);
+        assert_eq!(answer["StatusCode"], 200, "{answer}");
+        assert_eq!(answer["ExecutedVersion"], "$LATEST", "{answer}");
+        assert!(answer.get("FunctionError").is_none(), "{answer}");
+        let result: Value = serde_json::from_str(&result).unwrap();
+        assert_eq!(result["calls"], 1);
+        assert_eq!(result["echo"], json!({"id": "a"}));
+
+        // By ARN too; a raising handler is the function's error, as Lambda reports it.
+        let arn = format!("arn:aws:lambda:us-east-1:{ns}:function:counter");
+        let (answer, result) = invoke(
+            stack,
+            &scratch,
+            &admin(),
+            &arn,
+            &json!({"id": "b", "raise": true}),
+            &[],
+        );
+        assert_eq!(answer["StatusCode"], 200, "{answer}");
+        assert_eq!(answer["FunctionError"], "Unhandled", "{answer}");
+        let error: Value = serde_json::from_str(&result).unwrap();
+        assert_eq!(error["errorType"], "RuntimeError", "{error}");
+        assert!(
+            error["errorMessage"]
+                .as_str()
+                .unwrap()
+                .contains("failing call 1 of b")
+        );
+
+        // DryRun: 204, nothing runs.
+        let (answer, _) = invoke(
+            stack,
+            &scratch,
+            &admin(),
+            &name,
+            &json!({"id": "dry"}),
+            &["--invocation-type", "DryRun"],
+        );
+        assert_eq!(answer["StatusCode"], 204, "{answer}");
+
+        // A function that does not exist.
+        let (code, _, stderr) = aws_lambda(
+            stack,
+            &admin(),
+            &[
+                "invoke",
+                "--function-name",
+                &format!("{ns}/missing"),
+                "/dev/null",
+            ],
+        );
+        assert_ne!(code, 0);
+        assert!(stderr.contains("ResourceNotFoundException"), "{stderr}");
+        assert!(
+            stderr.contains(&format!("arn:aws:lambda:us-east-1:{ns}:function:missing")),
+            "{stderr}"
+        );
+
+        // list-functions and get-function show it with AWS's field names.
+        let (code, stdout, stderr) = aws_lambda(stack, &admin(), &["list-functions"]);
+        assert_eq!(code, 0, "{stderr}");
+        let listed: Value = serde_json::from_str(&stdout).unwrap();
+        let ours = listed["Functions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["FunctionArn"] == arn.as_str())
+            .unwrap_or_else(|| panic!("{arn} listed: {listed}"))
+            .clone();
+        assert_eq!(ours["FunctionName"], "counter");
+        assert_eq!(ours["Runtime"], "python3.11");
+        assert_eq!(ours["Handler"], "app.handler");
+        assert_eq!(ours["MemorySize"], 128);
+        assert_eq!(ours["Timeout"], 30);
+        let (code, stdout, stderr) =
+            aws_lambda(stack, &admin(), &["get-function", "--function-name", &name]);
+        assert_eq!(code, 0, "{stderr}");
+        let got: Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(got["Configuration"]["FunctionArn"], arn.as_str());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn signatures_and_namespaces_are_checked() {
+    let (client, stack) = setup().await;
+    with_temp_ns(&client, |client, ns| async move {
+        counting_function(&client, &ns, "guarded", json!({"scale": {"min": 1, "max": 1}})).await;
+        // A key of this namespace alone, which makes it the default of plain names.
+        let team = Credentials {
+            access_key_id: format!("AKTEAM{}", std::process::id()),
+            secret_access_key: "the-team-secret".into(),
+            region: "us-east-1".into(),
+        };
+        put_keys(
+            &client,
+            &stack.keys_secret,
+            &[(admin(), json!(["*"])), (team.clone(), json!([ns]))],
+        )
+        .await;
+        let endpoint = endpoint(stack);
+        // boto3, signed well: a plain name goes to the key's namespace.
+        let script = format!(
+            r#"
+import boto3, botocore, json, sys
+from botocore.config import Config
+c = boto3.client("lambda", endpoint_url="{endpoint}", config=Config(read_timeout={COLD}, retries={{"max_attempts": 0}}))
+for attempt in range(60):
+    try:
+        r = c.invoke(FunctionName="guarded", Payload=json.dumps({{"id": "boto"}}))
+        break
+    except botocore.exceptions.ClientError as e:
+        # The activator picks the new key up from the Secret's watch.
+        if e.response["Error"]["Code"] != "UnrecognizedClientException":
+            raise
+        import time; time.sleep(1)
+print(json.dumps({{"status": r["StatusCode"], "result": json.loads(r["Payload"].read())}}))
+"#
+        );
+        let output = AwsCli::new().python(&script, &team);
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let answer: Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(answer["status"], 200, "{answer}");
+        assert_eq!(answer["result"]["id"], "boto", "{answer}");
+
+        // boto3 with the wrong secret: AWS's InvalidSignatureException.
+        let wrong = Credentials {
+            secret_access_key: "not-the-secret".into(),
+            ..team.clone()
+        };
+        let script = format!(
+            r#"
+import boto3, botocore, json
+from botocore.config import Config
+c = boto3.client("lambda", endpoint_url="{endpoint}", config=Config(retries={{"max_attempts": 0}}))
+try:
+    c.invoke(FunctionName="guarded", Payload=b"{{}}")
+    print("accepted")
+except botocore.exceptions.ClientError as e:
+    print(e.response["Error"]["Code"], e.response["ResponseMetadata"]["HTTPStatusCode"])
+"#
+        );
+        let output = AwsCli::new().python(&script, &wrong);
+        assert_eq!(
+            String::from_utf8_lossy(&output.stdout).trim(),
+            "InvalidSignatureException 403",
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+
+        // The team's key may not use another namespace, existing or not.
+        let (code, _, stderr) = aws_lambda(
+            stack,
+            &team,
+            &["invoke", "--function-name", "kube-system/anything", "/dev/null"],
+        );
+        assert_ne!(code, 0);
+        assert!(stderr.contains("AccessDeniedException"), "{stderr}");
+
+        // Unsigned requests to the API are refused.
+        let (status, body) = common::http::http_request(
+            "POST",
+            &format!("{endpoint}/2015-03-31/functions/{ns}%2Fguarded/invocations"),
+            Some("{}"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, 403, "{body}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn event_invocations_are_retried_and_reach_their_destinations() {
+    let (client, stack) = setup().await;
+    with_temp_ns(&client, |client, ns| async move {
+        let success = format!("success-{ns}");
+        let failure = format!("failure-{ns}");
+        counting_function(
+            &client,
+            &ns,
+            "retried",
+            json!({"async": {
+                "maxRetries": 2,
+                "retryDelay": "1s",
+                "onSuccess": {"url": stack.records.url(&success)},
+                "onFailure": {"url": stack.records.url(&failure)},
+            }}),
+        )
+        .await;
+        let scratch = Scratch::new("invoke-events");
+        let name = format!("{ns}/retried");
+        let event = ["--invocation-type", "Event"];
+
+        // Fails twice, then succeeds: called exactly three times, from zero, and onSuccess
+        // gets Lambda's record.
+        let (answer, _) = invoke(
+            stack,
+            &scratch,
+            &admin(),
+            &name,
+            &json!({"id": "twice", "fail": 2}),
+            &event,
+        );
+        assert_eq!(answer["StatusCode"], 202, "{answer}");
+        let records = stack.records.wait(&success, 1, 180).await;
+        let record = &records[0];
+        assert_eq!(record["version"], "1.0");
+        assert_eq!(record["requestContext"]["condition"], "Success", "{record}");
+        assert_eq!(
+            record["requestContext"]["approximateInvokeCount"], 3,
+            "{record}"
+        );
+        assert_eq!(
+            record["requestContext"]["functionArn"],
+            format!("arn:aws:lambda:us-east-1:{ns}:function:retried:$LATEST")
+        );
+        assert_eq!(record["requestPayload"], json!({"id": "twice", "fail": 2}));
+        assert_eq!(record["responsePayload"]["calls"], 3, "{record}");
+        assert_eq!(record["responseContext"]["statusCode"], 200);
+        assert!(
+            record["responseContext"].get("functionError").is_none(),
+            "{record}"
+        );
+
+        // Always failing: three attempts, then onFailure with RetriesExhausted.
+        let (answer, _) = invoke(
+            stack,
+            &scratch,
+            &admin(),
+            &name,
+            &json!({"id": "always", "raise": true}),
+            &event,
+        );
+        assert_eq!(answer["StatusCode"], 202, "{answer}");
+        let records = stack.records.wait(&failure, 1, 120).await;
+        let record = &records[0];
+        assert_eq!(
+            record["requestContext"]["condition"], "RetriesExhausted",
+            "{record}"
+        );
+        assert_eq!(
+            record["requestContext"]["approximateInvokeCount"], 3,
+            "{record}"
+        );
+        assert_eq!(
+            record["responseContext"]["functionError"], "Unhandled",
+            "{record}"
+        );
+        assert_eq!(
+            record["responsePayload"]["errorType"], "RuntimeError",
+            "{record}"
+        );
+        // And nothing more comes for either.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(stack.records.count(&success), 1);
+        assert_eq!(stack.records.count(&failure), 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_event_that_cannot_be_delivered_in_time_is_given_up() {
+    let (client, stack) = setup().await;
+    with_temp_ns(&client, |client, ns| async move {
+        let failure = format!("expired-{ns}");
+        // An image that cannot be pulled: every attempt finds the function unable to start.
+        apply_function(
+            &client,
+            &ns,
+            "unstartable",
+            json!({
+                "image": "fargo.dev/no-such-image:never",
+                "imagePullPolicy": "Never",
+                "timeout": "10s",
+                "async": {"maxEventAge": "60s", "onFailure": {"url": stack.records.url(&failure)}},
+            }),
+        )
+        .await;
+        wait_function_condition(
+            &client,
+            &ns,
+            "unstartable",
+            ("Ready", "True", "ScaledToZero"),
+            60,
+        )
+        .await;
+        let scratch = Scratch::new("invoke-expired");
+        let (answer, _) = invoke(
+            stack,
+            &scratch,
+            &admin(),
+            &format!("{ns}/unstartable"),
+            &json!({"id": "late"}),
+            &["--invocation-type", "Event"],
+        );
+        assert_eq!(answer["StatusCode"], 202, "{answer}");
+        let records = stack.records.wait(&failure, 1, 240).await;
+        let record = &records[0];
+        assert_eq!(
+            record["requestContext"]["condition"], "EventAgeExceeded",
+            "{record}"
+        );
+        assert_eq!(
+            record["requestContext"]["approximateInvokeCount"], 0,
+            "{record}"
+        );
+        assert_eq!(record["requestPayload"], json!({"id": "late"}));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn event_payloads_over_a_megabyte_are_refused() {
+    let (_client, stack) = setup().await;
+    // 1 MB for events, as Lambda: refused before anything is stored.
+    let script = format!(
+        r#"
+import boto3, botocore
+from botocore.config import Config
+c = boto3.client("lambda", endpoint_url="{}", config=Config(retries={{"max_attempts": 0}}))
+try:
+    c.invoke(FunctionName="default/whatever", InvocationType="Event", Payload=b"x" * (1024 * 1024 + 1))
+    print("accepted")
+except botocore.exceptions.ClientError as e:
+    print(e.response["Error"]["Code"], e.response["ResponseMetadata"]["HTTPStatusCode"])
+"#,
+        endpoint(stack)
+    );
+    let output = AwsCli::new().python(&script, &admin());
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "RequestTooLargeException 413",
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
