@@ -324,8 +324,11 @@ fn verify_for_service(
     let authorization = Authorization::from_headers(request.headers)?;
     let scope = &authorization.scope;
     scope.check(service, region)?;
+    if !authorization.covers("host") {
+        return Err(AuthError::HostNotSigned);
+    }
     let (amz_date, signed_at) = signing_time(request.headers)?;
-    if !amz_date.starts_with(scope.date) {
+    if amz_date.get(..8) != Some(scope.date) {
         return Err(AuthError::DateMismatch {
             credential: scope.date.into(),
             signed: amz_date.into(),
@@ -338,13 +341,6 @@ fn verify_for_service(
         .ok_or_else(|| AuthError::UnknownAccessKey {
             access_key_id: scope.access_key_id.into(),
         })?;
-    if !authorization
-        .signed_headers
-        .split(';')
-        .any(|name| name == "host")
-    {
-        return Err(AuthError::HostNotSigned);
-    }
     let payload_hash = payload_hash(request.headers, payload_sha256)?;
     let canonical = canonical_request(request, authorization.signed_headers, payload_hash)?;
     let mut mac = keyed_hmac(&signing_key(&key.secret_access_key, scope));
@@ -441,6 +437,12 @@ impl<'a> Authorization<'a> {
             signed_headers,
             signature,
         })
+    }
+}
+
+impl Authorization<'_> {
+    fn covers(&self, header: &str) -> bool {
+        self.signed_headers.split(';').any(|name| name == header)
     }
 }
 
