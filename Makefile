@@ -47,7 +47,7 @@ cluster-up:
 cluster-down:
 	tests/cluster/down.sh
 
-## images: build the fargo and echo images from release binaries and import them into the node
+## images: build the images (fargo, echo, the runtimes, NATS) and import them into the node
 images:
 	tests/cluster/images.sh all
 
@@ -55,13 +55,23 @@ images:
 crds:
 	cargo run --quiet --bin fargo -- crds --out-dir crds
 
-## dev: the local cluster with its real node, the images, the CRDs, fargo installed with Helm, and
-## the example function examples/echo-function.yaml; then how to call it from this machine
+## dev: the local cluster with its real node, the images, the CRDs, fargo installed with Helm (and
+## its NATS), the example function examples/echo-function.yaml, and a key of the Invoke API; then
+## how to call it from this machine, with curl and with the AWS CLI
 dev:
 	FARGO_NODE=real tests/cluster/up.sh
 	tests/cluster/images.sh all
 	kubectl apply --server-side -f crds/
 	kubectl wait --for=condition=Established crd --all --timeout=60s
+# The Invoke API's access key (charts/fargo/README.md), made once and kept: a rerun prints the
+# same. It may invoke every namespace's functions; a plain function name means one of demo.
+	kubectl get namespace fargo-system >/dev/null 2>&1 || kubectl create namespace fargo-system
+	if ! kubectl -n fargo-system get secret fargo-invoke-keys >/dev/null 2>&1; then \
+	  key="AKFARGO$$(openssl rand -hex 6 | tr a-f A-F)"; \
+	  secret="$$(openssl rand -base64 30)"; \
+	  kubectl -n fargo-system create secret generic fargo-invoke-keys \
+	    --from-literal="$$key={\"secretAccessKey\": \"$$secret\", \"namespaces\": [\"demo\", \"*\"]}"; \
+	fi
 # Webhook configurations registered by the tests' out-of-cluster controllers (not Helm's) would
 # block the release from taking them over.
 	kubectl delete mutatingwebhookconfiguration,validatingwebhookconfiguration --ignore-not-found \
@@ -70,10 +80,20 @@ dev:
 	kubectl apply --server-side -f examples/echo-function.yaml
 	kubectl wait --for=condition=Ready fn/echo -n demo --timeout=60s
 	@activator="$$(kubectl -n fargo-system get service fargo-activator -o jsonpath='{.spec.clusterIP}')"; \
+	read -r key value < <(kubectl -n fargo-system get secret fargo-invoke-keys \
+	  -o go-template='{{range $$key, $$value := .data}}{{$$key}} {{$$value}}{{"\n"}}{{end}}'); \
+	secret="$$(base64 -d <<<"$$value" | sed -n 's/.*"secretAccessKey": *"\([^"]*\)".*/\1/p')"; \
 	printf '\nfargo runs in fargo-system; function demo/echo is at zero. From this machine:\n\n'; \
 	printf '  export KUBECONFIG=%s PATH=%s:%s:$$PATH\n' "$(KUBECONFIG)" "$(K8S_BIN)" "$(HELM_BIN)"; \
 	printf '  curl http://%s/demo/echo/        # wakes it: the first answer waits for its pod\n' "$$activator"; \
-	printf '  kubectl get fn,pods -n demo -w         # watch it wake, and go back to zero after 30s idle\n\n'
+	printf '  kubectl get fn,pods -n demo -w         # watch it wake, and go back to zero after 30s idle\n\n'; \
+	printf 'The same through the Lambda Invoke API, with the key of Secret fargo-invoke-keys:\n\n'; \
+	printf '  export PATH="$$(%s/tests/cluster/awscli.sh):$$PATH"  # the AWS CLI, if this machine lacks one\n' "$(CURDIR)"; \
+	printf '  export AWS_ACCESS_KEY_ID=%s AWS_SECRET_ACCESS_KEY=%s\n' "$$key" "$$secret"; \
+	printf '  export AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1  # the CLI v1 reads the second\n'; \
+	printf "  aws lambda invoke --endpoint-url http://%s --function-name demo/echo --payload '{}' \\\\\n" "$$activator"; \
+	printf '    --cli-binary-format raw-in-base64-out out.json && cat out.json\n\n'; \
+	printf 'The CLI v1 of awscli.sh takes the payload as it is: leave out --cli-binary-format there.\n\n'
 
 ## fuzz: every libFuzzer target in fuzz/ for FUZZ_SECONDS seconds each, on nightly with cargo-fuzz
 ## (installed from crates.io when missing); each corpus grows in fuzz/corpus/<target> from the

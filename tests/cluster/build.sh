@@ -3,6 +3,7 @@
 #
 #   tests/cluster/build.sh            build whatever is missing from the cache
 #   tests/cluster/build.sh versitygw  only the S3 server (function code; tests/fetch_code.rs)
+#   tests/cluster/build.sh nats-server  only NATS (JetStream, the store of async invocations)
 #   FARGO_CACHE=/some/dir build.sh    cache somewhere else (default ~/.cache/fargo)
 #
 # Output: $FARGO_CACHE/bin/<name>-<version>/ holding the binaries, and a `.done` marker
@@ -104,6 +105,11 @@ build_plain() {
   touch "$out/.done"
 }
 
+# nats-server's main package is the module's root.
+build_nats_server() {
+  build_plain nats-server "$NATS_SERVER_VERSION" github.com/nats-io/nats-server/v2
+}
+
 # Bumped whenever the files below change shape, so a cache of an older shape is redone.
 stages_layout=2
 
@@ -140,12 +146,14 @@ case "${1:-all}" in
     build_plain helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm
     build_kubernetes
     build_plain versitygw "$VERSITYGW_VERSION" github.com/versity/versitygw/cmd/versitygw
+    build_nats_server
     ;;
   kubernetes) build_kubernetes ;;
   etcd) build_etcd ;;
   kwok) build_plain kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok && kwok_stages ;;
   helm) build_plain helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm ;;
   versitygw) build_plain versitygw "$VERSITYGW_VERSION" github.com/versity/versitygw/cmd/versitygw ;;
-  *) echo "usage: $0 [all|kubernetes|etcd|kwok|helm|versitygw]" >&2; exit 2 ;;
+  nats-server) build_nats_server ;;
+  *) echo "usage: $0 [all|kubernetes|etcd|kwok|helm|versitygw|nats-server]" >&2; exit 2 ;;
 esac
 log "binaries ready under $cache/bin"

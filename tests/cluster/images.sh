@@ -4,13 +4,15 @@
 # `imagePullPolicy: Never` (or IfNotPresent).
 #
 #   tests/cluster/images.sh [all]     fargo.dev/fargo:dev and fargo.dev/echo:dev (runs cargo build),
-#                                     and the runtimes
+#                                     the runtimes, and NATS
 #   tests/cluster/images.sh fargo     fargo.dev/fargo:dev from target/release/fargo (and
 #                                     fargo-runtime-api, the sidecar of handler functions)
 #   tests/cluster/images.sh echo      fargo.dev/echo:dev from target/release/fargo-echo
 #   tests/cluster/images.sh runtimes  the runtimes of handler functions (runtimes.sh):
 #                                     fargo.dev/runtime-{python3.11,nodejs20.x,java17,provided}:dev,
 #                                     and fargo.dev/lambda-image-example:dev, a Lambda-style image
+#   tests/cluster/images.sh nats      fargo.dev/nats:dev, nats-server (build.sh nats-server): the
+#                                     JetStream the chart deploys for asynchronous invocations
 #   tests/cluster/images.sh image NAME BINARY USER [PORT]
 #                                     any binary; node.sh builds the pause image this way
 #
@@ -310,6 +312,13 @@ fargo_image() {
   rm -rf "$work"
 }
 
+# nats_image: fargo.dev/nats:dev, nats-server as its entrypoint (the chart passes every option as
+# an argument) and uid 65532, the user the chart runs it as.
+nats_image() {
+  "$here/build.sh" nats-server
+  image fargo.dev/nats:dev "$cache/bin/nats-server-$NATS_SERVER_VERSION/nats-server" 65532 4222
+}
+
 cargo_binaries() {
   log "cargo build --release $*"
   (cd "$root" && cargo build --release --locked "$@")
@@ -324,6 +333,7 @@ case "${1:-all}" in
     fargo_image
     image fargo.dev/echo:dev "$root/target/release/fargo-echo" 65532 8080
     runtimes
+    nats_image
     ;;
   fargo)
     cargo_binaries --bin fargo --bin fargo-runtime-api
@@ -334,9 +344,10 @@ case "${1:-all}" in
     image fargo.dev/echo:dev "$root/target/release/fargo-echo" 65532 8080
     ;;
   runtimes) runtimes ;;
+  nats) nats_image ;;
   image)
     (($# >= 4)) || die "usage: $0 image NAME BINARY USER [PORT]"
     image "$2" "$3" "$4" "${5:-}"
     ;;
-  *) die "usage: $0 [all|fargo|echo|runtimes|image NAME BINARY USER [PORT]]" ;;
+  *) die "usage: $0 [all|fargo|echo|runtimes|nats|image NAME BINARY USER [PORT]]" ;;
 esac

@@ -20,9 +20,10 @@
 # pod volumes and container root filesystems are mounted under it.
 set -euo pipefail
 
-# Debian packages: `apt-get install -y $(tests/cluster/node.sh packages)`.
+# Debian packages: `apt-get install -y $(tests/cluster/node.sh packages)`. .ci/run installs them
+# for the tests too: python3-venv is for their AWS CLI (awscli.sh).
 NODE_PACKAGES=(containerd runc crun containernetworking-plugins iptables ipset iproute2 util-linux
-  openssl curl gcc libc6-dev)
+  openssl curl gcc libc6-dev python3-venv)
 # Built from the Go module proxy and cached like build.sh's binaries.
 KUBE_ROUTER_VERSION=v2.1.0 # the newest github.com/cloudnativelabs/kube-router/v2 the proxy serves
 CRICTL_VERSION=v1.37.0     # sigs.k8s.io/cri-tools

@@ -10,6 +10,8 @@ pub mod activator;
 #[allow(dead_code)]
 pub mod admission;
 #[allow(dead_code)]
+pub mod aws;
+#[allow(dead_code)]
 pub mod controller;
 #[allow(dead_code)]
 pub mod exchange;
@@ -19,6 +21,8 @@ pub mod functions;
 pub mod http;
 #[allow(dead_code)]
 pub mod namespaces;
+#[allow(dead_code)]
+pub mod nats;
 #[allow(dead_code)]
 pub mod processes;
 #[allow(dead_code)]

@@ -100,3 +100,18 @@ pub(super) fn spawn_for_the_process(spawn: impl FnOnce() -> std::process::Child 
     });
     wait.recv().expect("the process thread started");
 }
+
+/// [`spawn_for_the_process`] for a child its caller keeps, to kill it and wait for it: the thread
+/// that started it only lives on, so that the child gets SIGTERM only when the process ends.
+pub(super) fn spawn_kept_for_the_process(
+    spawn: impl FnOnce() -> std::process::Child + Send + 'static,
+) -> std::process::Child {
+    let (started, wait) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = started.send(spawn());
+        loop {
+            std::thread::park();
+        }
+    });
+    wait.recv().expect("the process thread started")
+}

@@ -58,8 +58,31 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
 {{/*
-The hardened container securityContext of both components (the image's user is 65532; the
-binary writes no file).
+Whether the chart runs NATS itself: nats.enabled, and no existing server named by nats.url.
+Empty when not, so that it reads as false in an `if`.
+*/}}
+{{- define "fargo.natsDeployed" -}}
+{{- if and .Values.nats.enabled (not .Values.nats.url) }}true{{ end }}
+{{- end }}
+
+{{/*
+The activator's --nats-url: nats.url, else the chart's own NATS, else none (asynchronous
+invocations then answer 503). The chart's NATS is reached at its Service's ClusterIP, from the
+variables Kubernetes gives every pod of the namespace created after the Service (the kubelet
+expands $(VAR) in args), not at fargo-nats.<namespace>.svc: that needs a cluster DNS, which the
+local cluster (tests/cluster) does not have. Helm creates Services before Deployments.
+*/}}
+{{- define "fargo.natsUrl" -}}
+{{- if .Values.nats.url }}
+{{- .Values.nats.url }}
+{{- else if .Values.nats.enabled }}
+{{- print "nats://$(FARGO_NATS_SERVICE_HOST):$(FARGO_NATS_SERVICE_PORT_CLIENT)" }}
+{{- end }}
+{{- end }}
+
+{{/*
+The hardened container securityContext of every component (the images' user is 65532; fargo
+writes no file, NATS only into its store volume).
 */}}
 {{- define "fargo.containerSecurityContext" -}}
 runAsNonRoot: true
