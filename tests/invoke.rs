@@ -282,15 +282,7 @@ fn invoke(
         .0
         .join(format!("out-{}.json", fargo::api::lambda::request_id()));
     let payload = payload.to_string();
-    let mut args = vec![
-        "invoke",
-        "--function-name",
-        function,
-        "--payload",
-        &payload,
-        "--cli-binary-format",
-        "raw-in-base64-out",
-    ];
+    let mut args = vec!["invoke", "--function-name", function, "--payload", &payload];
     args.extend_from_slice(extra);
     let out_path = out.to_string_lossy().into_owned();
     args.push(&out_path);

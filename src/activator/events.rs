@@ -25,6 +25,7 @@ use futures::StreamExt;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::Request;
 use hyper::header::HeaderValue;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -51,6 +52,8 @@ const NOT_BEFORE: &str = "Fargo-Not-Before";
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Events one activator delivers to one function at once.
 const DELIVERIES_PER_FUNCTION: usize = 64;
+/// How often each activator counts each function's waiting events.
+const QUEUE_REPORT_INTERVAL: Duration = Duration::from_secs(3);
 /// Longest wait between two attempts of an event that could not reach its function.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
@@ -241,6 +244,7 @@ async fn deliver_function(
     let namespace = function.namespace().to_string();
     let name = function.name().to_string();
     let deliveries = Arc::new(Semaphore::new(DELIVERIES_PER_FUNCTION));
+    let mut reporting = false;
     loop {
         let timeout = function.config().timeout;
         let config = pull::Config {
@@ -268,7 +272,13 @@ async fn deliver_function(
         let mut messages = tokio::select! {
             () = stop.cancelled() => return,
             messages = messages => match messages {
-                Ok(messages) => messages,
+                Ok(messages) => {
+                    if !reporting {
+                        reporting = true;
+                        tokio::spawn(report_queue(stream.clone(), function.clone(), stop.clone()));
+                    }
+                    messages
+                }
                 Err(error) => {
                     tracing::warn!(%namespace, %name, %error, "opening the function's event consumer");
                     tokio::select! {
@@ -609,16 +619,42 @@ fn forbidden_destination(ip: IpAddr) -> bool {
     }
 }
 
-/// Events stored for a function and not yet handled: its consumer's pending count plus those
-/// delivered and not acknowledged.
-pub async fn queued(queue: &EventQueue, namespace: &str, name: &str) -> Option<u64> {
-    let stream = queue.jetstream.get_stream(STREAM).await.ok()?;
-    let mut consumer: jetstream::consumer::Consumer<pull::Config> = stream
-        .get_consumer(&consumer_name(namespace, name))
-        .await
-        .ok()?;
-    let info = consumer.info().await.ok()?;
-    Some(info.num_pending + info.num_ack_pending as u64)
+/// Keeps the function's count of waiting events (and when the oldest was accepted) up to
+/// date for `/stats`, from its consumer: those not yet delivered plus those being delivered.
+async fn report_queue(
+    stream: stream::Stream,
+    function: Arc<FunctionState>,
+    stop: CancellationToken,
+) {
+    let consumer = consumer_name(function.namespace(), function.name());
+    let subject = subject(function.namespace(), function.name());
+    loop {
+        let info = match stream.get_consumer::<pull::Config>(&consumer).await {
+            Ok(mut found) => found.info().await.ok().cloned(),
+            Err(_) => None,
+        };
+        if let Some(info) = info {
+            let queued = info.num_pending + info.num_ack_pending as u64;
+            let oldest = if queued == 0 {
+                None
+            } else {
+                // Acknowledged events leave the stream: the first one stored is the oldest.
+                stream
+                    .get_first_raw_message_by_subject(&subject, 1)
+                    .await
+                    .ok()
+                    .and_then(|message| {
+                        let accepted = message.headers.get(ACCEPTED)?.as_str().parse().ok()?;
+                        jiff::Timestamp::from_millisecond(accepted).ok()
+                    })
+            };
+            function.set_queue(queued, oldest.map(Time));
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(QUEUE_REPORT_INTERVAL) => {}
+        }
+    }
 }
 
 #[cfg(test)]

@@ -72,6 +72,9 @@ pub struct FunctionState {
     namespace: String,
     name: String,
     inner: Mutex<Inner>,
+    /// Its asynchronous events as JetStream last counted them: how many, and when the oldest
+    /// was accepted.
+    queue: Mutex<Option<(u64, Option<Time>)>>,
     metrics: RequestMetrics,
     /// Last explanation of why the function's pods are not ready, so that a burst of requests
     /// timing out together lists the pods once.
@@ -127,6 +130,7 @@ impl FunctionState {
                 poke_not_before: None,
             }),
             metrics,
+            queue: Mutex::new(None),
             diagnosis: tokio::sync::Mutex::new(None),
         })
     }
@@ -263,13 +267,28 @@ impl FunctionState {
         inner.poke_not_before = settled.then(|| Instant::now() + POKE_INTERVAL);
     }
 
-    /// Counters for `/stats`; starts a new concurrency window. `None` before the first request.
+    /// Records what JetStream holds for the function.
+    pub fn set_queue(&self, queued: u64, oldest: Option<Time>) {
+        *self.queue.lock().unwrap_or_else(PoisonError::into_inner) = Some((queued, oldest));
+    }
+
+    /// Counters for `/stats`; starts a new concurrency window. `None` before the first request
+    /// or event count.
     pub fn stats(&self) -> Option<FunctionStats> {
         let now = Instant::now();
+        let queue = self
+            .queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         let mut inner = self.lock();
-        if inner.requests == 0 {
+        if inner.requests == 0 && queue.is_none() {
             return None;
         }
+        let (queued_events, oldest_queued_event) = match queue {
+            Some((queued, oldest)) => (Some(queued), oldest),
+            None => (None, None),
+        };
         Some(FunctionStats {
             namespace: self.namespace.clone(),
             name: self.name.clone(),
@@ -281,6 +300,8 @@ impl FunctionState {
                 .last_request
                 .and_then(|t| k8s_openapi::jiff::Timestamp::try_from(t).ok())
                 .map(Time),
+            queued_events,
+            oldest_queued_event,
         })
     }
 

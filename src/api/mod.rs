@@ -19,6 +19,9 @@ pub const GROUP: &str = "fargo.dev";
 pub const CONTROLLER_MANAGER: &str = "fargo.dev/controller";
 /// Field manager for the one field the autoscaler owns: a Deployment's `replicas`.
 pub const AUTOSCALER_MANAGER: &str = "fargo.dev/autoscaler";
+/// Field manager of `status.queuedEvents` and `status.oldestQueuedEvent` (written by the
+/// autoscaler apart from `lastRequestTime`, which an apply of the other would remove).
+pub const EVENTS_MANAGER: &str = "fargo.dev/events";
 
 /// Finalizer that lets the profile reconciler remove its NetworkPolicies and namespace labels.
 pub const PROFILE_FINALIZER: &str = "fargo.dev/profile-cleanup";

@@ -34,6 +34,13 @@ pub struct FunctionStats {
     /// When the last request arrived (RFC 3339), or null.
     #[serde(default)]
     pub last_request: Option<Time>,
+    /// Asynchronous events stored for the function and not yet handled (JetStream's count for
+    /// its consumer, the same from every activator); absent when the activator has no NATS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queued_events: Option<u64>,
+    /// When the oldest of them was accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_queued_event: Option<Time>,
 }
 
 #[cfg(test)]
@@ -51,6 +58,8 @@ mod tests {
                 held: 2,
                 requests: 10,
                 last_request: None,
+                queued_events: None,
+                oldest_queued_event: None,
             }],
         };
         let json = serde_json::to_value(&stats).expect("stats serialize");

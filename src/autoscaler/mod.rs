@@ -31,7 +31,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{AUTOSCALER_MANAGER, SERVICE_NAME_LABEL, ServerlessFunction};
+use crate::api::{AUTOSCALER_MANAGER, EVENTS_MANAGER, SERVICE_NAME_LABEL, ServerlessFunction};
 use crate::caches::{FunctionStore, live};
 use crate::http_client::{HttpClient, http_client};
 use crate::reconcile::{EventPublisher, patch_status};
@@ -195,6 +195,12 @@ async fn tick(
                 .as_ref()
                 .and_then(|s| s.last_request_time.as_ref())
                 .map(|t| t.0),
+            recorded_queue: function.status.as_ref().map_or((None, None), |s| {
+                (
+                    s.queued_events.and_then(|n| u64::try_from(n).ok()),
+                    s.oldest_queued_event.as_ref().map(|t| t.0),
+                )
+            }),
         });
         references.insert(key, guard.object_ref(&()));
     }
@@ -246,6 +252,13 @@ pub async fn perform(
     for key in &failed {
         state.write_failed(key);
     }
+    futures::stream::iter(plan.queues)
+        .for_each_concurrent(WRITE_CONCURRENCY, |((namespace, name), queued, oldest)| async move {
+            if let Err(error) = record_queue(&ctx.client, &namespace, &name, queued, oldest).await {
+                tracing::debug!(%namespace, function = %name, %error, "recording queuedEvents failed");
+            }
+        })
+        .await;
     futures::stream::iter(plan.last_requests)
         .for_each_concurrent(WRITE_CONCURRENCY, |((namespace, name), last)| async move {
             if let Err(error) = record_last_request(&ctx.client, &namespace, &name, last).await {
@@ -277,6 +290,27 @@ async fn write_scale(
         ctx.events.publish_in_background(reference, write.note);
     }
     None
+}
+
+/// Sets `status.queuedEvents` and `status.oldestQueuedEvent`, as their own field manager.
+async fn record_queue(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    queued: u64,
+    oldest: Option<Timestamp>,
+) -> Result<(), kube::Error> {
+    let api: Api<ServerlessFunction> = Api::namespaced(client.clone(), namespace);
+    let mut status = serde_json::json!({"queuedEvents": queued});
+    // Left out when none waits: the apply then removes the field this manager set before.
+    if let Some(oldest) = oldest {
+        status["oldestQueuedEvent"] = serde_json::json!(Time(oldest));
+    }
+    match patch_status(&api, name, EVENTS_MANAGER, &status).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(error) => Err(error),
+    }
 }
 
 /// Sets `status.lastRequestTime`, and only that, as the autoscaler's field manager.

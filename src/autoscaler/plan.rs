@@ -33,6 +33,8 @@ pub struct Target {
     pub instances: Instances,
     /// `status.lastRequestTime` as recorded.
     pub recorded_last_request: Option<Timestamp>,
+    /// `status.queuedEvents` and `status.oldestQueuedEvent` as recorded.
+    pub recorded_queue: (Option<u64>, Option<Timestamp>),
 }
 
 /// The time of a tick: monotonic for the windows, wall clock for request times.
@@ -71,6 +73,8 @@ pub struct Plan {
     pub scale: Vec<ScaleWrite>,
     /// `status.lastRequestTime` to record, by function.
     pub last_requests: Vec<(Key, Timestamp)>,
+    /// `status.queuedEvents` and `status.oldestQueuedEvent` to record, by function.
+    pub queues: Vec<(Key, u64, Option<Timestamp>)>,
     /// Functions in panic mode after this tick.
     pub panicking: i64,
 }
@@ -84,6 +88,7 @@ struct Tracked {
     first_seen: Timestamp,
     written: Option<(i32, Instant)>,
     last_request_written: Option<Instant>,
+    queue_written: Option<Instant>,
 }
 
 impl Tracked {
@@ -94,6 +99,7 @@ impl Tracked {
             first_seen: now,
             written: None,
             last_request_written: None,
+            queue_written: None,
         }
     }
 }
@@ -123,6 +129,7 @@ impl AutoscalerState {
             }
 
             let load = scrape.loads.get(key).cloned().unwrap_or_default();
+            let queued = load.queued_events.unwrap_or(0);
             let recorded = target.recorded_last_request;
             let last_activity = [load.last_request, recorded, Some(entry.first_seen)]
                 .into_iter()
@@ -134,8 +141,12 @@ impl AutoscalerState {
                 &target.policy,
                 &Observation {
                     now,
-                    concurrency: load.concurrency,
-                    in_flight: load.in_flight,
+                    // Each waiting event is a request to come: the function scales on them,
+                    // from zero, and stays up while any waits.
+                    concurrency: load.concurrency.max(queued as f64),
+                    in_flight: load
+                        .in_flight
+                        .max(u32::try_from(queued).unwrap_or(u32::MAX)),
                     current: target.instances.desired,
                     ready: target.instances.ready,
                     idle_for,
@@ -167,6 +178,17 @@ impl AutoscalerState {
             {
                 entry.last_request_written = Some(now);
                 plan.last_requests.push((key.clone(), last));
+            }
+
+            if let Some(queued) = load.queued_events
+                && (Some(queued), load.oldest_queued_event) != target.recorded_queue
+                && entry
+                    .queue_written
+                    .is_none_or(|at| now.saturating_duration_since(at) >= LAST_REQUEST_INTERVAL)
+            {
+                entry.queue_written = Some(now);
+                plan.queues
+                    .push((key.clone(), queued, load.oldest_queued_event));
             }
         }
         self.tracked.retain(|key, _| seen.contains(key));
@@ -245,6 +267,7 @@ mod tests {
                 ready,
             },
             recorded_last_request: None,
+            recorded_queue: (None, None),
         }
     }
 
@@ -256,6 +279,8 @@ mod tests {
                     concurrency,
                     in_flight,
                     last_request,
+                    queued_events: None,
+                    oldest_queued_event: None,
                 },
             )]
             .into(),

@@ -28,6 +28,10 @@ pub struct FunctionLoad {
     pub in_flight: u32,
     /// The latest request any activator saw.
     pub last_request: Option<Timestamp>,
+    /// Asynchronous events waiting, as the activators report JetStream's count (the largest
+    /// report: they all read the same consumer); `None` when none reports one.
+    pub queued_events: Option<u64>,
+    pub oldest_queued_event: Option<Timestamp>,
 }
 
 /// The outcome of scraping every activator once.
@@ -65,6 +69,14 @@ pub fn aggregate<'a>(
                 .saturating_add(function.held);
             let last = function.last_request.as_ref().map(|time| time.0);
             load.last_request = load.last_request.max(last);
+            if let Some(queued) = function.queued_events {
+                load.queued_events = Some(load.queued_events.unwrap_or(0).max(queued));
+                let oldest = function.oldest_queued_event.as_ref().map(|time| time.0);
+                load.oldest_queued_event = match (load.oldest_queued_event, oldest) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+            }
         }
     }
     loads
