@@ -390,7 +390,7 @@ async fn the_aws_cli_invokes_lists_and_dry_runs_functions() {
 async fn signatures_and_namespaces_are_checked() {
     let (client, stack) = setup().await;
     with_temp_ns(&client, |client, ns| async move {
-        counting_function(&client, &ns, "guarded", json!({"scale": {"min": 1, "max": 1}})).await;
+        counting_function(&client, &ns, "guarded", json!({})).await;
         // A key of this namespace alone, which makes it the default of plain names.
         let team = Credentials {
             access_key_id: format!("AKTEAM{}", std::process::id()),

@@ -141,6 +141,7 @@ pub async fn perform_scale(client: Client, inputs: &ScaleInputs) -> String {
             ),
         }],
         last_requests: vec![(key.clone(), inputs.last_request)],
+        queues: vec![],
         panicking: 0,
     };
     let references = HashMap::from([(key, function.object_ref(&()))]);
