@@ -101,6 +101,17 @@ pub async fn start_activator() -> (FargoProcess, ActivatorAddrs) {
     (process, addrs)
 }
 
+/// [`start_activator`] with more flags.
+pub async fn start_activator_with(extra: &[String]) -> (FargoProcess, ActivatorAddrs) {
+    let addrs = ActivatorAddrs {
+        port: free_port(),
+        health_port: free_port(),
+    };
+    let process = FargoProcess::new(spawn_activator_with(addrs, extra));
+    addrs.wait_until_ready().await;
+    (process, addrs)
+}
+
 /// An activator with `extra` flags that lives as long as the test process, on free ports;
 /// returns once it is ready.
 pub async fn activator_for_the_process(extra: &[String]) -> ActivatorAddrs {

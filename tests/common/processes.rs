@@ -77,6 +77,12 @@ impl FargoProcess {
     pub fn id(&self) -> u32 {
         self.child.id()
     }
+
+    /// Kills it at once (SIGKILL), as a node or an OOM kill would: no draining.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Drop for FargoProcess {
