@@ -1,8 +1,9 @@
 //! The Helm chart on the local cluster's real node: `helm install` brings the controller and the
 //! activator to Ready on fargo-node, the controllers give both webhook configurations the
 //! caBundle of their certificate and serve the webhook through Service `fargo-webhook`, a
-//! function answers through the activator Service as `make dev` promises, and `helm uninstall`
-//! removes what the chart made.
+//! function answers through the activator Service as `make dev` promises, an `Event` sent with
+//! the AWS CLI and a key of Secret `fargo-invoke-keys` is stored in the chart's NATS and wakes
+//! its function, and `helm uninstall` removes what the chart made.
 //!
 //! It runs alone, after the other test binaries: the chart's webhook configurations and Lease
 //! have the names the out-of-cluster controllers of the other tests use. Cargo.toml marks it
@@ -47,6 +48,8 @@ const WEBHOOK_CONFIGURATION: &str = "fargo";
 const LEASE: &str = fargo::api::LEASE_NAME;
 /// Made by the controller, not by the chart: `helm uninstall` leaves it.
 const WEBHOOK_SECRET: &str = "fargo-webhook-tls";
+/// Read by the chart's activators, made by whoever installs (here, the test).
+const INVOKE_KEYS: &str = "fargo-invoke-keys";
 
 fn helm() -> String {
     std::env::var("HELM").unwrap_or_else(|_| "helm".into())
@@ -302,6 +305,7 @@ async fn check_installed_operator(client: Client) {
 
     check_webhook_and_reconciler(&client).await;
     check_a_function_answers_through_the_activator_service(&client).await;
+    check_an_event_goes_through_the_charts_nats(&client).await;
     check_tenant_pods_cannot_reach_the_activators_health_port(&client).await;
 }
 
@@ -435,6 +439,107 @@ async fn check_a_function_answers_through_the_activator_service(client: &Client)
             "the activator strips /<namespace>/<function>"
         );
         assert_eq!(echo["query"], json!({"from": "install"}));
+    })
+    .await;
+}
+
+/// The access key the install test gives the Lambda API.
+fn invoke_key() -> common::aws::Credentials {
+    common::aws::Credentials {
+        access_key_id: "AKFARGOINSTALLTEST".into(),
+        secret_access_key: "install-test-secret".into(),
+        region: "us-east-1".into(),
+    }
+}
+
+/// Secret `fargo-invoke-keys` with [`invoke_key`], for every namespace; the chart reads it and
+/// does not make it.
+async fn put_invoke_keys(client: &Client) {
+    let key = invoke_key();
+    let secret: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": INVOKE_KEYS, "namespace": NAMESPACE},
+        "stringData": {key.access_key_id: json!({
+            "secretAccessKey": key.secret_access_key, "namespaces": ["*"],
+        }).to_string()},
+    }))
+    .expect("a Secret");
+    Api::<Secret>::namespaced(client.clone(), NAMESPACE)
+        .patch(
+            INVOKE_KEYS,
+            &PatchParams::apply(common::TEST_MANAGER).force(),
+            &Patch::Apply(&secret),
+        )
+        .await
+        .expect("writing the access keys Secret");
+}
+
+/// `aws lambda invoke --invocation-type Event` through the activator Service: 202 only once the
+/// chart's NATS stored it; the delivery then wakes the function from zero.
+async fn check_an_event_goes_through_the_charts_nats(client: &Client) {
+    with_temp_namespaces(client, |client, temp_namespaces| async move {
+        let namespace = temp_namespaces.create_unique("install-event").await;
+        let function = json!({
+            "apiVersion": "fargo.dev/v1alpha1",
+            "kind": "ServerlessFunction",
+            "metadata": {"name": "echo", "namespace": namespace},
+            "spec": {"image": "fargo.dev/echo:dev", "scale": {"min": 0}},
+        });
+        Api::<ServerlessFunction>::namespaced(client.clone(), &namespace)
+            .patch(
+                "echo",
+                &PatchParams::apply(common::TEST_MANAGER).force(),
+                &Patch::Apply(&function),
+            )
+            .await
+            .expect("applying a function");
+        let cluster_ip = Api::<Service>::namespaced(client.clone(), NAMESPACE)
+            .get("fargo-activator")
+            .await
+            .expect("Service fargo-activator")
+            .spec
+            .and_then(|s| s.cluster_ip)
+            .expect("a ClusterIP");
+        let endpoint = format!("http://{cluster_ip}");
+        let name = format!("{namespace}/echo");
+        let answer = eventually(60, "the Event to be accepted", || {
+            let (endpoint, name) = (endpoint.clone(), name.clone());
+            async move {
+                let output = common::aws::AwsCli::new().aws(
+                    &[
+                        "lambda",
+                        "invoke",
+                        "--endpoint-url",
+                        &endpoint,
+                        "--function-name",
+                        &name,
+                        "--invocation-type",
+                        "Event",
+                        "--payload",
+                        r#"{"from": "install"}"#,
+                        "/dev/null",
+                    ],
+                    &invoke_key(),
+                );
+                // Until the activators know the function (404) or the key (403).
+                output
+                    .status
+                    .success()
+                    .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+            }
+        })
+        .await;
+        assert!(answer.contains("202"), "{answer}");
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
+        eventually(90, "the event to wake the function", || {
+            let deployments = deployments.clone();
+            async move {
+                let deployment = deployments.get("echo").await.ok()?;
+                let ready = deployment.status?.ready_replicas.unwrap_or(0);
+                (ready > 0).then_some(())
+            }
+        })
+        .await;
     })
     .await;
 }
@@ -587,6 +692,7 @@ async fn helm_install_brings_the_operator_to_ready_on_the_real_node() {
     let client = client().await;
     assert_nothing_else_runs_fargo(&client).await;
     remove_out_of_cluster_leftovers(&client).await;
+    put_invoke_keys(&client).await;
 
     let (installed, output) = run_helm(&[
         "install",
@@ -631,6 +737,9 @@ async fn helm_install_brings_the_operator_to_ready_on_the_real_node() {
         .await;
     let _ = Api::<Lease>::namespaced(client.clone(), NAMESPACE)
         .delete(LEASE, &DeleteParams::default())
+        .await;
+    let _ = Api::<Secret>::namespaced(client.clone(), NAMESPACE)
+        .delete(INVOKE_KEYS, &DeleteParams::default())
         .await;
     if let Some(failure) = install_failure {
         panic!("{failure}");
