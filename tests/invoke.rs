@@ -9,20 +9,17 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use common::activator::{ActivatorAddrs, activator_for_the_process};
 use common::aws::{AwsCli, Credentials};
 use common::functions::{apply_function, controller_for_the_process, wait_function_condition};
 use common::namespaces::with_temp_ns;
 use common::nats::NatsServer;
+use common::records::Records;
 use common::s3::Scratch;
 use common::wait::eventually;
 use common::{client, install_crds};
-use http_body_util::{BodyExt, Full};
 use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
@@ -49,101 +46,6 @@ fn admin() -> Credentials {
         access_key_id: "AKFARGOTESTADMIN".into(),
         secret_access_key: "test-secret-of-the-admin-key".into(),
         region: "us-east-1".into(),
-    }
-}
-
-/// Records POSTed to the test's destination URL, by path.
-#[derive(Clone, Default)]
-struct Records {
-    url: String,
-    received: Arc<Mutex<Vec<(String, Value)>>>,
-}
-
-impl Records {
-    async fn start(ip: IpAddr) -> Self {
-        let listener = tokio::net::TcpListener::bind(SocketAddr::new(ip, 0))
-            .await
-            .expect("a port for destination records");
-        let addr = listener.local_addr().unwrap();
-        let records = Records {
-            url: format!("http://{addr}"),
-            received: Arc::default(),
-        };
-        let received = records.received.clone();
-        // On a thread and runtime of its own: the test that starts it ends, the others need it.
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let listener =
-                    tokio::net::TcpListener::from_std(listener.into_std().unwrap()).unwrap();
-                loop {
-                    let Ok((stream, _)) = listener.accept().await else {
-                        continue;
-                    };
-                    let received = received.clone();
-                    tokio::spawn(async move {
-                        let service = hyper::service::service_fn(
-                            move |request: hyper::Request<hyper::body::Incoming>| {
-                                let received = received.clone();
-                                async move {
-                                    let path = request.uri().path().to_string();
-                                    let body = request
-                                        .into_body()
-                                        .collect()
-                                        .await
-                                        .map(|b| b.to_bytes())
-                                        .unwrap_or_default();
-                                    let record: Value =
-                                        serde_json::from_slice(&body).unwrap_or(Value::Null);
-                                    received.lock().unwrap().push((path, record));
-                                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
-                                        Full::new(Bytes::from_static(b"ok")),
-                                    ))
-                                }
-                            },
-                        );
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                            .await;
-                    });
-                }
-            });
-        });
-        records
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}/{path}", self.url)
-    }
-
-    /// Waits for the records POSTed to `path` until there are `count`.
-    async fn wait(&self, path: &str, count: usize, seconds: u64) -> Vec<Value> {
-        let want = format!("/{path}");
-        eventually(seconds, &format!("{count} record(s) at {want}"), || {
-            let found: Vec<Value> = self
-                .received
-                .lock()
-                .unwrap()
-                .iter()
-                .filter(|(p, _)| *p == want)
-                .map(|(_, record)| record.clone())
-                .collect();
-            async move { (found.len() >= count).then_some(found) }
-        })
-        .await
-    }
-
-    fn count(&self, path: &str) -> usize {
-        let want = format!("/{path}");
-        self.received
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(p, _)| *p == want)
-            .count()
     }
 }
 
@@ -850,8 +752,8 @@ async fn no_accepted_event_is_lost_when_an_activator_and_nats_die() {
                     .lock()
                     .unwrap()
                     .iter()
-                    .filter(|(p, _)| *p == path)
-                    .filter_map(|(_, r)| r["requestPayload"]["id"].as_str().map(str::to_string))
+                    .filter(|(p, _, _)| *p == path)
+                    .filter_map(|(_, r, _)| r["requestPayload"]["id"].as_str().map(str::to_string))
                     .collect();
                 let seen: std::collections::BTreeSet<&String> = ids.iter().collect();
                 wanted.iter().all(|id| seen.contains(id)).then_some(ids)

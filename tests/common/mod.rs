@@ -26,6 +26,8 @@ pub mod nats;
 #[allow(dead_code)]
 pub mod processes;
 #[allow(dead_code)]
+pub mod records;
+#[allow(dead_code)]
 pub mod report;
 #[allow(dead_code)]
 pub mod s3;
