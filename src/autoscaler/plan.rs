@@ -375,6 +375,35 @@ mod tests {
         assert_eq!(write.note.text, "scaled from 1 to 0: no request for 60s");
     }
 
+    fn queued(events: u64) -> Scrape {
+        let mut scrape = scrape(0.0, 0, None);
+        for load in scrape.loads.values_mut() {
+            load.queued_events = Some(events);
+        }
+        scrape
+    }
+
+    #[test]
+    fn waiting_events_wake_a_function_scale_it_and_are_recorded() {
+        let mut ticks = Ticks::new();
+        // At zero, 20 events waiting, target 10 per instance: two instances at once.
+        let plan = ticks.tick(&[target(0, 0)], &queued(20));
+        let write = plan.scale.first().expect("a scale from zero");
+        assert_eq!((write.from, write.to), (0, 2));
+        assert_eq!(plan.queues, vec![(key(), 20, None)]);
+
+        // Recorded already: nothing to write.
+        let mut recorded = target(2, 2);
+        recorded.recorded_queue = (Some(20), None);
+        for _ in 0..11 {
+            let plan = ticks.tick(&[recorded.clone()], &queued(20));
+            assert!(plan.queues.is_empty(), "{plan:?}");
+        }
+        // Drained: zero is recorded, at most every ten seconds after the last write.
+        let plan = ticks.tick(&[recorded.clone()], &queued(0));
+        assert_eq!(plan.queues, vec![(key(), 0, None)]);
+    }
+
     #[test]
     fn a_new_function_is_idle_only_from_when_it_was_first_seen() {
         let mut ticks = Ticks::new();
