@@ -84,18 +84,6 @@ async fn series(
     (samples, rate)
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix("VmRSS:"))
-                .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 async fn on_the_cluster() {
     if std::env::var_os("KUBECONFIG").is_none() {
         println!("events: skipped (no KUBECONFIG; `make bench` starts a cluster)");
@@ -141,7 +129,7 @@ async fn on_the_cluster() {
     )
     .parse()
     .expect("a URL");
-    let idle_rss = rss_kib(activator_process.id());
+    let idle_rss = support::rss_kib(activator_process.id());
 
     // Warm the connection pool and the stream.
     series(&url, "RequestResponse", 1, 200).await;
@@ -206,7 +194,7 @@ async fn on_the_cluster() {
         }
     })
     .await;
-    let sent = sent.lock().unwrap();
+    let sent: Vec<Option<Instant>> = sent.lock().unwrap().clone();
     let delays: Vec<Duration> = received
         .iter()
         .filter_map(|(index, at)| Some(at.saturating_duration_since(sent.get(*index).copied()??)))
@@ -220,7 +208,7 @@ async fn on_the_cluster() {
         "{:<LABEL_WIDTH$} idle {} KiB, after the series {} KiB",
         "activator resident memory (VmRSS), consumers on",
         idle_rss,
-        rss_kib(activator_process.id())
+        support::rss_kib(activator_process.id())
     );
     let _ = Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
         .delete(&namespace, &DeleteParams::background())

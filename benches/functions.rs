@@ -537,7 +537,9 @@ async fn in_pod_part() {
     );
     let probe: SocketAddr = format!("127.0.0.1:{}", ports[2]).parse().unwrap();
     let idle_rss = common::wait::eventually(10, "the sidecar listening", || async {
-        answers(probe, "/live").await.then(|| rss_kib(sidecar.id()))
+        answers(probe, "/live")
+            .await
+            .then(|| support::rss_kib(sidecar.id()))
     })
     .await;
     let runtime = common::processes::FargoProcess::new(
@@ -630,22 +632,9 @@ async fn in_pod_part() {
         "{:<LABEL_WIDTH$} idle {} KiB, after the load {} KiB",
         "sidecar resident memory (VmRSS)",
         idle_rss,
-        rss_kib(sidecar.id())
+        support::rss_kib(sidecar.id())
     );
     drop((runtime, echo, sidecar));
-}
-
-/// The process's resident set, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix("VmRSS:"))
-                .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// The machine is shared: what else ran shows in the load average.

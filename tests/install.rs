@@ -388,33 +388,42 @@ async fn check_tenant_pods_cannot_reach_the_activators_health_port(client: &Clie
     .await;
 }
 
+/// Function `echo` (fargo-echo, at zero) in `namespace`.
+async fn apply_echo(client: &Client, namespace: &str) {
+    let function = json!({
+        "apiVersion": "fargo.dev/v1alpha1",
+        "kind": "ServerlessFunction",
+        "metadata": {"name": "echo", "namespace": namespace},
+        "spec": {"image": "fargo.dev/echo:dev", "scale": {"min": 0}},
+    });
+    Api::<ServerlessFunction>::namespaced(client.clone(), namespace)
+        .patch(
+            "echo",
+            &PatchParams::apply(common::TEST_MANAGER).force(),
+            &Patch::Apply(&function),
+        )
+        .await
+        .expect("applying a function");
+}
+
+/// The ClusterIP of Service `fargo-activator`, which this machine reaches.
+async fn activator_cluster_ip(client: &Client) -> String {
+    Api::<Service>::namespaced(client.clone(), NAMESPACE)
+        .get("fargo-activator")
+        .await
+        .expect("Service fargo-activator")
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .expect("a ClusterIP")
+}
+
 /// What `make dev` promises: from this machine, the activator Service's ClusterIP (kube-proxy on
 /// the node routes it; there is no cluster DNS) wakes a function at zero and proxies to its pod.
 async fn check_a_function_answers_through_the_activator_service(client: &Client) {
     with_temp_namespaces(client, |client, temp_namespaces| async move {
         let namespace = temp_namespaces.create_unique("install-fn").await;
-        let function = json!({
-            "apiVersion": "fargo.dev/v1alpha1",
-            "kind": "ServerlessFunction",
-            "metadata": {"name": "echo", "namespace": namespace},
-            "spec": {"image": "fargo.dev/echo:dev", "scale": {"min": 0}},
-        });
-        Api::<ServerlessFunction>::namespaced(client.clone(), &namespace)
-            .patch(
-                "echo",
-                &PatchParams::apply(common::TEST_MANAGER).force(),
-                &Patch::Apply(&function),
-            )
-            .await
-            .expect("applying a function");
-        let activator = Api::<Service>::namespaced(client.clone(), NAMESPACE)
-            .get("fargo-activator")
-            .await
-            .expect("Service fargo-activator");
-        let cluster_ip = activator
-            .spec
-            .and_then(|s| s.cluster_ip)
-            .expect("a ClusterIP");
+        apply_echo(&client, &namespace).await;
+        let cluster_ip = activator_cluster_ip(&client).await;
         // The activators learn the function from their own watch, which may lag behind the
         // apply by a moment: until then they answer 404. Once they know it, they hold the
         // request while the pod starts (the function's 60 s timeout).
@@ -479,27 +488,8 @@ async fn put_invoke_keys(client: &Client) {
 async fn check_an_event_goes_through_the_charts_nats(client: &Client) {
     with_temp_namespaces(client, |client, temp_namespaces| async move {
         let namespace = temp_namespaces.create_unique("install-event").await;
-        let function = json!({
-            "apiVersion": "fargo.dev/v1alpha1",
-            "kind": "ServerlessFunction",
-            "metadata": {"name": "echo", "namespace": namespace},
-            "spec": {"image": "fargo.dev/echo:dev", "scale": {"min": 0}},
-        });
-        Api::<ServerlessFunction>::namespaced(client.clone(), &namespace)
-            .patch(
-                "echo",
-                &PatchParams::apply(common::TEST_MANAGER).force(),
-                &Patch::Apply(&function),
-            )
-            .await
-            .expect("applying a function");
-        let cluster_ip = Api::<Service>::namespaced(client.clone(), NAMESPACE)
-            .get("fargo-activator")
-            .await
-            .expect("Service fargo-activator")
-            .spec
-            .and_then(|s| s.cluster_ip)
-            .expect("a ClusterIP");
+        apply_echo(&client, &namespace).await;
+        let cluster_ip = activator_cluster_ip(&client).await;
         let endpoint = format!("http://{cluster_ip}");
         let name = format!("{namespace}/echo");
         let answer = eventually(60, "the Event to be accepted", || {

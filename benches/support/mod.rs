@@ -25,6 +25,19 @@ pub fn report(what: &str, label_width: usize, mut samples: Vec<Duration>) -> (Du
     (p50, p99)
 }
 
+/// A process's resident set, in KiB (0 when it cannot be read).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmRSS:"))
+                .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 /// Runs a benchmark's body on a Tokio runtime.
 pub fn run(benchmark: impl std::future::Future<Output = ()>) {
     tokio::runtime::Runtime::new()

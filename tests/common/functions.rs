@@ -46,16 +46,7 @@ pub async fn shared_function_stack_with(client: &Client, flags: &[String]) -> Ac
     let activator = shared_activator().await;
     let identity = IDENTITY.get_or_init(|| {
         let identity = format!("fargo-test-functions-{}", std::process::id());
-        let mut extra = vec![
-            "--identity".to_string(),
-            identity.clone(),
-            "--webhook-register".into(),
-            "false".into(),
-        ];
-        extra.extend(activator.controller_args());
-        extra.extend(flags.iter().cloned());
-        let (webhook_port, health_port) = (free_port(), free_port());
-        spawn_for_the_process(move || spawn_controller_with(webhook_port, health_port, &extra));
+        spawn_controller_for_the_process(&activator, &identity, flags);
         identity
     });
     wait_until_leading(client, identity, 120).await;
@@ -71,6 +62,12 @@ pub async fn controller_for_the_process(
     flags: &[String],
 ) {
     ensure_namespace(client, "fargo-system").await;
+    spawn_controller_for_the_process(activator, identity, flags);
+    wait_until_leading(client, identity, 120).await;
+}
+
+/// Starts a controller for the whole process (webhook unregistered), pointed at `activator`.
+fn spawn_controller_for_the_process(activator: &ActivatorAddrs, identity: &str, flags: &[String]) {
     let mut extra = vec![
         "--identity".to_string(),
         identity.to_string(),
@@ -81,7 +78,6 @@ pub async fn controller_for_the_process(
     extra.extend(flags.iter().cloned());
     let (webhook_port, health_port) = (free_port(), free_port());
     spawn_for_the_process(move || spawn_controller_with(webhook_port, health_port, &extra));
-    wait_until_leading(client, identity, 120).await;
 }
 
 /// Server-side applies a ServerlessFunction with `spec`.
