@@ -240,6 +240,25 @@ async fn the_aws_cli_invokes_lists_and_dry_runs_functions() {
         );
         assert_eq!(answer["StatusCode"], 204, "{answer}");
 
+        // A payload that is not JSON.
+        let (code, _, stderr) = aws_lambda(
+            stack,
+            &admin(),
+            &[
+                "invoke",
+                "--function-name",
+                &name,
+                "--payload",
+                "{not json",
+                "/dev/null",
+            ],
+        );
+        assert_ne!(code, 0);
+        assert!(
+            stderr.contains("InvalidRequestContentException"),
+            "{stderr}"
+        );
+
         // A function that does not exist.
         let (code, _, stderr) = aws_lambda(
             stack,
@@ -378,6 +397,14 @@ async fn event_invocations_are_retried_and_reach_their_destinations() {
     with_temp_ns(&client, |client, ns| async move {
         let success = format!("success-{ns}");
         let failure = format!("failure-{ns}");
+        // Failures go to another function, whose own success record comes here.
+        counting_function(
+            &client,
+            &ns,
+            "dead-letters",
+            json!({"async": {"onSuccess": {"url": stack.records.url(&failure)}}}),
+        )
+        .await;
         counting_function(
             &client,
             &ns,
@@ -386,7 +413,7 @@ async fn event_invocations_are_retried_and_reach_their_destinations() {
                 "maxRetries": 2,
                 "retryDelay": "1s",
                 "onSuccess": {"url": stack.records.url(&success)},
-                "onFailure": {"url": stack.records.url(&failure)},
+                "onFailure": {"function": "dead-letters"},
             }}),
         )
         .await;
@@ -425,7 +452,8 @@ async fn event_invocations_are_retried_and_reach_their_destinations() {
             "{record}"
         );
 
-        // Always failing: three attempts, then onFailure with RetriesExhausted.
+        // Always failing: three attempts, then onFailure with RetriesExhausted, an event of the
+        // dead-letters function.
         let (answer, _) = invoke(
             stack,
             &scratch,
@@ -435,8 +463,12 @@ async fn event_invocations_are_retried_and_reach_their_destinations() {
             &event,
         );
         assert_eq!(answer["StatusCode"], 202, "{answer}");
-        let records = stack.records.wait(&failure, 1, 120).await;
-        let record = &records[0];
+        let records = stack.records.wait(&failure, 1, 180).await;
+        assert_eq!(
+            records[0]["requestContext"]["functionArn"],
+            format!("arn:aws:lambda:us-east-1:{ns}:function:dead-letters:$LATEST")
+        );
+        let record = &records[0]["requestPayload"];
         assert_eq!(
             record["requestContext"]["condition"], "RetriesExhausted",
             "{record}"

@@ -183,20 +183,26 @@ fn consumer_name(namespace: &str, name: &str) -> String {
     format!("{namespace}__{}", name.replace('.', "_"))
 }
 
-/// Keeps one delivery loop per function that exists, until `stop`.
+/// Keeps one delivery loop per function that exists, until `stop`; and the stream itself, which
+/// is made again when NATS lost it (a server replaced with an empty store).
 pub async fn deliver(queue: Arc<EventQueue>, proxy: Arc<Proxy>, stop: CancellationToken) {
     let mut running: HashMap<(String, String), CancellationToken> = HashMap::new();
-    let mut stream = None;
+    let mut ready = false;
     loop {
-        if stream.is_none() {
-            match queue.ensure_stream().await {
-                Ok(found) => {
+        let stream = match queue.ensure_stream().await {
+            Ok(found) => {
+                if !ready {
                     tracing::info!(stream = STREAM, url = %queue.url, "event stream ready");
-                    stream = Some(found);
                 }
-                Err(error) => tracing::warn!(%error, url = %queue.url, "creating the event stream"),
+                ready = true;
+                Some(found)
             }
-        }
+            Err(error) => {
+                tracing::warn!(%error, url = %queue.url, "creating the event stream");
+                ready = false;
+                None
+            }
+        };
         if let Some(stream) = &stream {
             let functions = proxy.index().functions();
             let wanted: std::collections::HashSet<(String, String)> = functions
@@ -307,7 +313,12 @@ async fn deliver_function(
                     });
                 }
                 Some(Err(error)) => {
+                    // NATS restarted, the consumer or the stream is gone: open it again.
                     tracing::debug!(%namespace, %name, error = %error_chain(&error), "event consumer");
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => break,
+                    }
                 }
                 None => break,
             }

@@ -465,6 +465,7 @@ async fn serve_checked(
         }
         Operation::Invoke(raw) => {
             let (namespace, name, function) = target(raw)?;
+            check_json(&payload)?;
             match kind {
                 InvocationType::DryRun => {
                     let mut response = Response::new(ProxyBody::bytes(Bytes::new()));
@@ -660,6 +661,22 @@ fn invoke_answer(function: &FunctionState, response: Response<ProxyBody>) -> Res
     Response::from_parts(parts, body)
 }
 
+/// A payload must be JSON, as Lambda's (an empty one stands for none).
+fn check_json(payload: &[u8]) -> Result<(), ApiError> {
+    if payload.is_empty() {
+        return Ok(());
+    }
+    serde_json::from_slice::<serde::de::IgnoredAny>(payload)
+        .map(drop)
+        .map_err(|error| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "InvalidRequestContentException",
+                format!("Could not parse request body into json: {error}"),
+            )
+        })
+}
+
 /// Reads a request body up to `limit` bytes.
 pub async fn read_payload(body: Incoming, limit: usize) -> Result<Bytes, ApiError> {
     match Limited::new(body, limit).collect().await {
@@ -810,6 +827,16 @@ mod tests {
                 .error_type,
             "InvalidParameterValueException"
         );
+    }
+
+    #[test]
+    fn payloads_must_be_json() {
+        assert_eq!(check_json(b""), Ok(()));
+        assert_eq!(check_json(br#"{"a": [1, "b"]}"#), Ok(()));
+        assert_eq!(check_json(b"\"text\""), Ok(()));
+        let error = check_json(b"{not json").unwrap_err();
+        assert_eq!(error.error_type, "InvalidRequestContentException");
+        assert_eq!(error.status, StatusCode::BAD_REQUEST);
     }
 
     #[test]
