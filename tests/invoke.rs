@@ -11,6 +11,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use base64::Engine;
 use common::activator::{ActivatorAddrs, activator_for_the_process};
 use common::aws::{AwsCli, Credentials};
 use common::functions::{apply_function, controller_for_the_process, wait_function_condition};
@@ -207,6 +208,26 @@ async fn the_aws_cli_invokes_lists_and_dry_runs_functions() {
         let result: Value = serde_json::from_str(&result).unwrap();
         assert_eq!(result["calls"], 1);
         assert_eq!(result["echo"], json!({"id": "a"}));
+
+        // The invocation's log lines, as Lambda's tail gives them.
+        let (answer, _) = invoke(
+            stack,
+            &scratch,
+            &admin(),
+            &name,
+            &json!({"id": "tail"}),
+            &["--log-type", "Tail"],
+        );
+        let log = base64::engine::general_purpose::STANDARD
+            .decode(
+                answer["LogResult"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{answer}")),
+            )
+            .unwrap();
+        let log = String::from_utf8(log).unwrap();
+        assert!(log.starts_with("START RequestId: "), "{log}");
+        assert!(log.contains("\nREPORT RequestId: "), "{log}");
 
         // By ARN too; a raising handler is the function's error, as Lambda reports it.
         let arn = format!("arn:aws:lambda:us-east-1:{ns}:function:counter");

@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use base64::Engine;
 use serde_json::{Value, json};
 
 const PYTHON_HANDLER: &str = r#"
@@ -222,6 +223,39 @@ fn go_handler_runs_under_aws_lambda_go() {
         tick.json()["statusCode"],
         201,
         "a raw invocation's result is passed on as it is"
+    );
+    assert!(tick.header("x-amz-log-result").is_none(), "no log unasked");
+
+    // The Invoke API's X-Amz-Log-Type: Tail (only raw invocations, which the activator alone
+    // sends): the sidecar's lines of the invocation, base64.
+    let tailed = sidecar.request(
+        "POST / HTTP/1.1\r\nHost: x\r\nx-fargo-invoke: event\r\nx-amz-log-type: Tail\r\n",
+        br#"{"rawPath": "/shaped"}"#,
+    );
+    let id = tailed
+        .header("x-amzn-requestid")
+        .expect("a request id")
+        .to_string();
+    let log = base64::engine::general_purpose::STANDARD
+        .decode(tailed.header("x-amz-log-result").expect("a log result"))
+        .expect("base64");
+    let log = String::from_utf8(log).expect("text");
+    assert!(
+        log.starts_with(&format!("START RequestId: {id} Version: $LATEST\n")),
+        "{log}"
+    );
+    assert!(log.contains(&format!("END RequestId: {id}\n")), "{log}");
+    assert!(
+        log.contains(&format!("REPORT RequestId: {id}\tDuration: ")),
+        "{log}"
+    );
+    let http = sidecar.request(
+        "GET /hello HTTP/1.1\r\nHost: x\r\nx-amz-log-type: Tail\r\n",
+        b"",
+    );
+    assert!(
+        http.header("x-amz-log-result").is_none(),
+        "HTTP callers get no log"
     );
 }
 

@@ -425,9 +425,15 @@ async fn deliver_one(
         Step::Wait(wait) => message.ack_with(AckKind::Nak(Some(wait))).await,
         Step::Attempt => {
             let client_ip = HeaderValue::from_static("127.0.0.1");
-            let response =
-                lambda_api::invoke(proxy, function, payload.clone(), &client_ip, Instant::now())
-                    .await;
+            let response = lambda_api::invoke(
+                proxy,
+                function,
+                payload.clone(),
+                false,
+                &client_ip,
+                Instant::now(),
+            )
+            .await;
             let (ended, _) = lambda_api::ended(function, &response);
             let status = response.status();
             match ended {

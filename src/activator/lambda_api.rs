@@ -42,6 +42,7 @@ const ERROR_TYPE_HEADER: HeaderName = HeaderName::from_static("x-amzn-errortype"
 const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-amzn-requestid");
 const EXECUTED_VERSION_HEADER: HeaderName = HeaderName::from_static("x-amz-executed-version");
 const INVOCATION_TYPE_HEADER: &str = "x-amz-invocation-type";
+const LOG_TYPE_HEADER: &str = "x-amz-log-type";
 const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
 
 /// What the Lambda API answers with besides the functions: the region in ARNs, where plain
@@ -500,7 +501,12 @@ async fn serve_checked(
                     Ok(response)
                 }
                 InvocationType::RequestResponse => {
-                    let response = invoke(proxy, &function, payload, client_ip, arrived).await;
+                    let tail = parts
+                        .headers
+                        .get(LOG_TYPE_HEADER)
+                        .is_some_and(|value| value.as_bytes() == b"Tail");
+                    let response =
+                        invoke(proxy, &function, payload, tail, client_ip, arrived).await;
                     Ok(invoke_answer(&function, response))
                 }
             }
@@ -508,11 +514,14 @@ async fn serve_checked(
     }
 }
 
-/// Sends one invocation's payload to the function along the activator's one path.
+/// Sends one invocation's payload to the function along the activator's one path; with
+/// `log_tail`, a handler function's sidecar answers with the invocation's log lines
+/// (`X-Amz-Log-Result`).
 pub async fn invoke(
     proxy: &Proxy,
     function: &Arc<FunctionState>,
     payload: Bytes,
+    log_tail: bool,
     client_ip: &HeaderValue,
     arrived: Instant,
 ) -> Response<ProxyBody> {
@@ -522,6 +531,11 @@ pub async fn invoke(
     request
         .headers_mut()
         .insert(header::CONTENT_TYPE, APPLICATION_JSON);
+    if log_tail && facts.uses_runtime_api {
+        request
+            .headers_mut()
+            .insert(LOG_TYPE_HEADER, HeaderValue::from_static("Tail"));
+    }
     let (parts, ()) = request.into_parts();
     let target = Target {
         strip: 0,

@@ -9,6 +9,7 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use base64::Engine;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use tokio::time::Instant;
 
@@ -20,6 +21,9 @@ use crate::api::{PROBE_HEADER, SCHEDULE_HEADER};
 
 /// Header with the invocation's request id on every answer, as function URLs send it.
 const REQUEST_ID_HEADER: &str = "x-amzn-requestid";
+/// The Invoke API's ask for the invocation's log, and the answer.
+pub const LOG_TYPE_HEADER: &str = "x-amz-log-type";
+const LOG_RESULT_HEADER: &str = "x-amz-log-result";
 
 #[derive(Clone)]
 struct PortState {
@@ -116,7 +120,15 @@ async fn invoke(
             return into_response(response::shutting_down(), Some(&request_id));
         }
     };
-    let answer = match ticket.finished().await {
+    // The Invoke API's `X-Amz-Log-Type: Tail`, which only the activator can pass (with a raw
+    // event): the invocation's lines the sidecar writes.
+    let tail = raw
+        && parts
+            .headers
+            .get(LOG_TYPE_HEADER)
+            .is_some_and(|value| value.as_bytes() == b"Tail");
+    let (finished, log) = ticket.finished_with_log().await;
+    let mut answer = match finished {
         Finished::Response(result) if raw => response::raw_response(result),
         Finished::Response(result) => response::http_response(&result).unwrap_or_else(|error| {
             tracing::info!(%error, "the handler's result is not an HTTP response");
@@ -127,7 +139,20 @@ async fn invoke(
             response::timed_out(&function.namespace, &function.name, function.timeout)
         }
     };
+    if tail && let Some(value) = log.as_deref().and_then(log_result) {
+        answer
+            .headers
+            .push((HeaderName::from_static(LOG_RESULT_HEADER), value));
+    }
     into_response(answer, Some(&request_id))
+}
+
+/// `X-Amz-Log-Result`: the last 4 KB of an invocation's log, base64-encoded, as Lambda gives it.
+fn log_result(log: &str) -> Option<HeaderValue> {
+    const TAIL_BYTES: usize = 4096;
+    let bytes = log.as_bytes();
+    let tail = &bytes[bytes.len().saturating_sub(TAIL_BYTES)..];
+    HeaderValue::try_from(base64::engine::general_purpose::STANDARD.encode(tail)).ok()
 }
 
 fn into_response(answer: Answer, request_id: Option<&str>) -> Response {
@@ -141,4 +166,26 @@ fn into_response(answer: Answer, request_id: Option<&str>) -> Response {
         headers.insert(HeaderName::from_static(REQUEST_ID_HEADER), value);
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_result_is_the_last_4_kb_in_base64() {
+        let short = log_result("START RequestId: a\nEND RequestId: a\n").expect("a header");
+        assert_eq!(
+            base64::engine::general_purpose::STANDARD
+                .decode(short.as_bytes())
+                .unwrap(),
+            b"START RequestId: a\nEND RequestId: a\n"
+        );
+        let long = format!("{}REPORT", "x".repeat(10_000));
+        let tail = base64::engine::general_purpose::STANDARD
+            .decode(log_result(&long).expect("a header").as_bytes())
+            .unwrap();
+        assert_eq!(tail.len(), 4096);
+        assert!(tail.ends_with(b"REPORT"));
+    }
 }

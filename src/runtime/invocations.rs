@@ -81,13 +81,16 @@ pub enum Refusal {
 #[derive(Debug, PartialEq, Eq)]
 pub struct UnknownRequestId;
 
+/// How an invocation ended, and Lambda's log lines of it (`START` … `REPORT`) when it ran.
+type Ending = (Finished, Option<String>);
+
 struct Queued {
     invocation: Invocation,
-    answer: oneshot::Sender<Finished>,
+    answer: oneshot::Sender<Ending>,
 }
 
 struct Running {
-    answer: oneshot::Sender<Finished>,
+    answer: oneshot::Sender<Ending>,
     started: Instant,
     init_duration: Option<Duration>,
 }
@@ -271,8 +274,8 @@ impl Invocations {
             Finished::Response(_) => Outcome::Success,
             _ => Outcome::Error,
         };
-        self.report(request_id, outcome, &running, None);
-        let _ = running.answer.send(finished);
+        let log = self.report(request_id, outcome, &running, None);
+        let _ = running.answer.send((finished, Some(log)));
         Ok(())
     }
 
@@ -294,9 +297,11 @@ impl Invocations {
         state.started_at = Some(now);
         state.init_duration = None;
         drop(state);
-        report::print(&report::timeout_line(request_id, self.function.timeout));
-        self.report(request_id, Outcome::Timeout, &running, Some(now));
-        let _ = running.answer.send(Finished::TimedOut);
+        let timeout_line = report::timeout_line(request_id, self.function.timeout);
+        report::print(&timeout_line);
+        let log = self.report(request_id, Outcome::Timeout, &running, Some(now));
+        let log = log.replacen('\n', &format!("\n{timeout_line}\n"), 1);
+        let _ = running.answer.send((Finished::TimedOut, Some(log)));
     }
 
     /// The caller left: a queued invocation is dropped; a running one keeps its deadline, so a
@@ -331,11 +336,20 @@ impl Invocations {
         drop(state);
         for waiting in queued {
             self.metrics.invocation(Outcome::InitError, None);
-            let _ = waiting.answer.send(Finished::InitError(body.clone()));
+            let _ = waiting
+                .answer
+                .send((Finished::InitError(body.clone()), None));
         }
     }
 
-    fn report(&self, request_id: &str, outcome: Outcome, running: &Running, end: Option<Instant>) {
+    /// Counts and logs an invocation's end; returns its lines, from `START` to `REPORT`.
+    fn report(
+        &self,
+        request_id: &str,
+        outcome: Outcome,
+        running: &Running,
+        end: Option<Instant>,
+    ) -> String {
         let duration = end.unwrap_or_else(Instant::now) - running.started;
         self.metrics.invocation(outcome, Some(duration));
         let duration_ms = duration.as_secs_f64() * 1000.0;
@@ -352,7 +366,9 @@ impl Invocations {
                 .init_duration
                 .map(|init| init.as_secs_f64() * 1000.0),
         };
-        report::print(&report::end_lines(&report));
+        let end_lines = report::end_lines(&report);
+        report::print(&end_lines);
+        format!("{}\n{end_lines}\n", report::start_line(request_id))
     }
 
     /// `/ready`: why the pod should not get requests, if it should not.
@@ -422,7 +438,7 @@ pub struct Ticket {
     invocations: Arc<Invocations>,
     request_id: String,
     deadline: Instant,
-    receiver: Option<oneshot::Receiver<Finished>>,
+    receiver: Option<oneshot::Receiver<Ending>>,
 }
 
 impl Ticket {
@@ -431,17 +447,24 @@ impl Ticket {
     }
 
     /// The invocation's end: the runtime's answer, or [`Finished::TimedOut`] at the deadline.
-    pub async fn finished(mut self) -> Finished {
-        let Some(receiver) = self.receiver.take() else {
-            return Finished::TimedOut;
+    pub async fn finished(self) -> Finished {
+        self.finished_with_log().await.0
+    }
+
+    /// [`Ticket::finished`], with Lambda's log lines of the invocation (`START`, `END`,
+    /// `REPORT`) when a runtime took it.
+    pub async fn finished_with_log(mut self) -> Ending {
+        let Some(mut receiver) = self.receiver.take() else {
+            return (Finished::TimedOut, None);
         };
-        match tokio::time::timeout_at(self.deadline, receiver).await {
-            Ok(Ok(finished)) => finished,
+        match tokio::time::timeout_at(self.deadline, &mut receiver).await {
+            Ok(Ok(ending)) => ending,
             // The sender is gone only when the invocation was dropped for the deadline.
-            Ok(Err(_)) => Finished::TimedOut,
+            Ok(Err(_)) => (Finished::TimedOut, None),
             Err(_) => {
+                // Timing a running invocation out sends its end, lines and all, at once.
                 self.invocations.time_out(&self.request_id);
-                Finished::TimedOut
+                receiver.try_recv().unwrap_or((Finished::TimedOut, None))
             }
         }
     }
