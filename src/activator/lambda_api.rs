@@ -419,25 +419,17 @@ async fn serve_checked(
             let mut functions = proxy.index().functions();
             functions.retain(|(namespace, _, _)| allowed(namespace));
             functions.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
-            let start = marker.map_or(0, |marker| {
-                functions
-                    .partition_point(|(namespace, name, _)| format!("{namespace}/{name}") <= marker)
-            });
-            let page: Vec<Value> = functions
+            let keys: Vec<(&str, &str)> = functions
                 .iter()
-                .skip(start)
-                .take(max_items)
+                .map(|(namespace, name, _)| (namespace.as_str(), name.as_str()))
+                .collect();
+            let (range, next) = page_of(&keys, marker.as_deref(), max_items);
+            let page: Vec<Value> = functions[range]
+                .iter()
                 .map(|(namespace, name, function)| {
                     configuration(&settings.region, namespace, name, function)
                 })
                 .collect();
-            let next = (start + page.len() < functions.len())
-                .then(|| {
-                    functions
-                        .get(start + page.len() - 1)
-                        .map(|(namespace, name, _)| format!("{namespace}/{name}"))
-                })
-                .flatten();
             let mut body = json!({"Functions": page});
             if let Some(next) = next {
                 body["NextMarker"] = Value::String(next);
@@ -708,6 +700,26 @@ pub async fn read_payload(body: Incoming, limit: usize) -> Result<Bytes, ApiErro
     }
 }
 
+/// One page of `ListFunctions` over `keys` (sorted `(namespace, name)`): the functions after
+/// `marker` (the last `namespace/name` of the previous page), at most `max`, and the marker of
+/// the next page when more follow.
+fn page_of(
+    keys: &[(&str, &str)],
+    marker: Option<&str>,
+    max: usize,
+) -> (std::ops::Range<usize>, Option<String>) {
+    let start = marker.map_or(0, |marker| {
+        let after = marker.split_once('/').unwrap_or(("", ""));
+        keys.partition_point(|key| *key <= after)
+    });
+    let end = start.saturating_add(max).min(keys.len());
+    let next = (end < keys.len() && end > start).then(|| {
+        let (namespace, name) = keys[end - 1];
+        format!("{namespace}/{name}")
+    });
+    (start..end, next)
+}
+
 fn json_response(status: StatusCode, body: &Value) -> Response<ProxyBody> {
     let mut response = Response::new(ProxyBody::bytes(Bytes::from(body.to_string())));
     *response.status_mut() = status;
@@ -841,6 +853,19 @@ mod tests {
                 .error_type,
             "InvalidParameterValueException"
         );
+    }
+
+    #[test]
+    fn functions_are_listed_in_pages_after_the_marker() {
+        // Sorted as (namespace, name): "a" before "a-b" although "a-b/x" < "a/x" as text.
+        let keys = [("a", "x"), ("a", "y"), ("a-b", "x"), ("c", "z")];
+        assert_eq!(page_of(&keys, None, 50), (0..4, None));
+        assert_eq!(page_of(&keys, None, 2), (0..2, Some("a/y".into())));
+        assert_eq!(page_of(&keys, Some("a/y"), 2), (2..4, None));
+        assert_eq!(page_of(&keys, Some("a/y"), 1), (2..3, Some("a-b/x".into())));
+        assert_eq!(page_of(&keys, Some("c/z"), 2), (4..4, None));
+        // A marker of a function deleted since: the page continues where it would have been.
+        assert_eq!(page_of(&keys, Some("a/xx"), 1), (1..2, Some("a/y".into())));
     }
 
     #[test]
