@@ -91,9 +91,8 @@ dev:
 	printf '  export PATH="$$(%s/tests/cluster/awscli.sh):$$PATH"  # the AWS CLI, if this machine lacks one\n' "$(CURDIR)"; \
 	printf '  export AWS_ACCESS_KEY_ID=%s AWS_SECRET_ACCESS_KEY=%s\n' "$$key" "$$secret"; \
 	printf '  export AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1  # the CLI v1 reads the second\n'; \
-	printf "  aws lambda invoke --endpoint-url http://%s --function-name demo/echo --payload '{}' \\\\\n" "$$activator"; \
-	printf '    --cli-binary-format raw-in-base64-out out.json && cat out.json\n\n'; \
-	printf 'The CLI v1 of awscli.sh takes the payload as it is: leave out --cli-binary-format there.\n\n'
+	printf "  aws lambda invoke --endpoint-url http://%s --function-name demo/echo --payload '{}' out.json\n" "$$activator"; \
+	printf '  cat out.json   # with the AWS CLI v2, add --cli-binary-format raw-in-base64-out\n\n'
 
 ## fuzz: every libFuzzer target in fuzz/ for FUZZ_SECONDS seconds each, on nightly with cargo-fuzz
 ## (installed from crates.io when missing); each corpus grows in fuzz/corpus/<target> from the

@@ -17,9 +17,7 @@ use kube::{Api, Client};
 
 use super::function_state::FunctionState;
 use super::lambda_api::{ApiError, MAX_SYNC_PAYLOAD, read_payload};
-use crate::sigv4::{self, AccessKeys, RequestParts};
-
-pub use crate::sigv4::Caller;
+use crate::sigv4::{self, AccessKeys, Caller, RequestParts};
 
 /// Whether the Lambda API asks for signatures (`fargo activator --invoke-auth`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]

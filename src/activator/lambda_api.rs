@@ -25,7 +25,7 @@ use super::events::EventQueue;
 use super::function_state::FunctionState;
 use super::proxy::{NotForwarded, Outgoing, Proxy, ProxyBody, Target};
 use super::router::LAMBDA_API_PREFIX;
-use crate::api::function::{Destination, HttpAuth, Package, ServerlessFunction};
+use crate::api::function::{Destination, HttpAuth, ServerlessFunction};
 use crate::api::lambda::{ErrorBody, FUNCTION_ERROR_HEADER};
 use crate::quantity::parse_bytes;
 
@@ -78,6 +78,7 @@ pub struct FunctionFacts {
     /// Invoked through the in-pod Runtime API (handler code, Lambda images): payloads go to it
     /// as raw events.
     pub uses_runtime_api: bool,
+    /// A container image (Lambda's `PackageType: Image`), rather than code (`Zip`).
     pub package_image: bool,
     pub http_auth: HttpAuth,
     pub last_modified: Option<Timestamp>,
@@ -129,8 +130,7 @@ impl FunctionFacts {
             memory_mb: parse_bytes(&spec.memory).map_or(128, |bytes| bytes / (1024 * 1024)),
             timeout,
             uses_runtime_api: spec.uses_runtime_api(),
-            package_image: spec.image.is_some() && spec.package != Some(Package::Http)
-                || spec.package == Some(Package::Image),
+            package_image: spec.image.is_some(),
             http_auth: spec.triggers.http.auth,
             last_modified: function.metadata.creation_timestamp.as_ref().map(|t| t.0),
             asynchronous: AsyncSettings::of(&spec.asynchronous),

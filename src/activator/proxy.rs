@@ -438,7 +438,7 @@ struct Timing {
 }
 
 /// Counts a response the activator makes itself, and makes it.
-pub(super) fn refuse(
+fn refuse(
     function: &FunctionState,
     arrived: Instant,
     status: StatusCode,
@@ -451,7 +451,7 @@ pub(super) fn refuse(
 }
 
 /// Counts a response the activator made (an authentication failure), and returns it.
-pub(super) fn refuse_with(
+fn refuse_with(
     function: &FunctionState,
     arrived: Instant,
     response: Response<ProxyBody>,
@@ -462,7 +462,7 @@ pub(super) fn refuse_with(
     response
 }
 
-pub(super) fn text_response(status: StatusCode, mut message: String) -> Response<ProxyBody> {
+fn text_response(status: StatusCode, mut message: String) -> Response<ProxyBody> {
     message.push('\n');
     let mut response = Response::new(ProxyBody::message(message));
     *response.status_mut() = status;
