@@ -510,6 +510,23 @@ async fn event_invocations_are_retried_and_reach_their_destinations() {
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert_eq!(stack.records.count(&success), 1);
         assert_eq!(stack.records.count(&failure), 1);
+
+        // The activator counted each step, by function and outcome.
+        let metrics_url = format!("http://127.0.0.1:{}/metrics", stack.activator.health_port);
+        let (_, metrics) = common::http::http_request("GET", &metrics_url, None)
+            .await
+            .unwrap();
+        for (outcome, count) in [
+            ("accepted", 2),
+            ("retried", 4),
+            ("success", 1),
+            ("retries_exhausted", 1),
+        ] {
+            let series = format!(
+                r#"fargo_activator_events_total{{namespace="{ns}",function="retried",outcome="{outcome}"}} {count}"#
+            );
+            assert!(metrics.contains(&series), "{series} in:\n{metrics}");
+        }
     })
     .await;
 }

@@ -420,6 +420,7 @@ async fn deliver_one(
         Step::Expired => {
             let record = record(proxy, function, &stored, "EventAgeExceeded", &payload, None);
             send_record(queue, function, settings.on_failure.as_ref(), record).await;
+            function.metrics().event("event_age_exceeded");
             message.ack().await
         }
         Step::Wait(wait) => message.ack_with(AckKind::Nak(Some(wait))).await,
@@ -444,6 +445,7 @@ async fn deliver_one(
                         u64::try_from(now_ms - stored.accepted_ms).unwrap_or(0),
                     ));
                     let wait = reach_backoff(delivered).min(left + Duration::from_secs(1));
+                    function.metrics().event("not_delivered");
                     message.ack_with(AckKind::Nak(Some(wait))).await
                 }
                 Ended::Success | Ended::FunctionError => {
@@ -462,7 +464,10 @@ async fn deliver_one(
                             .publish(message.subject.to_string(), stored.headers(), payload)
                             .await
                         {
-                            Ok(()) => message.ack().await,
+                            Ok(()) => {
+                                function.metrics().event("retried");
+                                message.ack().await
+                            }
                             Err(error) => {
                                 tracing::warn!(function = %function.name(), %error, "storing an event for its retry; it comes back instead");
                                 message
@@ -476,6 +481,11 @@ async fn deliver_one(
                         } else {
                             ("Success", settings.on_success.as_ref())
                         };
+                        function.metrics().event(if failed {
+                            "retries_exhausted"
+                        } else {
+                            "success"
+                        });
                         let response = Answer {
                             function_error: failed,
                             body: &body,
@@ -573,6 +583,7 @@ async fn send_record(
         Ok(())
     };
     if let Err(error) = result {
+        function.metrics().event("destination_failed");
         tracing::warn!(
             namespace = %function.namespace(), function = %function.name(), ?destination, %error,
             "sending an event's record to its destination"

@@ -475,16 +475,19 @@ async fn serve_checked(
                         )
                     })?;
                     let request_id = crate::api::lambda::request_id();
-                    queue
-                        .accept(&namespace, &name, &request_id, payload)
-                        .await
-                        .map_err(|error| {
-                            ApiError::new(
-                                StatusCode::SERVICE_UNAVAILABLE,
-                                "ServiceException",
-                                format!("the event was not stored, retry: {error}"),
-                            )
-                        })?;
+                    let stored = queue.accept(&namespace, &name, &request_id, payload).await;
+                    function.metrics().event(if stored.is_ok() {
+                        "accepted"
+                    } else {
+                        "refused"
+                    });
+                    stored.map_err(|error| {
+                        ApiError::new(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "ServiceException",
+                            format!("the event was not stored, retry: {error}"),
+                        )
+                    })?;
                     let mut response = Response::new(ProxyBody::bytes(Bytes::new()));
                     *response.status_mut() = StatusCode::ACCEPTED;
                     if let Ok(id) = HeaderValue::try_from(request_id) {

@@ -28,6 +28,29 @@ pub struct RequestLabels {
     pub code: &'static str,
 }
 
+/// What became of an asynchronous event, or of one step of it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    pub namespace: String,
+    pub function: String,
+    /// `accepted`, `refused` (not stored: NATS away), `success`, `retries_exhausted`,
+    /// `event_age_exceeded`, `retried` (after a function error), `not_delivered` (throttled or
+    /// no pod: back to the stream), `destination_failed`.
+    pub outcome: &'static str,
+}
+
+/// The outcomes [`EventLabels`] take.
+pub const EVENT_OUTCOMES: [&str; 8] = [
+    "accepted",
+    "refused",
+    "success",
+    "retries_exhausted",
+    "event_age_exceeded",
+    "retried",
+    "not_delivered",
+    "destination_failed",
+];
+
 type HistogramFamily = Family<FunctionLabels, Histogram, fn() -> Histogram>;
 
 /// Families shared by every function.
@@ -39,6 +62,7 @@ pub struct ActivatorMetrics {
     duration: HistogramFamily,
     /// Requests refused because the activator held all it may (`--max-held-requests`).
     held_refused: Counter,
+    events: Family<EventLabels, Counter>,
     connections: ConnectionMetrics,
 }
 
@@ -57,6 +81,7 @@ impl Default for ActivatorMetrics {
             held: Family::default(),
             duration: Family::new_with_constructor(duration_histogram),
             held_refused: Counter::default(),
+            events: Family::default(),
             connections: ConnectionMetrics::default(),
         }
     }
@@ -91,6 +116,11 @@ impl ActivatorMetrics {
             "held_refused",
             "Requests answered 503 because the activator already held --max-held-requests",
             metrics.held_refused.clone(),
+        );
+        registry.register(
+            "events",
+            "Asynchronous events and their steps, by function and outcome",
+            metrics.events.clone(),
         );
         metrics.connections = ConnectionMetrics::register(registry);
         metrics
@@ -151,8 +181,27 @@ impl RequestMetrics {
         self.families.held_refused.inc();
     }
 
+    /// Counts an asynchronous event's step; `outcome` is one of [`EVENT_OUTCOMES`].
+    pub fn event(&self, outcome: &'static str) {
+        self.families
+            .events
+            .get_or_create(&self.event_labels(outcome))
+            .inc();
+    }
+
+    fn event_labels(&self, outcome: &'static str) -> EventLabels {
+        EventLabels {
+            namespace: self.labels.namespace.clone(),
+            function: self.labels.function.clone(),
+            outcome,
+        }
+    }
+
     /// Drops the function's series (it was deleted).
     pub fn remove(&self) {
+        for outcome in EVENT_OUTCOMES {
+            self.families.events.remove(&self.event_labels(outcome));
+        }
         self.families.in_flight.remove(&self.labels);
         self.families.held.remove(&self.labels);
         self.families.duration.remove(&self.labels);
@@ -195,6 +244,17 @@ mod tests {
         );
         assert!(text.contains(r#"code="5xx"} 1"#), "{text}");
         assert!(text.contains("fargo_activator_request_duration_seconds_count"));
+
+        function.event("accepted");
+        function.event("retried");
+        function.event("retried");
+        let text = encode(&registry);
+        assert!(
+            text.contains(
+                r#"fargo_activator_events_total{namespace="media",function="thumbnail",outcome="retried"} 2"#
+            ),
+            "{text}"
+        );
 
         function.remove();
         assert!(!encode(&registry).contains("thumbnail"));
