@@ -179,12 +179,8 @@ fn controller_role_names_the_lease_the_controller_elects_with() {
 
 /// The environment variables `fargo <command> --help` says the command reads.
 fn environment_of(command: &str) -> Vec<String> {
-    let output = Command::new(env!("CARGO_BIN_EXE_fargo"))
-        .args([command, "--help"])
-        .output()
-        .unwrap_or_else(|e| panic!("running fargo {command} --help: {e}"));
-    let help = String::from_utf8_lossy(&output.stdout);
-    help.split("[env: ")
+    help_of(command)
+        .split("[env: ")
         .skip(1)
         .filter_map(|rest| rest.split(['=', ']']).next())
         .map(str::to_string)
@@ -202,6 +198,38 @@ fn container_env(deployment: &Deployment) -> Vec<(String, Option<String>)> {
         .into_iter()
         .map(|var| (var.name, var.value))
         .collect()
+}
+
+/// `fargo <command> --help`.
+fn help_of(command: &str) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_fargo"))
+        .args([command, "--help"])
+        .output()
+        .unwrap_or_else(|e| panic!("running fargo {command} --help: {e}"));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn chart_passes_only_flags_the_commands_take() {
+    for (deployment, command) in [
+        ("fargo-controller", "controller"),
+        ("fargo-activator", "activator"),
+    ] {
+        let deployment: Deployment = deployed("Deployment", deployment);
+        let args = deployment
+            .spec
+            .and_then(|spec| spec.template.spec)
+            .map(|pod| pod.containers[0].args.clone().unwrap_or_default())
+            .unwrap_or_default();
+        assert_eq!(args.first().map(String::as_str), Some(command), "{args:?}");
+        let help = help_of(command);
+        for flag in args.iter().skip(1).filter_map(|arg| arg.split('=').next()) {
+            assert!(
+                flag.starts_with("--") && help.contains(&format!("{flag} ")),
+                "the chart passes {flag}, which `fargo {command}` does not take"
+            );
+        }
+    }
 }
 
 #[test]
