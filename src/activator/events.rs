@@ -578,7 +578,13 @@ async fn send_record(
     } else if let Some(url) = &destination.url {
         post_record(url, body).await
     } else if let Some(subject) = &destination.subject {
-        queue.publish_plain(subject.clone(), body).await
+        // The CRD refuses these; checked again here, where a stale CRD cannot let one by.
+        if subject.starts_with("fargo.") || subject.starts_with('$') || subject.contains(['*', '>'])
+        {
+            Err(format!("subject {subject} is fargo's or NATS's own"))
+        } else {
+            queue.publish_plain(subject.clone(), body).await
+        }
     } else {
         Ok(())
     };
@@ -657,10 +663,12 @@ async fn report_queue(
     let consumer = consumer_name(function.namespace(), function.name());
     let subject = subject(function.namespace(), function.name());
     loop {
-        let info = match stream.get_consumer::<pull::Config>(&consumer).await {
-            Ok(mut found) => found.info().await.ok().cloned(),
-            Err(_) => None,
-        };
+        // Getting the consumer fetches its info: one request, not two.
+        let info = stream
+            .get_consumer::<pull::Config>(&consumer)
+            .await
+            .ok()
+            .map(|found| found.cached_info().clone());
         if let Some(info) = info {
             let queued = info.num_pending + info.num_ack_pending as u64;
             let oldest = if queued == 0 {

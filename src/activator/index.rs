@@ -18,6 +18,7 @@ use super::lambda_api::FunctionFacts;
 use super::metrics::ActivatorMetrics;
 use super::router::{HttpRoute, RouteError, RouteTable};
 use crate::api::ServerlessFunction;
+use crate::api::function::HttpAuth;
 use crate::api::routes::ActivatorNames;
 use crate::api::stats::ActivatorStats;
 
@@ -25,6 +26,7 @@ use crate::api::stats::ActivatorStats;
 pub struct Resolved {
     pub function: Arc<FunctionState>,
     pub strip: usize,
+    pub auth: HttpAuth,
 }
 
 pub struct FunctionIndex {
@@ -94,6 +96,7 @@ impl FunctionIndex {
         Ok(Resolved {
             function: route.target.clone(),
             strip: route.strip,
+            auth: route.auth,
         })
     }
 
@@ -285,6 +288,7 @@ pub fn settings_of(function: &ServerlessFunction) -> (FunctionConfig, HttpRoute)
         },
         path: spec.triggers.http.path.clone(),
         created: function.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        auth: spec.triggers.http.auth,
     };
     (config, http)
 }

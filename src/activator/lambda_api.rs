@@ -25,7 +25,7 @@ use super::events::EventQueue;
 use super::function_state::FunctionState;
 use super::proxy::{NotForwarded, Outgoing, Proxy, ProxyBody, Target};
 use super::router::LAMBDA_API_PREFIX;
-use crate::api::function::{Destination, HttpAuth, ServerlessFunction};
+use crate::api::function::{Destination, ServerlessFunction};
 use crate::api::lambda::{ErrorBody, FUNCTION_ERROR_HEADER};
 use crate::quantity::parse_bytes;
 
@@ -80,7 +80,6 @@ pub struct FunctionFacts {
     pub uses_runtime_api: bool,
     /// A container image (Lambda's `PackageType: Image`), rather than code (`Zip`).
     pub package_image: bool,
-    pub http_auth: HttpAuth,
     pub last_modified: Option<Timestamp>,
     pub asynchronous: AsyncSettings,
 }
@@ -131,7 +130,6 @@ impl FunctionFacts {
             timeout,
             uses_runtime_api: spec.uses_runtime_api(),
             package_image: spec.image.is_some(),
-            http_auth: spec.triggers.http.auth,
             last_modified: function.metadata.creation_timestamp.as_ref().map(|t| t.0),
             asynchronous: AsyncSettings::of(&spec.asynchronous),
         }
@@ -567,14 +565,7 @@ pub fn ended(
     response: &Response<ProxyBody>,
 ) -> (Ended, Option<ApiError>) {
     let status = response.status();
-    if response.body().is_activators() {
-        let text = match response.body() {
-            ProxyBody::Message { text } => text
-                .as_ref()
-                .map(|t| String::from_utf8_lossy(t).trim().to_string())
-                .unwrap_or_default(),
-            ProxyBody::Upstream { .. } => String::new(),
-        };
+    if let Some(text) = response.body().activators_text() {
         let forwarded = response.extensions().get::<NotForwarded>().is_none();
         // A request forwarded and not answered by the function's timeout is a timed out
         // invocation, as Lambda reports it: the function's error.
@@ -635,15 +626,8 @@ fn invoke_answer(function: &FunctionState, response: Response<ProxyBody>) -> Res
         return error.into_response();
     }
     let (mut parts, body) = response.into_parts();
-    let body = if body.is_activators() {
+    let body = if let Some(text) = body.activators_text() {
         // The activator's timeout, as the function's error.
-        let text = match &body {
-            ProxyBody::Message { text } => text
-                .as_ref()
-                .map(|t| String::from_utf8_lossy(t).trim().to_string())
-                .unwrap_or_default(),
-            ProxyBody::Upstream { .. } => String::new(),
-        };
         parts.headers.clear();
         parts.headers.insert(header::CONTENT_TYPE, APPLICATION_JSON);
         ProxyBody::bytes(Bytes::from(

@@ -145,7 +145,7 @@ impl Proxy {
         };
         let function = resolved.function;
         let (mut parts, body) = request.into_parts();
-        let body = if function.config().facts.http_auth == HttpAuth::AwsIam {
+        let body = if resolved.auth == HttpAuth::AwsIam {
             match self.auth.function_url(&function, &mut parts, body).await {
                 Ok(body) => Outgoing::Buffered(body),
                 Err(error) => {
@@ -626,9 +626,17 @@ impl ProxyBody {
         ProxyBody::Message { text: Some(bytes) }
     }
 
-    /// Whether the activator made this body itself (a refusal), rather than a pod.
-    pub fn is_activators(&self) -> bool {
-        matches!(self, ProxyBody::Message { .. })
+    /// The text of a body the activator made (its refusal's reason), trimmed; `None` for a
+    /// pod's body.
+    pub fn activators_text(&self) -> Option<String> {
+        match self {
+            ProxyBody::Message { text } => Some(
+                text.as_ref()
+                    .map(|t| String::from_utf8_lossy(t).trim().to_string())
+                    .unwrap_or_default(),
+            ),
+            ProxyBody::Upstream { .. } => None,
+        }
     }
 
     fn upstream(body: Incoming, lease: Lease, deadline: Instant) -> Self {

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 
 use jiff::Timestamp;
 
+use crate::api::function::HttpAuth;
 use crate::api::routes::{ActivatorNames, Claim, HostClaims, Refusal, host_name};
 
 /// How a function takes HTTP requests (its `spec.triggers.http`).
@@ -21,6 +22,8 @@ pub struct HttpRoute {
     pub path: String,
     /// When the function was created: of two claims on a host and path, the earlier wins.
     pub created: Option<Timestamp>,
+    /// Who may call it over HTTP (`triggers.http.auth`).
+    pub auth: HttpAuth,
 }
 
 impl Default for HttpRoute {
@@ -30,6 +33,7 @@ impl Default for HttpRoute {
             hosts: vec![],
             path: "/".into(),
             created: None,
+            auth: HttpAuth::None,
         }
     }
 }
@@ -38,6 +42,8 @@ impl Default for HttpRoute {
 #[derive(Debug, PartialEq, Eq)]
 pub struct Route<'a, T> {
     pub target: &'a T,
+    /// Whether requests must be signed (`triggers.http.auth`).
+    pub auth: HttpAuth,
     /// Bytes to cut from the front of the request path before proxying (the
     /// `/{namespace}/{function}` prefix); an empty remainder stands for `/`.
     pub strip: usize,
@@ -217,6 +223,7 @@ impl<T> RouteTable<T> {
         }
         Ok(Route {
             target: &entry.target,
+            auth: entry.http.auth,
             strip,
         })
     }

@@ -19,14 +19,7 @@ pub async fn start_function_stack(
 ) -> (FargoProcess, FargoProcess, ActivatorAddrs) {
     ensure_namespace(client, "fargo-system").await;
     let (activator_process, activator) = start_activator().await;
-    let mut extra = vec![
-        "--identity".to_string(),
-        identity.to_string(),
-        "--webhook-register".into(),
-        "false".into(),
-    ];
-    extra.extend(activator.controller_args());
-    extra.extend(flags.iter().cloned());
+    let extra = controller_flags(&activator, identity, flags);
     let controller = FargoProcess::new(spawn_controller_with(free_port(), free_port(), &extra));
     wait_until_leading(client, identity, 120).await;
     (activator_process, controller, activator)
@@ -68,6 +61,14 @@ pub async fn controller_for_the_process(
 
 /// Starts a controller for the whole process (webhook unregistered), pointed at `activator`.
 fn spawn_controller_for_the_process(activator: &ActivatorAddrs, identity: &str, flags: &[String]) {
+    let extra = controller_flags(activator, identity, flags);
+    let (webhook_port, health_port) = (free_port(), free_port());
+    spawn_for_the_process(move || spawn_controller_with(webhook_port, health_port, &extra));
+}
+
+/// The flags of a test's controller: `identity` in the election, its webhook unregistered,
+/// pointed at `activator`, then `flags`.
+fn controller_flags(activator: &ActivatorAddrs, identity: &str, flags: &[String]) -> Vec<String> {
     let mut extra = vec![
         "--identity".to_string(),
         identity.to_string(),
@@ -76,8 +77,7 @@ fn spawn_controller_for_the_process(activator: &ActivatorAddrs, identity: &str, 
     ];
     extra.extend(activator.controller_args());
     extra.extend(flags.iter().cloned());
-    let (webhook_port, health_port) = (free_port(), free_port());
-    spawn_for_the_process(move || spawn_controller_with(webhook_port, health_port, &extra));
+    extra
 }
 
 /// Server-side applies a ServerlessFunction with `spec`.
