@@ -428,6 +428,111 @@ pub struct Triggers {
     #[schemars(length(max = 32))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub schedules: Vec<Schedule>,
+
+    /// Object-storage notifications: each matching object event (from an S3-compatible server
+    /// that notifies the activator) invokes the function asynchronously with Lambda's S3 event.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub storage: Vec<StorageTrigger>,
+
+    /// NATS JetStream streams the function consumes in batches, as Lambda's event source
+    /// mappings for SQS and Kinesis. Names are unique.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub queues: Vec<QueueTrigger>,
+}
+
+/// Object events of one bucket that invoke the function (an S3 bucket notification
+/// configuration's `LambdaFunctionConfigurations` entry).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageTrigger {
+    /// The bucket's name, as the S3 server names it in its notifications.
+    #[schemars(length(min = 1, max = 255))]
+    #[x_kube(validation = Rule::new(r"self.matches('^[A-Za-z0-9._-]+$')").message("storage bucket must be a bucket name: letters, digits, '.', '-' and '_'"))]
+    pub bucket: String,
+
+    /// Event types, with AWS's wildcards: `ObjectCreated:*` (the default), `ObjectCreated:Put`,
+    /// `ObjectRemoved:*`, `ObjectRemoved:Delete`, … An `s3:` prefix is accepted and ignored.
+    #[serde(default = "default_storage_events")]
+    #[schemars(length(min = 1, max = 16), inner(length(max = 64)))]
+    #[x_kube(validation = Rule::new(r"self.all(e, e.matches('^(s3:)?[A-Za-z]+:(\*|[A-Za-z]+)$'))").message("storage events must be S3 event types such as ObjectCreated:* or ObjectRemoved:Delete"))]
+    pub events: Vec<String>,
+
+    /// Only keys that start with this (the object key as written, not URL-encoded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub prefix: Option<String>,
+
+    /// Only keys that end with this, such as `.jpg`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub suffix: Option<String>,
+}
+
+fn default_storage_events() -> Vec<String> {
+    vec!["ObjectCreated:*".into()]
+}
+
+/// A JetStream stream the function consumes: messages are delivered in batches, one
+/// invocation per batch, with Lambda's `Records[]` shape.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("duration(self.maxBatchingWindow) <= duration('300s')").message("queues maxBatchingWindow must be a duration from 0s to 300s"))]
+pub struct QueueTrigger {
+    /// Name of the trigger, unique within the function: its durable consumer is
+    /// `fargo_<namespace>_<function>_<name>`.
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') && size(self) <= 63").message("queue trigger name must be a DNS label such as readings"))]
+    pub name: String,
+
+    /// The JetStream stream. fargo reads a stream only when the stream's metadata
+    /// `fargo.dev/namespaces` lists the function's namespace (comma-separated, `*` and `?`
+    /// wildcards): whoever runs the stream decides which tenants may read it. Streams named
+    /// `FARGO_…` are fargo's own and never read.
+    #[x_kube(validation = Rule::new(r"self.matches('^[A-Za-z0-9_-]+$') && size(self) <= 255 && !self.startsWith('FARGO_')").message("queue stream must be a JetStream stream name (letters, digits, - and _), not one of fargo's FARGO_ streams"))]
+    pub stream: String,
+
+    /// Only messages of this subject (NATS wildcards allowed); all of the stream's when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(r"self.matches('^[^\s]+$') && size(self) <= 255").message("queue subject must be a NATS subject without spaces"))]
+    pub subject: Option<String>,
+
+    /// Most messages in one invocation: 1 to 10000.
+    #[serde(default = "default_batch_size")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 10000").message("queues batchSize must be from 1 to 10000"))]
+    pub batch_size: i32,
+
+    /// Longest a batch waits to fill before the function is invoked with what it has: 0s (the
+    /// default: as soon as messages are there) to 300s.
+    #[serde(default = "zero_duration")]
+    pub max_batching_window: Duration,
+
+    /// Where a new trigger starts: `new` (messages stored from now on, the default) or `all`
+    /// (everything the stream holds).
+    #[serde(default)]
+    pub start_from: StartFrom,
+}
+
+fn default_batch_size() -> i32 {
+    10
+}
+
+fn zero_duration() -> Duration {
+    "0s".parse().expect("a valid duration literal")
+}
+
+/// Where a queue trigger's consumer starts.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum StartFrom {
+    /// Messages stored after the consumer was made.
+    #[default]
+    New,
+    /// Every message the stream holds.
+    All,
 }
 
 /// HTTP requests through the activator.
@@ -631,7 +736,43 @@ pub struct ServerlessFunctionStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oldest_queued_event: Option<Time>,
 
+    /// Each storage and queue trigger as the activators last reported it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub triggers: Vec<TriggerStatus>,
+
     /// The generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+}
+
+/// One storage or queue trigger, as the activators see it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TriggerStatus {
+    /// `Storage` or `Queue`.
+    #[serde(rename = "type")]
+    pub type_: String,
+
+    /// The bucket of a storage trigger; the name of a queue trigger.
+    pub name: String,
+
+    /// `Receiving` (events arrive), `Waiting` (none yet), or why the trigger cannot work:
+    /// `StreamNotFound`, `StreamNotShared`, `ConsumerFailed`, `NatsUnavailable`.
+    pub state: String,
+
+    /// Details of `state`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+
+    /// Events (storage) or messages (queues) received since the activators started.
+    #[serde(default)]
+    pub events: i64,
+
+    /// When the last one arrived.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_event_time: Option<Time>,
+
+    /// Messages of the stream not yet handled (queue triggers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<i64>,
 }

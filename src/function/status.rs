@@ -215,6 +215,7 @@ pub fn compute(
         // Written by the autoscaler, from what the activators report.
         last_request_time: None,
         queued_events: None,
+        triggers: vec![],
         oldest_queued_event: None,
         observed_generation: generation,
     }
