@@ -307,6 +307,17 @@ struct ActivatorArgs {
     )]
     invoke_keys_secret: String,
 
+    /// Secret in the activator's namespace holding the tokens S3-compatible servers post
+    /// notifications to `/_fargo/storage/events` with: each data key names a token, its value
+    /// is JSON `{"token": "…", "namespaces": ["photos", "media-*"]}` — the namespaces whose
+    /// functions that token's notifications may invoke.
+    #[arg(
+        long,
+        env = "FARGO_STORAGE_TOKENS_SECRET",
+        default_value = "fargo-storage-tokens"
+    )]
+    storage_tokens_secret: String,
+
     /// Region in function ARNs; signatures must name it too.
     #[arg(long, env = "FARGO_REGION", default_value = "us-east-1")]
     region: String,
@@ -335,6 +346,7 @@ impl ActivatorArgs {
             nats_replicas: usize::from(self.nats_replicas),
             invoke_auth: self.invoke_auth,
             invoke_keys_secret: self.invoke_keys_secret,
+            storage_tokens_secret: self.storage_tokens_secret,
             region: self.region,
             default_namespace: self.default_namespace,
         }

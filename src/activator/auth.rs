@@ -17,6 +17,7 @@ use kube::{Api, Client};
 
 use super::function_state::FunctionState;
 use super::lambda_api::{ApiError, MAX_SYNC_PAYLOAD, read_payload};
+use super::storage::StorageTokens;
 use crate::sigv4::{self, AccessKeys, Caller, RequestParts};
 
 /// Whether the Lambda API asks for signatures (`fargo activator --invoke-auth`).
@@ -133,18 +134,56 @@ impl Authenticator {
 /// Keeps `auth`'s keys those of Secret `namespace/name`: none while it does not exist. A key
 /// that does not parse is left out and logged (never its secret); the others keep working.
 pub async fn watch_keys(client: Client, namespace: String, name: String, auth: Arc<Authenticator>) {
+    watch_secret(client, namespace, name, "access keys", move |data| {
+        let (keys, problems) = AccessKeys::from_secret_data(&data);
+        let count = keys.len();
+        auth.set_keys(keys);
+        (count, problems)
+    })
+    .await;
+}
+
+/// Keeps the storage notification tokens those of Secret `namespace/name`, likewise.
+pub async fn watch_storage_tokens(
+    client: Client,
+    namespace: String,
+    name: String,
+    tokens: Arc<StorageTokens>,
+) {
+    watch_secret(client, namespace, name, "storage tokens", move |data| {
+        let (parsed, problems) = StorageTokens::parse(&data);
+        let count = parsed.len();
+        tokens.set(parsed);
+        (count, problems)
+    })
+    .await;
+}
+
+/// Watches one Secret and hands its data to `load` (empty data while it does not exist), which
+/// installs the entries it reads and returns how many, and the entries it left out.
+async fn watch_secret<F>(client: Client, namespace: String, name: String, what: &str, load: F)
+where
+    F: Fn(BTreeMap<String, Vec<u8>>) -> (usize, Vec<String>),
+{
     let api: Api<Secret> = Api::namespaced(client, &namespace);
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
     let mut events = watcher(api, config).default_backoff().boxed();
     // Whether a (re)list found the Secret: one deleted while the watch was down is gone too.
     let mut listed = false;
+    let install = |data: BTreeMap<String, Vec<u8>>| {
+        let (count, problems) = load(data);
+        for problem in problems {
+            tracing::warn!(secret = %name, %namespace, %problem, "{what}: entry left out");
+        }
+        count
+    };
     while let Some(event) = events.next().await {
         match event {
             Ok(watcher::Event::Init) => listed = false,
             Ok(watcher::Event::InitDone) => {
                 if !listed {
-                    tracing::warn!(secret = %name, %namespace, "no access keys Secret: signed requests are refused");
-                    auth.set_keys(AccessKeys::empty());
+                    tracing::warn!(secret = %name, %namespace, "no {what} Secret: requests that need one are refused");
+                    install(BTreeMap::new());
                 }
             }
             Ok(watcher::Event::Apply(secret) | watcher::Event::InitApply(secret)) => {
@@ -155,18 +194,14 @@ pub async fn watch_keys(client: Client, namespace: String, name: String, auth: A
                     .into_iter()
                     .map(|(key, value)| (key, value.0))
                     .collect();
-                let (keys, problems) = AccessKeys::from_secret_data(&data);
-                for problem in problems {
-                    tracing::warn!(secret = %name, %namespace, %problem, "access key left out");
-                }
-                tracing::info!(secret = %name, keys = keys.len(), "access keys loaded");
-                auth.set_keys(keys);
+                let count = install(data);
+                tracing::info!(secret = %name, entries = count, "{what} loaded");
             }
             Ok(watcher::Event::Delete(_)) => {
-                tracing::warn!(secret = %name, %namespace, "access keys Secret deleted: signed requests are refused");
-                auth.set_keys(AccessKeys::empty());
+                tracing::warn!(secret = %name, %namespace, "{what} Secret deleted: requests that need one are refused");
+                install(BTreeMap::new());
             }
-            Err(error) => tracing::warn!(%error, secret = %name, "watching the access keys Secret"),
+            Err(error) => tracing::warn!(%error, secret = %name, "watching the {what} Secret"),
         }
     }
 }

@@ -94,6 +94,15 @@ impl EventQueue {
         })
     }
 
+    pub fn jetstream(&self) -> &Context {
+        &self.jetstream
+    }
+
+    /// Copies of each stream fargo makes.
+    pub fn replicas(&self) -> usize {
+        self.replicas
+    }
+
     /// Creates the stream when it does not exist.
     async fn ensure_stream(&self) -> Result<stream::Stream, String> {
         self.jetstream
@@ -328,7 +337,7 @@ async fn deliver_function(
 
 /// What fargo kept with a stored event.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Stored {
+pub(super) struct Stored {
     request_id: String,
     accepted_ms: i64,
     attempts: u32,
@@ -336,6 +345,16 @@ struct Stored {
 }
 
 impl Stored {
+    /// A record's context for an invocation not stored here (a queue trigger's batch).
+    pub(super) fn new(request_id: String, attempts: u32) -> Self {
+        Self {
+            request_id,
+            accepted_ms: jiff::Timestamp::now().as_millisecond(),
+            attempts,
+            not_before_ms: 0,
+        }
+    }
+
     fn read(headers: Option<&async_nats::HeaderMap>, fallback_ms: i64) -> Self {
         let get = |name: &str| {
             headers
@@ -392,7 +411,7 @@ fn next_step(stored: &Stored, settings: &AsyncSettings, now_ms: i64) -> Step {
 }
 
 /// The wait before retry `attempts` (1 = the first retry): `retryDelay`, doubling.
-fn retry_delay(settings: &AsyncSettings, attempts: u32) -> Duration {
+pub(super) fn retry_delay(settings: &AsyncSettings, attempts: u32) -> Duration {
     settings
         .retry_delay
         .saturating_mul(1 << attempts.saturating_sub(1).min(10))
@@ -400,7 +419,7 @@ fn retry_delay(settings: &AsyncSettings, attempts: u32) -> Duration {
 
 /// Backoff after the `delivered`-th delivery could not reach the function: 1s, doubling, at
 /// most five minutes.
-fn reach_backoff(delivered: i64) -> Duration {
+pub(super) fn reach_backoff(delivered: i64) -> Duration {
     let exponent = u32::try_from(delivered.clamp(1, 20) - 1).unwrap_or(0);
     Duration::from_secs(1u64 << exponent.min(9)).min(MAX_BACKOFF)
 }
@@ -511,9 +530,9 @@ async fn deliver_one(
 }
 
 /// A function's answer, for its destination record.
-struct Answer<'a> {
-    function_error: bool,
-    body: &'a [u8],
+pub(super) struct Answer<'a> {
+    pub(super) function_error: bool,
+    pub(super) body: &'a [u8],
 }
 
 /// JSON as it is, or the text as a string.
@@ -523,7 +542,7 @@ fn json_or_text(bytes: &[u8]) -> Value {
 }
 
 /// Lambda's destination record.
-fn record(
+pub(super) fn record(
     proxy: &Proxy,
     function: &FunctionState,
     stored: &Stored,
@@ -559,7 +578,7 @@ fn record(
 }
 
 /// Sends a record where the function's settings say; failures are logged, the event is done.
-async fn send_record(
+pub(super) async fn send_record(
     queue: &EventQueue,
     function: &FunctionState,
     destination: Option<&Destination>,

@@ -6,6 +6,7 @@
 //! usable, or is turned away when the queue is full or the activator holds all it may. Dropping a `Lease` frees its place and
 //! hands it to the oldest held request.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
@@ -19,7 +20,21 @@ use super::concurrency::ConcurrencyMeter;
 use super::hold::{HoldLimit, HoldQueue, HoldRefused, WaiterId};
 use super::lambda_api::FunctionFacts;
 use super::metrics::RequestMetrics;
-use crate::api::stats::FunctionStats;
+use crate::api::stats::{FunctionStats, TriggerStats};
+
+fn trigger_entry<'a>(
+    triggers: &'a mut BTreeMap<(&'static str, String), TriggerStats>,
+    type_: &'static str,
+    name: &str,
+) -> &'a mut TriggerStats {
+    triggers
+        .entry((type_, name.to_string()))
+        .or_insert_with(|| TriggerStats {
+            type_: type_.to_string(),
+            name: name.to_string(),
+            ..Default::default()
+        })
+}
 
 /// What the activator needs of a function's spec.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,6 +90,8 @@ pub struct FunctionState {
     /// Its asynchronous events as JetStream last counted them: how many, and when the oldest
     /// was accepted.
     queue: Mutex<Option<(u64, Option<Time>)>>,
+    /// Its storage and queue triggers, by `(type, name)`.
+    triggers: Mutex<BTreeMap<(&'static str, String), TriggerStats>>,
     metrics: RequestMetrics,
     /// Last explanation of why the function's pods are not ready, so that a burst of requests
     /// timing out together lists the pods once.
@@ -131,6 +148,7 @@ impl FunctionState {
             }),
             metrics,
             queue: Mutex::new(None),
+            triggers: Mutex::default(),
             diagnosis: tokio::sync::Mutex::new(None),
         })
     }
@@ -272,6 +290,45 @@ impl FunctionState {
         *self.queue.lock().unwrap_or_else(PoisonError::into_inner) = Some((queued, oldest));
     }
 
+    fn triggers(&self) -> MutexGuard<'_, BTreeMap<(&'static str, String), TriggerStats>> {
+        self.triggers.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Counts `count` events that arrived for a trigger.
+    pub fn trigger_events(&self, type_: &'static str, name: &str, count: u64) {
+        let mut triggers = self.triggers();
+        let trigger = trigger_entry(&mut triggers, type_, name);
+        trigger.events += count;
+        trigger.last_event = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+    }
+
+    /// Counts one event that arrived for a trigger.
+    pub fn trigger_event(&self, type_: &'static str, name: &str) {
+        self.trigger_events(type_, name, 1);
+    }
+
+    /// Records a trigger's problem (`None`: it works) and its backlog.
+    pub fn set_trigger_state(
+        &self,
+        type_: &'static str,
+        name: &str,
+        problem: Option<(&str, String)>,
+        pending: Option<u64>,
+    ) {
+        let mut triggers = self.triggers();
+        let trigger = trigger_entry(&mut triggers, type_, name);
+        (trigger.problem, trigger.message) = match problem {
+            Some((reason, message)) => (Some(reason.to_string()), Some(message)),
+            None => (None, None),
+        };
+        trigger.pending = pending;
+    }
+
+    /// Forgets triggers the function no longer has.
+    pub fn keep_triggers(&self, keep: impl Fn(&str, &str) -> bool) {
+        self.triggers().retain(|(type_, name), _| keep(type_, name));
+    }
+
     /// Counters for `/stats`; starts a new concurrency window. `None` before the first request
     /// or event count.
     pub fn stats(&self) -> Option<FunctionStats> {
@@ -281,12 +338,16 @@ impl FunctionState {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
+        let triggers: Vec<TriggerStats> = self.triggers().values().cloned().collect();
+        // Messages waiting in a queue trigger's stream wake the function as events do.
+        let backlog: u64 = triggers.iter().filter_map(|t| t.pending).sum();
         let mut inner = self.lock();
-        if inner.requests == 0 && queue.is_none() {
+        if inner.requests == 0 && queue.is_none() && triggers.is_empty() {
             return None;
         }
         let (queued_events, oldest_queued_event) = match queue {
-            Some((queued, oldest)) => (Some(queued), oldest),
+            Some((queued, oldest)) => (Some(queued + backlog), oldest),
+            None if backlog > 0 => (Some(backlog), None),
             None => (None, None),
         };
         Some(FunctionStats {
@@ -302,6 +363,7 @@ impl FunctionState {
                 .map(Time),
             queued_events,
             oldest_queued_event,
+            triggers,
         })
     }
 

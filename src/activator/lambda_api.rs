@@ -24,8 +24,9 @@ use tokio::time::Instant;
 use super::events::EventQueue;
 use super::function_state::FunctionState;
 use super::proxy::{NotForwarded, Outgoing, Proxy, ProxyBody, Target};
+use super::queues::QueueSettings;
 use super::router::LAMBDA_API_PREFIX;
-use crate::api::function::{Destination, ServerlessFunction};
+use crate::api::function::{Destination, ServerlessFunction, StorageTrigger};
 use crate::api::lambda::{ErrorBody, FUNCTION_ERROR_HEADER};
 use crate::quantity::parse_bytes;
 
@@ -82,6 +83,10 @@ pub struct FunctionFacts {
     pub package_image: bool,
     pub last_modified: Option<Timestamp>,
     pub asynchronous: AsyncSettings,
+    /// `spec.triggers.storage`.
+    pub storage: Vec<StorageTrigger>,
+    /// `spec.triggers.queues`, read.
+    pub queues: Vec<QueueSettings>,
 }
 
 /// `spec.async`, read.
@@ -132,6 +137,8 @@ impl FunctionFacts {
             package_image: spec.image.is_some(),
             last_modified: function.metadata.creation_timestamp.as_ref().map(|t| t.0),
             asynchronous: AsyncSettings::of(&spec.asynchronous),
+            storage: spec.triggers.storage.clone(),
+            queues: spec.triggers.queues.iter().map(QueueSettings::of).collect(),
         }
     }
 }
@@ -707,7 +714,7 @@ fn page_of(
     (start..end, next)
 }
 
-fn json_response(status: StatusCode, body: &Value) -> Response<ProxyBody> {
+pub(super) fn json_response(status: StatusCode, body: &Value) -> Response<ProxyBody> {
     let mut response = Response::new(ProxyBody::bytes(Bytes::from(body.to_string())));
     *response.status_mut() = status;
     response

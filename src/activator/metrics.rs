@@ -51,6 +51,15 @@ pub const EVENT_OUTCOMES: [&str; 8] = [
     "destination_failed",
 ];
 
+/// What became of one object-storage notification's event.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StorageLabels {
+    /// `delivered` (stored for the functions that take it), `ignored` (no function takes it),
+    /// `test` (a server's probe), `refused` (a request or message that is not a notification
+    /// fargo takes: no or unknown token, too large, malformed).
+    pub outcome: &'static str,
+}
+
 type HistogramFamily = Family<FunctionLabels, Histogram, fn() -> Histogram>;
 
 /// Families shared by every function.
@@ -63,6 +72,7 @@ pub struct ActivatorMetrics {
     /// Requests refused because the activator held all it may (`--max-held-requests`).
     held_refused: Counter,
     events: Family<EventLabels, Counter>,
+    storage: Family<StorageLabels, Counter>,
     connections: ConnectionMetrics,
 }
 
@@ -82,6 +92,7 @@ impl Default for ActivatorMetrics {
             duration: Family::new_with_constructor(duration_histogram),
             held_refused: Counter::default(),
             events: Family::default(),
+            storage: Family::default(),
             connections: ConnectionMetrics::default(),
         }
     }
@@ -122,8 +133,18 @@ impl ActivatorMetrics {
             "Asynchronous events and their steps, by function and outcome",
             metrics.events.clone(),
         );
+        registry.register(
+            "storage_events",
+            "Object-storage notification events, by outcome",
+            metrics.storage.clone(),
+        );
         metrics.connections = ConnectionMetrics::register(registry);
         metrics
+    }
+
+    /// Counts one event of a storage notification.
+    pub fn storage_event(&self, outcome: &'static str) {
+        self.storage.get_or_create(&StorageLabels { outcome }).inc();
     }
 
     /// The proxy's connections.

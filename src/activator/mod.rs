@@ -17,8 +17,10 @@ pub mod index;
 pub mod lambda_api;
 pub mod metrics;
 pub mod proxy;
+pub mod queues;
 pub mod router;
 pub mod scale;
+pub mod storage;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -75,6 +77,8 @@ pub struct Config {
     pub invoke_auth: InvokeAuth,
     /// Secret (in `service_namespace`) with the access keys.
     pub invoke_keys_secret: String,
+    /// Secret (in `service_namespace`) with the tokens of object-storage notifications.
+    pub storage_tokens_secret: String,
     pub region: String,
     /// Namespace of plain function names when the caller has no default.
     pub default_namespace: String,
@@ -171,6 +175,13 @@ pub async fn run(
         config.invoke_keys_secret.clone(),
         auth.clone(),
     ));
+    let storage_tokens = Arc::new(storage::StorageTokens::default());
+    let tokens = tokio::spawn(auth::watch_storage_tokens(
+        client.clone(),
+        config.service_namespace.clone(),
+        config.storage_tokens_secret.clone(),
+        storage_tokens.clone(),
+    ));
     let events = match &config.nats_url {
         Some(url) => match EventQueue::connect(url, config.nats_replicas).await {
             Ok(queue) => Some(Arc::new(queue)),
@@ -189,11 +200,30 @@ pub async fn run(
         default_namespace: config.default_namespace.clone(),
         events: events.clone(),
     };
-    let proxy =
-        Arc::new(Proxy::new(index.clone(), Some(Cluster::new(client))).with_lambda(auth, lambda));
+    let proxy = Arc::new(
+        Proxy::new(index.clone(), Some(Cluster::new(client)))
+            .with_lambda(auth, lambda)
+            .with_storage_tokens(storage_tokens),
+    );
     let stop_delivery = CancellationToken::new();
-    let delivery = events
-        .map(|queue| tokio::spawn(events::deliver(queue, proxy.clone(), stop_delivery.clone())));
+    // Events, storage notifications published to NATS, and queue triggers' streams.
+    let delivery: Vec<_> = events
+        .map(|queue| {
+            vec![
+                tokio::spawn(events::deliver(
+                    queue.clone(),
+                    proxy.clone(),
+                    stop_delivery.clone(),
+                )),
+                tokio::spawn(storage::consume(
+                    queue.clone(),
+                    proxy.clone(),
+                    stop_delivery.clone(),
+                )),
+                tokio::spawn(queues::consume(queue, proxy.clone(), stop_delivery.clone())),
+            ]
+        })
+        .unwrap_or_default();
     let proxy_shutdown = proxy::Shutdown::default();
     let limits = proxy::ClientLimits {
         connections: ConnectionLimits {
@@ -241,10 +271,11 @@ pub async fn run(
     if let Err(error) = (&mut proxy_served).await {
         tracing::error!(%error, "proxy task failed");
     }
-    if let Some(delivery) = delivery {
-        delivery.abort();
+    for task in delivery {
+        task.abort();
     }
     keys.abort();
+    tokens.abort();
     for watch in watches {
         watch.abort();
     }

@@ -30,6 +30,7 @@ use super::lambda_api::LambdaSettings;
 use super::router::RouteError;
 use super::router::upstream_path;
 use super::scale::{Cluster, spawn_poke};
+use super::storage::StorageTokens;
 use crate::api::function::HttpAuth;
 use crate::connections::{self, ConnectionLimits, Connections, TrackedBody};
 use crate::telemetry::error_chain;
@@ -84,6 +85,8 @@ pub struct Proxy {
     client: Client<HttpConnector, UpstreamBody>,
     auth: Arc<Authenticator>,
     lambda: LambdaSettings,
+    /// Tokens of object-storage notifications.
+    storage_tokens: Arc<StorageTokens>,
     /// `None` runs without a cluster (tests): no scale-from-zero poke, no pod diagnosis.
     cluster: Option<Cluster>,
 }
@@ -102,6 +105,7 @@ impl Proxy {
             client,
             auth: Arc::new(Authenticator::default()),
             lambda: LambdaSettings::default(),
+            storage_tokens: Arc::default(),
             cluster,
         }
     }
@@ -111,6 +115,16 @@ impl Proxy {
         self.auth = auth;
         self.lambda = lambda;
         self
+    }
+
+    /// The tokens object-storage notifications are checked against (none without this).
+    pub fn with_storage_tokens(mut self, tokens: Arc<StorageTokens>) -> Self {
+        self.storage_tokens = tokens;
+        self
+    }
+
+    pub fn storage_tokens(&self) -> &StorageTokens {
+        &self.storage_tokens
     }
 
     pub fn index(&self) -> &FunctionIndex {
@@ -140,6 +154,9 @@ impl Proxy {
             Ok(resolved) => resolved,
             Err(RouteError::LambdaApi) => {
                 return super::lambda_api::serve(self, request, client_ip).await;
+            }
+            Err(RouteError::StorageEvents) => {
+                return super::storage::serve(self, request, client_ip).await;
             }
             Err(error) => return text_response(StatusCode::NOT_FOUND, error.to_string()),
         };

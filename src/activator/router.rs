@@ -63,6 +63,10 @@ pub enum RouteError {
     /// function holds.
     #[error("the Lambda API")]
     LambdaApi,
+    /// Not a function's request: object-storage notifications
+    /// ([`super::storage::PATH`]) on a host no function holds.
+    #[error("object-storage notifications")]
+    StorageEvents,
     #[error(
         "no function is served at host \"{host}\", path \"{path}\": use \
          /{{namespace}}/{{function}}/ or the host {{function}}.{{namespace}}.{domain}"
@@ -190,6 +194,9 @@ impl<T> RouteTable<T> {
         }
         if is_lambda_api(path) {
             return Err(RouteError::LambdaApi);
+        }
+        if path == super::storage::PATH {
+            return Err(RouteError::StorageEvents);
         }
         match split_function_path(path) {
             Some((namespace, name, strip)) => self.lookup(namespace, name, strip),

@@ -524,7 +524,7 @@ fn zero_duration() -> Duration {
 
 /// Where a queue trigger's consumer starts.
 #[derive(
-    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum StartFrom {

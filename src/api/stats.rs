@@ -41,6 +41,32 @@ pub struct FunctionStats {
     /// When the oldest of them was accepted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oldest_queued_event: Option<Time>,
+    /// The function's storage and queue triggers, as this activator saw them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub triggers: Vec<TriggerStats>,
+}
+
+/// One storage or queue trigger, as one activator sees it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TriggerStats {
+    /// `Storage` or `Queue`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// The bucket (storage) or the trigger's name (queues).
+    pub name: String,
+    /// Events or messages this activator received since it started.
+    pub events: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_event: Option<Time>,
+    /// Why the trigger does not work (`StreamNotFound`, …); absent while it works.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Messages of the stream not yet handled (queues; the same from every activator).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<u64>,
 }
 
 #[cfg(test)]
@@ -60,6 +86,7 @@ mod tests {
                 last_request: None,
                 queued_events: None,
                 oldest_queued_event: None,
+                triggers: vec![],
             }],
         };
         let json = serde_json::to_value(&stats).expect("stats serialize");
