@@ -443,6 +443,26 @@ pub struct Triggers {
     pub queues: Vec<QueueTrigger>,
 }
 
+impl ServerlessFunctionSpec {
+    /// Its storage and queue triggers as `status.triggers` names them, `(type, name)`: a
+    /// bucket once however many triggers name it.
+    pub fn trigger_names(&self) -> Vec<(&'static str, String)> {
+        let mut names: Vec<(&'static str, String)> = vec![];
+        for trigger in &self.triggers.storage {
+            if !names.iter().any(|(_, bucket)| *bucket == trigger.bucket) {
+                names.push(("Storage", trigger.bucket.clone()));
+            }
+        }
+        names.extend(
+            self.triggers
+                .queues
+                .iter()
+                .map(|queue| ("Queue", queue.name.clone())),
+        );
+        names
+    }
+}
+
 /// Object events of one bucket that invoke the function (an S3 bucket notification
 /// configuration's `LambdaFunctionConfigurations` entry).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]

@@ -36,7 +36,7 @@ use crate::caches::{FunctionStore, live};
 use crate::http_client::{HttpClient, http_client};
 use crate::reconcile::{EventPublisher, patch_status};
 use crate::replicas::{Instances, apply_replicas, autoscaler_owns_replicas};
-use plan::{AutoscalerState, Clock, Key, Plan, ScaleWrite, Target};
+use plan::{AutoscalerState, Clock, EventsRecord, Key, Plan, ScaleWrite, Target};
 use scaling::ScalePolicy;
 
 /// Between two decisions; a load step is answered within one.
@@ -201,6 +201,12 @@ async fn tick(
                     s.oldest_queued_event.as_ref().map(|t| t.0),
                 )
             }),
+            triggers: function.spec.trigger_names(),
+            recorded_triggers: function
+                .status
+                .as_ref()
+                .map(|s| s.triggers.clone())
+                .unwrap_or_default(),
         });
         references.insert(key, guard.object_ref(&()));
     }
@@ -253,9 +259,10 @@ pub async fn perform(
         state.write_failed(key);
     }
     futures::stream::iter(plan.queues)
-        .for_each_concurrent(WRITE_CONCURRENCY, |((namespace, name), queued, oldest)| async move {
-            if let Err(error) = record_queue(&ctx.client, &namespace, &name, queued, oldest).await {
-                tracing::debug!(%namespace, function = %name, %error, "recording queuedEvents failed");
+        .for_each_concurrent(WRITE_CONCURRENCY, |record| async move {
+            if let Err(error) = record_events(&ctx.client, &record).await {
+                let (namespace, name) = &record.key;
+                tracing::debug!(%namespace, function = %name, %error, "recording queuedEvents and triggers failed");
             }
         })
         .await;
@@ -292,19 +299,21 @@ async fn write_scale(
     None
 }
 
-/// Sets `status.queuedEvents` and `status.oldestQueuedEvent`, as their own field manager.
-async fn record_queue(
-    client: &Client,
-    namespace: &str,
-    name: &str,
-    queued: u64,
-    oldest: Option<Timestamp>,
-) -> Result<(), kube::Error> {
+/// Sets `status.queuedEvents`, `status.oldestQueuedEvent` and `status.triggers`, as their own
+/// field manager.
+async fn record_events(client: &Client, record: &EventsRecord) -> Result<(), kube::Error> {
+    let (namespace, name) = &record.key;
     let api: Api<ServerlessFunction> = Api::namespaced(client.clone(), namespace);
-    let mut status = serde_json::json!({"queuedEvents": queued});
-    // Left out when none waits: the apply then removes the field this manager set before.
-    if let Some(oldest) = oldest {
+    // A field left out is removed, if this manager set it before.
+    let mut status = serde_json::json!({});
+    if let Some(queued) = record.queued {
+        status["queuedEvents"] = queued.into();
+    }
+    if let Some(oldest) = record.oldest {
         status["oldestQueuedEvent"] = serde_json::json!(Time(oldest));
+    }
+    if !record.triggers.is_empty() {
+        status["triggers"] = serde_json::json!(record.triggers);
     }
     match patch_status(&api, name, EVENTS_MANAGER, &status).await {
         Ok(_) => Ok(()),

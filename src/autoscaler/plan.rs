@@ -9,6 +9,7 @@ use jiff::Timestamp;
 
 use super::scaling::{Decision, FunctionScaler, Observation, ScalePolicy};
 use super::stats::Scrape;
+use crate::api::function::TriggerStatus;
 use crate::reconcile::Note;
 use crate::replicas::Instances;
 
@@ -35,6 +36,50 @@ pub struct Target {
     pub recorded_last_request: Option<Timestamp>,
     /// `status.queuedEvents` and `status.oldestQueuedEvent` as recorded.
     pub recorded_queue: (Option<u64>, Option<Timestamp>),
+    /// Its storage and queue triggers, `(type, name)`, in spec order.
+    pub triggers: Vec<(&'static str, String)>,
+    /// `status.triggers` as recorded.
+    pub recorded_triggers: Vec<TriggerStatus>,
+}
+
+/// What the events field manager records of a function.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EventsRecord {
+    pub key: Key,
+    /// `None` when no activator counts events (no NATS): the field is left out.
+    pub queued: Option<u64>,
+    pub oldest: Option<Timestamp>,
+    pub triggers: Vec<TriggerStatus>,
+}
+
+/// Each of the spec's triggers as the activators reported it; `Waiting` while none did.
+pub fn trigger_statuses(
+    triggers: &[(&'static str, String)],
+    loads: &std::collections::BTreeMap<(String, String), crate::api::stats::TriggerStats>,
+) -> Vec<TriggerStatus> {
+    triggers
+        .iter()
+        .map(|(type_, name)| {
+            let load = loads.get(&(type_.to_string(), name.clone()));
+            let events = load.map_or(0, |l| l.events);
+            let state = match load.and_then(|l| l.problem.clone()) {
+                Some(problem) => problem,
+                None if events > 0 => "Receiving".into(),
+                None => "Waiting".into(),
+            };
+            TriggerStatus {
+                type_: type_.to_string(),
+                name: name.clone(),
+                state,
+                message: load.and_then(|l| l.message.clone()),
+                events: i64::try_from(events).unwrap_or(i64::MAX),
+                last_event_time: load.and_then(|l| l.last_event.clone()),
+                pending: load
+                    .and_then(|l| l.pending)
+                    .map(|p| i64::try_from(p).unwrap_or(i64::MAX)),
+            }
+        })
+        .collect()
 }
 
 /// The time of a tick: monotonic for the windows, wall clock for request times.
@@ -73,8 +118,8 @@ pub struct Plan {
     pub scale: Vec<ScaleWrite>,
     /// `status.lastRequestTime` to record, by function.
     pub last_requests: Vec<(Key, Timestamp)>,
-    /// `status.queuedEvents` and `status.oldestQueuedEvent` to record, by function.
-    pub queues: Vec<(Key, u64, Option<Timestamp>)>,
+    /// `status.queuedEvents`, `status.oldestQueuedEvent` and `status.triggers` to record.
+    pub queues: Vec<EventsRecord>,
     /// Functions in panic mode after this tick.
     pub panicking: i64,
 }
@@ -180,15 +225,22 @@ impl AutoscalerState {
                 plan.last_requests.push((key.clone(), last));
             }
 
-            if let Some(queued) = load.queued_events
-                && (Some(queued), load.oldest_queued_event) != target.recorded_queue
+            let triggers = trigger_statuses(&target.triggers, &load.triggers);
+            let queue_changed = load.queued_events.is_some_and(|queued| {
+                (Some(queued), load.oldest_queued_event) != target.recorded_queue
+            });
+            if (queue_changed || triggers != target.recorded_triggers)
                 && entry
                     .queue_written
                     .is_none_or(|at| now.saturating_duration_since(at) >= LAST_REQUEST_INTERVAL)
             {
                 entry.queue_written = Some(now);
-                plan.queues
-                    .push((key.clone(), queued, load.oldest_queued_event));
+                plan.queues.push(EventsRecord {
+                    key: key.clone(),
+                    queued: load.queued_events,
+                    oldest: load.oldest_queued_event,
+                    triggers,
+                });
             }
         }
         self.tracked.retain(|key, _| seen.contains(key));
@@ -268,6 +320,8 @@ mod tests {
             },
             recorded_last_request: None,
             recorded_queue: (None, None),
+            triggers: vec![],
+            recorded_triggers: vec![],
         }
     }
 
@@ -281,6 +335,7 @@ mod tests {
                     last_request,
                     queued_events: None,
                     oldest_queued_event: None,
+                    triggers: Default::default(),
                 },
             )]
             .into(),
@@ -390,7 +445,7 @@ mod tests {
         let plan = ticks.tick(&[target(0, 0)], &queued(20));
         let write = plan.scale.first().expect("a scale from zero");
         assert_eq!((write.from, write.to), (0, 2));
-        assert_eq!(plan.queues, vec![(key(), 20, None)]);
+        assert_eq!(plan.queues, vec![events_record(20)]);
 
         // Recorded already: nothing to write.
         let mut recorded = target(2, 2);
@@ -401,7 +456,67 @@ mod tests {
         }
         // Drained: zero is recorded, at most every ten seconds after the last write.
         let plan = ticks.tick(&[recorded.clone()], &queued(0));
-        assert_eq!(plan.queues, vec![(key(), 0, None)]);
+        assert_eq!(plan.queues, vec![events_record(0)]);
+    }
+
+    fn events_record(queued: u64) -> EventsRecord {
+        EventsRecord {
+            key: key(),
+            queued: Some(queued),
+            oldest: None,
+            triggers: vec![],
+        }
+    }
+
+    #[test]
+    fn triggers_are_recorded_as_the_activators_report_them() {
+        let mut ticks = Ticks::new();
+        let mut target = target(0, 0);
+        target.triggers = vec![("Storage", "photos".into()), ("Queue", "readings".into())];
+        let mut scrape = scrape(0.0, 0, None);
+        let load = scrape.loads.get_mut(&key()).expect("the function's load");
+        load.triggers.insert(
+            ("Storage".into(), "photos".into()),
+            crate::api::stats::TriggerStats {
+                type_: "Storage".into(),
+                name: "photos".into(),
+                events: 3,
+                ..Default::default()
+            },
+        );
+        load.triggers.insert(
+            ("Queue".into(), "readings".into()),
+            crate::api::stats::TriggerStats {
+                type_: "Queue".into(),
+                name: "readings".into(),
+                problem: Some("StreamNotShared".into()),
+                message: Some("stream IOT does not list namespace media".into()),
+                ..Default::default()
+            },
+        );
+        let plan = ticks.tick(&[target.clone()], &scrape);
+        let record = plan.queues.first().expect("triggers to record");
+        assert_eq!(record.queued, None, "no NATS count: left out");
+        let states: Vec<(&str, &str, i64)> = record
+            .triggers
+            .iter()
+            .map(|t| (t.name.as_str(), t.state.as_str(), t.events))
+            .collect();
+        assert_eq!(
+            states,
+            vec![
+                ("photos", "Receiving", 3),
+                ("readings", "StreamNotShared", 0)
+            ]
+        );
+        // Recorded: nothing more to write while nothing changes.
+        target.recorded_triggers = record.triggers.clone();
+        for _ in 0..11 {
+            assert!(ticks.tick(&[target.clone()], &scrape).queues.is_empty());
+        }
+        // A trigger no activator reports yet is Waiting.
+        let waiting = trigger_statuses(&[("Storage", "other".into())], &Default::default());
+        assert_eq!(waiting[0].state, "Waiting");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Where the activators' `/stats` are, what they say summed over activators, and the scrape.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -9,7 +9,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use jiff::Timestamp;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-use crate::api::stats::ActivatorStats;
+use crate::api::stats::{ActivatorStats, TriggerStats};
 use crate::http_client::HttpClient;
 
 /// Name of the port, on the activator Service, that serves `/stats`.
@@ -32,6 +32,9 @@ pub struct FunctionLoad {
     /// report: they all read the same consumer); `None` when none reports one.
     pub queued_events: Option<u64>,
     pub oldest_queued_event: Option<Timestamp>,
+    /// Storage and queue triggers by `(type, name)`: events summed over the activators, the
+    /// latest event, any activator's problem, the largest backlog.
+    pub triggers: BTreeMap<(String, String), TriggerStats>,
 }
 
 /// The outcome of scraping every activator once.
@@ -76,6 +79,23 @@ pub fn aggregate<'a>(
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
                 };
+            }
+            for trigger in &function.triggers {
+                let sum = load
+                    .triggers
+                    .entry((trigger.type_.clone(), trigger.name.clone()))
+                    .or_insert_with(|| TriggerStats {
+                        type_: trigger.type_.clone(),
+                        name: trigger.name.clone(),
+                        ..Default::default()
+                    });
+                sum.events = sum.events.saturating_add(trigger.events);
+                sum.last_event = sum.last_event.clone().max(trigger.last_event.clone());
+                if trigger.problem.is_some() {
+                    sum.problem.clone_from(&trigger.problem);
+                    sum.message.clone_from(&trigger.message);
+                }
+                sum.pending = sum.pending.max(trigger.pending);
             }
         }
     }
