@@ -1,10 +1,10 @@
-"""Temperature statistics per device over a batch of readings: `app.handler`, invoked by a queue
-trigger with messages of a JetStream stream.
+"""Temperature statistics per device over a batch of readings: `app.handler`, invoked by
+a queue trigger with messages of a JetStream stream.
 
-Each record's body is a reading, {"device": "d-1", "temperature": 21.5, "ts": "..."}. The answer
-gives each device's count, min, max and mean temperature in the batch, and names the records that
-hold no reading in `batchItemFailures` (Lambda's partial batch response): fargo acknowledges the
-others and delivers those again.
+Each record's body is a reading, {"device": "d-1", "temperature": 21.5, "ts": "..."}. The
+answer gives each device's count, min, max and mean temperature in the batch, and names the
+records that hold no reading in `batchItemFailures` (Lambda's partial batch response): fargo
+acknowledges the others and delivers those again.
 """
 
 import json
@@ -19,9 +19,9 @@ def handler(event, context):
             failures.append({"itemIdentifier": record["messageId"]})
             continue
         device, temperature = reading
-        if device not in devices:
-            devices[device] = {"count": 0, "min": temperature, "max": temperature, "sum": 0.0}
-        stats = devices[device]
+        stats = devices.setdefault(
+            device, {"count": 0, "min": temperature, "max": temperature, "sum": 0.0}
+        )
         stats["count"] += 1
         stats["min"] = min(stats["min"], temperature)
         stats["max"] = max(stats["max"], temperature)
