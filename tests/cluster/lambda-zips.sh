@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Builds the examples' code as Lambda takes it, a zip with the handler at its root, into
 # <repo>/target/lambda/: python-hello.zip (app.py), node-hello.zip (index.mjs), java-hello.zip
-# (classes compiled against aws-lambda-java-core) and go-hello.zip (bootstrap, for runtime
-# `provided`). A zip is rebuilt only when its sources or pinned versions changed.
+# (classes compiled against aws-lambda-java-core), go-hello.zip (bootstrap, for runtime
+# `provided`) and photo-resize.zip (app.py with the wheels of its requirements.txt, from PyPI).
+# A zip is rebuilt only when its sources or pinned versions changed.
 #
-#   tests/cluster/lambda-zips.sh [python|node|java|go]...    all four when none is named
+#   tests/cluster/lambda-zips.sh [python|node|java|go|photo-resize]...    all when none is named
 set -euo pipefail
 umask 022
 
@@ -33,32 +34,48 @@ zip_dir() {
   (cd "$1" && find . -type f | LC_ALL=C sort | zip -q -X -@ "$2")
 }
 
-build_python() { cp "$examples/python-hello/app.py" "$1/"; }
+build_python_hello() { cp "$examples/python-hello/app.py" "$1/"; }
 
-build_node() { cp "$examples/node-hello/index.mjs" "$1/"; }
+build_node_hello() { cp "$examples/node-hello/index.mjs" "$1/"; }
 
-build_java() {
+build_java_hello() {
   local core
   core="$(java_core_jar)"
   "$jdk/bin/javac" --release 17 -nowarn -cp "$core" -d "$1" \
     "$examples/java-hello/src/main/java/example/Hello.java"
 }
 
-build_go() {
+build_go_hello() {
   (cd "$examples/go-hello" && CGO_ENABLED=0 GOOS=linux GOARCH=amd64 go build -trimpath \
     -ldflags='-s -w -buildid=' -o "$1/bootstrap" .)
 }
 
-# example NAME: target/lambda/NAME-hello.zip, unless it was built from the same sources.
+# build_photo_resize DIR: app.py and the wheels of its requirements.txt, chosen for the runtime's
+# Python (CPython 3.11, x86-64 Linux, glibc 2.36) rather than for the Python that runs pip.
+build_photo_resize() {
+  local dir="$1"
+  cp "$examples/photo-resize/app.py" "$dir/"
+  /usr/bin/python3.11 -m pip install --quiet --no-cache-dir --no-compile --only-binary=:all: \
+    --disable-pip-version-check --root-user-action=ignore --target "$dir" \
+    --implementation cp --python-version 3.11 --abi cp311 \
+    --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 \
+    -r "$examples/photo-resize/requirements.txt" >&2 ||
+    die "pip could not install examples/photo-resize/requirements.txt (is PyPI reachable?)"
+  # The scripts pip writes for this machine's Python, not the runtime's.
+  rm -rf "${dir:?}/bin"
+}
+
+# example NAME: target/lambda/NAME.zip from examples/NAME, made by build_<NAME, - as _>, unless
+# it was built from the same sources.
 example() {
-  local name="$1" zip="$out/$1-hello.zip" key work
-  key="$(sources_key "$name-hello")"
+  local name="$1" zip="$out/$1.zip" key work
+  key="$(sources_key "$name")"
   if [[ -f "$zip" && "$(cat "$zip.key" 2>/dev/null)" == "$key" ]]; then
     log "$zip is up to date"
     return 0
   fi
   work="$(mktemp -d)"
-  "build_$name" "$work"
+  "build_${name//-/_}" "$work"
   mkdir -p "$out"
   zip_dir "$work" "$zip"
   rm -rf "$work"
@@ -67,10 +84,11 @@ example() {
 }
 
 command -v zip >/dev/null || die "zip is missing; install it (apt-get install -y zip)"
-(($#)) || set -- python node java go
+(($#)) || set -- python node java go photo-resize
 for name in "$@"; do
   case "$name" in
-    python | node | java | go) example "$name" ;;
-    *) die "usage: $0 [python|node|java|go]..." ;;
+    python | node | java | go) example "$name-hello" ;;
+    photo-resize) example "$name" ;;
+    *) die "usage: $0 [python|node|java|go|photo-resize]..." ;;
   esac
 done

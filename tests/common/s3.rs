@@ -205,7 +205,7 @@ pub fn example_zip(zip: &str) -> Vec<u8> {
     assert!(
         status.success(),
         "tests/cluster/lambda-zips.sh failed ({status}): it builds the Go and Java examples with \
-         Go, javac and jars from Maven Central"
+         Go, javac and jars from Maven Central, and photo-resize with wheels from PyPI"
     );
     std::fs::read(root.join("target/lambda").join(zip)).expect("the example's zip")
 }
