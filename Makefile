@@ -56,8 +56,9 @@ crds:
 	cargo run --quiet --bin fargo -- crds --out-dir crds
 
 ## dev: the local cluster with its real node, the images, the CRDs, fargo installed with Helm (and
-## its NATS), the example function examples/echo-function.yaml, and a key of the Invoke API; then
-## how to call it from this machine, with curl and with the AWS CLI
+## its NATS), the example function examples/echo-function.yaml, a key of the Invoke API, and
+## versitygw (an S3 server whose bucket notifications go to fargo's NATS); then how to call it
+## from this machine, with curl and with the AWS CLI
 dev:
 	FARGO_NODE=real tests/cluster/up.sh
 	tests/cluster/images.sh all
@@ -76,7 +77,16 @@ dev:
 # block the release from taking them over.
 	kubectl delete mutatingwebhookconfiguration,validatingwebhookconfiguration --ignore-not-found \
 	  --field-selector metadata.name=fargo -l 'app.kubernetes.io/managed-by!=Helm'
-	helm upgrade --install fargo charts/fargo -n fargo-system --create-namespace --wait --timeout 300s
+# versitygw publishes bucket notifications to the chart's NATS, whose NetworkPolicy lets it in.
+	helm upgrade --install fargo charts/fargo -n fargo-system --create-namespace --wait --timeout 300s \
+	  --set-json 'nats.networkPolicy.clientFrom=[{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "versitygw"}}}]'
+# versitygw's root keys (Secret fargo-s3) are made once and kept, like the Invoke API's: a rerun
+# hands the manifest the ones the cluster has.
+	s3_key() { kubectl -n fargo-system get secret fargo-s3 -o "jsonpath={.data.$$1}" 2>/dev/null | base64 -d; }; \
+	FARGO_S3_ACCESS_KEY_ID="$$(s3_key AWS_ACCESS_KEY_ID)" \
+	FARGO_S3_SECRET_ACCESS_KEY="$$(s3_key AWS_SECRET_ACCESS_KEY)" \
+	FARGO_S3_EVENTS=nats tests/cluster/versitygw.sh manifest | kubectl apply --server-side -f -
+	kubectl -n fargo-system rollout status deployment/versitygw --timeout=120s
 	kubectl apply --server-side -f examples/echo-function.yaml
 	kubectl wait --for=condition=Ready fn/echo -n demo --timeout=60s
 	@activator="$$(kubectl -n fargo-system get service fargo-activator -o jsonpath='{.spec.clusterIP}')"; \
@@ -93,6 +103,14 @@ dev:
 	printf '  export AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1  # the CLI v1 reads the second\n'; \
 	printf "  aws lambda invoke --endpoint-url http://%s --function-name demo/echo --payload '{}' out.json\n" "$$activator"; \
 	printf '  cat out.json   # with the AWS CLI v2, add --cli-binary-format raw-in-base64-out\n\n'
+	@endpoint="http://$$(kubectl -n fargo-system get service versitygw -o jsonpath='{.spec.clusterIP}'):7070"; \
+	s3_key() { kubectl -n fargo-system get secret fargo-s3 -o "jsonpath={.data.$$1}" | base64 -d; }; \
+	printf 'An S3 server, versitygw, with the keys of Secret fargo-s3 (not the Invoke API'"'"'s); it\n'; \
+	printf 'publishes every object event on NATS subject fargo.storage.versitygw, which reaches\n'; \
+	printf 'the functions with spec.triggers.storage:\n\n'; \
+	printf '  s3="env AWS_ACCESS_KEY_ID=%s AWS_SECRET_ACCESS_KEY=%s"\n' "$$(s3_key AWS_ACCESS_KEY_ID)" "$$(s3_key AWS_SECRET_ACCESS_KEY)"; \
+	printf '  $$s3 aws s3 mb s3://photos --endpoint-url %s\n' "$$endpoint"; \
+	printf '  $$s3 aws s3 cp cat.jpg s3://photos/in/cat.jpg --endpoint-url %s\n\n' "$$endpoint"
 
 ## fuzz: every libFuzzer target in fuzz/ for FUZZ_SECONDS seconds each, on nightly with cargo-fuzz
 ## (installed from crates.io when missing); each corpus grows in fuzz/corpus/<target> from the

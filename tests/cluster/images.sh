@@ -4,7 +4,7 @@
 # `imagePullPolicy: Never` (or IfNotPresent).
 #
 #   tests/cluster/images.sh [all]     fargo.dev/fargo:dev and fargo.dev/echo:dev (runs cargo build),
-#                                     the runtimes, and NATS
+#                                     the runtimes, NATS and versitygw
 #   tests/cluster/images.sh fargo     fargo.dev/fargo:dev from target/release/fargo (and
 #                                     fargo-runtime-api, the sidecar of handler functions)
 #   tests/cluster/images.sh echo      fargo.dev/echo:dev from target/release/fargo-echo
@@ -13,6 +13,8 @@
 #                                     and fargo.dev/lambda-image-example:dev, a Lambda-style image
 #   tests/cluster/images.sh nats      fargo.dev/nats:dev, nats-server (build.sh nats-server): the
 #                                     JetStream the chart deploys for asynchronous invocations
+#   tests/cluster/images.sh versitygw fargo.dev/versitygw:dev (build.sh versitygw): the S3 server
+#                                     of tests/cluster/versitygw.sh, imported again unless changed
 #   tests/cluster/images.sh image NAME BINARY USER [PORT]
 #                                     any binary; node.sh builds the pause image this way
 #
@@ -319,6 +321,20 @@ nats_image() {
   image fargo.dev/nats:dev "$cache/bin/nats-server-$NATS_SERVER_VERSION/nats-server" 65532 4222
 }
 
+# versitygw_image: fargo.dev/versitygw:dev, versitygw as its entrypoint and uid 65532, the user
+# versitygw.sh runs it as. Its root filesystem is kept by version: a rerun only imports it.
+versitygw_image() {
+  "$here/build.sh" versitygw
+  local dir="$cache/images/versitygw-$VERSITYGW_VERSION"
+  if ! done_dir "$dir"; then
+    rm -rf "$dir.tmp"
+    rootfs "$dir.tmp" "$cache/bin/versitygw-$VERSITYGW_VERSION/versitygw"
+    finish_dir "$dir.tmp" "$dir"
+  fi
+  cached_image fargo.dev/versitygw:dev "$dir" --user 65532 --port 7070 \
+    --entrypoint "$(json_array /usr/local/bin/versitygw)"
+}
+
 cargo_binaries() {
   log "cargo build --release $*"
   (cd "$root" && cargo build --release --locked "$@")
@@ -334,6 +350,7 @@ case "${1:-all}" in
     image fargo.dev/echo:dev "$root/target/release/fargo-echo" 65532 8080
     runtimes
     nats_image
+    versitygw_image
     ;;
   fargo)
     cargo_binaries --bin fargo --bin fargo-runtime-api
@@ -345,9 +362,10 @@ case "${1:-all}" in
     ;;
   runtimes) runtimes ;;
   nats) nats_image ;;
+  versitygw) versitygw_image ;;
   image)
     (($# >= 4)) || die "usage: $0 image NAME BINARY USER [PORT]"
     image "$2" "$3" "$4" "${5:-}"
     ;;
-  *) die "usage: $0 [all|fargo|echo|runtimes|nats|image NAME BINARY USER [PORT]]" ;;
+  *) die "usage: $0 [all|fargo|echo|runtimes|nats|versitygw|image NAME BINARY USER [PORT]]" ;;
 esac

@@ -1,38 +1,76 @@
 #!/usr/bin/env bash
 # versitygw, the S3 server that holds handler functions' code on the local cluster (posix
-# backend, data in an emptyDir: gone with the pod). Nothing here touches the cluster by itself.
+# backend, data in an emptyDir: gone with the pod), and whose bucket notifications reach
+# functions with storage triggers. Nothing here touches the cluster by itself.
 #
 #   tests/cluster/versitygw.sh image      build the binary (build.sh versitygw) and the image
 #                                         fargo.dev/versitygw:dev, imported into the node
+#                                         (images.sh versitygw; images.sh all builds it too)
 #   tests/cluster/versitygw.sh manifest   print the Secret fargo-s3, Deployment and Service
-#                                         versitygw in fargo-system, to pipe into kubectl apply
+#                                         versitygw, to pipe into kubectl apply
 #
 # The Secret's keys, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, are what `fargo fetch-code`
 # reads; the server takes them as its root user. They are random on each `manifest` unless
 # FARGO_S3_ACCESS_KEY_ID and FARGO_S3_SECRET_ACCESS_KEY are set: apply the Secret once, or
-# set them. Functions reach the server at http://versitygw.fargo-system.svc:7070.
+# set them. Functions reach the server at http://versitygw.<namespace>.svc:7070.
+#
+# `manifest` reads, besides:
+#   FARGO_S3_NAMESPACE      where the objects go (fargo-system)
+#   FARGO_S3_NATS_URL       publish every object event to this NATS server (nats://HOST:4222) ...
+#   FARGO_S3_NATS_SUBJECT   ... on this subject (fargo.storage.versitygw), which the activator's
+#                           stream FARGO_STORAGE (fargo.storage.>) keeps
+#   FARGO_S3_WEBHOOK_URL    or POST every event there, e.g. the activator's
+#                           http://HOST/_fargo/storage/events?token=TOKEN
+#   FARGO_S3_EVENTS=nats    in fargo-system with no URL: the chart's NATS, at the address its
+#                           Service gives the namespace's pods ($(FARGO_NATS_SERVICE_HOST))
+# With none, the server sends no notifications. It takes one destination: both URLs is an error.
+# At start it sends a test event (s3:TestEvent) and exits when the destination is unreachable,
+# so its pod restarts until NATS or the webhook is up. The webhook sender posts each event once,
+# with no retry; the NATS sender's client buffers while it reconnects.
 set -euo pipefail
 
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 log_tag=versitygw
-# shellcheck source-path=SCRIPTDIR source=versions.env
-source "$here/versions.env"
-cache="${FARGO_CACHE:-$HOME/.cache/fargo}"
-namespace=fargo-system
+namespace="${FARGO_S3_NAMESPACE:-fargo-system}"
 port=7070
-# The image's non-root user (images.sh writes it into /etc/passwd).
+# The image's non-root user (images.sh builds the image with it).
 uid=65532
 
-image() {
-  "$here/build.sh" versitygw
-  "$here/images.sh" image fargo.dev/versitygw:dev \
-    "$cache/bin/versitygw-$VERSITYGW_VERSION/versitygw" "$uid" "$port"
+image() { "$here/images.sh" versitygw; }
+
+# event_args: the flags of the notifications' destination, as a YAML flow sequence's items with
+# a trailing comma, or nothing. versitygw reads them before the backend's name.
+event_args() {
+  local nats="${FARGO_S3_NATS_URL:-}" webhook="${FARGO_S3_WEBHOOK_URL:-}"
+  local subject="${FARGO_S3_NATS_SUBJECT:-fargo.storage.versitygw}"
+  [[ -z "$nats" || -z "$webhook" ]] ||
+    die "set FARGO_S3_NATS_URL or FARGO_S3_WEBHOOK_URL, not both: versitygw sends to one destination"
+  case "${FARGO_S3_EVENTS:-}" in
+    "") ;;
+    nats)
+      if [[ -z "$nats" && -z "$webhook" ]]; then
+        [[ "$namespace" == fargo-system ]] ||
+          die "FARGO_S3_EVENTS=nats finds the chart's NATS in fargo-system only; set FARGO_S3_NATS_URL"
+        # Expanded by the kubelet: the local cluster has no cluster DNS.
+        # shellcheck disable=SC2016
+        nats='nats://$(FARGO_NATS_SERVICE_HOST):$(FARGO_NATS_SERVICE_PORT_CLIENT)'
+      fi
+      ;;
+    *) die "FARGO_S3_EVENTS is nats or unset, not ${FARGO_S3_EVENTS}" ;;
+  esac
+  if [[ -n "$webhook" ]]; then
+    printf -- '--event-webhook-url, "%s", ' "$webhook"
+  elif [[ -n "$nats" ]]; then
+    printf -- '--event-nats-url, "%s", --event-nats-topic, "%s", ' "$nats" "$subject"
+  fi
 }
 
 manifest() {
   local access="${FARGO_S3_ACCESS_KEY_ID:-fargo$(openssl rand -hex 8)}"
   local secret="${FARGO_S3_SECRET_ACCESS_KEY:-$(openssl rand -hex 24)}"
+  local events
+  events="$(event_args)"
   cat <<YAML
 apiVersion: v1
 kind: Secret
@@ -72,10 +110,7 @@ spec:
         - name: versitygw
           image: fargo.dev/versitygw:dev
           imagePullPolicy: Never
-          # Bucket notifications, for S3-triggered functions later: --event-webhook-url URL,
-          # or --event-nats-url URL --event-nats-topic TOPIC (also --event-kafka-*,
-          # --event-rabbitmq-*, --event-filter FILE), before the backend name.
-          args: [--port, ":$port", --quiet, posix, /data]
+          args: [--port, ":$port", --quiet, ${events}posix, /data]
           env:
             - name: ROOT_ACCESS_KEY_ID
               valueFrom: {secretKeyRef: {name: fargo-s3, key: AWS_ACCESS_KEY_ID}}
