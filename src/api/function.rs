@@ -477,7 +477,7 @@ pub struct StorageTrigger {
     /// `ObjectRemoved:*`, `ObjectRemoved:Delete`, … An `s3:` prefix is accepted and ignored.
     #[serde(default = "default_storage_events")]
     #[schemars(length(min = 1, max = 16), inner(length(max = 64)))]
-    #[x_kube(validation = Rule::new(r"self.all(e, e.matches('^(s3:)?[A-Za-z]+:(\*|[A-Za-z]+)$'))").message("storage events must be S3 event types such as ObjectCreated:* or ObjectRemoved:Delete"))]
+    #[x_kube(validation = Rule::new(r"self.all(e, e.matches('^(s3:)?[A-Za-z]+:([*]|[A-Za-z]+)$'))").message("storage events must be S3 event types such as ObjectCreated:* or ObjectRemoved:Delete"))]
     pub events: Vec<String>,
 
     /// Only keys that start with this (the object key as written, not URL-encoded).
@@ -503,19 +503,22 @@ fn default_storage_events() -> Vec<String> {
 pub struct QueueTrigger {
     /// Name of the trigger, unique within the function: its durable consumer is
     /// `fargo_<namespace>_<function>_<name>`.
-    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') && size(self) <= 63").message("queue trigger name must be a DNS label such as readings"))]
+    #[schemars(length(min = 1, max = 63))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("queue trigger name must be a DNS label such as readings"))]
     pub name: String,
 
     /// The JetStream stream. fargo reads a stream only when the stream's metadata
     /// `fargo.dev/namespaces` lists the function's namespace (comma-separated, `*` and `?`
     /// wildcards): whoever runs the stream decides which tenants may read it. Streams named
     /// `FARGO_…` are fargo's own and never read.
-    #[x_kube(validation = Rule::new(r"self.matches('^[A-Za-z0-9_-]+$') && size(self) <= 255 && !self.startsWith('FARGO_')").message("queue stream must be a JetStream stream name (letters, digits, - and _), not one of fargo's FARGO_ streams"))]
+    #[schemars(length(min = 1, max = 255))]
+    #[x_kube(validation = Rule::new(r"self.matches('^[A-Za-z0-9_-]+$') && !self.startsWith('FARGO_')").message("queue stream must be a JetStream stream name (letters, digits, - and _), not one of fargo's FARGO_ streams"))]
     pub stream: String,
 
     /// Only messages of this subject (NATS wildcards allowed); all of the stream's when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new(r"self.matches('^[^\s]+$') && size(self) <= 255").message("queue subject must be a NATS subject without spaces"))]
+    #[schemars(length(min = 1, max = 255))]
+    #[x_kube(validation = Rule::new("!self.contains(' ')").message("queue subject must be a NATS subject without spaces"))]
     pub subject: Option<String>,
 
     /// Most messages in one invocation: 1 to 10000.
