@@ -585,7 +585,7 @@ async fn photo_resize_makes_thumbnails_of_uploads_from_zero_and_back() {
                     file.to_str().unwrap(),
                     &target,
                     "--endpoint-url",
-                    &s3.endpoint,
+                    &s3.host_endpoint,
                 ],
                 &credentials,
             );
@@ -648,7 +648,7 @@ async fn a_burst_of_500_uploads_gets_500_thumbnails_while_an_activator_restarts(
         let image = std::fs::read(&file).unwrap();
 
         let total = 500;
-        let client_s3 = S3Client::new(&s3.endpoint, ACCESS_KEY, SECRET_KEY);
+        let client_s3 = S3Client::new(&s3.host_endpoint, ACCESS_KEY, SECRET_KEY);
         let uploads = futures::stream::iter(0..total)
             .map(|i| {
                 let client_s3 = &client_s3;

@@ -390,9 +390,12 @@ impl Drop for S3Server {
 /// Deployment and Service `versitygw` in a namespace of the test's, publishing bucket
 /// notifications to NATS. Gone with the namespace.
 pub struct S3Pod {
-    /// `http://<ClusterIP>:7070`, where this machine and the pods reach it (the local cluster
-    /// has no cluster DNS for `versitygw.<namespace>.svc`).
+    /// `http://<ClusterIP>:7070`, where the pods reach it (the local cluster has no cluster DNS
+    /// for `versitygw.<namespace>.svc`).
     pub endpoint: String,
+    /// `http://<pod IP>:7070`, where this machine reaches it (its Service's address is the
+    /// pods' only).
+    pub host_endpoint: String,
     pub access_key: &'static str,
     pub secret_key: &'static str,
     /// Requests with its keys.
@@ -457,9 +460,31 @@ impl S3Pod {
             .and_then(|spec| spec.cluster_ip)
             .expect("Service versitygw has a ClusterIP");
         let endpoint = format!("http://{ip}:7070");
+        let pods =
+            kube::Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), namespace);
+        let selector = kube::api::ListParams::default().labels("app.kubernetes.io/name=versitygw");
+        let pod_ip = super::wait::eventually(60, "versitygw's ready pod", || async {
+            pods.list(&selector)
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .find_map(|pod| {
+                    let status = pod.status?;
+                    let ready = status
+                        .conditions
+                        .iter()
+                        .flatten()
+                        .any(|c| c.type_ == "Ready" && c.status == "True");
+                    ready.then_some(status.pod_ip?)
+                })
+        })
+        .await;
+        let host_endpoint = format!("http://{pod_ip}:7070");
         S3Pod {
-            client: S3Client::new(&endpoint, ACCESS_KEY, SECRET_KEY),
+            client: S3Client::new(&host_endpoint, ACCESS_KEY, SECRET_KEY),
             endpoint,
+            host_endpoint,
             access_key: ACCESS_KEY,
             secret_key: SECRET_KEY,
         }
