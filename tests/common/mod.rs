@@ -24,6 +24,8 @@ pub mod namespaces;
 #[allow(dead_code)]
 pub mod nats;
 #[allow(dead_code)]
+pub mod photos;
+#[allow(dead_code)]
 pub mod processes;
 #[allow(dead_code)]
 pub mod records;
