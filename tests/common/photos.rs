@@ -114,15 +114,17 @@ pub async fn photo_resize(
     for trigger in spec["triggers"]["storage"].as_array_mut().unwrap() {
         trigger["bucket"] = photos.into();
     }
+    let warm = extra["scale"]["min"].as_i64().is_some_and(|min| min > 0);
     if let (Some(spec), Value::Object(extra)) = (spec.as_object_mut(), extra) {
         spec.extend(extra);
     }
     apply_function(client, namespace, "photo-resize", spec).await;
+    let reason = if warm { "Serving" } else { "ScaledToZero" };
     wait_function_condition(
         client,
         namespace,
         "photo-resize",
-        ("Ready", "True", "ScaledToZero"),
+        ("Ready", "True", reason),
         120,
     )
     .await;
