@@ -54,11 +54,28 @@ async fn on_the_cluster() {
         common::s3::example_zip("photo-resize.zip"),
     )
     .await;
+    // Notifications published on fargo.storage.bench reach the benchmark's namespace.
+    let namespace = common::namespaces::unique_name("bench-sources");
+    let tokens = format!("fargo-storage-tokens-bench-{}", std::process::id());
+    common::namespaces::ensure_namespace(&client, "fargo-system").await;
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        "metadata": {"name": tokens},
+        "stringData": {"bench": json!({
+            "token": fargo::api::lambda::request_id(), "namespaces": [namespace],
+        }).to_string()},
+    }))
+    .unwrap();
+    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), "fargo-system")
+        .create(&kube::api::PostParams::default(), &secret)
+        .await
+        .expect("the storage tokens Secret");
     let (activator_process, activator) = common::activator::start_activator_with(&[
         "--nats-url".into(),
         nats.url(),
         "--invoke-auth".into(),
         "None".into(),
+        "--storage-tokens-secret".into(),
+        tokens.clone(),
     ])
     .await;
     let identity = format!("fargo-bench-sources-{}", std::process::id());
@@ -69,7 +86,6 @@ async fn on_the_cluster() {
         &["--s3-endpoint".into(), code.endpoint.clone()],
     )
     .await;
-    let namespace = common::namespaces::unique_name("bench-sources");
     common::namespaces::ensure_namespace(&client, &namespace).await;
     let cluster = Cluster {
         client: client.clone(),
@@ -83,8 +99,11 @@ async fn on_the_cluster() {
     photo_resize(&cluster).await;
     queues(&cluster).await;
 
-    let _ = Api::<k8s_openapi::api::core::v1::Namespace>::all(client)
+    let _ = Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
         .delete(&namespace, &DeleteParams::background())
+        .await;
+    let _ = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client, "fargo-system")
+        .delete(&tokens, &DeleteParams::background())
         .await;
 }
 

@@ -425,7 +425,7 @@ async fn photo_resize_makes_thumbnails_of_uploads_from_zero_and_back() {
     let pillow = Pillow::new(&scratch);
     with_temp_ns(&client, |client, ns| async move {
         // versitygw as a pod, its notifications published to NATS (stream FARGO_STORAGE).
-        let s3 = S3Pod::start(&client, &ns, &stack.nats.url(), "fargo.storage.photos").await;
+        let s3 = S3Pod::start(&client, &ns, &stack.nats.url(), "fargo.storage.tests").await;
         let photos = bucket("photos");
         s3.client.create_bucket(&photos).await;
         s3.client
@@ -520,7 +520,7 @@ async fn a_burst_of_500_uploads_gets_500_thumbnails_while_an_activator_restarts(
     let pillow = Pillow::new(&scratch);
     let (mut doomed, _) = start_activator_with(&stack.activator_flags).await;
     with_temp_ns(&client, |client, ns| async move {
-        let s3 = S3Pod::start(&client, &ns, &stack.nats.url(), "fargo.storage.burst").await;
+        let s3 = S3Pod::start(&client, &ns, &stack.nats.url(), "fargo.storage.tests").await;
         let photos = bucket("burst");
         let thumbnails = format!("{photos}-thumbnails");
         s3.client.create_bucket(&photos).await;
@@ -739,6 +739,40 @@ async fn queue_triggers_deliver_batches_and_retry_failed_items() {
             (drained && zero).then_some(())
         })
         .await;
+        // A function's record may not pose as a message of a stream not shared with its
+        // namespace: refused, not stored.
+        returning_function(
+            &client,
+            &ns,
+            "forger",
+            json!({"async": {"onSuccess": {"subject": format!("private.{id}.forged")}}}),
+        )
+        .await;
+        let invoke = format!(
+            "{}/2015-03-31/functions/{ns}%2Fforger/invocations",
+            stack.activator.url()
+        );
+        let (status, _, _) = http_exchange(
+            "POST",
+            &invoke,
+            &[("x-amz-invocation-type", "Event")],
+            br#"{"forged": true}"#.to_vec(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, 202);
+        let metrics = format!("http://127.0.0.1:{}/metrics", stack.activator.health_port);
+        let failed = format!(
+            "fargo_activator_events_total{{namespace=\"{ns}\",function=\"forger\",outcome=\"destination_failed\"}} 1"
+        );
+        eventually(120, "the forged record refused", || async {
+            let (_, text) = common::http::http_request("GET", &metrics, None).await.ok()?;
+            text.contains(&failed).then_some(())
+        })
+        .await;
+        let mut stored = jetstream.get_stream(&private).await.unwrap();
+        assert_eq!(stored.info().await.unwrap().state.messages, 0);
+
         let _ = jetstream.delete_stream(&stream).await;
         let _ = jetstream.delete_stream(&private).await;
     })

@@ -48,6 +48,8 @@ const ACCEPTED: &str = "Fargo-Accepted";
 const ATTEMPTS: &str = "Fargo-Attempts";
 /// No attempt before this time, in Unix milliseconds.
 const NOT_BEFORE: &str = "Fargo-Not-Before";
+/// The namespace of the function whose record a destination subject carries.
+const SENDER_NAMESPACE: &str = "Fargo-Namespace";
 /// How long a publish may wait for JetStream's acknowledgement before the caller gets 503.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Events one activator delivers to one function at once.
@@ -167,11 +169,36 @@ impl EventQueue {
             .map_err(|_| QueueError::Timeout(PUBLISH_TIMEOUT))?
     }
 
-    /// Publishes to a plain NATS subject (a destination): JetStream stores it when a stream
-    /// takes the subject.
-    async fn publish_plain(&self, subject: String, payload: Bytes) -> Result<(), String> {
+    /// Publishes a record of a function of `namespace` to a destination subject: JetStream
+    /// stores it when a stream takes the subject, and then only when that stream's metadata
+    /// `fargo.dev/namespaces` lists the namespace — a tenant's record must not pose as a message
+    /// of another tenant's stream (a queue trigger's input). The header `Fargo-Namespace` names
+    /// the sender.
+    async fn publish_destination(
+        &self,
+        namespace: &str,
+        subject: String,
+        payload: Bytes,
+    ) -> Result<(), String> {
+        if let Ok(stream) = self.jetstream.stream_by_subject(subject.as_str()).await {
+            let mut found = self
+                .jetstream
+                .get_stream(&stream)
+                .await
+                .map_err(|error| error_chain(&error))?;
+            let info = found.info().await.map_err(|error| error_chain(&error))?;
+            if !super::queues::stream_shared_with(&info.config.metadata, namespace) {
+                return Err(format!(
+                    "subject {subject} is stored by stream {stream}, whose metadata \
+                     {} does not list namespace {namespace}",
+                    super::queues::NAMESPACES_METADATA
+                ));
+            }
+        }
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(SENDER_NAMESPACE, namespace);
         self.client
-            .publish(subject, payload)
+            .publish_with_headers(subject, headers, payload)
             .await
             .map_err(|error| error_chain(&error))?;
         self.client
@@ -602,7 +629,9 @@ pub(super) async fn send_record(
         {
             Err(format!("subject {subject} is fargo's or NATS's own"))
         } else {
-            queue.publish_plain(subject.clone(), body).await
+            queue
+                .publish_destination(function.namespace(), subject.clone(), body)
+                .await
         }
     } else {
         Ok(())

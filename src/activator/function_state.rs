@@ -22,17 +22,23 @@ use super::lambda_api::FunctionFacts;
 use super::metrics::RequestMetrics;
 use crate::api::stats::{FunctionStats, TriggerStats};
 
+/// A function's triggers by `(type, name)`, each with the load its backlog stands for.
+type Triggers = BTreeMap<(&'static str, String), (TriggerStats, u64)>;
+
 fn trigger_entry<'a>(
-    triggers: &'a mut BTreeMap<(&'static str, String), TriggerStats>,
+    triggers: &'a mut Triggers,
     type_: &'static str,
     name: &str,
-) -> &'a mut TriggerStats {
+) -> &'a mut (TriggerStats, u64) {
     triggers
         .entry((type_, name.to_string()))
-        .or_insert_with(|| TriggerStats {
-            type_: type_.to_string(),
-            name: name.to_string(),
-            ..Default::default()
+        .or_insert_with(|| {
+            let stats = TriggerStats {
+                type_: type_.to_string(),
+                name: name.to_string(),
+                ..Default::default()
+            };
+            (stats, 0)
         })
 }
 
@@ -90,8 +96,9 @@ pub struct FunctionState {
     /// Its asynchronous events as JetStream last counted them: how many, and when the oldest
     /// was accepted.
     queue: Mutex<Option<(u64, Option<Time>)>>,
-    /// Its storage and queue triggers, by `(type, name)`.
-    triggers: Mutex<BTreeMap<(&'static str, String), TriggerStats>>,
+    /// Its storage and queue triggers, by `(type, name)`, each with the load its backlog
+    /// stands for (in requests).
+    triggers: Mutex<Triggers>,
     metrics: RequestMetrics,
     /// Last explanation of why the function's pods are not ready, so that a burst of requests
     /// timing out together lists the pods once.
@@ -290,14 +297,14 @@ impl FunctionState {
         *self.queue.lock().unwrap_or_else(PoisonError::into_inner) = Some((queued, oldest));
     }
 
-    fn triggers(&self) -> MutexGuard<'_, BTreeMap<(&'static str, String), TriggerStats>> {
+    fn triggers(&self) -> MutexGuard<'_, Triggers> {
         self.triggers.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Counts `count` events that arrived for a trigger.
     pub fn trigger_events(&self, type_: &'static str, name: &str, count: u64) {
         let mut triggers = self.triggers();
-        let trigger = trigger_entry(&mut triggers, type_, name);
+        let (trigger, _) = trigger_entry(&mut triggers, type_, name);
         trigger.events += count;
         trigger.last_event = Some(Time(k8s_openapi::jiff::Timestamp::now()));
     }
@@ -316,12 +323,18 @@ impl FunctionState {
         pending: Option<u64>,
     ) {
         let mut triggers = self.triggers();
-        let trigger = trigger_entry(&mut triggers, type_, name);
+        let (trigger, _) = trigger_entry(&mut triggers, type_, name);
         (trigger.problem, trigger.message) = match problem {
             Some((reason, message)) => (Some(reason.to_string()), Some(message)),
             None => (None, None),
         };
         trigger.pending = pending;
+    }
+
+    /// Records the load a trigger's backlog stands for: the invocations it would run at once.
+    pub fn set_trigger_demand(&self, type_: &'static str, name: &str, demand: u64) {
+        let mut triggers = self.triggers();
+        trigger_entry(&mut triggers, type_, name).1 = demand;
     }
 
     /// Forgets triggers the function no longer has.
@@ -338,9 +351,13 @@ impl FunctionState {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
-        let triggers: Vec<TriggerStats> = self.triggers().values().cloned().collect();
-        // Messages waiting in a queue trigger's stream wake the function as events do.
-        let backlog: u64 = triggers.iter().filter_map(|t| t.pending).sum();
+        let (triggers, backlog) = {
+            let triggers = self.triggers();
+            // Messages waiting in a queue trigger's stream wake the function as events do.
+            let backlog: u64 = triggers.values().map(|(_, demand)| demand).sum();
+            let stats: Vec<TriggerStats> = triggers.values().map(|(t, _)| t.clone()).collect();
+            (stats, backlog)
+        };
         let mut inner = self.lock();
         if inner.requests == 0 && queue.is_none() && triggers.is_empty() {
             return None;

@@ -14,7 +14,7 @@
 //! A stream is read only when its metadata `fargo.dev/namespaces` lists the function's
 //! namespace: tenants name streams, and the stream's owner decides who may read it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -80,10 +80,21 @@ impl QueueSettings {
     }
 }
 
-/// The trigger's durable consumer: one token, no dots.
+/// The trigger's durable consumer: one token, no dots; names too long for NATS (function names
+/// take up to 253 characters) end in a hash of the whole.
 pub fn consumer_name(namespace: &str, function: &str, trigger: &str) -> String {
-    format!("fargo_{namespace}_{}_{trigger}", function.replace('.', "_"))
+    let name = format!("fargo_{namespace}_{}_{trigger}", function.replace('.', "_"));
+    if name.len() <= MAX_CONSUMER_NAME {
+        return name;
+    }
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(name.as_bytes());
+    let hash: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}_{hash}", &name[..MAX_CONSUMER_NAME - 17])
 }
+
+/// Longest consumer name fargo makes (NATS takes up to 255 bytes, a file name on its disk).
+const MAX_CONSUMER_NAME: usize = 200;
 
 /// Whether a stream's metadata lets `namespace` read it: `fargo.dev/namespaces` is a
 /// comma-separated list of patterns (`*`, `?`).
@@ -124,23 +135,26 @@ fn record(stream: &str, message: &jetstream::Message) -> (String, Value) {
 
 /// Which items of a batch failed, from the function's answer: `None` when all succeeded, the
 /// ids otherwise. An answer that names an item not in the batch, or names one without an id,
-/// fails the whole batch (as Lambda does).
-pub fn failed_items(answer: &[u8], ids: &[String]) -> Option<Vec<String>> {
+/// fails the whole batch (as Lambda does). An answer that is not JSON is a success.
+pub fn failed_items(answer: &[u8], ids: &[String]) -> Option<HashSet<String>> {
     let Ok(value) = serde_json::from_slice::<Value>(answer) else {
         return None;
     };
     let failures = value.get("batchItemFailures")?;
-    let all = || Some(ids.to_vec());
+    let all = || Some(ids.iter().cloned().collect());
     let Some(failures) = failures.as_array() else {
         return if failures.is_null() { None } else { all() };
     };
     if failures.is_empty() {
         return None;
     }
-    let mut failed = vec![];
+    let known: HashSet<&str> = ids.iter().map(String::as_str).collect();
+    let mut failed = HashSet::new();
     for failure in failures {
         match failure.get("itemIdentifier").and_then(Value::as_str) {
-            Some(id) if ids.iter().any(|known| known == id) => failed.push(id.to_string()),
+            Some(id) if known.contains(id) => {
+                failed.insert(id.to_string());
+            }
             _ => return all(),
         }
     }
@@ -149,17 +163,22 @@ pub fn failed_items(answer: &[u8], ids: &[String]) -> Option<Vec<String>> {
 
 /// Keeps one consumer task per queue trigger of every function, until `stop`.
 pub async fn consume(queue: Arc<EventQueue>, proxy: Arc<Proxy>, stop: CancellationToken) {
-    let mut running: HashMap<(String, String, QueueSettings), CancellationToken> = HashMap::new();
+    // By function state too: a function deleted and made again has a new one.
+    type Key = (String, String, usize, QueueSettings);
+    let mut running: HashMap<Key, CancellationToken> = HashMap::new();
     loop {
         let mut wanted = HashMap::new();
         for (namespace, name, function) in proxy.index().functions() {
-            let queues = function.config().facts.queues.clone();
-            function.keep_triggers(|type_, trigger| {
-                type_ != TRIGGER_TYPE || queues.iter().any(|q| q.name == trigger)
+            let facts = function.config().facts;
+            function.keep_triggers(|type_, trigger| match type_ {
+                TRIGGER_TYPE => facts.queues.iter().any(|q| q.name == trigger),
+                _ => facts.storage.iter().any(|s| s.bucket == trigger),
             });
-            for settings in queues {
+            super::storage::report_trigger_states(&proxy, &function, &facts.storage);
+            let state = Arc::as_ptr(&function) as usize;
+            for settings in facts.queues.iter().cloned() {
                 wanted.insert(
-                    (namespace.clone(), name.clone(), settings),
+                    (namespace.clone(), name.clone(), state, settings),
                     function.clone(),
                 );
             }
@@ -176,7 +195,7 @@ pub async fn consume(queue: Arc<EventQueue>, proxy: Arc<Proxy>, stop: Cancellati
                 continue;
             }
             let token = stop.child_token();
-            let settings = key.2.clone();
+            let settings = key.3.clone();
             running.insert(key, token.clone());
             tokio::spawn(consume_trigger(
                 queue.clone(),
@@ -261,11 +280,37 @@ async fn open(
         inactive_threshold: CONSUMER_INACTIVE,
         ..Default::default()
     };
-    let consumer = stream
-        .get_or_create_consumer(&durable, config)
-        .await
-        .map_err(|error| Problem("ConsumerFailed", error_chain(&error)))?;
+    // Made, or brought up to date with the trigger (a subject, batch size or timeout that
+    // changed); NATS refuses to change where a consumer starts, and says so.
+    let consumer = stream.create_consumer(config).await.map_err(|error| {
+        Problem(
+            "ConsumerFailed",
+            format!("consumer {durable}: {}", error_chain(&error)),
+        )
+    })?;
     Ok((stream, consumer))
+}
+
+/// One message of a batch, with its Lambda record.
+struct Item {
+    message: jetstream::Message,
+    id: String,
+    record: Value,
+    /// The record's serialized size.
+    size: usize,
+}
+
+impl Item {
+    fn of(stream: &str, message: jetstream::Message) -> Self {
+        let (id, record) = record(stream, &message);
+        let size = record.to_string().len() + 1;
+        Self {
+            message,
+            id,
+            record,
+            size,
+        }
+    }
 }
 
 async fn consume_trigger(
@@ -298,40 +343,49 @@ async fn consume_trigger(
             }
         };
         function.set_trigger_state(TRIGGER_TYPE, &settings.name, None, None);
-        let backlog = stop.child_token();
-        tokio::spawn(report_backlog(
+        // Ends when the stream stops sharing itself with the namespace, or at `stop`.
+        let session = stop.child_token();
+        tokio::spawn(watch_stream(
             stream.clone(),
             consumer.cached_info().name.clone(),
             function.clone(),
-            settings.name.clone(),
-            backlog.clone(),
+            settings.clone(),
+            session.clone(),
         ));
-        let _backlog = backlog.drop_guard();
         let messages = consumer
             .stream()
             .max_messages_per_batch(settings.batch_size.min(1000))
+            .max_bytes_per_batch(MAX_BATCH_BYTES)
             .messages()
             .await;
         let mut messages = match messages {
             Ok(messages) => messages,
             Err(error) => {
+                session.cancel();
                 tracing::warn!(trigger = %settings.name, error = %error_chain(&error), "opening a queue trigger's messages");
                 tokio::time::sleep(Duration::from_secs(2)).await;
                 continue;
             }
         };
-        let mut carried: Option<jetstream::Message> = None;
+        let mut carried: Option<Item> = None;
         'batches: loop {
-            // The first message of a batch: wait for it.
+            // A place first: messages are not taken from the stream while none is free.
+            let place = tokio::select! {
+                () = session.cancelled() => break 'batches,
+                place = batches.clone().acquire_owned() => match place {
+                    Ok(place) => place,
+                    Err(_) => break 'batches,
+                },
+            };
             let first = match carried.take() {
-                Some(message) => message,
+                Some(item) => item,
                 None => {
                     let next = tokio::select! {
-                        () = stop.cancelled() => return,
+                        () = session.cancelled() => break 'batches,
                         next = messages.next() => next,
                     };
                     match next {
-                        Some(Ok(message)) => message,
+                        Some(Ok(message)) => Item::of(&settings.stream, message),
                         Some(Err(error)) => {
                             tracing::debug!(trigger = %settings.name, error = %error_chain(&error), "queue trigger consumer");
                             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -341,7 +395,7 @@ async fn consume_trigger(
                     }
                 }
             };
-            let mut bytes = first.payload.len();
+            let mut bytes = first.size;
             let mut batch = vec![first];
             let deadline = Instant::now() + settings.window;
             while batch.len() < settings.batch_size {
@@ -352,36 +406,59 @@ async fn consume_trigger(
                         None => break,
                     }
                 } else {
-                    match tokio::time::timeout_at(deadline, messages.next()).await {
-                        Ok(next) => next,
-                        Err(_) => break,
+                    tokio::select! {
+                        () = session.cancelled() => break,
+                        next = tokio::time::timeout_at(deadline, messages.next()) => match next {
+                            Ok(next) => next,
+                            Err(_) => break,
+                        },
                     }
                 };
-                match next {
-                    Some(Ok(message)) => {
-                        if bytes + message.payload.len() * 2 > MAX_BATCH_BYTES {
-                            carried = Some(message);
-                            break;
-                        }
-                        bytes += message.payload.len() * 2;
-                        batch.push(message);
-                    }
-                    _ => break,
+                let Some(Ok(message)) = next else {
+                    break;
+                };
+                let item = Item::of(&settings.stream, message);
+                if bytes + item.size > MAX_BATCH_BYTES {
+                    carried = Some(item);
+                    break;
                 }
+                bytes += item.size;
+                batch.push(item);
             }
-            let Ok(place) = batches.clone().acquire_owned().await else {
-                return;
-            };
             let queue = queue.clone();
             let proxy = proxy.clone();
             let function = function.clone();
             let settings = settings.clone();
+            let stop = stop.clone();
             tokio::spawn(async move {
-                deliver_batch(&queue, &proxy, &function, &settings, batch).await;
+                deliver_batch(&queue, &proxy, &function, &settings, batch, &stop).await;
                 drop(place);
             });
         }
+        // Back to the stream at once, for whoever reads it next.
+        if let Some(item) = carried {
+            let _ = item.message.ack_with(AckKind::Nak(None)).await;
+        }
+        session.cancel();
+        if stop.is_cancelled() {
+            return;
+        }
     }
+}
+
+/// Wait between attempts of a batch that could not reach its function: 1s, doubling, at most
+/// 30s.
+fn unreached_backoff(tries: u32) -> Duration {
+    Duration::from_secs(1u64 << tries.min(5)).min(Duration::from_secs(30))
+}
+
+/// When the message was stored, in Unix milliseconds.
+fn published_ms(message: &jetstream::Message) -> i64 {
+    message
+        .info()
+        .ok()
+        .and_then(|i| i64::try_from(i.published.unix_timestamp_nanos() / 1_000_000).ok())
+        .unwrap_or_else(|| jiff::Timestamp::now().as_millisecond())
 }
 
 async fn deliver_batch(
@@ -389,44 +466,101 @@ async fn deliver_batch(
     proxy: &Proxy,
     function: &Arc<FunctionState>,
     settings: &QueueSettings,
-    batch: Vec<jetstream::Message>,
+    batch: Vec<Item>,
+    stop: &CancellationToken,
 ) {
     function.trigger_events(TRIGGER_TYPE, &settings.name, batch.len() as u64);
-    let (ids, records): (Vec<String>, Vec<Value>) =
-        batch.iter().map(|m| record(&settings.stream, m)).unzip();
-    let payload = Bytes::from(json!({"Records": records}).to_string());
-    let client_ip = HeaderValue::from_static("127.0.0.1");
-    let response = lambda_api::invoke(
-        proxy,
-        function,
-        payload.clone(),
-        false,
-        &client_ip,
-        Instant::now(),
-    )
-    .await;
-    let (ended, _) = lambda_api::ended(function, &response);
     let asynchronous = function.config().facts.asynchronous.clone();
-    if ended == Ended::NotRun {
-        tracing::debug!(function = %function.name(), trigger = %settings.name, status = %response.status(), "batch not delivered; it comes back");
-        for message in &batch {
-            let delivered = message.info().map_or(1, |i| i.delivered);
-            let _ = message
-                .ack_with(AckKind::Nak(Some(events::reach_backoff(delivered))))
-                .await;
-        }
-        function.metrics().event("not_delivered");
+    // A message too large for any batch goes to onFailure alone.
+    let (batch, oversized): (Vec<Item>, Vec<Item>) = batch
+        .into_iter()
+        .partition(|item| item.size <= MAX_BATCH_BYTES);
+    for item in oversized {
+        give_up(
+            queue,
+            proxy,
+            function,
+            settings,
+            &asynchronous,
+            &item,
+            "RecordTooLarge",
+            None,
+        )
+        .await;
+    }
+    if batch.is_empty() {
         return;
     }
+    let records: Vec<&Value> = batch.iter().map(|item| &item.record).collect();
+    let payload = Bytes::from(json!({"Records": records}).to_string());
+    let client_ip = HeaderValue::from_static("127.0.0.1");
+    let oldest_ms = batch
+        .iter()
+        .map(|item| published_ms(&item.message))
+        .min()
+        .unwrap_or(0);
+    let max_age_ms = i64::try_from(asynchronous.max_event_age.as_millis()).unwrap_or(i64::MAX);
+    // Attempts that could not reach the function are retried here, the messages kept ours
+    // (progress acknowledged): JetStream's delivery count stays the count of real attempts.
+    let mut unreached = 0;
+    let (ended, response) = loop {
+        let response = lambda_api::invoke(
+            proxy,
+            function,
+            payload.clone(),
+            false,
+            &client_ip,
+            Instant::now(),
+        )
+        .await;
+        let (ended, _) = lambda_api::ended(function, &response);
+        if ended != Ended::NotRun {
+            break (ended, response);
+        }
+        function.metrics().event("not_delivered");
+        tracing::debug!(function = %function.name(), trigger = %settings.name, status = %response.status(), "batch not delivered; trying again");
+        if jiff::Timestamp::now().as_millisecond() - oldest_ms > max_age_ms {
+            for item in &batch {
+                give_up(
+                    queue,
+                    proxy,
+                    function,
+                    settings,
+                    &asynchronous,
+                    item,
+                    "EventAgeExceeded",
+                    None,
+                )
+                .await;
+            }
+            return;
+        }
+        let wait = unreached_backoff(unreached);
+        unreached += 1;
+        for item in &batch {
+            let _ = item.message.ack_with(AckKind::Progress).await;
+        }
+        tokio::select! {
+            () = stop.cancelled() => {
+                for item in &batch {
+                    let _ = item.message.ack_with(AckKind::Nak(None)).await;
+                }
+                return;
+            }
+            () = tokio::time::sleep(wait) => {}
+        }
+    };
+    // An answer over the limit is no answer: the whole batch failed.
     let body = Limited::new(response.into_body(), MAX_SYNC_PAYLOAD)
         .collect()
         .await
-        .map(|c| c.to_bytes())
-        .unwrap_or_default();
-    let failed: Vec<String> = match ended {
-        Ended::FunctionError => ids.clone(),
-        _ => failed_items(&body, &ids).unwrap_or_default(),
+        .map(|c| c.to_bytes());
+    let ids: Vec<String> = batch.iter().map(|item| item.id.clone()).collect();
+    let failed: HashSet<String> = match (&ended, &body) {
+        (Ended::Success, Ok(body)) => failed_items(body, &ids).unwrap_or_default(),
+        _ => ids.iter().cloned().collect(),
     };
+    let body = body.unwrap_or_default();
     if failed.is_empty() {
         function.metrics().event("success");
     }
@@ -445,59 +579,123 @@ async fn deliver_batch(
         );
         events::send_record(queue, function, asynchronous.on_success.as_ref(), record).await;
     }
-    for (message, (id, item)) in batch.iter().zip(ids.iter().zip(&records)) {
-        let outcome = if !failed.contains(id) {
-            message.ack().await
+    // Successes acknowledged and retries sent back first; records of the exhausted after.
+    let mut exhausted = vec![];
+    for item in &batch {
+        let outcome = if !failed.contains(&item.id) {
+            item.message.ack().await
         } else {
             // Deliveries count the attempts; the first is not a retry.
-            let delivered = message.info().map_or(1, |i| i.delivered);
+            let delivered = item.message.info().map_or(1, |i| i.delivered);
             let retries = u32::try_from(delivered.saturating_sub(1)).unwrap_or(u32::MAX);
             if retries < asynchronous.max_retries {
                 function.metrics().event("retried");
                 let wait = events::retry_delay(&asynchronous, retries + 1);
-                message.ack_with(AckKind::Nak(Some(wait))).await
+                item.message.ack_with(AckKind::Nak(Some(wait))).await
             } else {
-                function.metrics().event("retries_exhausted");
-                let stored = Stored::new(format!("{}-{id}", settings.name), retries + 1);
-                let item = Bytes::from(json!({"Records": [item]}).to_string());
-                let record = events::record(
-                    proxy,
-                    function,
-                    &stored,
-                    "RetriesExhausted",
-                    &item,
-                    Some(events::Answer {
-                        function_error: ended == Ended::FunctionError,
-                        body: &body,
-                    }),
-                );
-                events::send_record(queue, function, asynchronous.on_failure.as_ref(), record)
-                    .await;
-                message.ack_with(AckKind::Term).await
+                exhausted.push(item);
+                Ok(())
             }
         };
         if let Err(error) = outcome {
             tracing::warn!(function = %function.name(), trigger = %settings.name, error = %error_chain(&*error), "acknowledging a queue message; it comes back");
         }
     }
+    let answer = events::Answer {
+        function_error: ended == Ended::FunctionError,
+        body: if body.len() <= MAX_RECORD_ANSWER {
+            &body
+        } else {
+            b""
+        },
+    };
+    for item in exhausted {
+        give_up(
+            queue,
+            proxy,
+            function,
+            settings,
+            &asynchronous,
+            item,
+            "RetriesExhausted",
+            Some(&answer),
+        )
+        .await;
+    }
 }
 
-/// Keeps the trigger's backlog (messages not yet delivered, and being delivered) up to date.
-async fn report_backlog(
-    stream: stream::Stream,
+/// A function's answer larger than this is left out of the records of failed messages.
+const MAX_RECORD_ANSWER: usize = 256 * 1024;
+
+/// Ends a message: acknowledged for good, its record to `onFailure` (best effort, as every
+/// destination).
+#[allow(clippy::too_many_arguments)]
+async fn give_up(
+    queue: &EventQueue,
+    proxy: &Proxy,
+    function: &Arc<FunctionState>,
+    settings: &QueueSettings,
+    asynchronous: &lambda_api::AsyncSettings,
+    item: &Item,
+    condition: &str,
+    answer: Option<&events::Answer<'_>>,
+) {
+    function.metrics().event(match condition {
+        "EventAgeExceeded" => "event_age_exceeded",
+        _ => "retries_exhausted",
+    });
+    if let Err(error) = item.message.ack_with(AckKind::Term).await {
+        tracing::warn!(function = %function.name(), trigger = %settings.name, error = %error_chain(&*error), "ending a queue message");
+    }
+    let attempts = item.message.info().map_or(1, |i| i.delivered);
+    let stored = Stored::new(
+        format!("{}-{}", settings.name, item.id),
+        u32::try_from(attempts).unwrap_or(u32::MAX),
+    );
+    let payload = Bytes::from(json!({"Records": [item.record]}).to_string());
+    let answer = answer.map(|a| events::Answer {
+        function_error: a.function_error,
+        body: a.body,
+    });
+    let record = events::record(proxy, function, &stored, condition, &payload, answer);
+    events::send_record(queue, function, asynchronous.on_failure.as_ref(), record).await;
+}
+
+/// Keeps the trigger's backlog (messages not yet delivered, and being delivered) up to date,
+/// and checks that the stream still shares itself with the function's namespace: when it no
+/// longer does, `session` ends and the trigger stops reading.
+async fn watch_stream(
+    mut stream: stream::Stream,
     consumer: String,
     function: Arc<FunctionState>,
-    trigger: String,
-    stop: CancellationToken,
+    settings: QueueSettings,
+    session: CancellationToken,
 ) {
     loop {
-        if let Ok(found) = stream.get_consumer::<pull::Config>(&consumer).await {
-            let info = found.cached_info();
-            let pending = info.num_pending + info.num_ack_pending as u64;
-            function.set_trigger_state(TRIGGER_TYPE, &trigger, None, Some(pending));
+        if let Ok(info) = stream.info().await
+            && !stream_shared_with(&info.config.metadata, function.namespace())
+        {
+            tracing::warn!(namespace = %function.namespace(), function = %function.name(), stream = %settings.stream, "the stream no longer shares itself with the namespace: the trigger stops reading");
+            session.cancel();
+            return;
         }
+        let pending = match stream.get_consumer::<pull::Config>(&consumer).await {
+            Ok(found) => {
+                let info = found.cached_info();
+                Some(info.num_pending + info.num_ack_pending as u64)
+            }
+            Err(_) => None,
+        };
+        function.set_trigger_state(TRIGGER_TYPE, &settings.name, None, pending);
+        // Each batch in flight is one request's worth of load, as many as can run.
+        let batch = settings.batch_size as u64;
+        function.set_trigger_demand(
+            TRIGGER_TYPE,
+            &settings.name,
+            pending.map_or(0, |p| p.div_ceil(batch).min(BATCHES_IN_FLIGHT as u64 * 2)),
+        );
         tokio::select! {
-            () = stop.cancelled() => return,
+            () = session.cancelled() => return,
             () = tokio::time::sleep(BACKLOG_INTERVAL) => {}
         }
     }
@@ -511,6 +709,10 @@ mod tests {
         list.iter().map(|s| s.to_string()).collect()
     }
 
+    fn set(list: &[&str]) -> Option<HashSet<String>> {
+        Some(list.iter().map(|s| s.to_string()).collect())
+    }
+
     #[test]
     fn partial_batch_answers_name_the_failed_items() {
         let batch = ids(&["1", "2", "3"]);
@@ -520,20 +722,20 @@ mod tests {
         assert_eq!(failed_items(br#"{"batchItemFailures":null}"#, &batch), None);
         assert_eq!(
             failed_items(br#"{"batchItemFailures":[{"itemIdentifier":"2"}]}"#, &batch),
-            Some(ids(&["2"]))
+            set(&["2"])
         );
         // An id not in the batch, or none, fails the whole batch.
         assert_eq!(
             failed_items(br#"{"batchItemFailures":[{"itemIdentifier":"9"}]}"#, &batch),
-            Some(batch.clone())
+            set(&["1", "2", "3"])
         );
         assert_eq!(
             failed_items(br#"{"batchItemFailures":[{"itemIdentifier":""}]}"#, &batch),
-            Some(batch.clone())
+            set(&["1", "2", "3"])
         );
         assert_eq!(
             failed_items(br#"{"batchItemFailures":"2"}"#, &batch),
-            Some(batch.clone())
+            set(&["1", "2", "3"])
         );
         assert_eq!(failed_items(b"not json", &batch), None);
     }
@@ -556,5 +758,18 @@ mod tests {
             consumer_name("iot", "agg.v2", "readings"),
             "fargo_iot_agg_v2_readings"
         );
+        let long = consumer_name(&"n".repeat(63), &"f".repeat(253), &"t".repeat(63));
+        assert_eq!(long.len(), MAX_CONSUMER_NAME);
+        assert_ne!(
+            long,
+            consumer_name(&"n".repeat(63), &"f".repeat(253), &"u".repeat(63))
+        );
+    }
+
+    #[test]
+    fn unreached_batches_wait_longer_each_time() {
+        assert_eq!(unreached_backoff(0), Duration::from_secs(1));
+        assert_eq!(unreached_backoff(3), Duration::from_secs(8));
+        assert_eq!(unreached_backoff(40), Duration::from_secs(30));
     }
 }

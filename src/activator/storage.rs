@@ -10,8 +10,10 @@
 //!   the storage server's, not a tenant's, so no tenant may read another's objects' names by
 //!   naming their bucket. The answer comes once every invocation is stored; `503` when NATS
 //!   cannot store them, so a server that retries does.
-//! - Stream `FARGO_STORAGE` (subjects `fargo.storage.>`), for servers that publish to NATS
-//!   ([`consume`]): stored before the activators see them, whichever activator is up.
+//! - Stream `FARGO_STORAGE` (subjects `fargo.storage.<token name>`), for servers that publish
+//!   to NATS ([`consume`]): stored before the activators see them, whichever activator is up.
+//!   The subject names a token of the same Secret, whose namespaces the notifications reach;
+//!   the token itself is not sent (whoever may publish on the subject is trusted with it).
 //!
 //! Invocations get message ids made of the function and the event, so a notification sent
 //! again (a retry after a 503 that stored half of it, or a redelivery) is stored once within
@@ -50,17 +52,29 @@ pub const MAX_BODY: usize = 1 << 20;
 /// The stream of notifications published to NATS.
 pub const STREAM: &str = "FARGO_STORAGE";
 const SUBJECTS: &str = "fargo.storage.>";
+/// `fargo.storage.<token name>`.
+const SUBJECT_PREFIX: &str = "fargo.storage.";
 /// The activators' one consumer of [`STREAM`].
 const CONSUMER: &str = "fargo-activators";
 /// Notifications one activator handles from the stream at once.
 const IN_FLIGHT: usize = 16;
 
 /// One token of the tokens Secret: `{"token": "…", "namespaces": ["photos", "media-*"]}`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct StorageToken {
     pub name: String,
     token: String,
     pub namespaces: Vec<String>,
+}
+
+impl std::fmt::Debug for StorageToken {
+    /// Never the token itself.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StorageToken")
+            .field("name", &self.name)
+            .field("namespaces", &self.namespaces)
+            .finish_non_exhaustive()
+    }
 }
 
 impl StorageToken {
@@ -112,6 +126,26 @@ impl StorageTokens {
                     == 0
             })
             .cloned()
+    }
+
+    /// The entry named `name`: notifications published on `fargo.storage.<name>` reach its
+    /// namespaces.
+    fn named(&self, name: &str) -> Option<StorageToken> {
+        self.tokens
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .find(|entry| entry.name == name)
+            .cloned()
+    }
+
+    /// Whether some token lets notifications reach `namespace`.
+    pub fn any_allows(&self, namespace: &str) -> bool {
+        self.tokens
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .any(|entry| entry.allows(namespace))
     }
 
     /// Reads the Secret's data: one entry per key. Entries that do not parse are left out, with
@@ -616,8 +650,28 @@ fn presented_token<B>(request: &Request<B>) -> Option<String> {
     })
 }
 
-/// Keeps the stream of NATS-published notifications, and hands its notifications to functions
-/// of every namespace, until `stop`. A notification that cannot be stored now comes back.
+/// Each storage trigger's problem: none while some token lets notifications reach the
+/// function's namespace.
+pub fn report_trigger_states(proxy: &Proxy, function: &FunctionState, triggers: &[StorageTrigger]) {
+    let reachable = proxy.storage_tokens().any_allows(function.namespace());
+    for trigger in triggers {
+        let problem = (!reachable).then(|| {
+            (
+                "NoToken",
+                format!(
+                    "no token of the activator's storage tokens Secret lists namespace {}: no \
+                     storage server can notify its functions",
+                    function.namespace()
+                ),
+            )
+        });
+        function.set_trigger_state("Storage", &trigger.bucket, problem, None);
+    }
+}
+
+/// Keeps the stream of NATS-published notifications, and hands each notification to the
+/// functions of the namespaces of the token its subject names (`fargo.storage.<token name>`),
+/// until `stop`. A notification that cannot be stored now comes back.
 pub async fn consume(queue: Arc<EventQueue>, proxy: Arc<Proxy>, stop: CancellationToken) {
     loop {
         let messages = async {
@@ -686,9 +740,26 @@ pub async fn consume(queue: Arc<EventQueue>, proxy: Arc<Proxy>, stop: Cancellati
                 }
                 None => break,
             };
+            // The subject names the token whose namespaces the notification may reach.
+            let sender = message
+                .subject
+                .strip_prefix(SUBJECT_PREFIX)
+                .and_then(|name| proxy.storage_tokens().named(name));
+            let Some(sender) = sender else {
+                tracing::warn!(subject = %message.subject, "storage notification dropped: its subject names no token of the storage tokens Secret (fargo.storage.<token name>)");
+                proxy.index().metrics().storage_event("refused");
+                if let Err(error) = message.ack_with(AckKind::Term).await {
+                    tracing::warn!(error = %error_chain(&*error), "acknowledging a storage notification");
+                }
+                continue;
+            };
             let done = match parse(&message.payload) {
                 Ok(Notification::Events(events)) => {
-                    match fan_out(&queue, &proxy, &events, &|_| true).await {
+                    match fan_out(&queue, &proxy, &events, &|namespace| {
+                        sender.allows(namespace)
+                    })
+                    .await
+                    {
                         Ok(_) => message.ack().await,
                         Err(error) => {
                             tracing::warn!(%error, "storing a storage notification's invocations; it comes back");

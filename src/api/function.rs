@@ -499,7 +499,7 @@ fn default_storage_events() -> Vec<String> {
 /// invocation per batch, with Lambda's `Records[]` shape.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("duration(self.maxBatchingWindow) <= duration('300s')").message("queues maxBatchingWindow must be a duration from 0s to 300s"))]
+#[x_kube(validation = Rule::new("duration(self.maxBatchingWindow) >= duration('0s') && duration(self.maxBatchingWindow) <= duration('300s')").message("queues maxBatchingWindow must be a duration from 0s to 300s"))]
 pub struct QueueTrigger {
     /// Name of the trigger, unique within the function: its durable consumer is
     /// `fargo_<namespace>_<function>_<name>`.
@@ -779,15 +779,16 @@ pub struct TriggerStatus {
     /// The bucket of a storage trigger; the name of a queue trigger.
     pub name: String,
 
-    /// `Receiving` (events arrive), `Waiting` (none yet), or why the trigger cannot work:
-    /// `StreamNotFound`, `StreamNotShared`, `ConsumerFailed`, `NatsUnavailable`.
+    /// `Receiving` (events arrived), `Waiting` (none yet), or why the trigger cannot work:
+    /// `NoToken` (no storage token reaches the namespace), `StreamNotFound`, `StreamNotShared`,
+    /// `ConsumerFailed`, `NatsUnavailable`.
     pub state: String,
 
     /// Details of `state`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 
-    /// Events (storage) or messages (queues) received since the activators started.
+    /// Events (storage) or messages (queues) received by the activators since they started.
     #[serde(default)]
     pub events: i64,
 

@@ -52,19 +52,27 @@ pub struct EventsRecord {
     pub triggers: Vec<TriggerStatus>,
 }
 
-/// Each of the spec's triggers as the activators reported it; `Waiting` while none did.
+/// Each of the spec's triggers as the activators reported it, over what `recorded` holds: the
+/// last event time never goes back (an activator that restarted forgot it), and a trigger that
+/// ever had an event is `Receiving` unless it has a problem; `Waiting` before its first.
 pub fn trigger_statuses(
     triggers: &[(&'static str, String)],
     loads: &std::collections::BTreeMap<(String, String), crate::api::stats::TriggerStats>,
+    recorded: &[TriggerStatus],
 ) -> Vec<TriggerStatus> {
     triggers
         .iter()
         .map(|(type_, name)| {
             let load = loads.get(&(type_.to_string(), name.clone()));
-            let events = load.map_or(0, |l| l.events);
+            let before = recorded
+                .iter()
+                .find(|r| r.type_ == *type_ && r.name == *name);
+            let last_event_time = load
+                .and_then(|l| l.last_event.clone())
+                .max(before.and_then(|r| r.last_event_time.clone()));
             let state = match load.and_then(|l| l.problem.clone()) {
                 Some(problem) => problem,
-                None if events > 0 => "Receiving".into(),
+                None if last_event_time.is_some() => "Receiving".into(),
                 None => "Waiting".into(),
             };
             TriggerStatus {
@@ -72,8 +80,8 @@ pub fn trigger_statuses(
                 name: name.clone(),
                 state,
                 message: load.and_then(|l| l.message.clone()),
-                events: i64::try_from(events).unwrap_or(i64::MAX),
-                last_event_time: load.and_then(|l| l.last_event.clone()),
+                events: i64::try_from(load.map_or(0, |l| l.events)).unwrap_or(i64::MAX),
+                last_event_time,
                 pending: load
                     .and_then(|l| l.pending)
                     .map(|p| i64::try_from(p).unwrap_or(i64::MAX)),
@@ -225,20 +233,28 @@ impl AutoscalerState {
                 plan.last_requests.push((key.clone(), last));
             }
 
-            let triggers = trigger_statuses(&target.triggers, &load.triggers);
+            // Only from every activator's report: one missing would read as events gone.
+            let triggers =
+                trigger_statuses(&target.triggers, &load.triggers, &target.recorded_triggers);
             let queue_changed = load.queued_events.is_some_and(|queued| {
                 (Some(queued), load.oldest_queued_event) != target.recorded_queue
             });
-            if (queue_changed || triggers != target.recorded_triggers)
+            if scrape.complete()
+                && (queue_changed || triggers != target.recorded_triggers)
                 && entry
                     .queue_written
                     .is_none_or(|at| now.saturating_duration_since(at) >= LAST_REQUEST_INTERVAL)
             {
                 entry.queue_written = Some(now);
+                // No count from the activators (no NATS) keeps what is recorded.
+                let (queued, oldest) = match load.queued_events {
+                    Some(queued) => (Some(queued), load.oldest_queued_event),
+                    None => target.recorded_queue,
+                };
                 plan.queues.push(EventsRecord {
                     key: key.clone(),
-                    queued: load.queued_events,
-                    oldest: load.oldest_queued_event,
+                    queued,
+                    oldest,
                     triggers,
                 });
             }
@@ -481,6 +497,9 @@ mod tests {
                 type_: "Storage".into(),
                 name: "photos".into(),
                 events: 3,
+                last_event: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    Timestamp::now(),
+                )),
                 ..Default::default()
             },
         );
@@ -515,8 +534,18 @@ mod tests {
             assert!(ticks.tick(&[target.clone()], &scrape).queues.is_empty());
         }
         // A trigger no activator reports yet is Waiting.
-        let waiting = trigger_statuses(&[("Storage", "other".into())], &Default::default());
+        let waiting = trigger_statuses(&[("Storage", "other".into())], &Default::default(), &[]);
         assert_eq!(waiting[0].state, "Waiting");
+        // An activator that restarted forgot its events: the recorded last event stays, and
+        // with it the state.
+        let forgotten = trigger_statuses(
+            &target.triggers,
+            &Default::default(),
+            &target.recorded_triggers,
+        );
+        let photos = forgotten.iter().find(|t| t.name == "photos").unwrap();
+        assert_eq!(photos.state, "Receiving");
+        assert!(photos.last_event_time.is_some());
     }
 
     #[test]

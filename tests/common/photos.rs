@@ -7,7 +7,7 @@ use std::process::Command;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, Patch, PatchParams};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -85,6 +85,7 @@ pub async fn photo_resize(
     extra: Value,
 ) {
     let secret: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
         "metadata": {"name": "photos-s3"},
         "stringData": {
             "AWS_ACCESS_KEY_ID": ACCESS_KEY,
@@ -93,8 +94,13 @@ pub async fn photo_resize(
         },
     }))
     .unwrap();
+    // Applied: a second call (another scale) finds it there.
     Api::<Secret>::namespaced(client.clone(), namespace)
-        .create(&PostParams::default(), &secret)
+        .patch(
+            "photos-s3",
+            &PatchParams::apply("fargo-test").force(),
+            &Patch::Apply(&secret),
+        )
         .await
         .unwrap();
     let example = std::fs::read_to_string(concat!(
