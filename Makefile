@@ -73,6 +73,12 @@ dev:
 	  kubectl -n fargo-system create secret generic fargo-invoke-keys \
 	    --from-literal="$$key={\"secretAccessKey\": \"$$secret\", \"namespaces\": [\"demo\", \"*\"]}"; \
 	fi
+# The storage notification token of versitygw, which publishes on fargo.storage.versitygw: its
+# notifications reach the functions of every namespace. Made once and kept.
+	if ! kubectl -n fargo-system get secret fargo-storage-tokens >/dev/null 2>&1; then \
+	  kubectl -n fargo-system create secret generic fargo-storage-tokens \
+	    --from-literal="versitygw={\"token\": \"$$(openssl rand -hex 24)\", \"namespaces\": [\"*\"]}"; \
+	fi
 # Webhook configurations registered by the tests' out-of-cluster controllers (not Helm's) would
 # block the release from taking them over.
 	kubectl delete mutatingwebhookconfiguration,validatingwebhookconfiguration --ignore-not-found \
@@ -107,7 +113,8 @@ dev:
 	s3_key() { kubectl -n fargo-system get secret fargo-s3 -o "jsonpath={.data.$$1}" | base64 -d; }; \
 	printf 'An S3 server, versitygw, with the keys of Secret fargo-s3 (not the Invoke API'"'"'s); it\n'; \
 	printf 'publishes every object event on NATS subject fargo.storage.versitygw, which reaches\n'; \
-	printf 'the functions with spec.triggers.storage:\n\n'; \
+	printf 'the functions with spec.triggers.storage of every namespace (token versitygw of Secret\n'; \
+	printf 'fargo-storage-tokens):\n\n'; \
 	printf '  s3="env AWS_ACCESS_KEY_ID=%s AWS_SECRET_ACCESS_KEY=%s"\n' "$$(s3_key AWS_ACCESS_KEY_ID)" "$$(s3_key AWS_SECRET_ACCESS_KEY)"; \
 	printf '  $$s3 aws s3 mb s3://photos --endpoint-url %s\n' "$$endpoint"; \
 	printf '  $$s3 aws s3 cp cat.jpg s3://photos/in/cat.jpg --endpoint-url %s\n\n' "$$endpoint"

@@ -18,7 +18,8 @@
 #   FARGO_S3_NAMESPACE      where the objects go (fargo-system)
 #   FARGO_S3_NATS_URL       publish every object event to this NATS server (nats://HOST:4222) ...
 #   FARGO_S3_NATS_SUBJECT   ... on this subject (fargo.storage.versitygw), which the activator's
-#                           stream FARGO_STORAGE (fargo.storage.>) keeps
+#                           stream FARGO_STORAGE (fargo.storage.>) keeps; fargo.storage.<name>
+#                           reaches the namespaces of the activator's storage token <name>
 #   FARGO_S3_WEBHOOK_URL    or POST every event there, e.g. the activator's
 #                           http://HOST/_fargo/storage/events?token=TOKEN
 #   FARGO_S3_EVENTS=nats    in fargo-system with no URL: the chart's NATS, at the address its
