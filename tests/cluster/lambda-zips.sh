@@ -19,11 +19,12 @@ log_tag=lambda-zips
 out="$root/target/lambda"
 examples="$root/examples"
 
-# sources_key EXAMPLE: the hash of the example's files (but its README and YAML) and versions.
+# sources_key EXAMPLE: the hash of the example's files (but its README and YAML), the versions
+# and this script (how they are built).
 sources_key() {
-  (cd "$examples/$1" && find . -type f ! -name README.md ! -name '*.yaml' -print0 | sort -z |
-    xargs -0 sha256sum
-    cat "$here/versions.env") | sha256sum | cut -d' ' -f1
+  (cd "$examples/$1" && find . -type f ! -name README.md ! -name '*.yaml' ! -path '*/__pycache__/*' \
+    -print0 | sort -z | xargs -0 sha256sum
+    cat "$here/versions.env" "$here/lambda-zips.sh") | sha256sum | cut -d' ' -f1
 }
 
 # zip_dir DIR ZIP: the files of DIR at the zip's root, with fixed times: the same files give the
@@ -63,6 +64,10 @@ build_photo_resize() {
     die "pip could not install examples/photo-resize/requirements.txt (is PyPI reachable?)"
   # The scripts pip writes for this machine's Python, not the runtime's.
   rm -rf "${dir:?}/bin"
+  # Byte code beside the sources, checked by nothing but its source's hash: /var/task is
+  # read-only, and a cold start that compiles boto3 and Pillow first takes twice as long.
+  /usr/bin/python3.11 -m compileall -q -j0 --invalidation-mode unchecked-hash -d /var/task \
+    "$dir" >/dev/null || die "compiling the photo-resize bundle"
 }
 
 # example NAME: target/lambda/NAME.zip from examples/NAME, made by build_<NAME, - as _>, unless
