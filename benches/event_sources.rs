@@ -190,6 +190,8 @@ async fn photo_resize(cluster: &Cluster) {
             (zero && pods.items.is_empty()).then_some(())
         })
         .await;
+        // Settled: the activators have seen the last pod go.
+        tokio::time::sleep(Duration::from_secs(5)).await;
         cold.push(upload(format!("cold/{i}.jpg")).await);
     }
     support::report(
