@@ -321,7 +321,9 @@ fn s3_record(record: &Value) -> Result<ObjectEvent, String> {
         sequencer: str_at("/s3/object/sequencer"),
         event_time: str_at("/eventTime"),
         region: str_at("/awsRegion"),
-        principal: str_at("/userIdentity/principalId"),
+        // versitygw writes `PrincipalId`.
+        principal: str_at("/userIdentity/principalId")
+            .or_else(|| str_at("/userIdentity/PrincipalId")),
         source_ip: str_at("/requestParameters/sourceIPAddress"),
     })
 }
@@ -842,12 +844,13 @@ mod tests {
 
     #[test]
     fn versitygw_records_keep_their_keys_as_written() {
-        let body = r#"{"Records":[{"eventVersion":"2.2","eventSource":"aws:s3","eventName":"s3:ObjectRemoved:DeleteObjects",
+        let body = r#"{"Records":[{"eventVersion":"2.2","eventSource":"aws:s3","eventName":"s3:ObjectRemoved:DeleteObjects","userIdentity":{"PrincipalId":"gw-user"},
             "s3":{"configurationId":"webhook-global","bucket":{"name":"photos"},
             "object":{"key":"a+b 100%.jpg","size":0,"eTag":null,"sequencer":"17"}}}]}"#;
         let read = events(body);
         assert_eq!(read[0].key, "a+b 100%.jpg");
         assert_eq!(read[0].event_name, "ObjectRemoved:Delete");
+        assert_eq!(read[0].principal.as_deref(), Some("gw-user"));
         assert_eq!(read[0].etag, None);
     }
 
