@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use base64::Engine;
@@ -21,9 +20,7 @@ use common::records::Records;
 use common::s3::Scratch;
 use common::wait::eventually;
 use common::{client, install_crds};
-use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
-use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
 use tokio::sync::OnceCell;
 
@@ -90,30 +87,16 @@ async fn setup() -> (Client, &'static Stack) {
 
 /// Writes the access keys Secret: each key with the namespaces it may invoke.
 async fn put_keys(client: &Client, name: &str, keys: &[(Credentials, Value)]) {
-    let data: BTreeMap<String, String> = keys
+    let entries: Vec<(String, Value)> = keys
         .iter()
         .map(|(key, namespaces)| {
             (
                 key.access_key_id.clone(),
-                json!({"secretAccessKey": key.secret_access_key, "namespaces": namespaces})
-                    .to_string(),
+                json!({"secretAccessKey": key.secret_access_key, "namespaces": namespaces}),
             )
         })
         .collect();
-    let secret: Secret = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": name, "namespace": "fargo-system"},
-        "stringData": data,
-    }))
-    .unwrap();
-    Api::<Secret>::namespaced(client.clone(), "fargo-system")
-        .patch(
-            name,
-            &PatchParams::apply("fargo-test").force(),
-            &Patch::Apply(&secret),
-        )
-        .await
-        .expect("writing the access keys Secret");
+    common::apply_fargo_secret(client, name, &entries).await;
 }
 
 /// A Python handler: counts its calls per event id in /tmp, fails the first `fail` calls of

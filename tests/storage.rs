@@ -25,9 +25,8 @@ use common::s3::{ACCESS_KEY, Notify, S3Client, S3Pod, S3Server, SECRET_KEY, Scra
 use common::wait::eventually;
 use common::{client, install_crds};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use serde_json::{Value, json};
 use tokio::sync::OnceCell;
 
@@ -115,29 +114,16 @@ async fn setup() -> (Client, &'static Stack) {
 }
 
 async fn put_tokens(client: &Client, name: &str, tokens: &[(&str, &str, Value)]) {
-    let data: BTreeMap<String, String> = tokens
+    let entries: Vec<(String, Value)> = tokens
         .iter()
         .map(|(key, token, namespaces)| {
             (
                 key.to_string(),
-                json!({"token": token, "namespaces": namespaces}).to_string(),
+                json!({"token": token, "namespaces": namespaces}),
             )
         })
         .collect();
-    let secret: Secret = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": name, "namespace": "fargo-system"},
-        "stringData": data,
-    }))
-    .unwrap();
-    Api::<Secret>::namespaced(client.clone(), "fargo-system")
-        .patch(
-            name,
-            &PatchParams::apply("fargo-test").force(),
-            &Patch::Apply(&secret),
-        )
-        .await
-        .expect("writing the storage tokens Secret");
+    common::apply_fargo_secret(client, name, &entries).await;
 }
 
 /// A bucket name no other test uses: every function of the cluster may listen to any bucket.

@@ -24,11 +24,9 @@ use bytes::Bytes;
 use futures::StreamExt;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::Request;
-use hyper::header::HeaderValue;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::function_state::FunctionState;
@@ -471,17 +469,8 @@ async fn deliver_one(
         }
         Step::Wait(wait) => message.ack_with(AckKind::Nak(Some(wait))).await,
         Step::Attempt => {
-            let client_ip = HeaderValue::from_static("127.0.0.1");
-            let response = lambda_api::invoke(
-                proxy,
-                function,
-                payload.clone(),
-                false,
-                &client_ip,
-                Instant::now(),
-            )
-            .await;
-            let (ended, _) = lambda_api::ended(function, &response);
+            let (ended, response) =
+                lambda_api::invoke_from_fargo(proxy, function, payload.clone()).await;
             let status = response.status();
             match ended {
                 Ended::NotRun => {

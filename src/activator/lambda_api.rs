@@ -514,6 +514,19 @@ async fn serve_checked(
     }
 }
 
+/// An invocation fargo itself makes (an event's delivery, a queue batch): sent along the one
+/// path, and how it ended.
+pub async fn invoke_from_fargo(
+    proxy: &Proxy,
+    function: &Arc<FunctionState>,
+    payload: Bytes,
+) -> (Ended, Response<ProxyBody>) {
+    let client_ip = HeaderValue::from_static("127.0.0.1");
+    let response = invoke(proxy, function, payload, false, &client_ip, Instant::now()).await;
+    let (ended, _) = ended(function, &response);
+    (ended, response)
+}
+
 /// Sends one invocation's payload to the function along the activator's one path; with
 /// `log_tail`, a handler function's sidecar answers with the invocation's log lines
 /// (`X-Amz-Log-Result`).

@@ -25,7 +25,6 @@ use base64::Engine;
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 use http_body_util::{BodyExt, Limited};
-use hyper::header::HeaderValue;
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -493,7 +492,6 @@ async fn deliver_batch(
     }
     let records: Vec<&Value> = batch.iter().map(|item| &item.record).collect();
     let payload = Bytes::from(json!({"Records": records}).to_string());
-    let client_ip = HeaderValue::from_static("127.0.0.1");
     let oldest_ms = batch
         .iter()
         .map(|item| published_ms(&item.message))
@@ -504,16 +502,8 @@ async fn deliver_batch(
     // (progress acknowledged): JetStream's delivery count stays the count of real attempts.
     let mut unreached = 0;
     let (ended, response) = loop {
-        let response = lambda_api::invoke(
-            proxy,
-            function,
-            payload.clone(),
-            false,
-            &client_ip,
-            Instant::now(),
-        )
-        .await;
-        let (ended, _) = lambda_api::ended(function, &response);
+        let (ended, response) =
+            lambda_api::invoke_from_fargo(proxy, function, payload.clone()).await;
         if ended != Ended::NotRun {
             break (ended, response);
         }

@@ -492,15 +492,9 @@ fn invocation_id(namespace: &str, name: &str, event: &ObjectEvent) -> String {
         hash.update([0]);
     }
     let digest = hash.finalize();
-    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
+    let mut bits = [0u8; 16];
+    bits.copy_from_slice(&digest[..16]);
+    crate::api::lambda::uuid_text(u128::from_be_bytes(bits))
 }
 
 /// What became of a notification's events.

@@ -108,7 +108,11 @@ pub fn request_id() -> String {
     let high = std::collections::hash_map::RandomState::new().hash_one(count);
     let low = std::collections::hash_map::RandomState::new().hash_one(!count);
     let bits = (u128::from(high) << 64 | u128::from(low)) & !(0xf000 << 64) & !(0xc000 << 48);
-    let bits = bits | (0x4000 << 64) | (0x8000 << 48);
+    uuid_text(bits | (0x4000 << 64) | (0x8000 << 48))
+}
+
+/// 128 bits in a UUID's text form, `8-4-4-4-12` hex digits.
+pub fn uuid_text(bits: u128) -> String {
     let hex = format!("{bits:032x}");
     format!(
         "{}-{}-{}-{}-{}",

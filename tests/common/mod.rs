@@ -111,6 +111,35 @@ pub fn kubectl() -> std::process::Command {
 }
 
 #[allow(dead_code)]
+/// Applies Secret `fargo-system/name` with `entries` as its string data (each key an entry's
+/// name, its value the entry's JSON), as the activator's keys and tokens Secrets are written.
+pub async fn apply_fargo_secret(
+    client: &Client,
+    name: &str,
+    entries: &[(String, serde_json::Value)],
+) {
+    namespaces::ensure_namespace(client, "fargo-system").await;
+    let data: std::collections::BTreeMap<&str, String> = entries
+        .iter()
+        .map(|(key, value)| (key.as_str(), value.to_string()))
+        .collect();
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": name, "namespace": "fargo-system"},
+        "stringData": data,
+    }))
+    .unwrap();
+    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), "fargo-system")
+        .patch(
+            name,
+            &kube::api::PatchParams::apply("fargo-test").force(),
+            &kube::api::Patch::Apply(&secret),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("writing Secret fargo-system/{name}: {e}"));
+}
+
+#[allow(dead_code)]
 /// The real node's InternalIP: pods reach this machine there.
 pub async fn node_address(client: &Client) -> std::net::IpAddr {
     let node = Api::<k8s_openapi::api::core::v1::Node>::all(client.clone())
