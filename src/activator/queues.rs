@@ -470,22 +470,19 @@ async fn deliver_batch(
 ) {
     function.trigger_events(TRIGGER_TYPE, &settings.name, batch.len() as u64);
     let asynchronous = function.config().facts.asynchronous.clone();
+    let ending = Ending {
+        queue,
+        proxy,
+        function,
+        settings,
+        asynchronous: &asynchronous,
+    };
     // A message too large for any batch goes to onFailure alone.
     let (batch, oversized): (Vec<Item>, Vec<Item>) = batch
         .into_iter()
         .partition(|item| item.size <= MAX_BATCH_BYTES);
     for item in oversized {
-        give_up(
-            queue,
-            proxy,
-            function,
-            settings,
-            &asynchronous,
-            &item,
-            "RecordTooLarge",
-            None,
-        )
-        .await;
+        ending.give_up(&item, "RecordTooLarge", None).await;
     }
     if batch.is_empty() {
         return;
@@ -511,17 +508,7 @@ async fn deliver_batch(
         tracing::debug!(function = %function.name(), trigger = %settings.name, status = %response.status(), "batch not delivered; trying again");
         if jiff::Timestamp::now().as_millisecond() - oldest_ms > max_age_ms {
             for item in &batch {
-                give_up(
-                    queue,
-                    proxy,
-                    function,
-                    settings,
-                    &asynchronous,
-                    item,
-                    "EventAgeExceeded",
-                    None,
-                )
-                .await;
+                ending.give_up(item, "EventAgeExceeded", None).await;
             }
             return;
         }
@@ -600,55 +587,55 @@ async fn deliver_batch(
         },
     };
     for item in exhausted {
-        give_up(
-            queue,
-            proxy,
-            function,
-            settings,
-            &asynchronous,
-            item,
-            "RetriesExhausted",
-            Some(&answer),
-        )
-        .await;
+        ending
+            .give_up(item, "RetriesExhausted", Some(&answer))
+            .await;
     }
 }
 
 /// A function's answer larger than this is left out of the records of failed messages.
 const MAX_RECORD_ANSWER: usize = 256 * 1024;
 
-/// Ends a message: acknowledged for good, its record to `onFailure` (best effort, as every
-/// destination).
-#[allow(clippy::too_many_arguments)]
-async fn give_up(
-    queue: &EventQueue,
-    proxy: &Proxy,
-    function: &Arc<FunctionState>,
-    settings: &QueueSettings,
-    asynchronous: &lambda_api::AsyncSettings,
-    item: &Item,
-    condition: &str,
-    answer: Option<&events::Answer<'_>>,
-) {
-    function.metrics().event(match condition {
-        "EventAgeExceeded" => "event_age_exceeded",
-        _ => "retries_exhausted",
-    });
-    if let Err(error) = item.message.ack_with(AckKind::Term).await {
-        tracing::warn!(function = %function.name(), trigger = %settings.name, error = %error_chain(&*error), "ending a queue message");
+/// Where a batch's messages go when they are given up.
+struct Ending<'a> {
+    queue: &'a EventQueue,
+    proxy: &'a Proxy,
+    function: &'a Arc<FunctionState>,
+    settings: &'a QueueSettings,
+    asynchronous: &'a lambda_api::AsyncSettings,
+}
+
+impl Ending<'_> {
+    /// Ends a message: acknowledged for good, its record to `onFailure` (best effort, as every
+    /// destination).
+    async fn give_up(&self, item: &Item, condition: &str, answer: Option<&events::Answer<'_>>) {
+        let Self {
+            queue,
+            proxy,
+            function,
+            settings,
+            asynchronous,
+        } = self;
+        function.metrics().event(match condition {
+            "EventAgeExceeded" => "event_age_exceeded",
+            _ => "retries_exhausted",
+        });
+        if let Err(error) = item.message.ack_with(AckKind::Term).await {
+            tracing::warn!(function = %function.name(), trigger = %settings.name, error = %error_chain(&*error), "ending a queue message");
+        }
+        let attempts = item.message.info().map_or(1, |i| i.delivered);
+        let stored = Stored::new(
+            format!("{}-{}", settings.name, item.id),
+            u32::try_from(attempts).unwrap_or(u32::MAX),
+        );
+        let payload = Bytes::from(json!({"Records": [item.record]}).to_string());
+        let answer = answer.map(|a| events::Answer {
+            function_error: a.function_error,
+            body: a.body,
+        });
+        let record = events::record(proxy, function, &stored, condition, &payload, answer);
+        events::send_record(queue, function, asynchronous.on_failure.as_ref(), record).await;
     }
-    let attempts = item.message.info().map_or(1, |i| i.delivered);
-    let stored = Stored::new(
-        format!("{}-{}", settings.name, item.id),
-        u32::try_from(attempts).unwrap_or(u32::MAX),
-    );
-    let payload = Bytes::from(json!({"Records": [item.record]}).to_string());
-    let answer = answer.map(|a| events::Answer {
-        function_error: a.function_error,
-        body: a.body,
-    });
-    let record = events::record(proxy, function, &stored, condition, &payload, answer);
-    events::send_record(queue, function, asynchronous.on_failure.as_ref(), record).await;
 }
 
 /// Keeps the trigger's backlog (messages not yet delivered, and being delivered) up to date,
