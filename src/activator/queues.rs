@@ -541,6 +541,30 @@ async fn deliver_batch(
     if failed.is_empty() {
         function.metrics().event("success");
     }
+    // Successes acknowledged and retries sent back first; records after.
+    let mut exhausted = vec![];
+    for item in &batch {
+        let outcome = if !failed.contains(&item.id) {
+            item.message.ack().await
+        } else {
+            // Deliveries count the attempts; the first is not a retry.
+            let delivered = item.message.info().map_or(1, |i| i.delivered);
+            let retries = u32::try_from(delivered.saturating_sub(1)).unwrap_or(u32::MAX);
+            if retries < asynchronous.max_retries {
+                function.metrics().event("retried");
+                let wait = events::retry_delay(&asynchronous, retries + 1);
+                item.message.ack_with(AckKind::Nak(Some(wait))).await
+            } else {
+                exhausted.push(item);
+                ending.end(item).await;
+                Ok(())
+            }
+        };
+        if let Err(error) = outcome {
+            tracing::warn!(function = %function.name(), trigger = %settings.name, error = %error_chain(&*error), "acknowledging a queue message; it comes back");
+        }
+    }
+    // Records last: a slow destination must not hold the acknowledgements.
     if ended == Ended::Success && asynchronous.on_success.is_some() {
         let stored = Stored::new(crate::api::lambda::request_id(), 1);
         let record = events::record(
@@ -556,28 +580,6 @@ async fn deliver_batch(
         );
         events::send_record(queue, function, asynchronous.on_success.as_ref(), record).await;
     }
-    // Successes acknowledged and retries sent back first; records of the exhausted after.
-    let mut exhausted = vec![];
-    for item in &batch {
-        let outcome = if !failed.contains(&item.id) {
-            item.message.ack().await
-        } else {
-            // Deliveries count the attempts; the first is not a retry.
-            let delivered = item.message.info().map_or(1, |i| i.delivered);
-            let retries = u32::try_from(delivered.saturating_sub(1)).unwrap_or(u32::MAX);
-            if retries < asynchronous.max_retries {
-                function.metrics().event("retried");
-                let wait = events::retry_delay(&asynchronous, retries + 1);
-                item.message.ack_with(AckKind::Nak(Some(wait))).await
-            } else {
-                exhausted.push(item);
-                Ok(())
-            }
-        };
-        if let Err(error) = outcome {
-            tracing::warn!(function = %function.name(), trigger = %settings.name, error = %error_chain(&*error), "acknowledging a queue message; it comes back");
-        }
-    }
     let answer = events::Answer {
         function_error: ended == Ended::FunctionError,
         body: if body.len() <= MAX_RECORD_ANSWER {
@@ -587,9 +589,7 @@ async fn deliver_batch(
         },
     };
     for item in exhausted {
-        ending
-            .give_up(item, "RetriesExhausted", Some(&answer))
-            .await;
+        ending.record(item, "RetriesExhausted", Some(&answer)).await;
     }
 }
 
@@ -609,6 +609,19 @@ impl Ending<'_> {
     /// Ends a message: acknowledged for good, its record to `onFailure` (best effort, as every
     /// destination).
     async fn give_up(&self, item: &Item, condition: &str, answer: Option<&events::Answer<'_>>) {
+        self.end(item).await;
+        self.record(item, condition, answer).await;
+    }
+
+    /// Acknowledges a message for good: JetStream never delivers it again.
+    async fn end(&self, item: &Item) {
+        if let Err(error) = item.message.ack_with(AckKind::Term).await {
+            tracing::warn!(function = %self.function.name(), trigger = %self.settings.name, error = %error_chain(&*error), "ending a queue message");
+        }
+    }
+
+    /// Counts an ended message and sends its record to `onFailure`.
+    async fn record(&self, item: &Item, condition: &str, answer: Option<&events::Answer<'_>>) {
         let Self {
             queue,
             proxy,
@@ -620,9 +633,6 @@ impl Ending<'_> {
             "EventAgeExceeded" => "event_age_exceeded",
             _ => "retries_exhausted",
         });
-        if let Err(error) = item.message.ack_with(AckKind::Term).await {
-            tracing::warn!(function = %function.name(), trigger = %settings.name, error = %error_chain(&*error), "ending a queue message");
-        }
         let attempts = item.message.info().map_or(1, |i| i.delivered);
         let stored = Stored::new(
             format!("{}-{}", settings.name, item.id),
