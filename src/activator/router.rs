@@ -375,6 +375,28 @@ mod tests {
     }
 
     #[test]
+    fn storage_notifications_have_their_own_path_no_namespace_can_take() {
+        let table = table();
+        let activator = Some("fargo-activator.fargo-system.svc");
+        assert_eq!(
+            table.resolve(activator, "/_fargo/storage/events").err(),
+            Some(RouteError::StorageEvents)
+        );
+        assert!(matches!(
+            table.resolve(activator, "/_fargo/storage/events/x"),
+            Err(RouteError::UnknownFunction { .. })
+        ));
+        assert_eq!(
+            routed(
+                &table,
+                Some("thumbnail.media.fargo.local"),
+                "/_fargo/storage/events"
+            ),
+            ("thumbnail".into(), "/_fargo/storage/events".into())
+        );
+    }
+
+    #[test]
     fn path_route_without_trailing_slash_proxies_root() {
         assert_eq!(
             routed(&table(), None, "/media/thumbnail"),

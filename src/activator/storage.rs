@@ -56,8 +56,8 @@ const SUBJECTS: &str = "fargo.storage.>";
 const SUBJECT_PREFIX: &str = "fargo.storage.";
 /// The activators' one consumer of [`STREAM`].
 const CONSUMER: &str = "fargo-activators";
-/// Notifications one activator handles from the stream at once.
-const IN_FLIGHT: usize = 16;
+/// Notifications one activator takes from the stream ahead (it handles them one at a time).
+const PREFETCH: usize = 16;
 
 /// One token of the tokens Secret: `{"token": "…", "namespaces": ["photos", "media-*"]}`.
 #[derive(Clone, PartialEq, Eq)]
@@ -703,7 +703,7 @@ pub async fn consume(queue: Arc<EventQueue>, proxy: Arc<Proxy>, stop: Cancellati
                 .map_err(|error| error_chain(&error))?;
             consumer
                 .stream()
-                .max_messages_per_batch(IN_FLIGHT)
+                .max_messages_per_batch(PREFETCH)
                 .messages()
                 .await
                 .map_err(|error| error_chain(&error))
