@@ -46,7 +46,7 @@ pub struct Target {
 #[derive(Clone, Debug, PartialEq)]
 pub struct EventsRecord {
     pub key: Key,
-    /// `None` when no activator counts events (no NATS): the field is left out.
+    /// `None` when no activator counts events (no NATS) and none is recorded: left out.
     pub queued: Option<u64>,
     pub oldest: Option<Timestamp>,
     pub triggers: Vec<TriggerStatus>,
