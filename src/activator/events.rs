@@ -178,7 +178,25 @@ impl EventQueue {
         subject: String,
         payload: Bytes,
     ) -> Result<(), String> {
-        if let Ok(stream) = self.jetstream.stream_by_subject(subject.as_str()).await {
+        // No stream: a plain publish. Any other failure refuses it: the check fails closed.
+        let stored_by = match self.jetstream.stream_by_subject(subject.as_str()).await {
+            Ok(stream) => Some(stream),
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    async_nats::jetstream::context::GetStreamByNameErrorKind::NotFound
+                ) =>
+            {
+                None
+            }
+            Err(error) => {
+                return Err(format!(
+                    "finding which stream stores subject {subject}: {}",
+                    error_chain(&error)
+                ));
+            }
+        };
+        if let Some(stream) = stored_by {
             let mut found = self
                 .jetstream
                 .get_stream(&stream)
