@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -20,7 +21,9 @@ use super::concurrency::ConcurrencyMeter;
 use super::hold::{HoldLimit, HoldQueue, HoldRefused, WaiterId};
 use super::lambda_api::FunctionFacts;
 use super::metrics::RequestMetrics;
-use crate::api::stats::{FunctionStats, TriggerStats};
+use crate::api::lambda::billed_ms;
+use crate::api::stats::{FunctionStats, TriggerStats, UsageReport};
+use crate::api::usage::ActivatorCounters;
 
 /// A function's triggers by `(type, name)`, each with the load its backlog stands for.
 type Triggers = BTreeMap<(&'static str, String), (TriggerStats, u64)>;
@@ -100,6 +103,7 @@ pub struct FunctionState {
     /// stands for (in requests).
     triggers: Mutex<Triggers>,
     metrics: RequestMetrics,
+    usage: UsageCounter,
     /// Last explanation of why the function's pods are not ready, so that a burst of requests
     /// timing out together lists the pods once.
     pub(super) diagnosis: tokio::sync::Mutex<Option<(Instant, super::scale::Diagnosis)>>,
@@ -154,6 +158,7 @@ impl FunctionState {
                 poke_not_before: None,
             }),
             metrics,
+            usage: UsageCounter::default(),
             queue: Mutex::new(None),
             triggers: Mutex::default(),
             diagnosis: tokio::sync::Mutex::new(None),
@@ -257,6 +262,7 @@ impl FunctionState {
             let lease = Lease {
                 function: self.clone(),
                 slot,
+                meter: None,
             };
             return (timeout, Admission::Proxy(lease));
         }
@@ -270,9 +276,8 @@ impl FunctionState {
             }
         };
         inner.meter.increment(now);
-        let poke = !inner.poke_running
-            && inner.poke_not_before.is_none_or(|t| now >= t)
-            && !inner.balancer.has_usable();
+        let cold = !inner.balancer.has_usable();
+        let poke = !inner.poke_running && inner.poke_not_before.is_none_or(|t| now >= t) && cold;
         inner.poke_running |= poke;
         self.publish(&inner);
         let held = HeldRequest {
@@ -280,6 +285,7 @@ impl FunctionState {
             id,
             receiver: Some(receiver),
             poke,
+            cold,
         };
         (timeout, Admission::Hold(held))
     }
@@ -381,7 +387,13 @@ impl FunctionState {
             queued_events,
             oldest_queued_event,
             triggers,
+            usage: self.usage.report(),
         })
+    }
+
+    /// The use this activator metered for the function so far.
+    pub fn usage(&self) -> Option<UsageReport> {
+        self.usage.report()
     }
 
     /// Hands free places to held requests, oldest first.
@@ -432,10 +444,70 @@ impl FunctionState {
 /// Between two scale-from-zero pokes of one function that found replicas or set them.
 const POKE_INTERVAL: Duration = Duration::from_secs(1);
 
+/// What this activator metered for one function since it began counting it: plain sums, so
+/// that a request adds to them without a lock.
+struct UsageCounter {
+    /// Drawn when counting began; the autoscaler keeps a cursor per id.
+    id: String,
+    invocations: AtomicU64,
+    mb_ms: AtomicU64,
+    inits: AtomicU64,
+    init_mb_ms: AtomicU64,
+}
+
+impl Default for UsageCounter {
+    fn default() -> Self {
+        Self {
+            id: crate::api::lambda::request_id(),
+            invocations: AtomicU64::new(0),
+            mb_ms: AtomicU64::new(0),
+            inits: AtomicU64::new(0),
+            init_mb_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl UsageCounter {
+    fn record(&self, memory_mb: u64, billed_ms: u64, init_ms: Option<u64>) {
+        self.mb_ms
+            .fetch_add(billed_ms.saturating_mul(memory_mb), Ordering::Relaxed);
+        if let Some(init) = init_ms {
+            self.init_mb_ms
+                .fetch_add(init.saturating_mul(memory_mb), Ordering::Relaxed);
+            self.inits.fetch_add(1, Ordering::Relaxed);
+        }
+        // Last, so that a report never shows an invocation without its time.
+        self.invocations.fetch_add(1, Ordering::Release);
+    }
+
+    fn report(&self) -> Option<UsageReport> {
+        let invocations = self.invocations.load(Ordering::Acquire);
+        (invocations > 0).then(|| UsageReport {
+            counter: self.id.clone(),
+            counted: ActivatorCounters {
+                invocations,
+                mb_ms: self.mb_ms.load(Ordering::Relaxed),
+                inits: self.inits.load(Ordering::Relaxed),
+                init_mb_ms: self.init_mb_ms.load(Ordering::Relaxed),
+            },
+        })
+    }
+}
+
+/// The metering of one forwarded request: from when it was sent to a pod until its lease
+/// ends (the response's end), unless the pod's sidecar said what the runtime ran.
+struct Meter {
+    sent: Instant,
+    memory_mb: u64,
+    /// The sidecar's billed duration and init duration, in milliseconds.
+    ran: Option<(u64, Option<u64>)>,
+}
+
 /// A place on one pod for one request; freed when dropped.
 pub struct Lease {
     function: Arc<FunctionState>,
     slot: Slot,
+    meter: Option<Meter>,
 }
 
 impl Lease {
@@ -449,6 +521,29 @@ impl Lease {
 
     pub fn authority(&self) -> &Authority {
         &self.slot.authority
+    }
+
+    /// The request is being sent to the pod now: it is metered (at `memory_mb`) when the lease
+    /// ends, unless [`Lease::not_run`] says otherwise.
+    pub fn meter_from_now(&mut self, memory_mb: u64) {
+        self.meter = Some(Meter {
+            sent: Instant::now(),
+            memory_mb,
+            ran: None,
+        });
+    }
+
+    /// The sidecar's figures for what the runtime ran: they are metered instead of the time
+    /// the activator saw.
+    pub fn ran(&mut self, billed_ms: u64, init_ms: Option<u64>) {
+        if let Some(meter) = &mut self.meter {
+            meter.ran = Some((billed_ms, init_ms));
+        }
+    }
+
+    /// The request never ran (the pod could not be reached, or its sidecar refused it).
+    pub fn not_run(&mut self) {
+        self.meter = None;
     }
 
     /// Moves to a free place on another usable pod, for a retry; false when there is none.
@@ -466,6 +561,12 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
+        if let Some(meter) = self.meter.take() {
+            let (billed, init) = meter.ran.unwrap_or_else(|| {
+                (billed_ms(meter.sent.elapsed().as_secs_f64() * 1000.0), None)
+            });
+            self.function.usage.record(meter.memory_mb, billed, init);
+        }
         self.function.finish(&self.slot);
     }
 }
@@ -477,6 +578,8 @@ pub struct HeldRequest {
     /// `None` once the request got its place.
     receiver: Option<oneshot::Receiver<Slot>>,
     poke: bool,
+    /// The function had no usable pod when the request arrived: a cold start.
+    cold: bool,
 }
 
 impl HeldRequest {
@@ -484,6 +587,12 @@ impl HeldRequest {
     /// (no usable pod, no poke running or recent).
     pub fn should_poke(&self) -> bool {
         self.poke
+    }
+
+    /// Whether the function had no usable pod when the request arrived (at zero, or all its
+    /// pods starting or broken), so that its wait is a cold start.
+    pub fn is_cold(&self) -> bool {
+        self.cold
     }
 
     /// Waits for a place on a pod until `deadline`; `None` when the deadline passed.
@@ -495,6 +604,7 @@ impl HeldRequest {
                 Some(Lease {
                     function: self.function.clone(),
                     slot,
+                    meter: None,
                 })
             }
             // The queue never drops a waiter it has not served; treat it as a timeout.

@@ -69,6 +69,8 @@ pub struct ActivatorMetrics {
     in_flight: Family<FunctionLabels, Gauge>,
     held: Family<FunctionLabels, Gauge>,
     duration: HistogramFamily,
+    hold: HistogramFamily,
+    cold_start: HistogramFamily,
     /// Requests refused because the activator held all it may (`--max-held-requests`).
     held_refused: Counter,
     events: Family<EventLabels, Counter>,
@@ -83,6 +85,13 @@ fn duration_histogram() -> Histogram {
     ])
 }
 
+/// Cold starts take seconds: a pod is made, scheduled, started and becomes ready.
+fn cold_start_histogram() -> Histogram {
+    Histogram::new([
+        0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0, 13.0, 20.0, 30.0, 60.0, 120.0,
+    ])
+}
+
 impl Default for ActivatorMetrics {
     fn default() -> Self {
         Self {
@@ -90,6 +99,8 @@ impl Default for ActivatorMetrics {
             in_flight: Family::default(),
             held: Family::default(),
             duration: Family::new_with_constructor(duration_histogram),
+            hold: Family::new_with_constructor(duration_histogram),
+            cold_start: Family::new_with_constructor(cold_start_histogram),
             held_refused: Counter::default(),
             events: Family::default(),
             storage: Family::default(),
@@ -122,6 +133,19 @@ impl ActivatorMetrics {
             "Time from a request's arrival to its response headers, including time held",
             Unit::Seconds,
             metrics.duration.clone(),
+        );
+        registry.register_with_unit(
+            "hold_duration",
+            "Time a request was held before a pod took it (requests that were held only)",
+            Unit::Seconds,
+            metrics.hold.clone(),
+        );
+        registry.register_with_unit(
+            "cold_start_duration",
+            "Time from a request held while the function had no usable pod to its response's \
+             first byte",
+            Unit::Seconds,
+            metrics.cold_start.clone(),
         );
         registry.register(
             "held_refused",
@@ -162,6 +186,8 @@ impl ActivatorMetrics {
             in_flight: self.in_flight.get_or_create_owned(&labels),
             held: self.held.get_or_create_owned(&labels),
             duration: self.duration.get_or_create_owned(&labels),
+            hold: OnceLock::new(),
+            cold_start: OnceLock::new(),
             requests: Default::default(),
             families: self.clone(),
             labels,
@@ -175,6 +201,9 @@ pub struct RequestMetrics {
     pub in_flight: Gauge,
     pub held: Gauge,
     duration: Histogram,
+    /// Made on first use, so that functions never held have no series.
+    hold: OnceLock<Histogram>,
+    cold_start: OnceLock<Histogram>,
     /// By status class 1xx..5xx, made on first use.
     requests: [OnceLock<Counter>; 5],
     families: ActivatorMetrics,
@@ -195,6 +224,20 @@ impl RequestMetrics {
                 })
             })
             .inc();
+    }
+
+    /// A held request got its place on a pod after `waited`.
+    pub fn held_for(&self, waited: Duration) {
+        self.hold
+            .get_or_init(|| self.families.hold.get_or_create_owned(&self.labels))
+            .observe(waited.as_secs_f64());
+    }
+
+    /// A cold start's request got the first byte of its response after `took`.
+    pub fn cold_start(&self, took: Duration) {
+        self.cold_start
+            .get_or_init(|| self.families.cold_start.get_or_create_owned(&self.labels))
+            .observe(took.as_secs_f64());
     }
 
     /// Counts a request refused because the activator held all it may.
@@ -226,6 +269,8 @@ impl RequestMetrics {
         self.families.in_flight.remove(&self.labels);
         self.families.held.remove(&self.labels);
         self.families.duration.remove(&self.labels);
+        self.families.hold.remove(&self.labels);
+        self.families.cold_start.remove(&self.labels);
         for code in CODE_CLASSES {
             self.families.requests.remove(&RequestLabels {
                 namespace: self.labels.namespace.clone(),
@@ -265,6 +310,24 @@ mod tests {
         );
         assert!(text.contains(r#"code="5xx"} 1"#), "{text}");
         assert!(text.contains("fargo_activator_request_duration_seconds_count"));
+        assert!(
+            !text.contains("cold_start_duration_seconds_count{"),
+            "no series before a cold start: {text}"
+        );
+        function.held_for(Duration::from_millis(800));
+        function.cold_start(Duration::from_millis(900));
+        let text = encode(&registry);
+        assert!(
+            text.contains(
+                r#"fargo_activator_cold_start_duration_seconds_count{namespace="media",function="thumbnail"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"fargo_activator_hold_duration_seconds_bucket{le="1.0",namespace="media",function="thumbnail"} 1"#)
+                || text.contains(r#"fargo_activator_hold_duration_seconds_bucket{namespace="media",function="thumbnail",le="1.0"} 1"#),
+            "{text}"
+        );
 
         function.event("accepted");
         function.event("retried");

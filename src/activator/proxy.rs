@@ -223,6 +223,7 @@ impl Proxy {
     ) -> Result<(Lease, Timing), Response<ProxyBody>> {
         let (timeout, admission) = function.admit();
         let deadline = arrived + timeout;
+        let mut cold = false;
         let lease = match admission {
             Admission::Proxy(lease) => lease,
             Admission::QueueFull(depth) => {
@@ -258,10 +259,14 @@ impl Proxy {
                         None => function.poke_finished(true),
                     }
                 }
+                cold = held.is_cold();
                 let waited = held.wait_until(deadline);
                 tokio::select! {
                     waited = waited => match waited {
-                        Some(lease) => lease,
+                        Some(lease) => {
+                            function.metrics().held_for(arrived.elapsed());
+                            lease
+                        }
                         None => {
                             let message = self.explain_hold_timeout(function, timeout).await;
                             return Err(refuse(function, arrived, StatusCode::GATEWAY_TIMEOUT, message));
@@ -282,6 +287,7 @@ impl Proxy {
             arrived,
             deadline,
             timeout,
+            cold,
         };
         Ok((lease, timing))
     }
@@ -301,8 +307,10 @@ impl Proxy {
             arrived,
             deadline,
             timeout,
+            cold,
         } = timing;
         let function = lease.function().clone();
+        let config = function.config();
         let Ok(path_and_query) = upstream_path_and_query(&parts.uri, target.strip) else {
             let message = format!("request path {} is not valid", parts.uri.path());
             return refuse(&function, arrived, StatusCode::BAD_REQUEST, message);
@@ -329,7 +337,8 @@ impl Proxy {
             parts.headers,
             body.into_upstream(),
         );
-        let answer_by = deadline + function.config().answer_grace;
+        let answer_by = deadline + config.answer_grace;
+        lease.meter_from_now(config.facts.memory_mb);
         let mut outcome = tokio::time::timeout_at(answer_by, self.client.request(first)).await;
         if let Ok(Err(error)) = &outcome
             && let Some((method, headers, bytes)) = replay
@@ -338,6 +347,7 @@ impl Proxy {
             tracing::debug!(%error, pod = %lease.addr(), "retrying on another pod");
             // Another pod if there is one; a fresh connection to the same pod otherwise.
             lease.switch_pod();
+            lease.meter_from_now(config.facts.memory_mb);
             let again = upstream_request(
                 method,
                 lease.authority(),
@@ -350,6 +360,7 @@ impl Proxy {
         let response = match outcome {
             Ok(Ok(response)) => response,
             Ok(Err(error)) => {
+                lease.not_run();
                 let message = format!(
                     "function {}/{}: pod {} failed: {}",
                     function.namespace(),
@@ -371,9 +382,20 @@ impl Proxy {
         };
         let (mut parts, body) = response.into_parts();
         remove_hop_by_hop(&mut parts.headers);
+        let ran = take_ran(&mut parts.headers);
+        if config.facts.uses_runtime_api {
+            // The sidecar's figures; an answer without them never reached the runtime.
+            match ran {
+                Some((billed, init)) => lease.ran(billed, init),
+                None => lease.not_run(),
+            }
+        }
         function
             .metrics()
             .record(parts.status.as_u16(), arrived.elapsed());
+        if cold {
+            function.metrics().cold_start(arrived.elapsed());
+        }
         Response::from_parts(parts, ProxyBody::upstream(body, lease, deadline))
     }
 
@@ -452,6 +474,23 @@ struct Timing {
     deadline: Instant,
     /// The function's timeout, for messages.
     timeout: Duration,
+    /// It was held while the function had no usable pod.
+    cold: bool,
+}
+
+/// Removes the metering headers from a pod's answer, and returns the billed and init
+/// durations (whole milliseconds, rounded up) they give. Only a handler function's sidecar
+/// sets them; the caller decides whether to believe them.
+fn take_ran(headers: &mut HeaderMap) -> Option<(u64, Option<u64>)> {
+    use crate::api::lambda::{BILLED_MS_HEADER, INIT_MS_HEADER};
+    let billed = headers.remove(BILLED_MS_HEADER);
+    let init = headers.remove(INIT_MS_HEADER);
+    let billed = billed?.to_str().ok()?.parse::<u64>().ok()?;
+    let init = init
+        .and_then(|value| value.to_str().ok()?.parse::<f64>().ok())
+        .filter(|ms| ms.is_finite() && *ms >= 0.0)
+        .map(|ms| ms.ceil() as u64);
+    Some((billed, init))
 }
 
 /// Counts a response the activator makes itself, and makes it.

@@ -48,6 +48,18 @@ use serde::{Deserialize, Serialize};
         description = "Pods running now"
     ),
     printcolumn(
+        name = "Invocations",
+        type_ = "integer",
+        json_path = ".status.usage.invocations",
+        description = "Invocations metered since metering began"
+    ),
+    printcolumn(
+        name = "GB-s",
+        type_ = "number",
+        json_path = ".status.usage.gbSeconds",
+        description = "GB-seconds of invocations metered since metering began"
+    ),
+    printcolumn(
         name = "URL",
         type_ = "string",
         json_path = ".status.url",
@@ -762,6 +774,11 @@ pub struct ServerlessFunctionStatus {
     /// Each storage and queue trigger as the activators last reported it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub triggers: Vec<TriggerStatus>,
+
+    /// Metered use: invocations and GB-seconds since metering began, by hour and by day,
+    /// brought up to date at most every 30 seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<super::usage::FunctionUsage>,
 
     /// The generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -10,6 +10,12 @@ pub const INVOKE_HEADER: &str = "x-fargo-invoke";
 /// The value of [`INVOKE_HEADER`] for an event invocation.
 pub const INVOKE_EVENT: &str = "event";
 /// Header Lambda sets on an answer that carries a function's error (`Unhandled`).
+/// On a handler function's answer, from its sidecar to the activator: the invocation's billed
+/// duration in milliseconds. The activator meters it and removes it.
+pub const BILLED_MS_HEADER: &str = "x-fargo-billed-ms";
+/// With [`BILLED_MS_HEADER`], on a runtime's first invocation: its init duration in
+/// milliseconds.
+pub const INIT_MS_HEADER: &str = "x-fargo-init-ms";
 pub const FUNCTION_ERROR_HEADER: &str = "x-amz-function-error";
 
 /// An error as Lambda reports it to callers: `{"errorMessage": …, "errorType": …}`. Runtime

@@ -6,6 +6,7 @@ pub mod lambda;
 pub mod profile;
 pub mod routes;
 pub mod stats;
+pub mod usage;
 
 pub use function::{ServerlessFunction, ServerlessFunctionSpec, ServerlessFunctionStatus};
 pub use profile::{FargateProfile, FargateProfileSpec, FargateProfileStatus};
@@ -22,6 +23,8 @@ pub const AUTOSCALER_MANAGER: &str = "fargo.dev/autoscaler";
 /// Field manager of `status.queuedEvents` and `status.oldestQueuedEvent` (written by the
 /// autoscaler apart from `lastRequestTime`, which an apply of the other would remove).
 pub const EVENTS_MANAGER: &str = "fargo.dev/events";
+/// Field manager of `status.usage`, written by the meters (functions and profiles).
+pub const USAGE_MANAGER: &str = "fargo.dev/usage";
 
 /// Finalizer that lets the profile reconciler remove its NetworkPolicies and namespace labels.
 pub const PROFILE_FINALIZER: &str = "fargo.dev/profile-cleanup";

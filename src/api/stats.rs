@@ -44,6 +44,20 @@ pub struct FunctionStats {
     /// The function's storage and queue triggers, as this activator saw them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub triggers: Vec<TriggerStats>,
+    /// Metered use this activator counted for the function.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<UsageReport>,
+}
+
+/// One activator's count of a function's use.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageReport {
+    /// This count: a random id drawn when the activator began it (the counters start at zero
+    /// then), so that a restarted activator's count is never taken for the one before.
+    pub counter: String,
+    #[serde(flatten)]
+    pub counted: super::usage::ActivatorCounters,
 }
 
 /// One storage or queue trigger, as one activator sees it.
@@ -87,6 +101,7 @@ mod tests {
                 queued_events: None,
                 oldest_queued_event: None,
                 triggers: vec![],
+                usage: None,
             }],
         };
         let json = serde_json::to_value(&stats).expect("stats serialize");

@@ -623,8 +623,14 @@ impl ServerlessFunction {
 
 /// Whether writing `new` would change what the reconciler owns of `old`.
 fn same_status(old: &ServerlessFunctionStatus, new: &ServerlessFunctionStatus) -> bool {
+    // The fields other managers write (the autoscaler, the events recorder, the meter) are
+    // not the reconciler's to compare.
     let mut old = old.clone();
     old.last_request_time = None;
+    old.queued_events = None;
+    old.oldest_queued_event = None;
+    old.triggers.clear();
+    old.usage = None;
     old == *new
 }
 

@@ -217,6 +217,8 @@ pub fn compute(
         queued_events: None,
         triggers: vec![],
         oldest_queued_event: None,
+        // Written by the meter.
+        usage: None,
         observed_generation: generation,
     }
 }

@@ -238,6 +238,7 @@ impl FargateProfile {
         let name = self.name_any();
         let mut status = self.status.clone().unwrap_or_default();
         status.phase = Some(ProfilePhase::Deleting);
+        status.usage = None;
         // Best effort: the profile is going away whatever its status says.
         let _ = self.patch_status(ctx, &status).await;
 

@@ -87,6 +87,8 @@ pub fn compute(profile: &FargateProfile, observed: &Observed, now: Time) -> Farg
     });
     status.matched_namespaces = observed.matched.iter().cloned().collect();
     status.observed_generation = generation;
+    // The meter's field (its own field manager): applying a copy would take it over.
+    status.usage = None;
     status
 }
 

@@ -7,16 +7,16 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use tokio::time::Instant;
 
 use super::event::{self, EventContext, HttpRequest};
-use super::invocations::{self, Finished, Invocations, Refusal};
+use super::invocations::{self, Finished, Invocations, Ran, Refusal};
 use super::response::{self, Answer};
-use crate::api::lambda::{INVOKE_EVENT, INVOKE_HEADER};
+use crate::api::lambda::{BILLED_MS_HEADER, INIT_MS_HEADER, INVOKE_EVENT, INVOKE_HEADER};
 use crate::api::{PROBE_HEADER, SCHEDULE_HEADER};
 
 /// Header with the invocation's request id on every answer, as function URLs send it.
@@ -127,7 +127,7 @@ async fn invoke(
             .headers
             .get(LOG_TYPE_HEADER)
             .is_some_and(|value| value.as_bytes() == b"Tail");
-    let (finished, log) = ticket.finished_with_log().await;
+    let (finished, ran) = ticket.finished_with_log().await;
     let mut answer = match finished {
         Finished::Response(result) if raw => response::raw_response(result),
         Finished::Response(result) => response::http_response(&result).unwrap_or_else(|error| {
@@ -139,12 +139,29 @@ async fn invoke(
             response::timed_out(&function.namespace, &function.name, function.timeout)
         }
     };
-    if tail && let Some(value) = log.as_deref().and_then(log_result) {
+    if tail && let Some(value) = ran.as_ref().and_then(|ran| log_result(&ran.log)) {
         answer
             .headers
             .push((HeaderName::from_static(LOG_RESULT_HEADER), value));
     }
-    into_response(answer, Some(&request_id))
+    let mut response = into_response(answer, Some(&request_id));
+    meter(response.headers_mut(), ran.as_ref());
+    response
+}
+
+/// Tells the activator, which meters the invocation, what it ran: its billed duration and
+/// the runtime's init duration. A handler's own headers of those names are dropped first: only
+/// the sidecar's figures reach the activator.
+fn meter(headers: &mut HeaderMap, ran: Option<&Ran>) {
+    headers.remove(BILLED_MS_HEADER);
+    headers.remove(INIT_MS_HEADER);
+    let Some(ran) = ran else { return };
+    headers.insert(BILLED_MS_HEADER, HeaderValue::from(ran.billed_ms));
+    if let Some(init) = ran.init_ms
+        && let Ok(value) = HeaderValue::try_from(format!("{init:.3}"))
+    {
+        headers.insert(INIT_MS_HEADER, value);
+    }
 }
 
 /// `X-Amz-Log-Result`: the last 4 KB of an invocation's log, base64-encoded, as Lambda gives it.

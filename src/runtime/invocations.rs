@@ -82,7 +82,19 @@ pub enum Refusal {
 pub struct UnknownRequestId;
 
 /// How an invocation ended, and Lambda's log lines of it (`START` … `REPORT`) when it ran.
-type Ending = (Finished, Option<String>);
+/// An invocation's end, with what a runtime's run of it measured (when one took it).
+type Ending = (Finished, Option<Ran>);
+
+/// What a runtime's run of an invocation measured.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ran {
+    /// Lambda's log lines of the invocation, from `START` to `REPORT`.
+    pub log: String,
+    /// Its duration rounded up to the millisecond.
+    pub billed_ms: u64,
+    /// The runtime's init duration, on its first invocation.
+    pub init_ms: Option<f64>,
+}
 
 struct Queued {
     invocation: Invocation,
@@ -274,8 +286,8 @@ impl Invocations {
             Finished::Response(_) => Outcome::Success,
             _ => Outcome::Error,
         };
-        let log = self.report(request_id, outcome, &running, None);
-        let _ = running.answer.send((finished, Some(log)));
+        let ran = self.report(request_id, outcome, &running, None);
+        let _ = running.answer.send((finished, Some(ran)));
         Ok(())
     }
 
@@ -299,9 +311,9 @@ impl Invocations {
         drop(state);
         let timeout_line = report::timeout_line(request_id, self.function.timeout);
         report::print(&timeout_line);
-        let log = self.report(request_id, Outcome::Timeout, &running, Some(now));
-        let log = log.replacen('\n', &format!("\n{timeout_line}\n"), 1);
-        let _ = running.answer.send((Finished::TimedOut, Some(log)));
+        let mut ran = self.report(request_id, Outcome::Timeout, &running, Some(now));
+        ran.log = ran.log.replacen('\n', &format!("\n{timeout_line}\n"), 1);
+        let _ = running.answer.send((Finished::TimedOut, Some(ran)));
     }
 
     /// The caller left: a queued invocation is dropped; a running one keeps its deadline, so a
@@ -342,14 +354,15 @@ impl Invocations {
         }
     }
 
-    /// Counts and logs an invocation's end; returns its lines, from `START` to `REPORT`.
+    /// Counts and logs an invocation's end; returns its lines, from `START` to `REPORT`, and
+    /// its billed and init durations.
     fn report(
         &self,
         request_id: &str,
         outcome: Outcome,
         running: &Running,
         end: Option<Instant>,
-    ) -> String {
+    ) -> Ran {
         let duration = end.unwrap_or_else(Instant::now) - running.started;
         self.metrics.invocation(outcome, Some(duration));
         let duration_ms = duration.as_secs_f64() * 1000.0;
@@ -368,7 +381,11 @@ impl Invocations {
         };
         let end_lines = report::end_lines(&report);
         report::print(&end_lines);
-        format!("{}\n{end_lines}\n", report::start_line(request_id))
+        Ran {
+            log: format!("{}\n{end_lines}\n", report::start_line(request_id)),
+            billed_ms: report.billed_duration_ms,
+            init_ms: report.init_duration_ms,
+        }
     }
 
     /// `/ready`: why the pod should not get requests, if it should not.
@@ -451,8 +468,8 @@ impl Ticket {
         self.finished_with_log().await.0
     }
 
-    /// [`Ticket::finished`], with Lambda's log lines of the invocation (`START`, `END`,
-    /// `REPORT`) when a runtime took it.
+    /// [`Ticket::finished`], with what the run measured (Lambda's log lines of the invocation,
+    /// `START` to `REPORT`, and its billed duration) when a runtime took it.
     pub async fn finished_with_log(mut self) -> Ending {
         let Some(mut receiver) = self.receiver.take() else {
             return (Finished::TimedOut, None);
