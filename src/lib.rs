@@ -10,7 +10,8 @@
 //! - the init container of handler functions: [`fetch`] (`fargo fetch-code`);
 //! - the controller side's shared plumbing: [`reconcile`] (Events, metrics, status patches),
 //!   [`caches`], [`replicas`], [`http_client`];
-//! - its rooms: [`profile`], [`webhook`], [`function`], [`autoscaler`], [`schedule`];
+//! - its rooms: [`profile`], [`webhook`], [`function`], [`autoscaler`], [`schedule`],
+//!   [`usage`] (metering, and `fargo usage`);
 //! - its wiring, which only `main` imports: [`controller`].
 
 pub mod activator;
@@ -31,4 +32,5 @@ pub mod runtime;
 pub mod schedule;
 pub mod sigv4;
 pub mod telemetry;
+pub mod usage;
 pub mod webhook;
