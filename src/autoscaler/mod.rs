@@ -3,6 +3,9 @@
 //! subresource as field manager [`AUTOSCALER_MANAGER`]. It also records each function's
 //! `status.lastRequestTime`, under the same manager so it never conflicts with the reconciler.
 //!
+//! It meters the functions too ([`crate::usage::functions`]): the same scrapes carry the
+//! activators' usage counts.
+//!
 //! Only the leader runs it, so each activator's time-averaged concurrency windows line up with
 //! its ticks.
 
@@ -37,6 +40,7 @@ use crate::http_client::{HttpClient, http_client};
 use crate::reconcile::{EventPublisher, patch_status};
 use crate::replicas::{Instances, apply_replicas, autoscaler_owns_replicas};
 use plan::{AutoscalerState, Clock, EventsRecord, Key, Plan, ScaleWrite, Target};
+use crate::usage::functions::FunctionMeter;
 use scaling::ScalePolicy;
 
 /// Between two decisions; a load step is answered within one.
@@ -146,14 +150,16 @@ pub async fn run(ctx: Context, shutdown: CancellationToken) {
         tracing::info!("autoscaler running");
         let http = http_client();
         let mut state = AutoscalerState::default();
+        let mut meter = FunctionMeter::default();
         let mut interval = crate::telemetry::ticker(TICK);
         loop {
             tokio::select! {
                 _ = interval.tick() => {}
                 () = shutdown.cancelled() => break,
             }
-            tick(&ctx, &http, slices.as_ref(), &mut state).await;
+            tick(&ctx, &http, slices.as_ref(), &mut state, &mut meter).await;
         }
+        meter.finish().await;
     }
     if let Some(watch) = slice_watch {
         let _ = watch.await;
@@ -166,10 +172,12 @@ async fn tick(
     http: &HttpClient,
     slices: Option<&Store<EndpointSlice>>,
     state: &mut AutoscalerState,
+    meter: &mut FunctionMeter,
 ) {
     // Replicas are read before the activators are asked (see [`Target::instances`]).
     let mut references = HashMap::new();
     let mut targets = vec![];
+    let mut warm = HashMap::new();
     for guard in ctx.functions.state() {
         let Some(function) = live(&guard) else {
             continue;
@@ -178,6 +186,9 @@ async fn tick(
             function.namespace().unwrap_or_default(),
             function.name_any(),
         );
+        if let Some(provisioned) = crate::usage::functions::provisioned(function) {
+            warm.insert(key.clone(), provisioned);
+        }
         let Some(deployment) = ctx.deployments.get(&ObjectRef::new(&key.1).within(&key.0)) else {
             continue;
         };
@@ -233,6 +244,14 @@ async fn tick(
         now: Instant::now(),
         wall: Timestamp::now(),
     };
+    meter.observe(
+        scrape
+            .loads
+            .iter()
+            .map(|(key, load)| (key, load.usage.as_slice())),
+        clock.wall,
+    );
+    meter.flush(&ctx.client, &warm, clock.now, clock.wall);
     let plan = state.plan(&targets, &scrape, clock);
     ctx.metrics.panicking.set(plan.panicking);
     perform(ctx, plan, &references, state).await;

@@ -352,6 +352,7 @@ mod tests {
                     queued_events: None,
                     oldest_queued_event: None,
                     triggers: Default::default(),
+                    usage: vec![],
                 },
             )]
             .into(),

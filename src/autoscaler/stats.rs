@@ -9,7 +9,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use jiff::Timestamp;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-use crate::api::stats::{ActivatorStats, TriggerStats};
+use crate::api::stats::{ActivatorStats, TriggerStats, UsageReport};
 use crate::http_client::HttpClient;
 
 /// Name of the port, on the activator Service, that serves `/stats`.
@@ -35,6 +35,8 @@ pub struct FunctionLoad {
     /// Storage and queue triggers by `(type, name)`: events summed over the activators, the
     /// latest event, any activator's problem, the largest backlog.
     pub triggers: BTreeMap<(String, String), TriggerStats>,
+    /// Each activator's usage counts of the function (one per activator that has any).
+    pub usage: Vec<UsageReport>,
 }
 
 /// The outcome of scraping every activator once.
@@ -79,6 +81,9 @@ pub fn aggregate<'a>(
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
                 };
+            }
+            if let Some(usage) = &function.usage {
+                load.usage.push(usage.clone());
             }
             for trigger in &function.triggers {
                 let sum = load
