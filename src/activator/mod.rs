@@ -98,6 +98,9 @@ pub enum Error {
     },
 }
 
+/// Longest an activator on its way out waits for the autoscaler's last scrape of `/stats`.
+const FINAL_SCRAPE_WAIT: Duration = Duration::from_secs(3);
+
 /// Runs the activator until `shutdown` is cancelled, then drains: `/readyz` turns not ready,
 /// the proxy keeps serving for `drain_delay` (closing each HTTP/1 connection after its next
 /// response, so clients move to the other replicas), stops accepting, and returns once every
@@ -138,11 +141,19 @@ pub async fn run(
 
     let readiness = telemetry::Readiness::default();
     let stats_index = index.clone();
+    // Scrapes of `/stats` so far, so that shutting down can wait for one more.
+    let scrapes = Arc::new(tokio::sync::watch::Sender::new(0_u64));
+    let scraped = scrapes.clone();
     let health_router = telemetry::health_router(Arc::new(registry), readiness.clone()).route(
         "/stats",
         get(move || {
             let index = stats_index.clone();
-            async move { Json(index.stats()) }
+            let scraped = scraped.clone();
+            async move {
+                let stats = index.stats();
+                scraped.send_modify(|n| *n += 1);
+                Json(stats)
+            }
         }),
     );
     let stop_health = CancellationToken::new();
@@ -273,6 +284,16 @@ pub async fn run(
     }
     for task in delivery {
         task.abort();
+    }
+    // Every request has ended and been metered: wait for the autoscaler to read the last
+    // counts (it scrapes every second), so that none is lost with this process.
+    let mut next_scrape = scrapes.subscribe();
+    next_scrape.mark_unchanged();
+    if tokio::time::timeout(FINAL_SCRAPE_WAIT, next_scrape.changed())
+        .await
+        .is_err()
+    {
+        tracing::info!(wait = ?FINAL_SCRAPE_WAIT, "no last scrape of the usage counts came");
     }
     keys.abort();
     tokens.abort();

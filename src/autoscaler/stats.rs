@@ -109,7 +109,8 @@ pub fn aggregate<'a>(
 
 /// `/stats` URLs of the activator pods listed in the activator Service's EndpointSlices: the
 /// port named [`HEALTH_PORT_NAME`] when the Service has one, else `fallback_port`. Pods that
-/// are terminating but still serving are included: they still hold requests.
+/// are terminating are included, serving or not: they may still hold requests, and an
+/// activator on its way out waits for a last scrape of its usage counts.
 pub fn stats_urls<'a>(
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
     fallback_port: u16,
@@ -131,7 +132,8 @@ pub fn stats_urls<'a>(
             let conditions = endpoint.conditions.as_ref();
             let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
             let serving = conditions.and_then(|c| c.serving).unwrap_or(ready);
-            if !serving {
+            let terminating = conditions.and_then(|c| c.terminating).unwrap_or(false);
+            if !serving && !terminating {
                 continue;
             }
             for address in &endpoint.addresses {
@@ -253,13 +255,16 @@ endpoints:
     conditions: {ready: false, serving: true, terminating: true}
   - addresses: [10.0.0.7]
     conditions: {ready: false, serving: false}
+  - addresses: [10.0.0.8]
+    conditions: {ready: false, serving: false, terminating: true}
 "#,
         )];
         assert_eq!(
             stats_urls(&slices, 1),
             vec![
                 "http://10.0.0.5:9091/stats".to_string(),
-                "http://10.0.0.6:9091/stats".to_string()
+                "http://10.0.0.6:9091/stats".to_string(),
+                "http://10.0.0.8:9091/stats".to_string()
             ]
         );
     }

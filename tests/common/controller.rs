@@ -15,18 +15,31 @@ pub struct ControllerProcess {
     child: std::process::Child,
     pub webhook_port: u16,
     pub health_port: u16,
+    /// Flags after the usual ones, kept for a restart.
+    extra: Vec<String>,
 }
 
 impl ControllerProcess {
     /// Starts the controller built by this `cargo test` and waits until the API server calls its
     /// webhook.
     pub async fn start(client: &Client, webhook_port: u16, health_port: u16) -> Self {
+        Self::start_with(client, webhook_port, health_port, &[]).await
+    }
+
+    /// [`ControllerProcess::start`] with `extra` flags (kept for restarts).
+    pub async fn start_with(
+        client: &Client,
+        webhook_port: u16,
+        health_port: u16,
+        extra: &[String],
+    ) -> Self {
         ensure_namespace(client, "fargo-system").await;
-        let child = spawn_controller(webhook_port, health_port);
+        let child = spawn_controller_with(webhook_port, health_port, extra);
         let process = Self {
             child,
             webhook_port,
             health_port,
+            extra: extra.to_vec(),
         };
         process.wait_until_serving(client).await;
         process
@@ -49,7 +62,7 @@ impl ControllerProcess {
 
     /// Starts the process again after `kill` or `terminate`.
     pub async fn restart(&mut self, client: &Client) {
-        self.child = spawn_controller(self.webhook_port, self.health_port);
+        self.child = spawn_controller_with(self.webhook_port, self.health_port, &self.extra);
         self.wait_until_serving(client).await;
     }
 
@@ -96,10 +109,6 @@ impl Drop for ControllerProcess {
     fn drop(&mut self) {
         self.terminate();
     }
-}
-
-fn spawn_controller(webhook_port: u16, health_port: u16) -> std::process::Child {
-    spawn_controller_with(webhook_port, health_port, &[])
 }
 
 /// Starts `fargo controller` on 127.0.0.1 (webhook registered by URL) with `extra` flags after

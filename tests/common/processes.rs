@@ -78,6 +78,18 @@ impl FargoProcess {
         self.child.id()
     }
 
+    /// Stops it with SIGTERM, as Kubernetes does, and waits for it to exit.
+    pub fn terminate(&mut self) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        // SAFETY: kill(2) on the pid of our own child process, not yet reaped.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let _ = self.child.wait();
+    }
+
     /// Kills it at once (SIGKILL), as a node or an OOM kill would: no draining.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -87,11 +99,7 @@ impl FargoProcess {
 
 impl Drop for FargoProcess {
     fn drop(&mut self) {
-        // SAFETY: kill(2) on the pid of our own child process.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        let _ = self.child.wait();
+        self.terminate();
     }
 }
 
