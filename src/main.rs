@@ -281,6 +281,12 @@ struct ActivatorArgs {
     #[arg(long, env = "FARGO_DRAIN_DELAY", default_value = "5s")]
     drain_delay: kube::core::Duration,
 
+    /// Whether invocations are metered (`status.usage`, `fargo usage`). Off, the activator
+    /// reports no usage; for a cluster that bills nothing, and for measuring what metering
+    /// costs.
+    #[arg(long, env = "FARGO_METERING", default_value_t = true, action = clap::ArgAction::Set)]
+    metering: bool,
+
     /// NATS server(s) whose JetStream stores asynchronous invocations, e.g.
     /// nats://fargo-nats.fargo-system.svc:4222 (comma-separated for several). Without it,
     /// `Event` invocations are refused with 503.
@@ -342,6 +348,7 @@ impl ActivatorArgs {
             header_read_timeout: self.header_read_timeout.into(),
             max_header_bytes: self.max_header_bytes as usize,
             drain_delay: self.drain_delay.into(),
+            metering: self.metering,
             nats_url: self.nats_url,
             nats_replicas: usize::from(self.nats_replicas),
             invoke_auth: self.invoke_auth,

@@ -70,6 +70,8 @@ pub struct Config {
     /// After SIGTERM, how long to keep serving while not ready, so that Service endpoints drop
     /// this pod before it stops accepting.
     pub drain_delay: Duration,
+    /// Whether invocations are metered.
+    pub metering: bool,
     /// NATS for asynchronous invocations; `None` refuses them.
     pub nats_url: Option<String>,
     pub nats_replicas: usize,
@@ -214,7 +216,8 @@ pub async fn run(
     let proxy = Arc::new(
         Proxy::new(index.clone(), Some(Cluster::new(client)))
             .with_lambda(auth, lambda)
-            .with_storage_tokens(storage_tokens),
+            .with_storage_tokens(storage_tokens)
+            .with_metering(config.metering),
     );
     let stop_delivery = CancellationToken::new();
     // Events, storage notifications published to NATS, and queue triggers' streams.

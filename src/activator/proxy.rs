@@ -89,6 +89,8 @@ pub struct Proxy {
     storage_tokens: Arc<StorageTokens>,
     /// `None` runs without a cluster (tests): no scale-from-zero poke, no pod diagnosis.
     cluster: Option<Cluster>,
+    /// Whether forwarded requests are metered.
+    metering: bool,
 }
 
 impl Proxy {
@@ -107,7 +109,14 @@ impl Proxy {
             lambda: LambdaSettings::default(),
             storage_tokens: Arc::default(),
             cluster,
+            metering: true,
         }
+    }
+
+    /// Whether forwarded requests are metered (they are without this).
+    pub fn with_metering(mut self, metering: bool) -> Self {
+        self.metering = metering;
+        self
     }
 
     /// The Lambda API's authentication and settings (off and defaults without this).
@@ -338,7 +347,9 @@ impl Proxy {
             body.into_upstream(),
         );
         let answer_by = deadline + config.answer_grace;
-        lease.meter_from_now(config.facts.memory_mb);
+        if self.metering {
+            lease.meter_from_now(config.facts.memory_mb);
+        }
         let mut outcome = tokio::time::timeout_at(answer_by, self.client.request(first)).await;
         if let Ok(Err(error)) = &outcome
             && let Some((method, headers, bytes)) = replay
@@ -347,7 +358,9 @@ impl Proxy {
             tracing::debug!(%error, pod = %lease.addr(), "retrying on another pod");
             // Another pod if there is one; a fresh connection to the same pod otherwise.
             lease.switch_pod();
-            lease.meter_from_now(config.facts.memory_mb);
+            if self.metering {
+                lease.meter_from_now(config.facts.memory_mb);
+            }
             let again = upstream_request(
                 method,
                 lease.authority(),
