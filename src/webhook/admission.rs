@@ -1,7 +1,8 @@
 //! The admission decisions, as pure functions of the request and the profiles: the mutating
 //! webhook turns a matched pod into a Fargate pod, the validating webhook refuses what a Fargate
-//! pod may not do — when it is created, and afterwards: a pod keeps its profile label, and the
-//! ephemeral containers `kubectl debug` adds to it obey the same rules as its other containers.
+//! pod may not do — when it is created, and afterwards: a pod keeps its profile label and the
+//! size it was provisioned with, and the ephemeral containers `kubectl debug` adds to it obey the
+//! same rules as its other containers.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -153,8 +154,9 @@ fn earlier_capacity(pod: &Pod) -> Option<Capacity> {
 
 /// The validating webhook: refuses privileged and host-level access in a matched pod, and, for a
 /// `Restricted` profile, the hardening a later mutation took away, naming the profile, the
-/// container and the field; on an update, refuses any change to the pod's profile label and,
-/// through `pods/ephemeralcontainers`, ephemeral containers its profile forbids.
+/// container and the field; on an update, refuses any change to the pod's profile label, any
+/// change to the capacity annotation of a pod that carries one, and, through
+/// `pods/ephemeralcontainers`, ephemeral containers its profile forbids.
 pub fn validate(
     request: &AdmissionRequest<Pod>,
     profiles: &[Arc<FargateProfile>],
@@ -180,9 +182,12 @@ pub fn validate(
     }
 }
 
-/// Why an update of a pod is refused, if it is. The labels judged are the pod's as stored and as
-/// it would be stored: the API server hands the validating webhooks the object after its own
-/// update rules, so a subresource that cannot change labels shows them unchanged.
+/// Why an update of a pod is refused, if it is. The labels and annotations judged are the pod's
+/// as stored and as it would be stored: the API server hands the validating webhooks the object
+/// after its own update rules, so a subresource that cannot change them shows them unchanged.
+///
+/// A pod carrying the profile label keeps its capacity annotation as admitted, or its absence
+/// (a profile that does not size pods): [`Resizing`].
 ///
 /// The pod's profile is read from its label, not matched again: the label is what the pod was
 /// admitted under, and the profile's rules hold for the pod even once the profile is deleted
@@ -204,6 +209,12 @@ fn update_refusal(
     if let Some(relabelling) = relabelling(&request.name, old_labels, new_labels) {
         return Some(relabelling.to_string());
     }
+    if new_labels.contains_key(PROFILE_LABEL) {
+        let (before, after) = (old.and_then(capacity_annotation), capacity_annotation(pod));
+        if let Some(resizing) = resizing(&request.name, before, after) {
+            return Some(resizing.to_string());
+        }
+    }
     if request.sub_resource.as_deref() != Some(EPHEMERAL_CONTAINERS) {
         return None;
     }
@@ -215,6 +226,62 @@ fn update_refusal(
         .unwrap_or_default();
     let found = new_ephemeral_container_violations(profile, level, old, pod);
     (!found.is_empty()).then(|| rejection_message(&found))
+}
+
+/// A change to the capacity annotation of a pod admitted under a profile. The annotation is what
+/// the pod is metered at ([`crate::usage::profiles`]), and tenants may edit their pods'
+/// annotations: a pod that could say it is smaller would be billed less than it was given.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+enum Resizing {
+    #[error(
+        "the annotation {CAPACITY_ANNOTATION}={size:?} cannot be added to pod {pod:?}: a Fargate \
+         pod's provisioned size is set when the pod is admitted, and its use is metered at that \
+         size; create the pod anew to give it another size"
+    )]
+    Added { pod: String, size: String },
+
+    #[error(
+        "the annotation {CAPACITY_ANNOTATION}={size:?} cannot be removed from pod {pod:?}: a \
+         Fargate pod's provisioned size is set when the pod is admitted, and its use is metered \
+         at that size; create the pod anew to give it another size"
+    )]
+    Removed { pod: String, size: String },
+
+    #[error(
+        "the annotation {CAPACITY_ANNOTATION} of pod {pod:?} cannot change from {from:?} to \
+         {to:?}: a Fargate pod's provisioned size is set when the pod is admitted, and its use \
+         is metered at that size; create the pod anew to give it another size"
+    )]
+    Changed {
+        pod: String,
+        from: String,
+        to: String,
+    },
+}
+
+fn capacity_annotation(pod: &Pod) -> Option<&String> {
+    pod.metadata.annotations.as_ref()?.get(CAPACITY_ANNOTATION)
+}
+
+/// The change from capacity annotation `old` to `new` of pod `pod`, if it is one.
+fn resizing(pod: &str, old: Option<&String>, new: Option<&String>) -> Option<Resizing> {
+    let pod = pod.to_string();
+    match (old, new) {
+        (None, Some(size)) => Some(Resizing::Added {
+            pod,
+            size: size.clone(),
+        }),
+        (Some(size), None) => Some(Resizing::Removed {
+            pod,
+            size: size.clone(),
+        }),
+        (Some(from), Some(to)) if from != to => Some(Resizing::Changed {
+            pod,
+            from: from.clone(),
+            to: to.clone(),
+        }),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

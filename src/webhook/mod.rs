@@ -58,7 +58,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::api::profile::FargateProfile;
-use crate::api::{CONTROLLER_MANAGER, NAMESPACE_NAME_LABEL, PROFILE_LABEL};
+use crate::api::{CAPACITY_ANNOTATION, CONTROLLER_MANAGER, NAMESPACE_NAME_LABEL, PROFILE_LABEL};
 use crate::connections::{
     self, CloseReason, ConnectionLimits, ConnectionMetrics, Connections, RequestCounter,
     TrackedBody,
@@ -772,19 +772,35 @@ fn carries_profile_label(object: &str) -> String {
     format!("(has({object}.metadata.labels) && '{PROFILE_LABEL}' in {object}.metadata.labels)")
 }
 
-/// Only updates that add, remove or change the profile label reach the webhook: every other pod
+/// CEL: whether `object` (`object` or `oldObject`) carries the capacity annotation.
+fn carries_capacity_annotation(object: &str) -> String {
+    format!(
+        "(has({object}.metadata.annotations) && '{CAPACITY_ANNOTATION}' in \
+         {object}.metadata.annotations)"
+    )
+}
+
+/// Only updates that add, remove or change the profile label, or the capacity annotation of a
+/// pod that carries the label (what the pod is metered at), reach the webhook: every other pod
 /// update in a profiled namespace (the kubelet's status, controllers' owner references and
-/// finalizers, `kubectl annotate`) neither waits on fargo nor fails while fargo is down.
+/// finalizers, `kubectl annotate` of other annotations) neither waits on fargo nor fails while
+/// fargo is down. The annotation's value is read only where both objects carry it.
 fn profile_label_changes() -> MatchCondition {
     let (now, before) = (
         carries_profile_label("object"),
         carries_profile_label("oldObject"),
     );
+    let (sized, was_sized) = (
+        carries_capacity_annotation("object"),
+        carries_capacity_annotation("oldObject"),
+    );
     MatchCondition {
         name: "profile-label-changes".into(),
         expression: format!(
-            "{now} ? (!{before} || object.metadata.labels['{PROFILE_LABEL}'] != \
-             oldObject.metadata.labels['{PROFILE_LABEL}']) : {before}"
+            "({now} ? (!{before} || object.metadata.labels['{PROFILE_LABEL}'] != \
+             oldObject.metadata.labels['{PROFILE_LABEL}']) : {before}) || ({now} && ({sized} != \
+             {was_sized} || ({sized} && object.metadata.annotations['{CAPACITY_ANNOTATION}'] != \
+             oldObject.metadata.annotations['{CAPACITY_ANNOTATION}'])))"
         ),
     }
 }
@@ -832,7 +848,8 @@ fn scoped(scope: &AdmissionScope, conditions: Vec<MatchCondition>) -> Vec<MatchC
 ///
 /// The validating configuration has four webhooks. Three are served at [`VALIDATE_PATH`]: pod
 /// creation; updates of a pod (`pods`, and `pods/status`, through which a status writer could
-/// otherwise relabel the pod) that change its profile label; and `kubectl debug`'s
+/// otherwise relabel the pod) that change its profile label, or the capacity annotation of a pod
+/// that carries the label; and `kubectl debug`'s
 /// `pods/ephemeralcontainers` updates of a pod that runs under a profile. The fourth, at
 /// [`NETWORK_POLICY_PATH`], judges every write of a NetworkPolicy (see [`fence`]).
 pub fn configurations(
@@ -1109,12 +1126,28 @@ mod tests {
             );
         }
         assert_eq!(
-            webhooks[1].match_conditions.as_ref().expect("a condition")[1].expression,
-            "(has(object.metadata.labels) && 'fargo.dev/profile' in object.metadata.labels) ? \
+            webhooks[1].match_conditions.as_ref().expect("a condition")[1],
+            profile_label_changes()
+        );
+    }
+
+    #[test]
+    fn relabelling_and_resizing_a_profiled_pod_reach_the_webhook() {
+        assert_eq!(
+            profile_label_changes().expression,
+            "((has(object.metadata.labels) && 'fargo.dev/profile' in object.metadata.labels) ? \
              (!(has(oldObject.metadata.labels) && 'fargo.dev/profile' in \
              oldObject.metadata.labels) || object.metadata.labels['fargo.dev/profile'] != \
              oldObject.metadata.labels['fargo.dev/profile']) : (has(oldObject.metadata.labels) \
-             && 'fargo.dev/profile' in oldObject.metadata.labels)"
+             && 'fargo.dev/profile' in oldObject.metadata.labels)) || \
+             ((has(object.metadata.labels) && 'fargo.dev/profile' in object.metadata.labels) && \
+             ((has(object.metadata.annotations) && 'fargo.dev/capacity-provisioned' in \
+             object.metadata.annotations) != (has(oldObject.metadata.annotations) && \
+             'fargo.dev/capacity-provisioned' in oldObject.metadata.annotations) || \
+             ((has(object.metadata.annotations) && 'fargo.dev/capacity-provisioned' in \
+             object.metadata.annotations) && \
+             object.metadata.annotations['fargo.dev/capacity-provisioned'] != \
+             oldObject.metadata.annotations['fargo.dev/capacity-provisioned'])))"
         );
     }
 

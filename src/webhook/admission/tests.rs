@@ -770,7 +770,17 @@ fn admitted_pod() -> Value {
 /// The AdmissionReview for an update of pod `old` into `pod` by a user, through `sub_resource`
 /// (`status`, `ephemeralcontainers`) or the pod itself.
 fn update(sub_resource: Option<&str>, pod: &Value, old: &Value) -> AdmissionRequest<Pod> {
-    let mut review: Value = serde_json::from_str(&review_json("UPDATE", "payments-eu", pod, old))
+    update_in("payments-eu", sub_resource, pod, old)
+}
+
+/// [`update`] of a pod in `namespace`.
+fn update_in(
+    namespace: &str,
+    sub_resource: Option<&str>,
+    pod: &Value,
+    old: &Value,
+) -> AdmissionRequest<Pod> {
+    let mut review: Value = serde_json::from_str(&review_json("UPDATE", namespace, pod, old))
         .expect("the review is JSON");
     let request = &mut review["request"];
     request["name"] = old["metadata"]["name"].clone();
@@ -862,6 +872,11 @@ fn admits_updates_that_leave_the_profile_label_alone() {
             json!([{"op": "add", "path": "/metadata/annotations/team", "value": "a"}]),
         ),
         (
+            "provisioned size written again as it is",
+            json!([{"op": "replace", "path": "/metadata/annotations/fargo.dev~1capacity-provisioned",
+                    "value": "0.5vCPU 2GB"}]),
+        ),
+        (
             "other label",
             json!([{"op": "replace", "path": "/metadata/labels/app", "value": "api-v2"}]),
         ),
@@ -899,6 +914,99 @@ fn admits_updates_that_leave_the_profile_label_alone() {
         json!([{"op": "replace", "path": "/status", "value": {"phase": "Running"}}]),
     );
     assert!(validated(&update(Some("status"), &running, &admitted)).allowed);
+}
+
+#[test]
+fn refuses_changing_the_provisioned_size_of_a_fargate_pod() {
+    // `kubectl annotate --overwrite pod api-5d8f7c9b4-x7k2p fargo.dev/capacity-provisioned=...`,
+    // to be metered smaller, and the same through the status subresource.
+    let admitted = admitted_pod();
+    let size = admitted["metadata"]["annotations"]["fargo.dev/capacity-provisioned"].clone();
+    assert_eq!(
+        size, "0.5vCPU 2GB",
+        "the size the mutating webhook gave the pod"
+    );
+    let shrunk = changed(
+        admitted.clone(),
+        json!([{"op": "replace", "path": "/metadata/annotations/fargo.dev~1capacity-provisioned",
+                "value": "0.25vCPU 0.5GB"}]),
+    );
+    for sub_resource in [None, Some("status")] {
+        let answer = validated(&update(sub_resource, &shrunk, &admitted));
+        assert!(!answer.allowed, "{sub_resource:?}");
+        assert_eq!(
+            answer.message,
+            "the annotation fargo.dev/capacity-provisioned of pod \"api-5d8f7c9b4-x7k2p\" cannot \
+             change from \"0.5vCPU 2GB\" to \"0.25vCPU 0.5GB\": a Fargate pod's provisioned size \
+             is set when the pod is admitted, and its use is metered at that size; create the pod \
+             anew to give it another size"
+        );
+        assert!(answer.patch.is_none());
+    }
+}
+
+#[test]
+fn refuses_removing_the_provisioned_size_of_a_fargate_pod() {
+    let admitted = admitted_pod();
+    let unsized_pod = changed(
+        admitted.clone(),
+        json!([{"op": "remove", "path": "/metadata/annotations/fargo.dev~1capacity-provisioned"}]),
+    );
+    let answer = validated(&update(None, &unsized_pod, &admitted));
+    assert!(!answer.allowed);
+    assert_eq!(
+        answer.message,
+        "the annotation fargo.dev/capacity-provisioned=\"0.5vCPU 2GB\" cannot be removed from pod \
+         \"api-5d8f7c9b4-x7k2p\": a Fargate pod's provisioned size is set when the pod is \
+         admitted, and its use is metered at that size; create the pod anew to give it another \
+         size"
+    );
+}
+
+#[test]
+fn refuses_adding_a_provisioned_size_to_a_pod_its_profile_did_not_size() {
+    // Profile `batch` has `sizing.policy: None`: its pods are labelled, not sized.
+    let pod = deployment_pod("jobs");
+    let mutation = answer(mutate(&create("jobs", &pod), &profiles()));
+    let admitted = changed(
+        patched(pod, &mutation.patch.expect("a patch")),
+        json!([{"op": "add", "path": "/metadata/name", "value": "etl-6c7d8-q2w3e"}]),
+    );
+    assert_eq!(admitted["metadata"]["labels"]["fargo.dev/profile"], "batch");
+    assert!(admitted["metadata"].get("annotations").is_none());
+    let claimed = changed(
+        admitted.clone(),
+        json!([{"op": "add", "path": "/metadata/annotations",
+                "value": {"fargo.dev/capacity-provisioned": "0.25vCPU 0.5GB"}}]),
+    );
+    let answer = validated(&update_in("jobs", None, &claimed, &admitted));
+    assert!(!answer.allowed);
+    assert_eq!(
+        answer.message,
+        "the annotation fargo.dev/capacity-provisioned=\"0.25vCPU 0.5GB\" cannot be added to pod \
+         \"etl-6c7d8-q2w3e\": a Fargate pod's provisioned size is set when the pod is admitted, \
+         and its use is metered at that size; create the pod anew to give it another size"
+    );
+}
+
+#[test]
+fn admits_any_capacity_annotation_on_a_pod_no_profile_took() {
+    let untouched = changed(
+        deployment_pod("payments-eu"),
+        json!([
+            {"op": "add", "path": "/metadata/name", "value": "web-7f9c"},
+            {"op": "replace", "path": "/metadata/labels/tier", "value": "frontend"},
+        ]),
+    );
+    let annotated = changed(
+        untouched.clone(),
+        json!([{"op": "add", "path": "/metadata/annotations",
+                "value": {"fargo.dev/capacity-provisioned": "16vCPU 120GB"}}]),
+    );
+    let answer = validated(&update(None, &annotated, &untouched));
+    assert!(answer.allowed, "{}", answer.message);
+    let answer = validated(&update(None, &untouched, &annotated));
+    assert!(answer.allowed, "{}", answer.message);
 }
 
 /// The ephemeral container `kubectl debug -it POD --image=busybox --target=app
