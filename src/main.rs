@@ -31,6 +31,11 @@ enum Command {
     /// and zips in S3, then exit: the init container of handler functions. A failure exits 1
     /// with one line, `<source>: <reason>`, on stderr (and in --termination-log).
     FetchCode(FetchCodeArgs),
+    /// Report metered use per namespace, function and profile, with an estimated cost.
+    ///
+    /// Reads the `status.usage` of ServerlessFunctions and FargateProfiles with the user's
+    /// kubeconfig: one row per function and one per namespace under each profile.
+    Usage(UsageArgs),
     /// Print the CustomResourceDefinitions as YAML, or write one file per CRD into a directory.
     Crds {
         /// Directory to write `<crd name>.yaml` files into; stdout when absent.
@@ -361,6 +366,52 @@ impl ActivatorArgs {
 }
 
 #[derive(clap::Args, Debug)]
+struct UsageArgs {
+    /// Only this namespace: its functions, and the profile rows of its pods.
+    #[arg(long, short = 'n', env = "FARGO_USAGE_NAMESPACE")]
+    namespace: Option<String>,
+
+    /// Use since then: a duration back from now (24h, 90m, 7d) or an RFC 3339 instant
+    /// (2026-11-01T00:00:00Z). The status keeps 48 hours by hour and 32 days by day, and hours
+    /// or days that overlap the window count whole. Without it: since metering began.
+    #[arg(long, env = "FARGO_USAGE_SINCE", value_name = "WHEN")]
+    since: Option<fargo::usage::report::Since>,
+
+    /// How to print the report.
+    #[arg(long, short = 'o', env = "FARGO_USAGE_OUTPUT", value_enum,
+          default_value_t = fargo::usage::report::Output::Table)]
+    output: fargo::usage::report::Output,
+
+    /// Rate card, YAML or JSON, overriding any of the default prices (AWS us-east-1,
+    /// 2025-08-01): date, region, currency, requestPrice, gbSecondPrice, initGbSecondPrice,
+    /// provisionedGbSecondPrice, fargateVcpuSecondPrice, fargateGbSecondPrice (per request,
+    /// GB-second or vCPU-second).
+    #[arg(long, env = "FARGO_USAGE_RATES", value_name = "FILE")]
+    rates: Option<std::path::PathBuf>,
+}
+
+impl UsageArgs {
+    fn into_options(self) -> fargo::usage::report::Options {
+        fargo::usage::report::Options {
+            namespace: self.namespace,
+            since: self.since,
+            output: self.output,
+            rates: self.rates,
+        }
+    }
+}
+
+/// Runs `usage`: the report on stdout.
+async fn usage(args: UsageArgs) -> anyhow::Result<()> {
+    use std::io::Write;
+    let text = fargo::usage::report::report(&args.into_options()).await?;
+    std::io::stdout()
+        .lock()
+        .write_all(text.as_bytes())
+        .context("writing the report")
+}
+
+#[derive(clap::Args, Debug)]
 struct FetchCodeArgs {
     /// Directory the code goes into.
     #[arg(long, env = "FARGO_CODE_DIR", default_value = "/var/task")]
@@ -520,6 +571,7 @@ fn main() -> anyhow::Result<()> {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Crds { out_dir } => print_crds(out_dir),
+        Command::Usage(args) => usage(args).await,
         Command::Controller(args) => {
             telemetry::init_logging(cli.log_json);
             let shutdown = telemetry::shutdown_on_signal().context("installing signal handlers")?;
@@ -607,6 +659,26 @@ mod tests {
     fn cli_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn usage_reads_its_flags_and_refuses_a_since_it_cannot_read() {
+        use fargo::usage::report::{Output, Since};
+        let parsed = Cli::try_parse_from([
+            "fargo", "usage", "-n", "media", "--since", "7d", "-o", "csv",
+        ])
+        .expect("the flags parse");
+        let Command::Usage(args) = parsed.command else {
+            panic!("not the usage command");
+        };
+        let options = args.into_options();
+        assert_eq!(options.namespace.as_deref(), Some("media"));
+        assert_eq!(options.output, Output::Csv);
+        assert!(matches!(options.since, Some(Since::Ago(_))));
+
+        let parsed = Cli::try_parse_from(["fargo", "usage", "--since", "last week"]);
+        let error = parsed.expect_err("a since that is neither duration nor instant");
+        assert!(error.to_string().contains("RFC 3339"), "{error}");
     }
 
     #[test]
