@@ -85,7 +85,10 @@ async fn compare(
     let (on, off) = (on / count, off / count);
     println!("{what}: {count} requests per activator, {concurrency} connections");
     println!("{:<LABEL_WIDTH$} {on:.1?} CPU per request", "  metering on");
-    println!("{:<LABEL_WIDTH$} {off:.1?} CPU per request", "  metering off");
+    println!(
+        "{:<LABEL_WIDTH$} {off:.1?} CPU per request",
+        "  metering off"
+    );
     println!(
         "{:<LABEL_WIDTH$} {:.3}x ({:+.1?} per request)",
         "  on / off",

@@ -12,7 +12,7 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{AUTOSCALER_MANAGER, FUNCTION_LABEL, ServerlessFunction};
+use crate::api::{AUTOSCALER_MANAGER, FUNCTION_LABEL, FargateProfile, ServerlessFunction};
 use crate::replicas::autoscaler_owns_replicas;
 
 /// The cache of functions the three loops share; objects that do not deserialize are kept as
@@ -46,6 +46,30 @@ pub fn trim_deployment(deployment: &mut Deployment) {
     if let Some(spec) = deployment.spec.as_mut() {
         spec.template = Default::default();
     }
+}
+
+/// Every FargateProfile, for the usage metrics (profiles are few).
+pub fn profiles(
+    client: Client,
+    shutdown: CancellationToken,
+) -> (
+    Store<FargateProfile>,
+    impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let (store, writer) = reflector::store();
+    let stream = watcher(
+        Api::<FargateProfile>::all(client),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(writer)
+    .take_until(shutdown.cancelled_owned())
+    .for_each(|event| async move {
+        if let Err(error) = event {
+            tracing::debug!(%error, "watching FargateProfiles");
+        }
+    });
+    (store, stream)
 }
 
 /// The functions' Deployments, trimmed: the store, and the watch that fills it until

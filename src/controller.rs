@@ -21,8 +21,9 @@ use crate::profile::{ClusterDns, Surroundings};
 use crate::reconcile::{EventPublisher, ReconcileMetrics, Reporting};
 use crate::schedule::trigger::ScheduleMetrics;
 use crate::telemetry::{self, Readiness};
+use crate::usage::metrics::UsageCollector;
 use crate::webhook::{self, WebhookMetrics};
-use crate::{autoscaler, caches, function, profile, schedule};
+use crate::{autoscaler, caches, function, profile, schedule, usage};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -77,6 +78,7 @@ struct Metrics {
     webhook: Arc<WebhookMetrics>,
     autoscaler: Arc<AutoscalerMetrics>,
     schedules: Arc<ScheduleMetrics>,
+    usage: UsageCollector,
 }
 
 impl Metrics {
@@ -86,11 +88,13 @@ impl Metrics {
         let functions = registry.sub_registry_with_prefix("functions");
         let autoscaler = AutoscalerMetrics::register(functions);
         let schedules = ScheduleMetrics::register(functions);
+        let usage = UsageCollector::register(registry.sub_registry_with_prefix("usage"));
         Self {
             reconcile,
             webhook,
             autoscaler,
             schedules,
+            usage,
         }
     }
 }
@@ -222,12 +226,14 @@ async fn lead(
 }
 
 /// What [`start_loops`] returns, in order.
-const LOOP_NAMES: [&str; 5] = [
+const LOOP_NAMES: [&str; 7] = [
     "function Deployment cache",
+    "profile cache",
     "profile reconciler",
     "function reconciler",
     "autoscaler",
     "schedule trigger",
+    "profile meter",
 ];
 
 /// Starts the leader's loops over the caches they share; each stops on `shutdown`.
@@ -247,9 +253,14 @@ fn start_loops(
     let functions = functions_controller.store();
     let (deployments, deployment_watch) =
         caches::function_deployments(client.clone(), shutdown.clone());
+    let (profiles, profile_watch) = caches::profiles(client.clone(), shutdown.clone());
+    metrics.usage.set_functions(functions.clone());
+    metrics.usage.set_profiles(profiles);
+    let meter_client = client.clone();
 
     vec![
         tokio::spawn(deployment_watch),
+        tokio::spawn(profile_watch),
         tokio::spawn(profile::reconciler::run(
             client.clone(),
             reporting.clone(),
@@ -293,7 +304,8 @@ fn start_loops(
                 functions,
                 activator_url: config.activator_url.clone(),
             },
-            shutdown,
+            shutdown.clone(),
         )),
+        tokio::spawn(usage::profiles::run(meter_client, shutdown)),
     ]
 }

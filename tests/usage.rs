@@ -54,14 +54,10 @@ fn new_activator(addrs: ActivatorAddrs) -> FargoProcess {
 
 async fn invoke(activator: &ActivatorAddrs, namespace: &str, name: &str, times: usize) {
     for _ in 0..times {
-        let (status, _, body) = http_exchange(
-            "GET",
-            &activator.function_url(namespace, name),
-            &[],
-            vec![],
-        )
-        .await
-        .unwrap_or_else(|e| panic!("no answer from the activator: {e}"));
+        let (status, _, body) =
+            http_exchange("GET", &activator.function_url(namespace, name), &[], vec![])
+                .await
+                .unwrap_or_else(|e| panic!("no answer from the activator: {e}"));
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     }
 }
@@ -96,7 +92,11 @@ async fn wait_invocations(
 
 /// The value of the series `name` whose labels include all of `labels`, on the controller's
 /// `/metrics`.
-async fn metric(controller: &ControllerProcess, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+async fn metric(
+    controller: &ControllerProcess,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> Option<f64> {
     let url = format!("http://127.0.0.1:{}/metrics", controller.health_port);
     let (status, text) = common::http::http_request("GET", &url, None).await.ok()?;
     (status == 200).then_some(())?;
@@ -304,7 +304,12 @@ async fn a_profile_pod_living_30_seconds_is_billed_a_minute_of_its_provisioned_s
             let capacity = created.annotations()["fargo.dev/capacity-provisioned"].clone();
             let (vcpu, gb) = capacity
                 .split_once("vCPU ")
-                .and_then(|(vcpu, gb)| Some((vcpu.parse::<f64>().ok()?, gb.strip_suffix("GB")?.parse::<f64>().ok()?)))
+                .and_then(|(vcpu, gb)| {
+                    Some((
+                        vcpu.parse::<f64>().ok()?,
+                        gb.strip_suffix("GB")?.parse::<f64>().ok()?,
+                    ))
+                })
                 .unwrap_or_else(|| panic!("capacity {capacity}"));
 
             // It lives 30 seconds from its start, then is deleted.
@@ -314,19 +319,24 @@ async fn a_profile_pod_living_30_seconds_is_billed_a_minute_of_its_provisioned_s
             })
             .await;
             let lived = jiff::Timestamp::now().duration_since(started.0);
-            let rest = (jiff::SignedDuration::from_secs(30) - lived).max(jiff::SignedDuration::ZERO);
+            let rest =
+                (jiff::SignedDuration::from_secs(30) - lived).max(jiff::SignedDuration::ZERO);
             tokio::time::sleep(rest.try_into().unwrap()).await;
-            pods.delete("short", &DeleteParams::default()).await.expect("deleting the pod");
+            pods.delete("short", &DeleteParams::default())
+                .await
+                .expect("deleting the pod");
 
-            let usage: ProfileUsage = eventually(90, "the profile's usage to count the pod", || {
-                let profiles = &profiles;
-                let profile = &profile;
-                async move {
-                    let usage = profiles.get(profile).await.ok()?.status?.usage?;
-                    (usage.total.pods == 1 && usage.total.vcpu_seconds >= 60.0 * vcpu).then_some(usage)
-                }
-            })
-            .await;
+            let usage: ProfileUsage =
+                eventually(90, "the profile's usage to count the pod", || {
+                    let profiles = &profiles;
+                    let profile = &profile;
+                    async move {
+                        let usage = profiles.get(profile).await.ok()?.status?.usage?;
+                        (usage.total.pods == 1 && usage.total.vcpu_seconds >= 60.0 * vcpu)
+                            .then_some(usage)
+                    }
+                })
+                .await;
             println!("a 30 s pod of {capacity}: {usage:?}");
             assert_eq!(usage.total.vcpu_seconds, 60.0 * vcpu, "one minute at least");
             assert_eq!(usage.total.gb_seconds, 60.0 * gb);
@@ -335,21 +345,36 @@ async fn a_profile_pod_living_30_seconds_is_billed_a_minute_of_its_provisioned_s
 
             // Still a minute after two more writes: an ended pod is counted once.
             tokio::time::sleep(Duration::from_secs(65)).await;
-            let later = profiles.get(&profile).await.unwrap().status.unwrap().usage.unwrap();
+            let later = profiles
+                .get(&profile)
+                .await
+                .unwrap()
+                .status
+                .unwrap()
+                .usage
+                .unwrap();
             assert_eq!(later.total.vcpu_seconds, 60.0 * vcpu);
 
             let report = usage_report(&namespace).await;
             let reported = row(&report, "profile", &profile);
             assert_eq!(reported["vcpuSeconds"].as_f64(), Some(60.0 * vcpu));
-            let labels = [("profile", profile.as_str()), ("namespace", namespace.as_str())];
-            eventually(30, "the profile's usage metrics to match fargo usage", || {
-                let labels = &labels;
-                async move {
-                    let vcpu_seconds =
-                        metric(controller, "fargo_usage_profile_vcpu_seconds_total", labels).await?;
-                    (vcpu_seconds == 60.0 * vcpu).then_some(())
-                }
-            })
+            let labels = [
+                ("profile", profile.as_str()),
+                ("namespace", namespace.as_str()),
+            ];
+            eventually(
+                30,
+                "the profile's usage metrics to match fargo usage",
+                || {
+                    let labels = &labels;
+                    async move {
+                        let vcpu_seconds =
+                            metric(controller, "fargo_usage_profile_vcpu_seconds_total", labels)
+                                .await?;
+                        (vcpu_seconds == 60.0 * vcpu).then_some(())
+                    }
+                },
+            )
             .await;
         }
     })

@@ -562,9 +562,9 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         if let Some(meter) = self.meter.take() {
-            let (billed, init) = meter.ran.unwrap_or_else(|| {
-                (billed_ms(meter.sent.elapsed().as_secs_f64() * 1000.0), None)
-            });
+            let (billed, init) = meter
+                .ran
+                .unwrap_or_else(|| (billed_ms(meter.sent.elapsed().as_secs_f64() * 1000.0), None));
             self.function.usage.record(meter.memory_mb, billed, init);
         }
         self.function.finish(&self.slot);

@@ -274,7 +274,10 @@ mod tests {
 
         let now = at("2026-11-28T11:30:00Z");
         let last_hour = history.since(at("2026-11-28T11:10:00Z"), now).unwrap();
-        assert_eq!(last_hour.gb_seconds, 4.0, "the overlapping hour counts whole");
+        assert_eq!(
+            last_hour.gb_seconds, 4.0,
+            "the overlapping hour counts whole"
+        );
         let last_day = history.since(at("2026-11-27T11:30:00Z"), now).unwrap();
         assert_eq!(last_day.gb_seconds, 7.0);
         let last_week = history.since(at("2026-11-21T11:30:00Z"), now).unwrap();
@@ -290,7 +293,11 @@ mod tests {
         assert_eq!(history.hours.len(), 1);
         assert_eq!(history.days.len(), 2);
         history.add(at("2026-12-10T10:00:00Z"), &gb(1.0));
-        assert_eq!(history.days.len(), 2, "1 November is more than 32 days back");
+        assert_eq!(
+            history.days.len(),
+            2,
+            "1 November is more than 32 days back"
+        );
         assert_eq!(history.total.gb_seconds, 3.0);
     }
 

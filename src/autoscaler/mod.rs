@@ -39,8 +39,8 @@ use crate::caches::{FunctionStore, live};
 use crate::http_client::{HttpClient, http_client};
 use crate::reconcile::{EventPublisher, patch_status};
 use crate::replicas::{Instances, apply_replicas, autoscaler_owns_replicas};
-use plan::{AutoscalerState, Clock, EventsRecord, Key, Plan, ScaleWrite, Target};
 use crate::usage::functions::FunctionMeter;
+use plan::{AutoscalerState, Clock, EventsRecord, Key, Plan, ScaleWrite, Target};
 use scaling::ScalePolicy;
 
 /// Between two decisions; a load step is answered within one.

@@ -901,9 +901,18 @@ pub fn fargate_pod(profile: &FargateProfile, pod: &Pod, capacity: Option<Capacit
     let mut pod = pod.clone();
     pod.labels_mut()
         .insert(PROFILE_LABEL.to_string(), profile.name_any());
-    if let Some(capacity) = capacity {
-        pod.annotations_mut()
-            .insert(CAPACITY_ANNOTATION.to_string(), capacity.annotation());
+    // The annotation is what metering bills: only fargo writes it. A pod the profile does not
+    // size has none (and is not metered), whatever its creator wrote.
+    match capacity {
+        Some(capacity) => {
+            pod.annotations_mut()
+                .insert(CAPACITY_ANNOTATION.to_string(), capacity.annotation());
+        }
+        None => {
+            if let Some(annotations) = pod.metadata.annotations.as_mut() {
+                annotations.remove(CAPACITY_ANNOTATION);
+            }
+        }
     }
     let Some(spec) = pod.spec.as_mut() else {
         return pod;
@@ -1950,6 +1959,17 @@ spec:
 "#);
         let admitted = fargate_pod(&profile(PAYMENTS), &original, None);
         assert!(!admitted.annotations().contains_key(CAPACITY_ANNOTATION));
+
+        // A size its creator wrote is not the profile's: metering would bill it.
+        let claimed = pod(r#"
+metadata:
+  annotations: {fargo.dev/capacity-provisioned: "0.25vCPU 0.5GB", team: a}
+spec:
+  containers: [{name: app, resources: {requests: {cpu: "4"}}}]
+"#);
+        let not_sized = fargate_pod(&profile(PAYMENTS), &claimed, None);
+        assert!(!not_sized.annotations().contains_key(CAPACITY_ANNOTATION));
+        assert_eq!(not_sized.annotations()["team"], "a");
         let spec = admitted.spec.unwrap();
         assert_eq!(spec.resources, None);
         assert_eq!(

@@ -300,7 +300,9 @@ fn highest(a: &ActivatorCounters, b: &ActivatorCounters) -> ActivatorCounters {
 
 /// The warm instances of a function: `scale.min`, as far as that many are ready.
 pub fn provisioned(function: &ServerlessFunction) -> Option<Provisioned> {
-    let min = u32::try_from(function.spec.scale.min).ok().filter(|m| *m > 0)?;
+    let min = u32::try_from(function.spec.scale.min)
+        .ok()
+        .filter(|m| *m > 0)?;
     let ready = function
         .status
         .as_ref()
@@ -347,7 +349,12 @@ mod tests {
         let t2 = at("2026-11-28T10:01:00Z");
         let first = fold(None, &[("a".into(), counts(10, 1000), t0)], None, t0);
         // The same counts again (a restarted controller, a repeated write): nothing added.
-        let again = fold(Some(&first), &[("a".into(), counts(10, 1000), t0)], None, t1);
+        let again = fold(
+            Some(&first),
+            &[("a".into(), counts(10, 1000), t0)],
+            None,
+            t1,
+        );
         assert_eq!(again.history.total, first.history.total);
         // Two activators: one moved on, one new.
         let later = fold(
@@ -385,7 +392,10 @@ mod tests {
             None,
             at("2026-11-28T10:01:00Z"),
         );
-        assert_eq!(idle, first, "a function at rest accrues nothing, not even a new time");
+        assert_eq!(
+            idle, first,
+            "a function at rest accrues nothing, not even a new time"
+        );
     }
 
     #[test]

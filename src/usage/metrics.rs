@@ -24,6 +24,7 @@ use prometheus_client::registry::Registry;
 
 use crate::api::usage::UsageAmounts;
 use crate::api::{FargateProfile, ServerlessFunction};
+use crate::caches::FunctionStore;
 
 /// Emits the usage counters from the caches it is given. Cheap to clone: clones share the
 /// caches, so the one registered before the controller has caches is the one given them.
@@ -34,7 +35,7 @@ pub struct UsageCollector {
 
 #[derive(Debug, Default)]
 struct Stores {
-    functions: Option<Store<ServerlessFunction>>,
+    functions: Option<FunctionStore>,
     profiles: Option<Store<FargateProfile>>,
 }
 
@@ -49,7 +50,7 @@ impl UsageCollector {
     }
 
     /// The functions whose usage is reported from now on.
-    pub fn set_functions(&self, store: Store<ServerlessFunction>) {
+    pub fn set_functions(&self, store: FunctionStore) {
         self.write().functions = Some(store);
     }
 
@@ -83,7 +84,7 @@ impl Collector for UsageCollector {
             )
         };
         encode_usage(
-            functions.iter().map(Arc::as_ref),
+            functions.iter().filter_map(|guard| guard.0.as_ref().ok()),
             profiles.iter().map(Arc::as_ref),
             encoder,
         )
@@ -226,6 +227,7 @@ fn encode_counter(
 mod tests {
     use jiff::Timestamp;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use kube::core::DeserializeGuard;
     use kube::runtime::{reflector, watcher};
 
     use super::*;
@@ -364,10 +366,12 @@ mod tests {
         let mut registry = Registry::with_prefix("fargo");
         let collector = UsageCollector::register(registry.sub_registry_with_prefix("usage"));
         let (functions, profiles) = sample();
-        let (function_store, mut function_writer) = reflector::store::<ServerlessFunction>();
+        let (function_store, mut function_writer) =
+            reflector::store::<DeserializeGuard<ServerlessFunction>>();
         let (profile_store, mut profile_writer) = reflector::store::<FargateProfile>();
         for function in functions {
-            function_writer.apply_watcher_event(&watcher::Event::Apply(function));
+            function_writer
+                .apply_watcher_event(&watcher::Event::Apply(DeserializeGuard(Ok(function))));
         }
         for profile in profiles {
             profile_writer.apply_watcher_event(&watcher::Event::Apply(profile));
