@@ -37,6 +37,9 @@ const MAX_PROVISIONED_GAP: SignedDuration = SignedDuration::from_mins(5);
 /// Writes in flight at once.
 const WRITE_CONCURRENCY: usize = 16;
 
+/// Per counter id, the counts one write took in.
+type Written = BTreeMap<String, ActivatorCounters>;
+
 /// What `scale.min` keeps warm: instances ready (up to `scale.min`) and their memory.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Provisioned {
@@ -57,9 +60,9 @@ pub struct FunctionMeter {
     /// By function, by counter id: the latest counts the activators reported.
     latest: HashMap<Key, BTreeMap<String, Seen>>,
     /// By function: the counts its last successful write took in.
-    written: HashMap<Key, BTreeMap<String, ActivatorCounters>>,
+    written: HashMap<Key, Written>,
     last_flush: Option<Instant>,
-    flushing: Option<JoinHandle<Vec<(Key, BTreeMap<String, ActivatorCounters>)>>>,
+    flushing: Option<JoinHandle<Vec<(Key, Written)>>>,
 }
 
 /// One function's write.
@@ -187,11 +190,7 @@ impl FunctionMeter {
 /// Reads the function afresh, adds what its counters gained, and applies the result on
 /// condition that nothing else wrote it meanwhile (once more on a conflict). Returns the
 /// counts taken in, when written.
-async fn write(
-    client: &Client,
-    job: Job,
-    now: Timestamp,
-) -> Option<(Key, BTreeMap<String, ActivatorCounters>)> {
+async fn write(client: &Client, job: Job, now: Timestamp) -> Option<(Key, Written)> {
     let (namespace, name) = &job.key;
     let api: Api<ServerlessFunction> = Api::namespaced(client.clone(), namespace);
     for _ in 0..2 {
