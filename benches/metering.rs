@@ -90,10 +90,10 @@ async fn compare(
         "  metering off"
     );
     println!(
-        "{:<LABEL_WIDTH$} {:.3}x ({:+.1?} per request)",
+        "{:<LABEL_WIDTH$} {:.3}x ({:+.1} µs per request)",
         "  on / off",
         on.as_secs_f64() / off.as_secs_f64().max(f64::MIN_POSITIVE),
-        on.as_secs_f64() - off.as_secs_f64()
+        (on.as_secs_f64() - off.as_secs_f64()) * 1e6
     );
 }
 
@@ -138,7 +138,7 @@ async fn on_the_cluster() {
             &client,
             &namespace,
             name,
-            ("Ready", "True", "Ready"),
+            ("Ready", "True", "Serving"),
             180,
         )
         .await;
