@@ -318,19 +318,6 @@ async fn load(
     (latencies, started.elapsed())
 }
 
-/// CPU time the process has used so far, summed over its threads (nanosecond schedstat).
-fn cpu_time(pid: u32) -> Duration {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Duration::ZERO;
-    };
-    let nanos: u64 = tasks
-        .flatten()
-        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
-        .filter_map(|text| text.split_whitespace().next()?.parse::<u64>().ok())
-        .sum();
-    Duration::from_nanos(nanos)
-}
-
 async fn proxy_overhead(
     client: &Client,
     activator: &common::activator::ActivatorAddrs,
@@ -384,10 +371,10 @@ async fn proxy_overhead(
                     base.extend(latencies);
                     base_time += took;
                 } else {
-                    let cpu_before = cpu_time(activator_pid);
+                    let cpu_before = support::cpu_time(activator_pid);
                     let (latencies, took) =
                         load(&proxied_client, &proxied, per_round, concurrency).await;
-                    activator_cpu += cpu_time(activator_pid).saturating_sub(cpu_before);
+                    activator_cpu += support::cpu_time(activator_pid).saturating_sub(cpu_before);
                     through.extend(latencies);
                     through_time += took;
                 }
@@ -589,7 +576,7 @@ async fn in_pod_part() {
                     plain_latencies.extend(latencies);
                     plain_time += took;
                 } else {
-                    let before = cpu_time(sidecar.id());
+                    let before = support::cpu_time(sidecar.id());
                     let (latencies, took) = load(
                         &handler_client,
                         &handler,
@@ -597,7 +584,7 @@ async fn in_pod_part() {
                         concurrency,
                     )
                     .await;
-                    sidecar_cpu += cpu_time(sidecar.id()).saturating_sub(before);
+                    sidecar_cpu += support::cpu_time(sidecar.id()).saturating_sub(before);
                     through.extend(latencies);
                     through_time += took;
                 }

@@ -30,19 +30,6 @@ const LABEL_WIDTH: usize = 44;
 
 type Keepalive = HttpClient<HttpConnector, Empty<Bytes>>;
 
-/// CPU time the process has used so far, summed over its threads (nanosecond schedstat).
-fn cpu_time(pid: u32) -> Duration {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Duration::ZERO;
-    };
-    let nanos: u64 = tasks
-        .flatten()
-        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
-        .filter_map(|text| text.split_whitespace().next()?.parse::<u64>().ok())
-        .sum();
-    Duration::from_nanos(nanos)
-}
-
 async fn load(client: &Keepalive, url: &hyper::Uri, count: usize, concurrency: usize) {
     futures::stream::iter(0..count)
         .map(|_| async {
@@ -76,9 +63,9 @@ async fn compare(
             } else {
                 (unmetered, unmetered_pid, &mut off)
             };
-            let before = cpu_time(pid);
+            let before = support::cpu_time(pid);
             load(&client, url, per_round, concurrency).await;
-            *total += cpu_time(pid).saturating_sub(before);
+            *total += support::cpu_time(pid).saturating_sub(before);
         }
     }
     let count = (per_round * ROUNDS) as u32;

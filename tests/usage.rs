@@ -140,10 +140,7 @@ async fn function_use_is_metered_once_across_restarts_and_not_at_zero() {
     let _serial = SERIAL.lock().await;
     let client = client().await;
     install_crds(&client).await;
-    let addrs = ActivatorAddrs {
-        port: free_port(),
-        health_port: free_port(),
-    };
+    let addrs = ActivatorAddrs::free();
     let mut activator = new_activator(addrs);
     addrs.wait_until_ready().await;
     let mut controller = controller(&client, &addrs).await;
@@ -245,10 +242,7 @@ async fn a_profile_pod_living_30_seconds_is_billed_a_minute_of_its_provisioned_s
     let _serial = SERIAL.lock().await;
     let client = client().await;
     install_crds(&client).await;
-    let addrs = ActivatorAddrs {
-        port: free_port(),
-        health_port: free_port(),
-    };
+    let addrs = ActivatorAddrs::free();
     let controller = controller(&client, &addrs).await;
     let profile = unique_name("metered");
     let profiles: Api<FargateProfile> = Api::all(client.clone());

@@ -44,3 +44,16 @@ pub fn run(benchmark: impl std::future::Future<Output = ()>) {
         .expect("a Tokio runtime")
         .block_on(benchmark);
 }
+
+/// CPU time the process has used so far, summed over its threads (nanosecond schedstat).
+pub fn cpu_time(pid: u32) -> Duration {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Duration::ZERO;
+    };
+    let nanos: u64 = tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+        .filter_map(|text| text.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    Duration::from_nanos(nanos)
+}

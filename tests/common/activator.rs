@@ -14,6 +14,14 @@ pub struct ActivatorAddrs {
 }
 
 impl ActivatorAddrs {
+    /// Ports of 127.0.0.1 that were free a moment ago.
+    pub fn free() -> Self {
+        Self {
+            port: free_port(),
+            health_port: free_port(),
+        }
+    }
+
     /// Base URL of the proxy, as the controller's `--activator-url`.
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
@@ -92,10 +100,7 @@ pub fn spawn_activator_with(addrs: ActivatorAddrs, extra: &[String]) -> std::pro
 
 /// Starts an activator on free ports and waits until it is ready; it stops when dropped.
 pub async fn start_activator() -> (FargoProcess, ActivatorAddrs) {
-    let addrs = ActivatorAddrs {
-        port: free_port(),
-        health_port: free_port(),
-    };
+    let addrs = ActivatorAddrs::free();
     let process = FargoProcess::new(spawn_activator(addrs));
     addrs.wait_until_ready().await;
     (process, addrs)
@@ -103,10 +108,7 @@ pub async fn start_activator() -> (FargoProcess, ActivatorAddrs) {
 
 /// [`start_activator`] with more flags.
 pub async fn start_activator_with(extra: &[String]) -> (FargoProcess, ActivatorAddrs) {
-    let addrs = ActivatorAddrs {
-        port: free_port(),
-        health_port: free_port(),
-    };
+    let addrs = ActivatorAddrs::free();
     let process = FargoProcess::new(spawn_activator_with(addrs, extra));
     addrs.wait_until_ready().await;
     (process, addrs)
@@ -115,10 +117,7 @@ pub async fn start_activator_with(extra: &[String]) -> (FargoProcess, ActivatorA
 /// An activator with `extra` flags that lives as long as the test process, on free ports;
 /// returns once it is ready.
 pub async fn activator_for_the_process(extra: &[String]) -> ActivatorAddrs {
-    let addrs = ActivatorAddrs {
-        port: free_port(),
-        health_port: free_port(),
-    };
+    let addrs = ActivatorAddrs::free();
     let extra = extra.to_vec();
     spawn_for_the_process(move || spawn_activator_with(addrs, &extra));
     addrs.wait_until_ready().await;
@@ -129,10 +128,7 @@ pub async fn activator_for_the_process(extra: &[String]) -> ActivatorAddrs {
 pub async fn shared_activator() -> ActivatorAddrs {
     static ADDRS: std::sync::OnceLock<ActivatorAddrs> = std::sync::OnceLock::new();
     let addrs = *ADDRS.get_or_init(|| {
-        let addrs = ActivatorAddrs {
-            port: free_port(),
-            health_port: free_port(),
-        };
+        let addrs = ActivatorAddrs::free();
         spawn_for_the_process(move || spawn_activator(addrs));
         addrs
     });
