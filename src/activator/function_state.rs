@@ -391,11 +391,6 @@ impl FunctionState {
         })
     }
 
-    /// The use this activator metered for the function so far.
-    pub fn usage(&self) -> Option<UsageReport> {
-        self.usage.report()
-    }
-
     /// Hands free places to held requests, oldest first.
     fn dispatch(&self, inner: &mut Inner) {
         while !inner.queue.is_empty() {

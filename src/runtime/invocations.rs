@@ -81,8 +81,7 @@ pub enum Refusal {
 #[derive(Debug, PartialEq, Eq)]
 pub struct UnknownRequestId;
 
-/// How an invocation ended, and Lambda's log lines of it (`START` … `REPORT`) when it ran.
-/// An invocation's end, with what a runtime's run of it measured (when one took it).
+/// How an invocation ended, with what a runtime's run of it measured (when one took it).
 type Ending = (Finished, Option<Ran>);
 
 /// What a runtime's run of an invocation measured.
