@@ -268,7 +268,7 @@ pub enum UsageUpdate {
 
 /// The usage of a profile created at `created` whose status holds `previous`, once its pods'
 /// `spans` are counted up to `now` (to the second). The first write counts from the profile's
-/// creation, which is when its metering began.
+/// creation (its second included), which is when its metering began.
 pub fn update_usage(
     previous: Option<&ProfileUsage>,
     created: Timestamp,
@@ -276,7 +276,9 @@ pub fn update_usage(
     now: Timestamp,
 ) -> UsageUpdate {
     let to = whole_second(now);
-    let from = previous.map_or(created, |usage| usage.updated.0);
+    // The first interval opens a second before the creation: timestamps keep whole seconds,
+    // and a pod may start in the very second its profile was created.
+    let from = previous.map_or(created - SignedDuration::from_secs(1), |usage| usage.updated.0);
     if to <= from {
         return UsageUpdate::Behind;
     }

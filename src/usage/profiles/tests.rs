@@ -514,6 +514,14 @@ fn the_first_write_counts_from_the_profiles_creation() {
 }
 
 #[test]
+fn a_pod_started_in_the_second_its_profile_was_created_is_counted() {
+    let spans = [lived(Some(0), Some(30))];
+    let usage = written(update_usage(None, t(0), &spans, t(45)));
+    assert_eq!(usage.total.pods, 1);
+    assert_eq!(usage.total.vcpu_seconds, 60.0);
+}
+
+#[test]
 fn a_later_write_adds_the_time_since_the_last_and_keeps_since() {
     let spans = [lived(Some(0), None)];
     let first = written(update_usage(None, t(-60), &spans, t(30)));
@@ -564,8 +572,8 @@ fn writes_at_any_fraction_of_a_second_count_each_second_once_across_restarts() {
     }
     let usage = usage.expect("written");
     assert_eq!(
-        usage.total.pods, 0,
-        "both started at the profile's creation"
+        usage.total.pods, 2,
+        "both started in the second of the profile's creation: counted"
     );
     assert_eq!(usage.total.vcpu_seconds, 60.0 + 125.0);
     assert_eq!(usage.updated.0, t(130));
