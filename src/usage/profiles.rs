@@ -278,7 +278,9 @@ pub fn update_usage(
     let to = whole_second(now);
     // The first interval opens a second before the creation: timestamps keep whole seconds,
     // and a pod may start in the very second its profile was created.
-    let from = previous.map_or(created - SignedDuration::from_secs(1), |usage| usage.updated.0);
+    let from = previous.map_or(created - SignedDuration::from_secs(1), |usage| {
+        usage.updated.0
+    });
     if to <= from {
         return UsageUpdate::Behind;
     }
