@@ -101,6 +101,20 @@ pub struct PodSpan {
     pub end: Option<Timestamp>,
     pub vcpu: f64,
     pub gb: f64,
+    /// What this meter has written of the pod so far; `None` when it has not written it (it
+    /// started since, or the meter restarted), and the last write's `updated` stands for it.
+    pub written: Option<Written>,
+}
+
+/// What a meter has written of one pod: whether it counted its start, and its billed time.
+///
+/// News of a pod comes after the fact: a write up to `t` may see a pod running that, it
+/// learns a moment later, ended (or started) at or before `t`. Counting on from what was
+/// written, rather than from what the pod looks like as of `t`, adds what that write missed.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Written {
+    pub started: bool,
+    pub time: SignedDuration,
 }
 
 impl PodSpan {
@@ -159,6 +173,7 @@ pub fn span(pod: &Pod, now: Timestamp) -> Option<PodSpan> {
         end: ended_at(pod, now),
         vcpu: size.vcpu,
         gb: size.gb,
+        written: None,
     })
 }
 
@@ -223,13 +238,20 @@ impl Accrued {
 /// second once: the one-minute minimum lands in the interval that holds the pod's end, and a
 /// pod that ended by `from` adds nothing, its bill being complete in the write up to `from`.
 /// A pod is counted as started in the interval that holds its start.
+///
+/// When the meter has written the pod before ([`PodSpan::written`]), it counts on from what it
+/// wrote instead of from `from`.
 pub fn accrue(span: &PodSpan, from: Timestamp, to: Timestamp) -> Accrued {
     let Some(start) = span.start else {
         return Accrued::default();
     };
-    let seconds = billed_by(span, to) - billed_by(span, from);
+    let before = span.written.unwrap_or_else(|| Written {
+        started: start <= from,
+        time: billed_by(span, from),
+    });
+    let seconds = billed_by(span, to) - before.time;
     Accrued {
-        pods: u64::from(from < start && start <= to),
+        pods: u64::from(!before.started && start <= to),
         seconds: seconds.max(SignedDuration::ZERO).as_secs_f64(),
     }
 }
@@ -401,10 +423,11 @@ impl TrackedPods {
         if self.counted.contains(&uid) {
             return;
         }
-        if let Some(old) = self.spans.get(&uid)
-            && let (Some(before), Some(now)) = (old.end, span.end)
-        {
-            span.end = Some(before.min(now));
+        if let Some(old) = self.spans.get(&uid) {
+            if let (Some(before), Some(now)) = (old.end, span.end) {
+                span.end = Some(before.min(now));
+            }
+            span.written = old.written;
         }
         self.spans.insert(uid, span);
     }
@@ -446,7 +469,8 @@ impl TrackedPods {
         profiles
     }
 
-    /// Forgets the pods of `profile` that `settled` counted in full.
+    /// Records what `settled` counted of the pods of `profile` (the spans are those the write
+    /// used: no event is followed while writing), and forgets those counted in full.
     pub fn settle(&mut self, profile: &str, settled: Settled) {
         let done = |span: &PodSpan| match settled {
             Settled::CountedTo(counted_to) => span.counted_by(counted_to),
@@ -455,9 +479,18 @@ impl TrackedPods {
         };
         let counted = &mut self.counted;
         self.spans.retain(|uid, span| {
-            let forget = span.profile == profile && done(span);
+            if span.profile != profile {
+                return true;
+            }
+            let forget = done(span);
             if forget {
                 counted.insert(uid.clone());
+            } else if let (Settled::CountedTo(to), Some(start)) = (settled, span.start) {
+                let before = span.written.map_or(SignedDuration::ZERO, |w| w.time);
+                span.written = Some(Written {
+                    started: start <= to,
+                    time: billed_by(span, to).max(before),
+                });
             }
             !forget
         });

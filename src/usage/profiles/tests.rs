@@ -47,6 +47,7 @@ fn lived(start: Option<i64>, end: Option<i64>) -> PodSpan {
         end: end.map(t),
         vcpu: 1.0,
         gb: 2.0,
+        written: None,
     }
 }
 
@@ -182,6 +183,7 @@ status:
             end: None,
             vcpu: 0.25,
             gb: 0.5,
+            written: None,
         })
     );
 }
@@ -511,6 +513,29 @@ fn the_first_write_counts_from_the_profiles_creation() {
         usage.namespaces[0].history.hours[0].start.0,
         at("2026-03-01T10:00:00Z")
     );
+}
+
+#[test]
+fn an_end_learned_after_the_write_it_falls_in_still_gets_its_minute() {
+    // A write up to t(30) sees the pod running; a moment later the watch says it ended at
+    // t(30). The next write adds the rest of its minute.
+    let mut tracked = TrackedPods::default();
+    tracked.follow(watcher::Event::Init, t(0));
+    tracked.follow(watcher::Event::InitDone, t(0));
+    let uid = "short".to_string();
+    tracked.seen(uid.clone(), Some(lived(Some(0), None)));
+    let spans = tracked.by_profile().remove("payments").unwrap();
+    let first = written(update_usage(None, t(0), &spans, t(30)));
+    assert_eq!(first.total.vcpu_seconds, 30.0);
+    tracked.settle("payments", Settled::CountedTo(t(30)));
+
+    tracked.seen(uid.clone(), Some(lived(Some(0), Some(30))));
+    let spans = tracked.by_profile().remove("payments").unwrap();
+    let second = written(update_usage(Some(&first), t(0), &spans, t(60)));
+    assert_eq!(second.total.vcpu_seconds, 60.0, "one minute at least");
+    assert_eq!(second.total.pods, 1);
+    tracked.settle("payments", Settled::CountedTo(t(60)));
+    assert!(tracked.by_profile().is_empty(), "counted in full");
 }
 
 #[test]
