@@ -2,9 +2,10 @@
 //! started and ended and its provisioned size, and every [`WRITE_INTERVAL`] each profile's
 //! `status.usage` gets its pods' time since the last write, with Fargate's one-minute minimum.
 //!
-//! The last write's `updated` is where the next one counts from, so the figures are exact
-//! whoever writes them and however often: a write that fails, or a meter that restarts, leaves
-//! the time for the next write to count, and a pod ended by then adds nothing more.
+//! Each write counts on from what the meter wrote of each pod before, or, for a pod it has not
+//! written (a meter that restarted), from the last write's `updated`: a write that fails leaves
+//! the time for the next write to count, news of a pod that comes after the write it falls in
+//! is still counted, and a pod counted in full adds nothing more.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
