@@ -4,6 +4,7 @@
 #   tests/cluster/build.sh            build whatever is missing from the cache
 #   tests/cluster/build.sh versitygw  only the S3 server (function code; tests/fetch_code.rs)
 #   tests/cluster/build.sh nats-server  only NATS (JetStream, the store of async invocations)
+#   tests/cluster/build.sh kind       kind, kubeadm and CoreDNS: the kind tier (tests/e2e/kind.sh)
 #   FARGO_CACHE=/some/dir build.sh    cache somewhere else (default ~/.cache/fargo)
 #
 # Output: $FARGO_CACHE/bin/<name>-<version>/ holding the binaries, and a `.done` marker
@@ -62,6 +63,17 @@ wrapper_module() {
 staging_version() { echo "v0.${KUBERNETES_VERSION#v1.}"; }
 etcd_version() { echo "$ETCD_VERSION"; }
 
+# The version Kubernetes' binaries report (kubeadm checks it against the cluster's).
+kubernetes_ldflags() {
+  local minor="${KUBERNETES_VERSION#v1.}" ldflags="-s -w" p
+  minor="${minor%%.*}"
+  for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldflags+=" -X $p.gitVersion=$KUBERNETES_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor"
+    ldflags+=" -X $p.gitTreeState=clean -X $p.buildDate=1970-01-01T00:00:00Z"
+  done
+  echo "$ldflags"
+}
+
 build_kubernetes() {
   local out="$cache/bin/kubernetes-$KUBERNETES_VERSION"
   [[ -f "$out/.done" ]] && return 0
@@ -70,17 +82,21 @@ build_kubernetes() {
   local pkgs=()
   for c in "${cmds[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$c"); done
   wrapper_module "$src" k8s.io/kubernetes "$KUBERNETES_VERSION" staging_version "${pkgs[@]}"
-  local minor="${KUBERNETES_VERSION#v1.}"
-  minor="${minor%%.*}"
-  local ldflags="-s -w"
-  for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-    ldflags+=" -X $p.gitVersion=$KUBERNETES_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor"
-    ldflags+=" -X $p.gitTreeState=clean -X $p.buildDate=1970-01-01T00:00:00Z"
-  done
   log "building ${cmds[*]} $KUBERNETES_VERSION (a cold build takes a while)"
   mkdir -p "$out"
-  (cd "$src" && go build -trimpath -ldflags "$ldflags" -o "$out/" "${pkgs[@]}")
+  (cd "$src" && go build -trimpath -ldflags "$(kubernetes_ldflags)" -o "$out/" "${pkgs[@]}")
   touch "$out/.done"
+}
+
+# kubeadm, which only kind's node runs, from the module graph of build_kubernetes.
+build_kubeadm() {
+  build_kubernetes
+  local out="$cache/bin/kubernetes-$KUBERNETES_VERSION"
+  [[ -f "$out/.kubeadm-done" ]] && return 0
+  log "building kubeadm $KUBERNETES_VERSION"
+  (cd "$cache/src/kubernetes-$KUBERNETES_VERSION" &&
+    go build -trimpath -ldflags "$(kubernetes_ldflags)" -o "$out/" k8s.io/kubernetes/cmd/kubeadm)
+  touch "$out/.kubeadm-done"
 }
 
 build_etcd() {
@@ -154,6 +170,13 @@ case "${1:-all}" in
   helm) build_plain helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm ;;
   versitygw) build_plain versitygw "$VERSITYGW_VERSION" github.com/versity/versitygw/cmd/versitygw ;;
   nats-server) build_nats_server ;;
-  *) echo "usage: $0 [all|kubernetes|etcd|kwok|helm|versitygw|nats-server]" >&2; exit 2 ;;
+  kind)
+    build_etcd
+    build_kubeadm
+    build_plain helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm
+    build_plain kind "$KIND_VERSION" sigs.k8s.io/kind
+    build_plain coredns "$COREDNS_VERSION" github.com/coredns/coredns
+    ;;
+  *) echo "usage: $0 [all|kubernetes|etcd|kwok|helm|versitygw|nats-server|kind]" >&2; exit 2 ;;
 esac
 log "binaries ready under $cache/bin"
