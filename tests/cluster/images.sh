@@ -17,6 +17,10 @@
 #                                     of tests/cluster/versitygw.sh, imported again unless changed
 #   tests/cluster/images.sh image NAME BINARY USER [PORT]
 #                                     any binary; node.sh builds the pause image this way
+#   tests/cluster/images.sh runtime-base DIR BINARY...
+#                                     only the files of an image, without a program: users, /tmp
+#                                     and the shared libraries the binaries need, into DIR (the
+#                                     Dockerfile's RUNTIME_IMAGE in tests/e2e/kind.sh)
 #
 # An image is one layer: the binary, the shared libraries `ldd` names (and the dynamic loader),
 # /etc/passwd, /etc/group and /tmp. Archives are written to <repo>/target/images/NAME.tar
@@ -363,9 +367,14 @@ case "${1:-all}" in
   runtimes) runtimes ;;
   nats) nats_image ;;
   versitygw) versitygw_image ;;
+  runtime-base)
+    (($# >= 3)) || die "usage: $0 runtime-base DIR BINARY..."
+    base_files "$2"
+    copy_libs "$2" "${@:3}"
+    ;;
   image)
     (($# >= 4)) || die "usage: $0 image NAME BINARY USER [PORT]"
     image "$2" "$3" "$4" "${5:-}"
     ;;
-  *) die "usage: $0 [all|fargo|echo|runtimes|nats|versitygw|image NAME BINARY USER [PORT]]" ;;
+  *) die "usage: $0 [all|fargo|echo|runtimes|nats|versitygw|image NAME BINARY USER [PORT]|runtime-base DIR BINARY...]" ;;
 esac
