@@ -11,10 +11,15 @@ export KUBECONFIG := $(CURDIR)/.cluster/kubeconfig
 export KUBECTL := $(K8S_BIN)/kubectl
 export PATH := $(K8S_BIN):$(HELM_BIN):$(PATH)
 
-.PHONY: test lint unit integration cluster-up cluster-down images crds dev bench fuzz
+.PHONY: test lint unit integration test-local test-kind cluster-up cluster-down images crds dev bench fuzz
 
-## test: lint, unit tests, then the integration tests against a local cluster started for them
-test: lint unit
+## test: lint, unit tests, the integration tests against a local cluster started for them, then
+## the kind tier (test-kind)
+test: lint unit test-local test-kind
+
+## test-local: the integration tests against the local cluster (tests/cluster/), started for
+## them and stopped after, or the one already running
+test-local:
 	@if tests/cluster/up.sh --running 2>/dev/null; then \
 	  echo "reusing the running local cluster"; \
 	  $(MAKE) --no-print-directory images integration; \
@@ -23,6 +28,12 @@ test: lint unit
 	  status=0; $(MAKE) --no-print-directory images integration || status=$$?; \
 	  tests/cluster/down.sh; exit $$status; \
 	fi
+
+## test-kind: fargo installed with Helm on a kind cluster, and the cluster-agnostic end-to-end
+## tests (tests/e2e.rs) against it; everything, Docker engine included, is brought up for them
+## and torn down after (KEEP=1 leaves it; `tests/e2e/kind.sh down` removes it)
+test-kind:
+	tests/e2e/kind.sh
 
 lint:
 	cargo fmt --check

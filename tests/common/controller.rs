@@ -72,7 +72,7 @@ impl ControllerProcess {
 }
 
 /// Where the API server reaches the tests' out-of-cluster webhook: 127.0.0.1 for the local
-/// cluster; the Docker gateway for kind (`FARGO_TEST_WEBHOOK_HOST`, set by tests/e2e/kind.sh).
+/// cluster, or `FARGO_TEST_WEBHOOK_HOST` for an API server elsewhere (in a container, say).
 fn webhook_host() -> String {
     std::env::var("FARGO_TEST_WEBHOOK_HOST").unwrap_or_else(|_| "127.0.0.1".into())
 }

@@ -67,6 +67,8 @@ up() {
 down() {
   local pid bridge
   if running; then
+    # Images replaced by a later build of the same name (fargo's, on every run).
+    DOCKER_HOST="$(docker_host)" docker image prune -f >/dev/null 2>&1 || true
     # kind's networks (and so their bridges) go with the engine's own clean-up.
     DOCKER_HOST="$(docker_host)" docker network ls --format '{{.Name}}' |
       grep -vx -e bridge -e host -e none |

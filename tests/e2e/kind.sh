@@ -257,7 +257,12 @@ esac
 
 ((EUID == 0)) || die "the kind tier needs root (dockerd, debootstrap)"
 log_clock_start="$EPOCHREALTIME"
-[[ -n "${KEEP:-}" ]] || trap 'status=$?; down; exit $status' EXIT
+on_exit() {
+  local status=$?
+  down
+  exit "$status"
+}
+[[ -n "${KEEP:-}" ]] || trap on_exit EXIT
 "$root/tests/cluster/build.sh" kind
 "$root/tests/cluster/node.sh" build
 use_engine

@@ -25,7 +25,6 @@ set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=../cluster/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../cluster/lib.sh"
 log_tag=node-image
-e2e="$root/tests/e2e"
 # shellcheck source-path=SCRIPTDIR source=../cluster/versions.env
 source "$root/tests/cluster/versions.env"
 cache="${FARGO_CACHE:-$HOME/.cache/fargo}"
@@ -244,5 +243,10 @@ EOF
 }
 
 image="$(image_name)"
-have_image "$image" || build "$image"
+if ! have_image "$image"; then
+  build "$image"
+  # Node images of other inputs are not used again.
+  docker images --format '{{.Repository}}:{{.Tag}}' fargo.dev/kind-node | grep -vx "$image" |
+    xargs -r docker rmi >/dev/null || true
+fi
 echo "$image"
