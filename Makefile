@@ -38,8 +38,8 @@ test-kind:
 lint:
 	cargo fmt --check
 	cargo clippy --all-targets --locked -- -D warnings
-# --all-targets leaves out tests marked `test = false` (tests/install.rs).
-	cargo clippy --test install --locked -- -D warnings
+# --all-targets leaves out tests marked `test = false` (tests/install.rs, tests/e2e.rs).
+	cargo clippy --test install --test e2e --locked -- -D warnings
 
 ## unit: the pure logic, the reconcilers replayed against recorded API exchanges, and the inputs
 ## that once failed a fuzz target (no cluster, no nightly)

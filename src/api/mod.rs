@@ -88,6 +88,31 @@ pub fn crds()
 -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
 {
     vec![FargateProfile::crd(), ServerlessFunction::crd()]
+        .into_iter()
+        .map(with_kubernetes_formats)
+        .collect()
+}
+
+/// The CRD with each `format: uint64` (schemars' for a `u64`) as `int64`, a format the API
+/// server knows: it warns of an unknown one at every apply. The field keeps its `minimum: 0`.
+fn with_kubernetes_formats(
+    crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+) -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
+    fn walk(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                if map.get("format").and_then(|f| f.as_str()) == Some("uint64") {
+                    map.insert("format".into(), "int64".into());
+                }
+                map.values_mut().for_each(walk);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    let mut value = serde_json::to_value(&crd).expect("a CRD serializes");
+    walk(&mut value);
+    serde_json::from_value(value).expect("a CRD with other formats deserializes")
 }
 
 /// The CRDs as one multi-document YAML stream: the content of `crds/`.
@@ -116,6 +141,37 @@ mod tests {
             "http://fargo-activator.fargo-system.svc/media/thumbnail/"
         );
     }
+    #[test]
+    fn every_format_in_the_crds_is_one_the_api_server_knows() {
+        fn formats(value: &serde_json::Value, out: &mut Vec<String>) {
+            match value {
+                serde_json::Value::Object(map) => {
+                    if let Some(format) = map.get("format").and_then(|f| f.as_str()) {
+                        out.push(format.to_string());
+                    }
+                    map.values().for_each(|v| formats(v, out));
+                }
+                serde_json::Value::Array(items) => items.iter().for_each(|v| formats(v, out)),
+                _ => {}
+            }
+        }
+        let mut found = Vec::new();
+        for crd in crds() {
+            formats(&serde_json::to_value(&crd).unwrap(), &mut found);
+        }
+        assert!(found.iter().any(|f| f == "int64"), "{found:?}");
+        // Those of k8s.io/apiextensions-apiserver's validation that the CRDs use.
+        let known = ["int32", "int64", "double", "float", "date-time", "byte"];
+        let unknown: Vec<_> = found
+            .iter()
+            .filter(|f| !known.contains(&f.as_str()))
+            .collect();
+        assert!(
+            unknown.is_empty(),
+            "formats the API server warns of: {unknown:?}"
+        );
+    }
+
     #[test]
     fn checked_in_crds_match_the_rust_types() {
         for (name, generated) in super::crds_yaml().expect("CRDs render") {
