@@ -34,7 +34,6 @@ mod common;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io::{BufRead, BufReader, Read};
-use std::panic::AssertUnwindSafe;
 use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -45,14 +44,13 @@ use common::functions::{apply_function, function_condition, function_replicas};
 use common::http::http_request;
 use common::namespaces::{unique_name, with_temp_namespaces};
 use common::processes::free_port;
-use common::report::namespace_report;
-use common::wait::eventually;
+use common::profiles::{apply_profile, deleting_profile_after};
+use common::wait::wait_reporting;
 use fargo::api::profile::FargateProfile;
-use futures::FutureExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::node::v1::RuntimeClass;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
@@ -94,37 +92,22 @@ fn kubectl_program() -> std::ffi::OsString {
     std::env::var_os("KUBECTL").unwrap_or_else(|| "kubectl".into())
 }
 
-/// Polls `check` every 200 ms until it returns `Ok`, for at most `seconds`. On timeout it
-/// panics with the last `Err` it saw, what `namespaces` and the release's namespace hold, and the
-/// end of the release's logs.
+/// [`common::wait::wait_for`], whose report on timeout also holds the release's namespace and
+/// the end of its logs.
 async fn wait_for<T, F, Fut>(
     client: &Client,
     namespaces: &[String],
     seconds: u64,
     what: &str,
-    mut check: F,
+    check: F,
 ) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, String>>,
 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
-    loop {
-        let last = match check().await {
-            Ok(value) => return value,
-            Err(last) => last,
-        };
-        if tokio::time::Instant::now() > deadline {
-            let mut reported = namespaces.to_vec();
-            reported.push(RELEASE_NAMESPACE.into());
-            panic!(
-                "timed out after {seconds}s waiting for {what}; last seen: {last}\n{}{}",
-                namespace_report(client, &reported).await,
-                release_logs().await
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let mut reported = namespaces.to_vec();
+    reported.push(RELEASE_NAMESPACE.into());
+    wait_reporting(client, &reported, seconds, what, check, release_logs).await
 }
 
 /// The last lines of every container of the release (`kubectl logs`), or why there are none.
@@ -435,47 +418,6 @@ fn pod_ip(pod: &Pod) -> String {
         .as_ref()
         .and_then(|s| s.pod_ip.clone())
         .unwrap_or_else(|| panic!("pod {} has no IP", pod.name_any()))
-}
-
-/// Server-side applies FargateProfile `name` with `spec`.
-async fn apply_profile(client: &Client, name: &str, spec: Value) {
-    let object = json!({
-        "apiVersion": "fargo.dev/v1alpha1",
-        "kind": "FargateProfile",
-        "metadata": {"name": name},
-        "spec": spec,
-    });
-    Api::<FargateProfile>::all(client.clone())
-        .patch(
-            name,
-            &PatchParams::apply(common::TEST_MANAGER).force(),
-            &Patch::Apply(&object),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("applying profile {name}: {e}"));
-}
-
-/// Runs `test`, then deletes `profile` and waits until the in-cluster controller has run its
-/// finalizer, also when the test panics.
-async fn deleting_profile_after<Fut>(client: &Client, profile: &str, test: Fut)
-where
-    Fut: Future<Output = ()>,
-{
-    let outcome = AssertUnwindSafe(test).catch_unwind().await;
-    let profiles: Api<FargateProfile> = Api::all(client.clone());
-    let _ = profiles.delete(profile, &DeleteParams::default()).await;
-    eventually(
-        60,
-        &format!("profile {profile} to be gone (its finalizer run by the installed controller)"),
-        || {
-            let profiles = profiles.clone();
-            async move { matches!(profiles.get_opt(profile).await, Ok(None)).then_some(()) }
-        },
-    )
-    .await;
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
-    }
 }
 
 /// Waits until `namespace` is under `profile` everywhere it matters: the controller labelled it

@@ -23,7 +23,7 @@ use common::admission::webhooks_see;
 use common::client;
 use common::namespaces::{unique_name, with_temp_namespaces};
 use common::report::namespace_report;
-use common::wait::eventually;
+use common::wait::{eventually, wait_for};
 use fargo::api::function::ServerlessFunction;
 use fargo::api::profile::FargateProfile;
 use futures::FutureExt;
@@ -35,7 +35,6 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
-use real_node::wait_for;
 use serde_json::json;
 
 const RELEASE: &str = "fargo";

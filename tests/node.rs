@@ -16,14 +16,15 @@ use std::time::Duration;
 use common::admission::webhooks_see;
 use common::controller::shared_controller_with;
 use common::namespaces::{ensure_namespace, unique_name, with_temp_namespaces, with_temp_ns};
+use common::profiles::{apply_profile, deleting_profile_after};
+use common::wait::wait_for;
 use common::{client, install_crds};
-use fargo::api::profile::FargateProfile;
 use futures::FutureExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use kube::{Client, ResourceExt};
-use real_node::{http_get, wait_for};
+use real_node::http_get;
 use serde_json::{Value, json};
 
 /// Ports of this binary's controller, apart from those of the other test binaries.
@@ -224,23 +225,6 @@ async fn wait_fenced_on(
     .await
 }
 
-async fn apply_profile(client: &Client, name: &str, spec: Value) {
-    let object = json!({
-        "apiVersion": "fargo.dev/v1alpha1",
-        "kind": "FargateProfile",
-        "metadata": {"name": name},
-        "spec": spec,
-    });
-    Api::<FargateProfile>::all(client.clone())
-        .patch(
-            name,
-            &PatchParams::apply(common::TEST_MANAGER).force(),
-            &Patch::Apply(&object),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("applying profile {name}: {e}"));
-}
-
 /// Waits until the controller has labelled `namespace` profiled and written the profile's
 /// NetworkPolicy there: from then on the webhook mutates its pods and the fence exists.
 async fn wait_fenced_namespace(client: &Client, namespace: &str, profile: &str) {
@@ -270,24 +254,6 @@ async fn wait_fenced_namespace(client: &Client, namespace: &str, profile: &str) 
         },
     )
     .await;
-}
-
-/// Runs `test`, then deletes `profile` (waiting for its finalizer), also when the test panics.
-async fn deleting_profile_after<Fut>(client: &Client, profile: &str, test: Fut)
-where
-    Fut: Future<Output = ()>,
-{
-    let outcome = AssertUnwindSafe(test).catch_unwind().await;
-    let profiles: Api<FargateProfile> = Api::all(client.clone());
-    let _ = profiles.delete(profile, &DeleteParams::default()).await;
-    common::wait::eventually(30, &format!("profile {profile} to be gone"), || {
-        let profiles = profiles.clone();
-        async move { matches!(profiles.get_opt(profile).await, Ok(None)).then_some(()) }
-    })
-    .await;
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
-    }
 }
 
 /// The container ids `<runtime> --root RUNTIME_ROOT list` prints (run on this machine, which is

@@ -28,6 +28,8 @@ pub mod photos;
 #[allow(dead_code)]
 pub mod processes;
 #[allow(dead_code)]
+pub mod profiles;
+#[allow(dead_code)]
 pub mod records;
 #[allow(dead_code)]
 pub mod report;

@@ -1,43 +1,9 @@
 //! Shared by the tests that run pods on the local cluster's real node (tests/node.rs,
-//! tests/install.rs): waits that, when they time out, say what they last saw and what the
-//! namespaces involved hold, and plain HTTP to pod and Service IPs.
+//! tests/install.rs): plain HTTP to pod and Service IPs.
 
-use std::future::Future;
 use std::time::Duration;
 
-use kube::Client;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-use crate::common::report::namespace_report;
-
-/// Polls `check` every 200 ms until it returns `Ok`, for at most `seconds`. On timeout it
-/// panics with the last `Err` it saw and what `namespaces` hold.
-pub async fn wait_for<T, F, Fut>(
-    client: &Client,
-    namespaces: &[String],
-    seconds: u64,
-    what: &str,
-    mut check: F,
-) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, String>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
-    loop {
-        let last = match check().await {
-            Ok(value) => return value,
-            Err(last) => last,
-        };
-        if tokio::time::Instant::now() > deadline {
-            panic!(
-                "timed out after {seconds}s waiting for {what}; last seen: {last}\n{}",
-                namespace_report(client, namespaces).await
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 /// One HTTP/1.0 GET to `ip:port` (a pod or Service of the local cluster), bounded by `timeout`:
 /// the status and the body.
