@@ -16,7 +16,8 @@
 # NATS's from tests/cluster/images.sh, all put on the node with `kind load`.
 #
 # The cluster `fargo-e2e` (KIND_CLUSTER) has one node, pods on 10.245.0.0/16 and Services on
-# 10.97.0.0/16, apart from the local cluster's (tests/cluster/), which may run beside it.
+# 10.97.0.0/16, ranges apart from the local cluster's (tests/cluster/); `make test` runs the two
+# tiers one after the other.
 # Its CNI is a bridge with kube-router enforcing NetworkPolicies (kindnetd is not built here).
 # Kubeconfig: <repo>/.cluster/kind-kubeconfig. Needs root (debootstrap, dockerd), Go and cargo.
 set -euo pipefail
