@@ -318,6 +318,95 @@ async fn load(
     (latencies, started.elapsed())
 }
 
+/// nginx (Debian's, `apt-get install nginx-light`) as a plain reverse proxy on 127.0.0.1 in front
+/// of one pod: one process (no master, one worker), keep-alive connections to the pod, no access
+/// log — the cost floor of "just a proxy" beside the activator. `None` when nginx is missing.
+struct Nginx {
+    child: std::process::Child,
+    url: hyper::Uri,
+    _work: std::path::PathBuf,
+}
+
+impl Nginx {
+    const BINARY: &'static str = "/usr/sbin/nginx";
+
+    fn start(pod: &str) -> Option<Self> {
+        if !std::path::Path::new(Self::BINARY).exists() {
+            return None;
+        }
+        let work = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("bench-nginx-{}", std::process::id()));
+        std::fs::create_dir_all(&work).expect("nginx's work directory");
+        let port = common::processes::free_port();
+        let dir = work.display();
+        let config = format!(
+            "daemon off;
+master_process off;
+worker_processes 1;
+error_log {dir}/error.log;
+pid {dir}/nginx.pid;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  client_body_temp_path {dir}/body;
+  proxy_temp_path {dir}/proxy;
+  fastcgi_temp_path {dir}/fastcgi;
+  uwsgi_temp_path {dir}/uwsgi;
+  scgi_temp_path {dir}/scgi;
+  upstream pod {{ server {pod}:8080; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      proxy_pass http://pod;
+      proxy_http_version 1.1;
+      proxy_set_header Connection \"\";
+    }}
+  }}
+}}
+"
+        );
+        let config_path = work.join("nginx.conf");
+        std::fs::write(&config_path, config).expect("nginx.conf");
+        let child = std::process::Command::new(Self::BINARY)
+            .arg("-c")
+            .arg(&config_path)
+            .arg("-e")
+            .arg(work.join("error.log"))
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("starting nginx");
+        Some(Self {
+            child,
+            url: format!("http://127.0.0.1:{port}/").parse().expect("a URL"),
+            _work: work,
+        })
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One path requests take in [`proxy_overhead`]: its name, URL, client, and the process whose
+/// CPU it costs (none for the direct path).
+struct ProxyPath {
+    name: &'static str,
+    url: hyper::Uri,
+    client: Keepalive,
+    pid: Option<u32>,
+}
+
+/// What one path measured at one level.
+#[derive(Default)]
+struct PathRun {
+    latencies: Vec<Duration>,
+    took: Duration,
+    cpu: Duration,
+}
+
 async fn proxy_overhead(
     client: &Client,
     activator: &common::activator::ActivatorAddrs,
@@ -352,60 +441,101 @@ async fn proxy_overhead(
         .function_url(namespace, function)
         .parse()
         .expect("a URL");
-    let (direct_client, proxied_client) = (keepalive_client(), keepalive_client());
-    // Connections opened and caches warm on both paths before measuring.
-    load(&direct_client, &direct, 1_000, 64).await;
-    load(&proxied_client, &proxied, 1_000, 64).await;
+    let nginx = Nginx::start(&ip);
+    let mut paths = vec![
+        ProxyPath {
+            name: "straight to the pod",
+            url: direct,
+            client: keepalive_client(),
+            pid: None,
+        },
+        ProxyPath {
+            name: "through the activator",
+            url: proxied,
+            client: keepalive_client(),
+            pid: Some(activator_pid),
+        },
+    ];
+    match &nginx {
+        Some(nginx) => paths.push(ProxyPath {
+            name: "through nginx",
+            url: nginx.url.clone(),
+            client: keepalive_client(),
+            pid: Some(nginx.child.id()),
+        }),
+        None => println!(
+            "nginx: skipped ({} missing: apt-get install nginx-light)",
+            Nginx::BINARY
+        ),
+    }
+    // Connections opened and caches warm on every path before measuring (nginx's port may take
+    // a moment to open).
+    for path in &paths {
+        common::wait::eventually(30, &format!("{} to answer", path.name), || async {
+            answers_uri(&path.url).await.then_some(())
+        })
+        .await;
+        load(&path.client, &path.url, 1_000, 64).await;
+    }
 
     for concurrency in LEVELS {
         let per_round = REQUESTS_PER_LEVEL / ROUNDS;
-        let (mut base, mut through) = (vec![], vec![]);
-        let (mut base_time, mut through_time) = (Duration::ZERO, Duration::ZERO);
-        let mut activator_cpu = Duration::ZERO;
+        let mut runs: Vec<PathRun> = paths.iter().map(|_| PathRun::default()).collect();
         for round in 0..ROUNDS {
-            // Alternate which path goes first, so both see the same machine noise.
-            for path in [round % 2, 1 - round % 2] {
-                if path == 0 {
-                    let (latencies, took) =
-                        load(&direct_client, &direct, per_round, concurrency).await;
-                    base.extend(latencies);
-                    base_time += took;
-                } else {
-                    let cpu_before = support::cpu_time(activator_pid);
-                    let (latencies, took) =
-                        load(&proxied_client, &proxied, per_round, concurrency).await;
-                    activator_cpu += support::cpu_time(activator_pid).saturating_sub(cpu_before);
-                    through.extend(latencies);
-                    through_time += took;
+            // Rotate which path goes first, so all see the same machine noise.
+            for offset in 0..paths.len() {
+                let index = (round + offset) % paths.len();
+                let path = &paths[index];
+                let cpu_before = path.pid.map(support::cpu_time);
+                let (latencies, took) = load(&path.client, &path.url, per_round, concurrency).await;
+                let run = &mut runs[index];
+                if let (Some(pid), Some(before)) = (path.pid, cpu_before) {
+                    run.cpu += support::cpu_time(pid).saturating_sub(before);
                 }
+                run.latencies.extend(latencies);
+                run.took += took;
             }
         }
-        let per_request = activator_cpu / through.len() as u32;
-        let base_rps = base.len() as f64 / base_time.as_secs_f64();
-        let through_rps = through.len() as f64 / through_time.as_secs_f64();
-        let (b50, b99) = support::report(
-            &format!("straight to the pod, {concurrency} connections ({base_rps:.0} rps)"),
-            LABEL_WIDTH,
-            base,
-        );
-        let (t50, t99) = support::report(
-            &format!("through the activator, {concurrency} connections ({through_rps:.0} rps)"),
-            LABEL_WIDTH,
-            through,
-        );
-        println!(
-            "{:<LABEL_WIDTH$} throughput {:.2}x  p50=+{:?} p99=+{:?}",
-            "  activator vs direct",
-            through_rps / base_rps,
-            t50.saturating_sub(b50),
-            t99.saturating_sub(b99),
-        );
-        println!(
-            "{:<LABEL_WIDTH$} {per_request:.1?} per request = {:.0} rps per core",
-            "  activator CPU",
-            1.0 / per_request.as_secs_f64().max(f64::MIN_POSITIVE),
-        );
+        let mut figures = vec![];
+        for (path, run) in paths.iter().zip(runs) {
+            let rps = run.latencies.len() as f64 / run.took.as_secs_f64();
+            let count = run.latencies.len() as u32;
+            let (p50, p99) = support::report(
+                &format!("{}, {concurrency} connections ({rps:.0} rps)", path.name),
+                LABEL_WIDTH,
+                run.latencies,
+            );
+            figures.push((rps, p50, p99, run.cpu / count.max(1)));
+        }
+        let (base_rps, b50, b99, _) = figures[0];
+        for (path, (rps, p50, p99, per_request)) in paths.iter().zip(&figures).skip(1) {
+            println!(
+                "{:<LABEL_WIDTH$} throughput {:.2}x  p50=+{:?} p99=+{:?}  CPU {per_request:.1?} per request",
+                format!("  {} vs direct", path.name.trim_start_matches("through ")),
+                rps / base_rps,
+                p50.saturating_sub(b50),
+                p99.saturating_sub(b99),
+            );
+        }
+        if let [_, (_, _, _, activator_cpu), (_, _, _, nginx_cpu)] = figures[..] {
+            println!(
+                "{:<LABEL_WIDTH$} {:.2}x nginx's CPU per request",
+                "  activator vs nginx",
+                activator_cpu.as_secs_f64() / nginx_cpu.as_secs_f64().max(f64::MIN_POSITIVE),
+            );
+        }
     }
+}
+
+/// Whether `url` answers a GET at all.
+async fn answers_uri(url: &hyper::Uri) -> bool {
+    let (Some(host), Some(port)) = (url.host(), url.port_u16()) else {
+        return false;
+    };
+    let Ok(ip) = host.parse::<std::net::IpAddr>() else {
+        return false;
+    };
+    answers(SocketAddr::new(ip, port), url.path()).await
 }
 
 async fn on_the_cluster() {
@@ -432,12 +562,28 @@ async fn on_the_cluster() {
     common::namespaces::ensure_namespace(&client, &namespace).await;
     common::s3::s3_secret(&client, &namespace).await;
     println!("load average before: {}", load_average());
+    if std::env::var_os("FARGO_BENCH_PROXY_ONLY").is_none() {
+        cold_starts(&client, &activator, &namespace).await;
+    }
+    proxy_overhead(&client, &activator, activator_process.id(), &namespace).await;
+    println!("load average after: {}", load_average());
+    let _ = Api::<Namespace>::all(client.clone())
+        .delete(&namespace, &DeleteParams::background())
+        .await;
+}
+
+/// The echo image's, the Python handler's and the Go handler's cold starts.
+async fn cold_starts(
+    client: &Client,
+    activator: &common::activator::ActivatorAddrs,
+    namespace: &str,
+) {
     let http = (8080, "/healthz");
     let handler = (9002, "/ready");
     cold_start(
-        &client,
-        &activator,
-        &namespace,
+        client,
+        activator,
+        namespace,
         (
             "cold",
             json!({"image": "fargo.dev/echo:dev", "timeout": "30s",
@@ -453,9 +599,9 @@ async fn on_the_cluster() {
     ))
     .expect("the Python example");
     cold_start(
-        &client,
-        &activator,
-        &namespace,
+        client,
+        activator,
+        namespace,
         (
             "cold-python",
             json!({"runtime": "python3.11", "handler": "app.handler",
@@ -467,9 +613,9 @@ async fn on_the_cluster() {
     )
     .await;
     cold_start(
-        &client,
-        &activator,
-        &namespace,
+        client,
+        activator,
+        namespace,
         (
             "cold-go",
             json!({"runtime": "provided",
@@ -480,11 +626,6 @@ async fn on_the_cluster() {
         HANDLER_COLD_RUNS,
     )
     .await;
-    proxy_overhead(&client, &activator, activator_process.id(), &namespace).await;
-    println!("load average after: {}", load_average());
-    let _ = Api::<Namespace>::all(client.clone())
-        .delete(&namespace, &DeleteParams::background())
-        .await;
 }
 
 /// `fargo-runtime-api` with the Go example as its runtime client, against fargo-echo as a plain
