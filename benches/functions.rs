@@ -390,10 +390,11 @@ impl Drop for Nginx {
     }
 }
 
-/// One path requests take in [`proxy_overhead`]: its name, URL, client, and the process whose
-/// CPU it costs (none for the direct path).
+/// One path requests take in [`proxy_overhead`]: its name (and a short one for the
+/// comparisons), URL, client, and the process whose CPU it costs (none for the direct path).
 struct ProxyPath {
     name: &'static str,
+    short: &'static str,
     url: hyper::Uri,
     client: Keepalive,
     pid: Option<u32>,
@@ -445,12 +446,14 @@ async fn proxy_overhead(
     let mut paths = vec![
         ProxyPath {
             name: "straight to the pod",
+            short: "direct",
             url: direct,
             client: keepalive_client(),
             pid: None,
         },
         ProxyPath {
             name: "through the activator",
+            short: "activator",
             url: proxied,
             client: keepalive_client(),
             pid: Some(activator_pid),
@@ -459,6 +462,7 @@ async fn proxy_overhead(
     match &nginx {
         Some(nginx) => paths.push(ProxyPath {
             name: "through nginx",
+            short: "nginx",
             url: nginx.url.clone(),
             client: keepalive_client(),
             pid: Some(nginx.child.id()),
@@ -511,7 +515,7 @@ async fn proxy_overhead(
         for (path, (rps, p50, p99, per_request)) in paths.iter().zip(&figures).skip(1) {
             println!(
                 "{:<LABEL_WIDTH$} throughput {:.2}x  p50=+{:?} p99=+{:?}  CPU {per_request:.1?} per request",
-                format!("  {} vs direct", path.name.trim_start_matches("through ")),
+                format!("  {} vs direct", path.short),
                 rps / base_rps,
                 p50.saturating_sub(b50),
                 p99.saturating_sub(b99),

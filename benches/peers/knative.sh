@@ -24,8 +24,10 @@
 #   benches/peers/knative.sh down        deletes every Knative Service, Configuration, Route and
 #                                        DomainMapping, then what `up` applied
 #
-# Status: build, images (with FARGO_IMAGES_NO_IMPORT=1) and manifests are verified; up, down,
-# the import of the images and Knative running on the local cluster are not yet.
+# Status: every subcommand has run on the local cluster. After `up` (26 s with the binaries
+# cached), the four Deployments are Available, a Knative Service of fargo.dev/echo:dev gets a
+# Ready Revision, and a GET to the activator Service with the two headers below is answered by the
+# echo pod through its queue-proxy; `down` (2 min) leaves no Knative namespace or CRD.
 #
 # What the manifests change in upstream's config/core/ (module knative.dev/serving@v0.50.0):
 # - The six files that are symlinks upstream, which module zips leave out, come from the
@@ -318,8 +320,12 @@ up() {
   local k=("$kubectl" --kubeconfig "$kubeconfig")
   # The CRDs first: the same file holds objects of their kinds (Image, Certificate).
   log "applying the CRDs"
-  "${k[@]}" apply --server-side --force-conflicts -l knative.dev/crd-install=true \
-    -f "$default_manifest" >/dev/null
+  # Apart from the rest: kubectl maps every object of a file it applies, even those a selector
+  # leaves out, and the file also holds objects of these CRDs (an Image, a Certificate).
+  local crds="${default_manifest%.yaml}.crds.yaml"
+  awk 'BEGIN { RS = "\n---\n"; ORS = "\n---\n" } /(^|\n)kind: CustomResourceDefinition\n/' \
+    "$default_manifest" >"$crds"
+  "${k[@]}" apply --server-side --force-conflicts -f "$crds" >/dev/null
   "${k[@]}" wait --for=condition=Established --timeout=60s crd -l knative.dev/crd-install=true \
     >/dev/null
   log "applying Knative Serving $version"
