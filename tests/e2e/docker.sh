@@ -3,7 +3,7 @@
 # dockerd started by hand, apart from anything else on the machine.
 #
 #   tests/e2e/docker.sh up     start it, or keep the one already running; prints DOCKER_HOST
-#   tests/e2e/docker.sh down   stop it and remove the networks and bridges it made
+#   tests/e2e/docker.sh down   stop it, with the networks (and bridges) it made
 #   tests/e2e/docker.sh env    print `export DOCKER_HOST=...` for the running engine
 #
 # It has its own socket, exec root and pid file under /run/fargo-docker, and keeps its images
@@ -65,16 +65,16 @@ up() {
 }
 
 down() {
-  local pid bridge
+  local pid bridge bridges=() id name
   if running; then
     # Images replaced by a later build of the same name (fargo's, on every run).
     DOCKER_HOST="$(docker_host)" docker image prune -f >/dev/null 2>&1 || true
-    # kind's networks (and so their bridges) go with the engine's own clean-up.
-    DOCKER_HOST="$(docker_host)" docker network ls --format '{{.Name}}' |
-      grep -vx -e bridge -e host -e none |
-      while read -r network; do
-        DOCKER_HOST="$(docker_host)" docker network rm "$network" >/dev/null 2>&1 || true
-      done
+    # kind's networks; a network's bridge is br-<the first 12 characters of its id>.
+    while read -r id name; do
+      case "$name" in bridge | host | none) continue ;; esac
+      bridges+=("br-${id:0:12}")
+      DOCKER_HOST="$(docker_host)" docker network rm "$id" >/dev/null 2>&1 || true
+    done < <(DOCKER_HOST="$(docker_host)" docker network ls --no-trunc --format '{{.ID}} {{.Name}}')
   fi
   pid="$(cat "$pidfile" 2>/dev/null)" || pid=""
   if [[ -n "$pid" ]] && runs "$pid" dockerd; then
@@ -83,8 +83,8 @@ down() {
     for _ in $(seq 100); do not_exited "$pid" || break; sleep 0.2; done
     not_exited "$pid" && kill -9 "$pid"
   fi
-  # Bridges of networks the engine could not remove (it was killed, or never came up).
-  for bridge in $(ip -o link show type bridge 2>/dev/null | awk -F': ' '{print $2}' | grep '^br-' || true); do
+  # Bridges of this engine's networks that it left behind; those of another engine stay.
+  for bridge in "${bridges[@]}"; do
     ip link delete "$bridge" 2>/dev/null || true
   done
   rm -rf "$run_dir"

@@ -100,6 +100,18 @@ legacy_build() {
   output="$(DOCKER_BUILDKIT=0 docker build -t "$1" "$2" 2>&1)" || { echo "$output" >&2; die "building $1 failed"; }
 }
 
+# clear_work DIR: removes DIR, a rootfs under construction among what it holds. What a
+# debootstrap that failed may have left mounted there (proc, sys, a /dev bound from this
+# machine) is unmounted first, and the removal never crosses into another file system.
+clear_work() {
+  local mount
+  [[ -e "$1" ]] || return 0
+  { findmnt -rn -o TARGET | grep -F "$1/" || true; } | sort -r | while read -r mount; do
+    umount -l "$mount" 2>/dev/null || true
+  done
+  rm -rf --one-file-system "$1"
+}
+
 build() {
   local image="$1" work="$cache/kind/work" rootfs files started_at="$EPOCHREALTIME"
   log_clock_start="$started_at"
@@ -116,7 +128,7 @@ build() {
     [[ -x "$binary" ]] || die "$binary is missing: run tests/cluster/build.sh kind and tests/cluster/node.sh build"
   done
 
-  rm -rf "$work"
+  clear_work "$work"
   mkdir -p "$work"
   log "debootstrap $DEBIAN_SUITE with ${#PACKAGES[@]} packages"
   debootstrap --variant=minbase --include="$(
@@ -228,7 +240,7 @@ EOF
 
   log "importing $image"
   tar -C "$rootfs" -c . | docker import - "$image-rootfs" >/dev/null
-  rm -rf "$rootfs"
+  clear_work "$rootfs"
   # What images/base/Dockerfile ends with (`docker import` cannot set a stop signal).
   cat >"$work/Dockerfile" <<EOF
 FROM $image-rootfs
@@ -238,7 +250,7 @@ ENTRYPOINT ["/usr/local/bin/entrypoint", "/sbin/init"]
 EOF
   legacy_build "$image" "$work"
   docker rmi "$image-rootfs" >/dev/null
-  rm -rf "$work"
+  clear_work "$work"
   log "$image built in $(seconds_since "$started_at")s"
 }
 
