@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
-# Knative Serving as a peer of fargo: the benchmark that measures fargo side by side with nginx
-# and Knative (`make bench-peers`) runs Knative Serving's core beside fargo on the local cluster
-# (tests/cluster/), built from source like the rest of that cluster: no registry, no ingress
-# layer, no cluster DNS.
+# Knative Serving as a peer of fargo, for measuring the two side by side: Knative Serving's core
+# beside fargo on the local cluster (tests/cluster/), built from source like the rest of that
+# cluster: no registry, no ingress layer, no cluster DNS.
 #
 #   benches/peers/knative.sh build       knative.dev/serving v0.50.0's five commands (activator,
 #                                        autoscaler, controller, queue, webhook) from the Go module
