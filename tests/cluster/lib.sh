@@ -33,6 +33,10 @@ die() {
   exit 1
 }
 
+# The version of the sandbox image's process (node/pause.c), keyed by the hash of its source:
+# the pause image of the local node and of kind's.
+pause_version() { echo "fargo-$(sha256sum "$here/node/pause.c" | cut -c1-12)"; }
+
 # --- certificates ---------------------------------------------------------------------------
 # ECDSA P-256 throughout: Kubernetes accepts it for every role here, and keys generate at once.
 # A key is readable by its owner alone, whatever umask the script has.

@@ -25,8 +25,6 @@ set -euo pipefail
 NODE_PACKAGES=(containerd runc crun containernetworking-plugins iptables ipset iproute2 util-linux
   openssl curl gcc libc6-dev python3-venv)
 # Built from the Go module proxy and cached like build.sh's binaries.
-KUBE_ROUTER_VERSION=v2.1.0 # the newest github.com/cloudnativelabs/kube-router/v2 the proxy serves
-CRICTL_VERSION=v1.37.0     # sigs.k8s.io/cri-tools
 
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -69,7 +67,6 @@ go_build() {
 }
 
 # The sandbox image's process, ours (node/pause.c), keyed by the hash of its source.
-pause_version() { echo "fargo-$(sha256sum "$here/node/pause.c" | cut -c1-12)"; }
 pause_image() { echo "fargo.dev/pause:$(pause_version)"; }
 build_pause() {
   local out

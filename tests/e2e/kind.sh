@@ -34,8 +34,7 @@ kubeconfig="$state/kind-kubeconfig"
 kind="$cache/bin/kind-$KIND_VERSION/kind"
 export PATH="$cache/bin/kubernetes-$KUBERNETES_VERSION:$cache/bin/helm-$HELM_VERSION:$PATH"
 export KUBECONFIG="$kubeconfig"
-KUBE_ROUTER_VERSION="$(sed -n 's/^KUBE_ROUTER_VERSION=\([^ ]*\).*/\1/p' "$root/tests/cluster/node.sh")"
-pause_version="fargo-$(sha256sum "$root/tests/cluster/node/pause.c" | cut -c1-12)"
+pause_version="$(pause_version)"
 # Set when this run started the Docker engine, which it then stops.
 engine_marker="$state/kind-docker-engine"
 release=fargo

@@ -29,10 +29,7 @@ log_tag=node-image
 source "$root/tests/cluster/versions.env"
 cache="${FARGO_CACHE:-$HOME/.cache/fargo}"
 k8s="$cache/bin/kubernetes-$KUBERNETES_VERSION"
-# Built by tests/cluster/node.sh build, at the versions it pins.
-KUBE_ROUTER_VERSION="$(sed -n 's/^KUBE_ROUTER_VERSION=\([^ ]*\).*/\1/p' "$root/tests/cluster/node.sh")"
-CRICTL_VERSION="$(sed -n 's/^CRICTL_VERSION=\([^ ]*\).*/\1/p' "$root/tests/cluster/node.sh")"
-pause_version="fargo-$(sha256sum "$root/tests/cluster/node/pause.c" | cut -c1-12)"
+pause_version="$(pause_version)"
 
 # kind's images/base package list (less NFS, iSCSI and fuse-overlayfs, which nothing here
 # mounts), and what kind's base builds from source: containerd, runc, the CNI plugins.
@@ -60,7 +57,6 @@ image_name() {
   local inputs
   inputs="$(
     cat "$root/tests/cluster/versions.env" "${BASH_SOURCE[0]}" "$root/tests/cluster/node/pause.c"
-    echo "$KUBE_ROUTER_VERSION $CRICTL_VERSION"
   )"
   echo "fargo.dev/kind-node:$KUBERNETES_VERSION-$(sha256sum <<<"$inputs" | cut -c1-12)"
 }
