@@ -5,8 +5,10 @@
 //! A server keeps at most `max_connections` open. A connection is *idle* while no request is in
 //! progress on it: from its opening until its first request's headers are complete, and from the
 //! end of each response until the next request's headers are. An idle connection is closed after
-//! `header_read_timeout`, and at once when a new connection needs its place: the one that has
-//! been idle longest goes first. A client that dribbles its headers, sends nothing, or keeps a
+//! `header_read_timeout`, and when a new connection needs its place: the one that has been idle
+//! longest goes first, once it has been idle for `evict_idle_after` — a connection just opened,
+//! or just answered, is the one its client is about to send a request on, and closing it then
+//! fails that request (an HTTP/1 client does not send a POST again). A client that dribbles its headers, sends nothing, or keeps a
 //! connection it does not use therefore never keeps another client out. Only when every
 //! connection is busy does a new one wait, in the listen backlog, for a place to free; a server
 //! that allows it also closes, then, a connection whose request has run too long.
@@ -44,6 +46,11 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
+/// How long a connection is idle before it may be closed for a new one, on both servers: the
+/// API server and HTTP clients send on a connection within microseconds of opening it or of
+/// reading a response on it, so a connection idle this long is not about to be used.
+pub const EVICT_IDLE_AFTER: Duration = Duration::from_secs(1);
+
 /// The bounds on one server's connections.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnectionLimits {
@@ -53,6 +60,10 @@ pub struct ConnectionLimits {
     /// headers within this time, and a kept-alive one its next request's. It is the header read
     /// timeout and the keep-alive idle timeout in one.
     pub header_read_timeout: Duration,
+    /// How long a connection must have been idle before it is closed to make room for a new one.
+    /// Until then the new connection waits: under a burst, the connections idle a moment are the
+    /// ones the client (the API server, for the webhook) is about to reuse.
+    pub evict_idle_after: Duration,
     /// When every connection is busy, one whose request has run this long is closed, request
     /// and all, to make room; `None`: requests are never cut for a new connection.
     pub cut_requests_after: Option<Duration>,
@@ -188,7 +199,8 @@ impl Connections {
     }
 
     /// A place for a connection just accepted: a free one, or the place of the connection idle
-    /// longest (closed for it), or — every connection busy — the first to free.
+    /// longest (closed for it), or — every connection busy or idle only a moment — the first to
+    /// free.
     pub async fn admit(self: &Arc<Self>) -> Place {
         let mut counted_wait = false;
         loop {
@@ -245,8 +257,8 @@ impl Connections {
         }
     }
 
-    /// Tells the connection idle longest to close or, when none is idle and the server allows
-    /// it, the one whose request has run longest.
+    /// Tells the connection idle longest to close, once it has been idle for `evict_idle_after`,
+    /// or else, where the server allows it, the one whose request has run longest.
     fn evict_one(&self, now: Instant) -> Eviction {
         let mut open = self.open();
         let mut idle: Option<(Instant, u64)> = None;
@@ -262,11 +274,19 @@ impl Connections {
                 *oldest = Some((state.since, *id));
             }
         }
-        let victim = match (idle, busy, self.limits.cut_requests_after) {
-            (Some((_, id)), _, _) => id,
-            (None, Some((since, id)), Some(after)) if since + after <= now => id,
-            (None, Some((since, _)), Some(after)) => return Eviction::NotBefore(since + after),
-            _ => return Eviction::NotPossible,
+        let idle = idle.map(|(since, id)| (since + self.limits.evict_idle_after, id));
+        let busy = busy
+            .zip(self.limits.cut_requests_after)
+            .map(|((since, id), after)| (since + after, id));
+        let ready = |chance: Option<(Instant, u64)>| chance.filter(|(from, _)| *from <= now);
+        let victim = match ready(idle).or(ready(busy)) {
+            Some((_, id)) => id,
+            None => {
+                return match idle.into_iter().chain(busy).map(|(from, _)| from).min() {
+                    Some(from) => Eviction::NotBefore(from),
+                    None => Eviction::NotPossible,
+                };
+            }
         };
         if let Some(activity) = open.remove(&victim) {
             activity.evicted.cancel();

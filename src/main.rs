@@ -263,8 +263,8 @@ struct ActivatorArgs {
     #[arg(long, env = "FARGO_MAX_HELD_REQUESTS", default_value_t = 1024)]
     max_held_requests: usize,
 
-    /// Client connections open at once. At the cap, the connection idle longest is closed for a
-    /// new one; when none is idle, new connections wait in the listen backlog.
+    /// Client connections open at once. At the cap, the connection idle longest (for a second at
+    /// least) is closed for a new one; until one is, new connections wait in the listen backlog.
     #[arg(long, env = "FARGO_MAX_CONNECTIONS", default_value_t = 2048,
           value_parser = clap::value_parser!(u32).range(1..))]
     max_connections: u32,

@@ -243,6 +243,7 @@ pub async fn run(
         connections: ConnectionLimits {
             max_connections: config.max_connections,
             header_read_timeout: config.header_read_timeout,
+            evict_idle_after: crate::connections::EVICT_IDLE_AFTER,
             // Held requests and slow functions are what the activator is for.
             cut_requests_after: None,
         },

@@ -7,6 +7,7 @@ fn limits(max_connections: usize, cut_requests_after: Option<u64>) -> Connection
     ConnectionLimits {
         max_connections,
         header_read_timeout: Duration::from_secs(10),
+        evict_idle_after: Duration::from_millis(500),
         cut_requests_after: cut_requests_after.map(Duration::from_secs),
     }
 }
@@ -185,4 +186,21 @@ async fn a_slow_but_steady_reader_keeps_its_connection() {
         .await
         .expect("every write progresses in time");
     reader.await.expect("reader");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_idle_only_a_moment_is_not_closed_and_the_new_one_waits() {
+    let metrics = ConnectionMetrics::default();
+    let connections = Connections::new(limits(1, None), metrics.clone());
+    let answered = connections.admit().await;
+    // A response just went out on it: its client is about to send the next request.
+    drop(answered.requests().start());
+    let answered = serve(answered);
+    let arrived = Instant::now();
+
+    let _place = connections.admit().await;
+    let (reason, closed) = answered.await.expect("task");
+    assert_eq!(reason, CloseReason::Evicted);
+    assert_eq!(closed - arrived, Duration::from_millis(500));
+    assert!(encode(metrics).contains("connection_waits_total 1"));
 }

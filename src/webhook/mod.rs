@@ -78,10 +78,13 @@ pub const NETWORK_POLICY_PATH: &str = "/validate-networkpolicies";
 
 /// Connections served at once. Each carries one review at a time (an HTTP/2 client opens another
 /// connection for the next one), so this also bounds the reviews read at once, and their bodies in
-/// memory to this × [`MAX_REVIEW_BYTES`]. The API server needs a handful. At the cap, the
-/// connection idle longest, else the one whose request has run longest past [`SLOW_REQUEST`],
-/// makes room for the new one; only when neither exists does it wait in the listen backlog.
-pub const MAX_CONNECTIONS: usize = 16;
+/// memory to this × [`MAX_REVIEW_BYTES`]. The API server opens one per review in flight, and a
+/// pod created takes two (mutating, then validating): 32 serve 16 pods created at once without a
+/// wait. At the cap, the connection idle longest (for at least
+/// [`EVICT_IDLE_AFTER`](crate::connections::EVICT_IDLE_AFTER)), else the one whose request has
+/// run longest past [`SLOW_REQUEST`], makes room for the new one; until one of them can, the new
+/// connection waits in the listen backlog.
+pub const MAX_CONNECTIONS: usize = 32;
 /// To complete the TLS handshake after the connection is accepted.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 /// For a connection without a request in progress — new, or kept alive after a response — to
@@ -114,6 +117,7 @@ impl Default for ServerLimits {
             connections: ConnectionLimits {
                 max_connections: MAX_CONNECTIONS,
                 header_read_timeout: HEADER_READ_TIMEOUT,
+                evict_idle_after: crate::connections::EVICT_IDLE_AFTER,
                 cut_requests_after: Some(SLOW_REQUEST),
             },
             handshake_timeout: HANDSHAKE_TIMEOUT,
@@ -551,6 +555,9 @@ pub async fn serve_tls(
                 }
             },
         };
+        // A review's answer goes out in more than one write (TLS records, headers and body):
+        // with Nagle's algorithm on, the second waits for the API server's delayed ACK.
+        let _ = stream.set_nodelay(true);
         let place = tokio::select! {
             _ = shutdown.cancelled() => break,
             place = connections.admit() => place,

@@ -30,6 +30,7 @@ fn limits(
         connections: ConnectionLimits {
             max_connections: CAP,
             header_read_timeout: millis(header_read_timeout),
+            evict_idle_after: Duration::from_millis(50),
             cut_requests_after: Some(millis(cut_requests_after)),
         },
         handshake_timeout: millis(handshake_timeout),

@@ -36,6 +36,7 @@ fn limits() -> ClientLimits {
         connections: ConnectionLimits {
             max_connections: 2048,
             header_read_timeout: Duration::from_secs(30),
+            evict_idle_after: crate::connections::EVICT_IDLE_AFTER,
             cut_requests_after: None,
         },
         max_header_bytes: 32 * 1024,
@@ -505,6 +506,7 @@ fn small_limits(header_read_timeout_ms: Option<u64>) -> ClientLimits {
         connections: ConnectionLimits {
             max_connections: CAP,
             header_read_timeout: Duration::from_millis(header_read_timeout_ms.unwrap_or(3_600_000)),
+            evict_idle_after: Duration::from_millis(50),
             cut_requests_after: None,
         },
         max_header_bytes: 8 * 1024,
