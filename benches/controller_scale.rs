@@ -7,8 +7,8 @@
 //!   when every one reports `Ready=True` for its generation (its children applied, its status
 //!   written) to a real `fargo controller` (and activator), run out of cluster.
 //!
-//! Printed: both times and their ratio, and the controller's resident memory at the end and at
-//! its peak. The functions sit at zero replicas (`scale.initial: 0`), so no pod is started; the
+//! Printed: both times and their ratio, and the resident memory of the controller and of the
+//! activator (which routes every function) before, at the end and at their peak. The functions sit at zero replicas (`scale.initial: 0`), so no pod is started; the
 //! namespaces are deleted afterwards. `make bench` runs it; it needs KUBECONFIG.
 
 #[path = "../tests/common/mod.rs"]
@@ -200,9 +200,10 @@ async fn on_the_cluster() {
     }
     common::install_crds(&client).await;
     let identity = format!("fargo-bench-scale-{}", std::process::id());
-    let (_activator, controller, _) =
+    let (activator, controller, _) =
         common::functions::start_function_stack(&client, &identity, &[]).await;
     let (idle_rss, _) = memory_mib(controller.id());
+    let (activator_idle_rss, _) = memory_mib(activator.id());
 
     let raw_namespace = common::namespaces::unique_name("bench-raw");
     let fargo_namespace = common::namespaces::unique_name("bench-scale");
@@ -214,12 +215,16 @@ async fn on_the_cluster() {
     println!("  raw: {count} Deployments + {count} Services applied in {raw:.1?}");
     let (applied, converged) = apply_functions(&client, &fargo_namespace, count).await;
     let (rss, peak) = memory_mib(controller.id());
+    let (activator_rss, activator_peak) = memory_mib(activator.id());
     println!(
         "  fargo: {count} functions applied in {applied:.1?}, all Ready in {converged:.1?} — {:.2}× raw",
         converged.as_secs_f64() / raw.as_secs_f64()
     );
     println!(
         "  controller memory: {idle_rss:.1} MiB idle, {rss:.1} MiB with {count} functions, peak {peak:.1} MiB"
+    );
+    println!(
+        "  activator memory: {activator_idle_rss:.1} MiB idle, {activator_rss:.1} MiB with {count} functions routed, peak {activator_peak:.1} MiB"
     );
 
     for namespace in [raw_namespace, fargo_namespace] {

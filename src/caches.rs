@@ -1,11 +1,14 @@
 //! The caches the controller's loops share, and what each keeps of its objects: the functions
-//! (watched by the function reconciler, read by the autoscaler and the schedule trigger) and the
-//! functions' Deployments (read by the reconciler and the autoscaler).
+//! (watched by the function reconciler, read by the autoscaler and the schedule trigger), the
+//! functions' Deployments (read by the reconciler and the autoscaler) and their Services (read by
+//! the reconciler).
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
 use kube::Client;
+use kube::ResourceExt;
 use kube::api::Api;
 use kube::core::DeserializeGuard;
 use kube::runtime::reflector::{self, Store};
@@ -56,20 +59,12 @@ pub fn profiles(
     Store<FargateProfile>,
     impl std::future::Future<Output = ()> + Send + 'static,
 ) {
-    let (store, writer) = reflector::store();
-    let stream = watcher(
-        Api::<FargateProfile>::all(client),
+    cache(
+        Api::all(client),
         watcher::Config::default(),
+        |_| {},
+        shutdown,
     )
-    .default_backoff()
-    .reflect(writer)
-    .take_until(shutdown.cancelled_owned())
-    .for_each(|event| async move {
-        if let Err(error) = event {
-            tracing::debug!(%error, "watching FargateProfiles");
-        }
-    });
-    (store, stream)
 }
 
 /// The functions' Deployments, trimmed: the store, and the watch that fills it until
@@ -82,19 +77,54 @@ pub fn function_deployments(
     Store<Deployment>,
     impl std::future::Future<Output = ()> + Send + 'static,
 ) {
+    let functions = watcher::Config::default().labels(FUNCTION_LABEL);
+    cache(Api::all(client), functions, trim_deployment, shutdown)
+}
+
+/// The functions' Services, without their managed fields: the reconciler skips applying a
+/// Service it finds as it left it.
+pub fn function_services(
+    client: Client,
+    shutdown: CancellationToken,
+) -> (
+    Store<Service>,
+    impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let functions = watcher::Config::default().labels(FUNCTION_LABEL);
+    let trim = |service: &mut Service| service.managed_fields_mut().clear();
+    cache(Api::all(client), functions, trim, shutdown)
+}
+
+/// A store of the objects `config` selects, each trimmed by `trim`, and the watch that fills it
+/// until `shutdown`.
+fn cache<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    trim: impl FnMut(&mut K) + Send + 'static,
+    shutdown: CancellationToken,
+) -> (
+    Store<K>,
+    impl std::future::Future<Output = ()> + Send + 'static,
+)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
     let (store, writer) = reflector::store();
-    let stream = watcher(
-        Api::<Deployment>::all(client),
-        watcher::Config::default().labels(FUNCTION_LABEL),
-    )
-    .default_backoff()
-    .modify(trim_deployment)
-    .reflect(writer)
-    .take_until(shutdown.cancelled_owned())
-    .for_each(|event| async move {
-        if let Err(error) = event {
-            tracing::debug!(%error, "watching function Deployments");
-        }
-    });
+    let stream = watcher(api, config)
+        .default_backoff()
+        .modify(trim)
+        .reflect(writer)
+        .take_until(shutdown.cancelled_owned())
+        .for_each(|event| async move {
+            if let Err(error) = event {
+                tracing::debug!(%error, kind = %K::kind(&()), "watching a cache");
+            }
+        });
     (store, stream)
 }

@@ -253,6 +253,7 @@ fn start_loops(
     let functions = functions_controller.store();
     let (deployments, deployment_watch) =
         caches::function_deployments(client.clone(), shutdown.clone());
+    let (services, service_watch) = caches::function_services(client.clone(), shutdown.clone());
     let (profiles, profile_watch) = caches::profiles(client.clone(), shutdown.clone());
     metrics.usage.set_functions(functions.clone());
     metrics.usage.set_profiles(profiles);
@@ -260,6 +261,7 @@ fn start_loops(
 
     vec![
         tokio::spawn(deployment_watch),
+        tokio::spawn(service_watch),
         tokio::spawn(profile_watch),
         tokio::spawn(profile::reconciler::run(
             client.clone(),
@@ -277,8 +279,10 @@ fn start_loops(
                 client: client.clone(),
                 reporting,
                 deployments: deployments.clone(),
+                services,
                 functions: functions.clone(),
                 applied: Default::default(),
+                applied_services: Default::default(),
                 activator_url: config.activator_url.clone(),
                 activator_names: config.activator_names.clone(),
                 runtimes: Arc::new(config.runtimes.clone()),

@@ -55,8 +55,8 @@ async fn a_new_function_gets_its_service_and_a_deployment_whose_replicas_go_to_t
         calls,
         [
             "PATCH /api/v1/namespaces/recorded/services/thumbnail",
-            "GET /apis/apps/v1/namespaces/recorded/deployments/thumbnail",
-            // First apply with the initial replicas, then the autoscaler's manager takes the
+            // No GET of the Deployment: a function without a status, whose Deployment the
+            // cache does not show, has none yet. First apply with the initial replicas, then the autoscaler's manager takes the
             // field, then an apply without it leaves it to the autoscaler alone.
             "PATCH /apis/apps/v1/namespaces/recorded/deployments/thumbnail",
             "PATCH /apis/apps/v1/namespaces/recorded/deployments/thumbnail/scale",
@@ -78,8 +78,8 @@ async fn a_function_naming_a_missing_profile_starts_no_pods_and_says_why() {
         [
             "GET /apis/fargo.dev/v1alpha1/fargateprofiles/no-such-profile",
             "PATCH /api/v1/namespaces/recorded/services/resize",
-            // No Deployment is applied: only the existing one is looked for.
-            "GET /apis/apps/v1/namespaces/recorded/deployments/resize",
+            // No Deployment is applied, nor looked for: a function without a status, whose
+            // Deployment the cache does not show, has none.
             "PATCH /apis/fargo.dev/v1alpha1/namespaces/recorded/serverlessfunctions/resize/status",
             "POST /apis/events.k8s.io/v1/namespaces/recorded/events",
         ]

@@ -107,8 +107,12 @@ pub struct Context {
     pub deployments: Store<Deployment>,
     /// Every function (the controller's own store): who else claims a function's hosts.
     pub functions: FunctionStore,
+    /// The functions' Services, without their managed fields.
+    pub services: Store<Service>,
     /// What this process last applied to each function's Deployment.
-    pub applied: Arc<AppliedDeployments>,
+    pub applied: Arc<AppliedObjects>,
+    /// What this process last applied to each function's Service.
+    pub applied_services: Arc<AppliedObjects>,
     /// Base URL of the activator, for `status.url`.
     pub activator_url: String,
     /// The names the activator is reached by, which no function may claim as hosts.
@@ -130,17 +134,21 @@ const DEBOUNCE: Duration = Duration::from_millis(300);
 /// (metadata changes leave the generation alone), and the function still builds the same
 /// object, applying again would change nothing and is skipped. Kept in memory only: a new
 /// process applies once.
+///
+/// The same for each function's Service, by its resourceVersion instead: a Service has no
+/// generation, and nothing but its owners writes it, so any change at all is one to undo.
 #[derive(Default)]
-pub struct AppliedDeployments(std::sync::Mutex<HashMap<(String, String), Applied>>);
+pub struct AppliedObjects(std::sync::Mutex<HashMap<(String, String), Applied>>);
 
 #[derive(Clone, PartialEq, Eq)]
 struct Applied {
     hash: u64,
     uid: Option<String>,
-    generation: Option<i64>,
+    /// The Deployment's generation, or the Service's resourceVersion, right after the apply.
+    version: Option<String>,
 }
 
-impl AppliedDeployments {
+impl AppliedObjects {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Applied>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -152,12 +160,7 @@ impl AppliedDeployments {
         desired: &Deployment,
         current: &Deployment,
     ) -> bool {
-        let recorded = self.lock().get(key).is_some_and(|applied| {
-            applied.hash == hash
-                && applied.uid == current.metadata.uid
-                && applied.generation.is_some()
-                && applied.generation == current.metadata.generation
-        });
+        let recorded = self.recorded(key, hash, &current.metadata.uid, generation(current));
         let labels_kept = desired
             .labels()
             .iter()
@@ -172,14 +175,44 @@ impl AppliedDeployments {
     }
 
     fn record(&self, key: (String, String), hash: u64, applied: &Deployment) {
-        self.lock().insert(
-            key,
-            Applied {
-                hash,
-                uid: applied.metadata.uid.clone(),
-                generation: applied.metadata.generation,
-            },
-        );
+        self.insert(key, hash, applied.metadata.uid.clone(), generation(applied));
+    }
+
+    /// Whether the cached Service is the one applied last, unchanged since, and the function
+    /// still builds the same one.
+    fn service_unchanged(&self, key: &(String, String), hash: u64, current: &Service) -> bool {
+        let version = current.metadata.resource_version.clone();
+        self.recorded(key, hash, &current.metadata.uid, version)
+    }
+
+    fn record_service(&self, key: (String, String), hash: u64, applied: &Service) {
+        let version = applied.metadata.resource_version.clone();
+        self.insert(key, hash, applied.metadata.uid.clone(), version);
+    }
+
+    fn recorded(
+        &self,
+        key: &(String, String),
+        hash: u64,
+        uid: &Option<String>,
+        version: Option<String>,
+    ) -> bool {
+        self.lock().get(key).is_some_and(|applied| {
+            applied.hash == hash
+                && &applied.uid == uid
+                && applied.version.is_some()
+                && applied.version == version
+        })
+    }
+
+    fn insert(
+        &self,
+        key: (String, String),
+        hash: u64,
+        uid: Option<String>,
+        version: Option<String>,
+    ) {
+        self.lock().insert(key, Applied { hash, uid, version });
     }
 
     /// Forgets the functions `live` does not know any more.
@@ -189,10 +222,14 @@ impl AppliedDeployments {
     }
 }
 
-fn hash_of(deployment: &Deployment) -> u64 {
+fn generation(deployment: &Deployment) -> Option<String> {
+    deployment.metadata.generation.map(|g| g.to_string())
+}
+
+fn hash_of(object: &impl serde::Serialize) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    serde_json::to_vec(deployment)
+    serde_json::to_vec(object)
         .unwrap_or_default()
         .hash(&mut hasher);
     hasher.finish()
@@ -227,8 +264,9 @@ pub async fn run(
     let functions = controller.store();
     let hosts = Arc::new(ClaimedHosts::default());
     let pruning = tokio::spawn({
-        let (applied, hosts, functions, shutdown) = (
+        let (applied, applied_services, hosts, functions, shutdown) = (
             ctx.applied.clone(),
+            ctx.applied_services.clone(),
             hosts.clone(),
             functions.clone(),
             shutdown.clone(),
@@ -243,6 +281,7 @@ pub async fn run(
                             functions.get(&ObjectRef::new(name).within(namespace)).is_some()
                         };
                         applied.retain(known);
+                        applied_services.retain(known);
                         hosts.retain(known);
                     }
                 }
@@ -462,32 +501,50 @@ impl ServerlessFunction {
         })
     }
 
-    async fn apply_service(&self, ctx: &Context, namespace: &str) -> Result<Service> {
+    /// Applies the Service, unless the cached one is what this process applied last and the
+    /// function still builds the same (see [`AppliedObjects`]).
+    async fn apply_service(&self, ctx: &Context, namespace: &str) -> Result<()> {
         let service = build::service(self)?;
-        let api: Api<Service> = Api::namespaced(ctx.client.clone(), namespace);
-        Ok(api
+        let name = self.name_any();
+        let key = (namespace.to_string(), name.clone());
+        let hash = hash_of(&service);
+        if let Some(current) = ctx.services.get(&ObjectRef::new(&name).within(namespace))
+            && ctx.applied_services.service_unchanged(&key, hash, &current)
+        {
+            return Ok(());
+        }
+        let applied = Api::<Service>::namespaced(ctx.client.clone(), namespace)
             .patch(
-                &self.name_any(),
+                &name,
                 &PatchParams::apply(CONTROLLER_MANAGER).force(),
                 &Patch::Apply(&service),
             )
-            .await?)
+            .await?;
+        ctx.applied_services.record_service(key, hash, &applied);
+        Ok(())
     }
 
     /// The Deployment from the cache, or from the API server when the cache does not show it
-    /// written by the autoscaler (it may lag behind a Deployment just created).
+    /// written by the autoscaler (it may lag behind a Deployment just created) — except for a
+    /// function no reconcile has written a status for yet: missing from the cache too, its
+    /// Deployment is one no reconcile got to make, or one whose first apply just went through
+    /// (the next apply seeds it with the same initial replicas).
     async fn existing_deployment(
         &self,
         ctx: &Context,
         namespace: &str,
     ) -> Result<Option<Deployment>> {
         let name = self.name_any();
-        if let Some(cached) = ctx
+        let cached = ctx
             .deployments
-            .get(&ObjectRef::new(&name).within(namespace))
-            && autoscaler_owns_replicas(&cached)
+            .get(&ObjectRef::new(&name).within(namespace));
+        if let Some(cached) = &cached
+            && autoscaler_owns_replicas(cached)
         {
-            return Ok(Some((*cached).clone()));
+            return Ok(Some(Deployment::clone(cached)));
+        }
+        if cached.is_none() && self.status.is_none() {
+            return Ok(None);
         }
         Ok(Api::<Deployment>::namespaced(ctx.client.clone(), namespace)
             .get_opt(&name)
@@ -661,7 +718,7 @@ mod tests {
 
     #[test]
     fn an_apply_is_skipped_only_while_nobody_changed_the_deployment_since() {
-        let applied = AppliedDeployments::default();
+        let applied = AppliedObjects::default();
         let key = ("media".to_string(), "thumbnail".to_string());
         let ours = deployment("uid-1", 3);
         assert!(
@@ -698,6 +755,34 @@ mod tests {
         assert!(
             !applied.unchanged(&key, 7, &desired(), &ours),
             "forgotten with its function"
+        );
+    }
+
+    #[test]
+    fn a_service_apply_is_skipped_only_while_the_service_is_the_one_applied() {
+        let applied = AppliedObjects::default();
+        let key = ("media".to_string(), "thumbnail".to_string());
+        let service = |uid: &str, resource_version: &str| {
+            let mut service = Service::default();
+            service.metadata.uid = Some(uid.into());
+            service.metadata.resource_version = Some(resource_version.into());
+            service
+        };
+        let ours = service("uid-1", "100");
+        assert!(!applied.service_unchanged(&key, 7, &ours), "never applied");
+        applied.record_service(key.clone(), 7, &ours);
+        assert!(applied.service_unchanged(&key, 7, &ours));
+        assert!(
+            !applied.service_unchanged(&key, 8, &ours),
+            "the function builds another Service"
+        );
+        assert!(
+            !applied.service_unchanged(&key, 7, &service("uid-1", "101")),
+            "written by someone since"
+        );
+        assert!(
+            !applied.service_unchanged(&key, 7, &service("uid-2", "100")),
+            "deleted and made again"
         );
     }
 

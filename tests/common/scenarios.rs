@@ -81,7 +81,9 @@ pub async fn reconcile_function(client: Client, inputs: &FunctionInputs) -> Stri
         reporting: reporting(client),
         deployments: store_of(&inputs.deployments),
         functions: store_of(&[DeserializeGuard(Ok(inputs.function.clone()))]),
+        services: store_of::<k8s_openapi::api::core::v1::Service>(&[]),
         applied: Default::default(),
+        applied_services: Default::default(),
         activator_url: ACTIVATOR_URL.into(),
         activator_names: fargo::api::routes::ActivatorNames::new(
             "fargo-activator",
