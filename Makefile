@@ -11,7 +11,7 @@ export KUBECONFIG := $(CURDIR)/.cluster/kubeconfig
 export KUBECTL := $(K8S_BIN)/kubectl
 export PATH := $(K8S_BIN):$(HELM_BIN):$(PATH)
 
-.PHONY: test lint unit integration test-local test-kind cluster-up cluster-down images crds dev bench fuzz
+.PHONY: test lint unit integration test-local test-kind cluster-up cluster-down images crds dev bench bench-peers fuzz
 
 ## test: lint, unit tests, the integration tests against a local cluster started for them, then
 ## the kind tier (test-kind)
@@ -148,6 +148,13 @@ fuzz:
 ## bench: benchmarks against a local cluster (started if none runs; left running)
 bench: cluster-up
 	cargo bench --locked
+
+## bench-peers: the functions benchmark with Knative Serving beside fargo (built from its Go
+## modules, brought up on the local cluster, and taken down after, whatever the outcome)
+bench-peers: cluster-up
+	benches/peers/knative.sh up
+	FARGO_BENCH_PROXY_ONLY=$${FARGO_BENCH_PROXY_ONLY-1} cargo bench --locked --bench functions; \
+	  status=$$?; benches/peers/knative.sh down; exit $$status
 
 .PHONY: chart
 ## chart: regenerate charts/fargo/crds/ from the Rust types, lint the chart and render

@@ -6,7 +6,10 @@
 //!   answer of the pod's IP to a prober polling it every few milliseconds. fargo's share is
 //!   (cold start − pod start) / pod start.
 //! - **proxy overhead**: one warm pod, requests straight to its IP against requests through the
-//!   activator, interleaved, at 1, 16 and 64 connections (keep-alive clients).
+//!   activator, interleaved, at 1, 16 and 64 connections (keep-alive clients); beside them nginx
+//!   in front of the same pod and, when `make bench-peers` has put Knative Serving on the cluster,
+//!   a Knative revision of the same image through Knative's activator and queue-proxy, and through
+//!   its queue-proxy alone. CPU per request is each path's processes' own CPU time.
 //! - **handler cold start**: the same measure for a Python handler (inline code) and a Go
 //!   handler (`provided`, its zip fetched from an S3 server), beside the HTTP echo image.
 //! - **the in-pod part of handler functions** (no cluster: processes of this machine):
@@ -27,6 +30,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::StreamExt;
 use http_body_util::{BodyExt, Empty};
+use hyper::HeaderMap;
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -34,7 +38,8 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Client;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::core::GroupVersionKind;
 use kube::runtime::watcher;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -62,9 +67,18 @@ fn keepalive_client() -> Keepalive {
 
 /// One GET, body read to the end; its latency.
 async fn get(client: &Keepalive, url: &hyper::Uri) -> Duration {
+    get_with(client, url, &HeaderMap::new()).await
+}
+
+/// One GET with `headers`, body read to the end; its latency.
+async fn get_with(client: &Keepalive, url: &hyper::Uri, headers: &HeaderMap) -> Duration {
+    let mut request = hyper::Request::get(url.clone())
+        .body(Empty::new())
+        .expect("a request");
+    request.headers_mut().extend(headers.clone());
     let started = Instant::now();
     let response = client
-        .get(url.clone())
+        .request(request)
         .await
         .unwrap_or_else(|e| panic!("GET {url}: {e:?}"));
     assert!(
@@ -309,9 +323,20 @@ async fn load(
     count: usize,
     concurrency: usize,
 ) -> (Vec<Duration>, Duration) {
+    load_with(client, url, &HeaderMap::new(), count, concurrency).await
+}
+
+/// [`load`] with `headers` on every request.
+async fn load_with(
+    client: &Keepalive,
+    url: &hyper::Uri,
+    headers: &HeaderMap,
+    count: usize,
+    concurrency: usize,
+) -> (Vec<Duration>, Duration) {
     let started = Instant::now();
     let latencies = futures::stream::iter(0..count)
-        .map(|_| get(client, url))
+        .map(|_| get_with(client, url, headers))
         .buffer_unordered(concurrency)
         .collect()
         .await;
@@ -396,8 +421,157 @@ struct ProxyPath {
     name: &'static str,
     short: &'static str,
     url: hyper::Uri,
+    headers: HeaderMap,
     client: Keepalive,
-    pid: Option<u32>,
+    /// The processes whose CPU time a request through this path costs.
+    pids: Vec<u32>,
+}
+
+impl ProxyPath {
+    fn new(name: &'static str, short: &'static str, url: hyper::Uri, pids: Vec<u32>) -> Self {
+        Self {
+            name,
+            short,
+            url,
+            headers: HeaderMap::new(),
+            client: keepalive_client(),
+            pids,
+        }
+    }
+
+    fn cpu_time(&self) -> Duration {
+        self.pids.iter().copied().map(support::cpu_time).sum()
+    }
+}
+
+/// Knative Serving's request path, when `make bench-peers` (benches/peers/knative.sh up) has put
+/// it on the cluster: a Revision of the same echo image, kept at one pod, reached through
+/// Knative's activator Service with the two headers its ingress would set (the activator then
+/// forwards to the pod's queue-proxy), and through the queue-proxy alone.
+struct Knative {
+    activator: hyper::Uri,
+    queue_proxy: hyper::Uri,
+    headers: HeaderMap,
+    activator_pid: u32,
+    queue_proxy_pid: u32,
+}
+
+impl Knative {
+    const NAMESPACE: &'static str = "knative-serving";
+
+    async fn start(client: &Client, namespace: &str) -> Option<Self> {
+        let installed = Api::<Namespace>::all(client.clone())
+            .get_opt(Self::NAMESPACE)
+            .await
+            .ok()
+            .flatten()
+            .is_some();
+        if !installed {
+            println!("Knative: skipped (not on the cluster; `make bench-peers` brings it up)");
+            return None;
+        }
+        let services = Api::<DynamicObject>::namespaced_with(
+            client.clone(),
+            namespace,
+            &ApiResource::from_gvk(&GroupVersionKind::gvk(
+                "serving.knative.dev",
+                "v1",
+                "Service",
+            )),
+        );
+        let service = json!({
+            "apiVersion": "serving.knative.dev/v1", "kind": "Service",
+            "metadata": {"name": "warm", "namespace": namespace},
+            "spec": {"template": {
+                "metadata": {"annotations": {
+                    "autoscaling.knative.dev/min-scale": "1",
+                    "autoscaling.knative.dev/max-scale": "1",
+                }},
+                "spec": {"containers": [{
+                    "image": "fargo.dev/echo:dev",
+                    "ports": [{"containerPort": 8080}],
+                    "resources": {"requests": {"cpu": "100m", "memory": "128Mi"},
+                                  "limits": {"cpu": "2", "memory": "256Mi"}},
+                }]},
+            }},
+        });
+        services
+            .patch(
+                "warm",
+                &PatchParams::apply("fargo-bench"),
+                &Patch::Apply(&service),
+            )
+            .await
+            .expect("the Knative Service applied");
+        let revision = "warm-00001";
+        let selector = format!("serving.knative.dev/revision={revision}");
+        let pod = common::wait::eventually(180, "the Knative revision's pod, ready", || async {
+            let pods = Api::<Pod>::namespaced(client.clone(), namespace)
+                .list(&ListParams::default().labels(&selector))
+                .await
+                .ok()?;
+            let pod = pods.items.into_iter().next()?;
+            let status = pod.status.as_ref()?;
+            let ready = status
+                .conditions
+                .iter()
+                .flatten()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            ready.then_some(pod)
+        })
+        .await;
+        let pod_ip = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.pod_ip.clone())
+            .expect("a pod IP");
+        let uid = pod.metadata.uid.clone().expect("a pod uid");
+        let activator_ip =
+            Api::<k8s_openapi::api::core::v1::Service>::namespaced(client.clone(), Self::NAMESPACE)
+                .get("activator-service")
+                .await
+                .expect("Knative's activator Service")
+                .spec
+                .and_then(|spec| spec.cluster_ip)
+                .expect("a ClusterIP");
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("knative-serving-namespace", namespace),
+            ("knative-serving-revision", revision),
+        ] {
+            headers.insert(name, value.parse().expect("a header value"));
+        }
+        Some(Self {
+            activator: format!("http://{activator_ip}/").parse().expect("a URL"),
+            queue_proxy: format!("http://{pod_ip}:8012/").parse().expect("a URL"),
+            headers,
+            activator_pid: process_named("activator", None).expect("Knative's activator process"),
+            queue_proxy_pid: process_named("queue", Some(&uid)).expect("the pod's queue-proxy"),
+        })
+    }
+}
+
+/// The process of this machine whose command is `comm` (and, given a pod uid, that runs in that
+/// pod's cgroup): the node is this machine, so its pods' processes are visible here.
+fn process_named(comm: &str, pod_uid: Option<&str>) -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+            if name.trim() != comm {
+                return None;
+            }
+            if let Some(uid) = pod_uid {
+                let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+                let underscored = uid.replace('-', "_");
+                if !(cgroup.contains(uid) || cgroup.contains(&underscored)) {
+                    return None;
+                }
+            }
+            Some(pid)
+        })
 }
 
 /// What one path measured at one level.
@@ -444,42 +618,50 @@ async fn proxy_overhead(
         .expect("a URL");
     let nginx = Nginx::start(&ip);
     let mut paths = vec![
-        ProxyPath {
-            name: "straight to the pod",
-            short: "direct",
-            url: direct,
-            client: keepalive_client(),
-            pid: None,
-        },
-        ProxyPath {
-            name: "through the activator",
-            short: "activator",
-            url: proxied,
-            client: keepalive_client(),
-            pid: Some(activator_pid),
-        },
+        ProxyPath::new("straight to the pod", "direct", direct, vec![]),
+        ProxyPath::new(
+            "through the activator",
+            "activator",
+            proxied,
+            vec![activator_pid],
+        ),
     ];
     match &nginx {
-        Some(nginx) => paths.push(ProxyPath {
-            name: "through nginx",
-            short: "nginx",
-            url: nginx.url.clone(),
-            client: keepalive_client(),
-            pid: Some(nginx.child.id()),
-        }),
+        Some(nginx) => paths.push(ProxyPath::new(
+            "through nginx",
+            "nginx",
+            nginx.url.clone(),
+            vec![nginx.child.id()],
+        )),
         None => println!(
             "nginx: skipped ({} missing: apt-get install nginx-light)",
             Nginx::BINARY
         ),
     }
+    if let Some(knative) = Knative::start(client, namespace).await {
+        let mut through = ProxyPath::new(
+            "through Knative (activator + queue-proxy)",
+            "knative",
+            knative.activator.clone(),
+            vec![knative.activator_pid, knative.queue_proxy_pid],
+        );
+        through.headers = knative.headers.clone();
+        paths.push(through);
+        paths.push(ProxyPath::new(
+            "through Knative's queue-proxy alone",
+            "queue-proxy",
+            knative.queue_proxy.clone(),
+            vec![knative.queue_proxy_pid],
+        ));
+    }
     // Connections opened and caches warm on every path before measuring (nginx's port may take
     // a moment to open).
     for path in &paths {
         common::wait::eventually(30, &format!("{} to answer", path.name), || async {
-            answers_uri(&path.url).await.then_some(())
+            answers_uri(&path.url, &path.headers).await.then_some(())
         })
         .await;
-        load(&path.client, &path.url, 1_000, 64).await;
+        load_with(&path.client, &path.url, &path.headers, 1_000, 64).await;
     }
 
     for concurrency in LEVELS {
@@ -490,12 +672,17 @@ async fn proxy_overhead(
             for offset in 0..paths.len() {
                 let index = (round + offset) % paths.len();
                 let path = &paths[index];
-                let cpu_before = path.pid.map(support::cpu_time);
-                let (latencies, took) = load(&path.client, &path.url, per_round, concurrency).await;
+                let cpu_before = path.cpu_time();
+                let (latencies, took) = load_with(
+                    &path.client,
+                    &path.url,
+                    &path.headers,
+                    per_round,
+                    concurrency,
+                )
+                .await;
                 let run = &mut runs[index];
-                if let (Some(pid), Some(before)) = (path.pid, cpu_before) {
-                    run.cpu += support::cpu_time(pid).saturating_sub(before);
-                }
+                run.cpu += path.cpu_time().saturating_sub(cpu_before);
                 run.latencies.extend(latencies);
                 run.took += took;
             }
@@ -521,25 +708,35 @@ async fn proxy_overhead(
                 p99.saturating_sub(b99),
             );
         }
-        if let [_, (_, _, _, activator_cpu), (_, _, _, nginx_cpu)] = figures[..] {
-            println!(
-                "{:<LABEL_WIDTH$} {:.2}x nginx's CPU per request",
-                "  activator vs nginx",
-                activator_cpu.as_secs_f64() / nginx_cpu.as_secs_f64().max(f64::MIN_POSITIVE),
-            );
+        let cpu_of = |short: &str| {
+            paths
+                .iter()
+                .zip(&figures)
+                .find(|(path, _)| path.short == short)
+                .map(|(_, figures)| figures.3.as_secs_f64().max(f64::MIN_POSITIVE))
+        };
+        let activator_cpu = cpu_of("activator").expect("the activator's path");
+        for peer in ["nginx", "knative", "queue-proxy"] {
+            if let Some(peer_cpu) = cpu_of(peer) {
+                println!(
+                    "{:<LABEL_WIDTH$} {:.2}x {peer}'s CPU per request",
+                    "  activator vs",
+                    activator_cpu / peer_cpu,
+                );
+            }
         }
     }
 }
 
 /// Whether `url` answers a GET at all.
-async fn answers_uri(url: &hyper::Uri) -> bool {
-    let (Some(host), Some(port)) = (url.host(), url.port_u16()) else {
-        return false;
-    };
-    let Ok(ip) = host.parse::<std::net::IpAddr>() else {
-        return false;
-    };
-    answers(SocketAddr::new(ip, port), url.path()).await
+async fn answers_uri(url: &hyper::Uri, headers: &HeaderMap) -> bool {
+    let mut request = hyper::Request::get(url.clone())
+        .body(Empty::new())
+        .expect("a request");
+    request.headers_mut().extend(headers.clone());
+    let answered =
+        tokio::time::timeout(Duration::from_secs(2), keepalive_client().request(request)).await;
+    matches!(answered, Ok(Ok(response)) if response.status().is_success())
 }
 
 async fn on_the_cluster() {
