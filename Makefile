@@ -149,11 +149,12 @@ fuzz:
 bench: cluster-up
 	cargo bench --locked
 
-## bench-peers: the functions benchmark with Knative Serving beside fargo (built from its Go
-## modules, brought up on the local cluster, and taken down after, whatever the outcome)
-bench-peers: cluster-up
-	benches/peers/knative.sh up
-	FARGO_BENCH_PROXY_ONLY=$${FARGO_BENCH_PROXY_ONLY-1} cargo bench --locked --bench functions; \
+## bench-peers: the functions benchmark's proxy paths with Knative Serving beside fargo (built
+## from its Go modules, brought up on the local cluster, and taken down after, whatever the
+## outcome); FARGO_BENCH_PROXY_ONLY= (empty) adds fargo's cold starts
+bench-peers: cluster-up images
+	benches/peers/knative.sh up && \
+	  FARGO_BENCH_PROXY_ONLY=$${FARGO_BENCH_PROXY_ONLY-1} cargo bench --locked --bench functions; \
 	  status=$$?; benches/peers/knative.sh down; exit $$status
 
 .PHONY: chart

@@ -719,8 +719,8 @@ async fn proxy_overhead(
         for peer in ["nginx", "knative", "queue-proxy"] {
             if let Some(peer_cpu) = cpu_of(peer) {
                 println!(
-                    "{:<LABEL_WIDTH$} {:.2}x {peer}'s CPU per request",
-                    "  activator vs",
+                    "{:<LABEL_WIDTH$} {:.2}x its CPU per request",
+                    format!("  activator vs {peer}"),
                     activator_cpu / peer_cpu,
                 );
             }
