@@ -6,9 +6,8 @@
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
 use kube::Client;
-use kube::ResourceExt;
 use kube::api::Api;
 use kube::core::DeserializeGuard;
 use kube::runtime::reflector::{self, Store};
@@ -81,8 +80,8 @@ pub fn function_deployments(
     cache(Api::all(client), functions, trim_deployment, shutdown)
 }
 
-/// The functions' Services, without their managed fields: the reconciler skips applying a
-/// Service it finds as it left it.
+/// The functions' Services, each kept as its name, uid and resourceVersion only: all the
+/// reconciler reads to skip applying a Service it finds as it left it.
 pub fn function_services(
     client: Client,
     shutdown: CancellationToken,
@@ -91,7 +90,19 @@ pub fn function_services(
     impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let functions = watcher::Config::default().labels(FUNCTION_LABEL);
-    let trim = |service: &mut Service| service.managed_fields_mut().clear();
+    let trim = |service: &mut Service| {
+        let metadata = std::mem::take(&mut service.metadata);
+        *service = Service {
+            metadata: ObjectMeta {
+                name: metadata.name,
+                namespace: metadata.namespace,
+                uid: metadata.uid,
+                resource_version: metadata.resource_version,
+                ..ObjectMeta::default()
+            },
+            ..Service::default()
+        };
+    };
     cache(Api::all(client), functions, trim, shutdown)
 }
 

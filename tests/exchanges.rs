@@ -56,11 +56,10 @@ async fn a_new_function_gets_its_service_and_a_deployment_whose_replicas_go_to_t
         [
             "PATCH /api/v1/namespaces/recorded/services/thumbnail",
             // No GET of the Deployment: a function without a status, whose Deployment the
-            // cache does not show, has none yet. First apply with the initial replicas, then the autoscaler's manager takes the
-            // field, then an apply without it leaves it to the autoscaler alone.
+            // cache does not show, has none yet. One apply with the initial replicas, then the
+            // autoscaler's manager applies the same figure and shares the field.
             "PATCH /apis/apps/v1/namespaces/recorded/deployments/thumbnail",
             "PATCH /apis/apps/v1/namespaces/recorded/deployments/thumbnail/scale",
-            "PATCH /apis/apps/v1/namespaces/recorded/deployments/thumbnail",
             "PATCH /apis/fargo.dev/v1alpha1/namespaces/recorded/serverlessfunctions/thumbnail/status",
         ]
     );

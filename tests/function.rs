@@ -107,35 +107,15 @@ async fn a_function_gets_a_deployment_and_service_whose_replicas_the_autoscaler_
         let limits = container.resources.clone().unwrap().limits.unwrap();
         assert_eq!(limits["cpu"].0, "290m");
 
-        // The controller's first apply carries the initial replicas; the autoscaler's manager
-        // then takes the field and the controller lets go of it.
-        eventually(30, "spec.replicas owned by the autoscaler alone", || {
+        // The controller's first apply carries the initial replicas, and the autoscaler's
+        // manager applies the same figure: it owns the field from the start.
+        eventually(30, "spec.replicas owned by the autoscaler", || {
             let client = client.clone();
             let ns = ns.clone();
             async move {
-                let deployment = Api::<Deployment>::namespaced(client, &ns)
-                    .get("thumbnail")
-                    .await
-                    .ok()?;
-                let owners: Vec<(String, String)> = deployment
-                    .managed_fields()
-                    .iter()
-                    .filter(|entry| {
-                        entry
-                            .fields_v1
-                            .as_ref()
-                            .and_then(|f| f.0.get("f:spec"))
-                            .and_then(|spec| spec.get("f:replicas"))
-                            .is_some()
-                    })
-                    .map(|entry| {
-                        (
-                            entry.manager.clone().unwrap_or_default(),
-                            entry.operation.clone().unwrap_or_default(),
-                        )
-                    })
-                    .collect();
-                (owners == [("fargo.dev/autoscaler".to_string(), "Apply".to_string())])
+                let owners = replicas_owners(&client, &ns, "thumbnail").await?;
+                owners
+                    .contains(&("fargo.dev/autoscaler".to_string(), "Apply".to_string()))
                     .then_some(())
             }
         })
@@ -183,8 +163,43 @@ async fn a_function_gets_a_deployment_and_service_whose_replicas_the_autoscaler_
         })
         .await;
         assert_eq!(replicas(&client, &ns, "thumbnail").await, Some(3));
+        // The controller's applies since left the field to the autoscaler alone.
+        assert_eq!(
+            replicas_owners(&client, &ns, "thumbnail").await,
+            Some(vec![(
+                "fargo.dev/autoscaler".to_string(),
+                "Apply".to_string()
+            )])
+        );
     })
     .await;
+}
+
+/// The managers owning the Deployment's `spec.replicas`, with their operations.
+async fn replicas_owners(client: &Client, ns: &str, name: &str) -> Option<Vec<(String, String)>> {
+    let deployment = Api::<Deployment>::namespaced(client.clone(), ns)
+        .get(name)
+        .await
+        .ok()?;
+    let owners = deployment
+        .managed_fields()
+        .iter()
+        .filter(|entry| {
+            entry
+                .fields_v1
+                .as_ref()
+                .and_then(|f| f.0.get("f:spec"))
+                .and_then(|spec| spec.get("f:replicas"))
+                .is_some()
+        })
+        .map(|entry| {
+            (
+                entry.manager.clone().unwrap_or_default(),
+                entry.operation.clone().unwrap_or_default(),
+            )
+        })
+        .collect();
+    Some(owners)
 }
 
 #[tokio::test]

@@ -16,8 +16,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, instrument};
@@ -240,13 +240,24 @@ fn hash_of(object: &impl serde::Serialize) -> u64 {
 /// tens of MiB), without converging any faster: the API server is the bottleneck.
 const CONCURRENCY: u16 = 16;
 
-/// The controller of functions; its store is shared with the autoscaler and the schedules.
+/// The controller of functions; its store is shared with the autoscaler and the schedules. The
+/// store keeps the functions without their managed fields, which nothing reads and which took
+/// more memory than the rest of each object.
 pub fn controller(client: Client) -> Controller<DeserializeGuard<ServerlessFunction>> {
-    Controller::new(
+    let (store, writer) = reflector::store();
+    let functions = watcher(
         Api::<DeserializeGuard<ServerlessFunction>>::all(client),
         watcher::Config::default(),
     )
-    .with_config(
+    .default_backoff()
+    .modify(|guard| {
+        if let Ok(function) = &mut guard.0 {
+            function.managed_fields_mut().clear();
+        }
+    })
+    .reflect(writer)
+    .applied_objects();
+    Controller::for_stream(functions, store).with_config(
         kube::runtime::controller::Config::default()
             .debounce(DEBOUNCE)
             .concurrency(CONCURRENCY),
@@ -552,10 +563,13 @@ impl ServerlessFunction {
     }
 
     /// Applies the Deployment without `replicas`. When the autoscaler has not yet written the
-    /// Deployment (it is new, or an earlier reconcile stopped half-way), a first apply carries
-    /// the replicas to start with (so a function with `initial: 0` never starts a pod), the
-    /// autoscaler's manager takes the field over, and the apply without it leaves the field to
-    /// the autoscaler alone: no later apply can reset it.
+    /// Deployment (it is new, or an earlier reconcile stopped half-way), the apply carries the
+    /// replicas to start with (so a function with `initial: 0` never starts a pod), and the
+    /// autoscaler's manager then applies the same figure: the two share the field, and from then
+    /// on the controller applies without it, which can never reset it. The controller's share
+    /// goes with its next apply, or with the autoscaler's first change of the replicas (forced,
+    /// it takes the field whole); applying again only to drop it would cost every new function
+    /// a request and change nothing.
     async fn apply_deployment(&self, ctx: &Context, namespace: &str) -> Result<Deployment> {
         let name = self.name_any();
         let existing = self.existing_deployment(ctx, namespace).await?;
@@ -595,7 +609,7 @@ impl ServerlessFunction {
             if let Some(spec) = seeded.spec.as_mut() {
                 spec.replicas = Some(seed);
             }
-            api.patch(&name, &params, &Patch::Apply(&seeded)).await?;
+            let applied = api.patch(&name, &params, &Patch::Apply(&seeded)).await?;
             apply_replicas(&ctx.client, namespace, &name, seed)
                 .await
                 .map_err(Error::InitialScale)?;
@@ -603,8 +617,11 @@ impl ServerlessFunction {
                 replicas = seed,
                 "deployment created with its initial replicas"
             );
+            // The scale write set the figure already there: the generation is still this one,
+            // and the Deployment is what applying `desired` would leave.
+            ctx.applied.record(key, hash, &applied);
+            return Ok(applied);
         }
-        // Without `replicas`: after a seed, this drops the controller's claim on the field.
         let applied = api.patch(&name, &params, &Patch::Apply(&desired)).await?;
         ctx.applied.record(key, hash, &applied);
         Ok(applied)
