@@ -511,13 +511,7 @@ impl Knative {
                 .await
                 .ok()?;
             let pod = pods.items.into_iter().next()?;
-            let status = pod.status.as_ref()?;
-            let ready = status
-                .conditions
-                .iter()
-                .flatten()
-                .any(|c| c.type_ == "Ready" && c.status == "True");
-            ready.then_some(pod)
+            is_ready(&pod).then_some(pod)
         })
         .await;
         let pod_ip = pod
@@ -549,6 +543,14 @@ impl Knative {
             queue_proxy_pid: process_named("queue", Some(&uid)).expect("the pod's queue-proxy"),
         })
     }
+}
+
+/// Whether the pod's Ready condition is true.
+fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .iter()
+        .flat_map(|status| status.conditions.iter().flatten())
+        .any(|c| c.type_ == "Ready" && c.status == "True")
 }
 
 /// The process of this machine whose command is `comm` (and, given a pod uid, that runs in that
@@ -601,14 +603,8 @@ async fn proxy_overhead(
     .await;
     let ip = common::wait::eventually(120, "the warm pod's IP, ready", || async {
         let pods = pods_of(client, namespace, function).await;
-        let pod = pods.first()?;
-        let status = pod.status.as_ref()?;
-        let ready = status
-            .conditions
-            .iter()
-            .flatten()
-            .any(|c| c.type_ == "Ready" && c.status == "True");
-        ready.then(|| status.pod_ip.clone()).flatten()
+        let pod = pods.first().filter(|pod| is_ready(pod))?;
+        pod.status.as_ref()?.pod_ip.clone()
     })
     .await;
     let direct: hyper::Uri = format!("http://{ip}:8080/").parse().expect("a URL");
