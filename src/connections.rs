@@ -8,10 +8,11 @@
 //! `header_read_timeout`, and when a new connection needs its place: the one that has been idle
 //! longest goes first, once it has been idle for `evict_idle_after` — a connection just opened,
 //! or just answered, is the one its client is about to send a request on, and closing it then
-//! fails that request (an HTTP/1 client does not send a POST again). A client that dribbles its headers, sends nothing, or keeps a
-//! connection it does not use therefore never keeps another client out. Only when every
-//! connection is busy does a new one wait, in the listen backlog, for a place to free; a server
-//! that allows it also closes, then, a connection whose request has run too long.
+//! fails that request (an HTTP/1 client does not send a POST again). A client that dribbles its
+//! headers, sends nothing, or keeps a connection it does not use therefore never keeps another
+//! client out for longer than that. Only while no connection can be closed does a new one wait,
+//! in the listen backlog, for a place to free; a server that allows it also closes, then, a
+//! connection whose request has run too long.
 //!
 //! hyper's own HTTP/1 header timer is not used: it starts only once the protocol is known, so it
 //! misses a client that sends nothing at all, and HTTP/2 has none. This one clock covers both.

@@ -107,7 +107,7 @@ pub struct Context {
     pub deployments: Store<Deployment>,
     /// Every function (the controller's own store): who else claims a function's hosts.
     pub functions: FunctionStore,
-    /// The functions' Services, without their managed fields.
+    /// The functions' Services, as name, uid and resourceVersion only.
     pub services: Store<Service>,
     /// What this process last applied to each function's Deployment.
     pub applied: Arc<AppliedObjects>,
@@ -136,7 +136,8 @@ const DEBOUNCE: Duration = Duration::from_millis(300);
 /// process applies once.
 ///
 /// The same for each function's Service, by its resourceVersion instead: a Service has no
-/// generation, and nothing but its owners writes it, so any change at all is one to undo.
+/// generation, and every write to it, by anyone, changes its resourceVersion, so any change at
+/// all is applied over.
 #[derive(Default)]
 pub struct AppliedObjects(std::sync::Mutex<HashMap<(String, String), Applied>>);
 
@@ -538,8 +539,9 @@ impl ServerlessFunction {
     /// The Deployment from the cache, or from the API server when the cache does not show it
     /// written by the autoscaler (it may lag behind a Deployment just created) — except for a
     /// function no reconcile has written a status for yet: missing from the cache too, its
-    /// Deployment is one no reconcile got to make, or one whose first apply just went through
-    /// (the next apply seeds it with the same initial replicas).
+    /// Deployment is one no reconcile got to make, or one made by a reconcile that stopped before
+    /// the status. That one is seeded again with the initial replicas; should the autoscaler
+    /// have changed them in between, its next decision sets them back.
     async fn existing_deployment(
         &self,
         ctx: &Context,
