@@ -12,6 +12,9 @@ use common::tenant::{grant_edit, tenant_client};
 use common::wait::eventually;
 use common::{client, install_crds};
 use fargo::api::profile::FargateProfile;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Event, Namespace, Pod};
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer};
@@ -1436,6 +1439,88 @@ async fn a_tenants_network_policies_cannot_widen_the_fence() {
         assert_eq!(names.len(), 2, "{names:?}");
         assert!(names.contains(&fargos) && names.contains(&"allow-others".to_string()));
         delete_profile(&client, &name).await;
+    })
+    .await;
+}
+
+/// What the `mutated-after-fargo` condition of the webhook judging pod creation says now.
+async fn pod_creation_judged_again(client: &Client) -> Option<String> {
+    let validating = Api::<ValidatingWebhookConfiguration>::all(client.clone())
+        .get("fargo")
+        .await
+        .ok()?;
+    let creation = validating
+        .webhooks?
+        .into_iter()
+        .find(|webhook| webhook.name == "pods.validate.fargo.dev")?;
+    creation
+        .match_conditions?
+        .into_iter()
+        .find(|condition| condition.name == "mutated-after-fargo")
+        .map(|condition| condition.expression)
+}
+
+/// A pod's creation is judged a second time, after every mutation, only while something besides
+/// fargo may mutate pods: a mutating webhook whose rules match pod creation turns that call on,
+/// and its removal turns it off. (The webhook added here is never called: its namespace selector
+/// selects no namespace.)
+#[tokio::test]
+async fn pod_creation_is_judged_again_only_while_another_webhook_may_mutate_pods() {
+    let client = setup().await;
+    let configurations = Api::<MutatingWebhookConfiguration>::all(client.clone());
+    let label = "fargo.dev/test-injector";
+    // One left by an earlier run that stopped half-way.
+    let _ = configurations
+        .delete_collection(
+            &DeleteParams::default(),
+            &ListParams::default().labels(label),
+        )
+        .await;
+    let judged_again = |expected: &'static str| {
+        let client = client.clone();
+        async move {
+            (pod_creation_judged_again(&client).await.as_deref() == Some(expected)).then_some(())
+        }
+    };
+    eventually(
+        60,
+        "pod creation judged once (no other mutating webhook)",
+        || judged_again("false"),
+    )
+    .await;
+
+    let name = unique_name("injector");
+    let injector: MutatingWebhookConfiguration = serde_json::from_value(json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": name, "labels": {label: "true"}},
+        "webhooks": [{
+            "name": "pods.injector.example.com",
+            "clientConfig": {"url": "https://127.0.0.1:9/never"},
+            "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
+                       "resources": ["pods"]}],
+            "namespaceSelector": {"matchLabels": {label: "no-namespace-has-this"}},
+            "failurePolicy": "Ignore",
+            "sideEffects": "None",
+            "admissionReviewVersions": ["v1"],
+        }],
+    }))
+    .expect("a webhook configuration");
+    configurations
+        .create(&PostParams::default(), &injector)
+        .await
+        .expect("the other webhook registered");
+    eventually(60, "pod creation judged again after every mutation", || {
+        judged_again("true")
+    })
+    .await;
+
+    configurations
+        .delete(&name, &DeleteParams::default())
+        .await
+        .expect("the other webhook removed");
+    eventually(60, "pod creation judged once again", || {
+        judged_again("false")
     })
     .await;
 }

@@ -33,8 +33,9 @@ use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::{
-    MatchCondition, MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations,
-    ServiceReference, ValidatingWebhook, ValidatingWebhookConfiguration, WebhookClientConfig,
+    MatchCondition, MutatingAdmissionPolicy, MutatingWebhook, MutatingWebhookConfiguration,
+    RuleWithOperations, ServiceReference, ValidatingWebhook, ValidatingWebhookConfiguration,
+    WebhookClientConfig,
 };
 use k8s_openapi::api::authentication::v1::SelfSubjectReview;
 use k8s_openapi::api::core::v1::Pod;
@@ -224,13 +225,99 @@ struct AppState {
     fargo_user: Arc<str>,
 }
 
-/// What the webhook needs besides its [`Config`]: the profiles it judges by, and the namespaces
-/// no profile may take.
+/// What the webhook needs besides its [`Config`]: the profiles it judges by, the namespaces no
+/// profile may take, and what else mutates pods.
 struct Profiles {
     store: Store<FargateProfile>,
-    /// Notified on every change to the profile cache.
+    /// Notified on every change to the profile cache and to the caches of `mutators`.
     changed: Arc<Notify>,
     reserved: Vec<String>,
+    mutators: Mutators,
+}
+
+impl Profiles {
+    /// The scope the configurations are applied with now.
+    fn scope(&self) -> AdmissionScope {
+        let mut scope = admission_scope(&self.store.state(), &self.reserved);
+        scope.revalidate_pods = self.mutators.others_may_mutate_pods();
+        scope
+    }
+}
+
+/// The cluster's other mutating webhook configurations and its MutatingAdmissionPolicies, as
+/// watched, each with whether its first list has arrived: until it has (or where the API server
+/// does not serve the kind, or the controller may not list it), others may mutate pods.
+struct Mutators {
+    webhooks: Watched<MutatingWebhookConfiguration>,
+    policies: Watched<MutatingAdmissionPolicy>,
+}
+
+impl Mutators {
+    fn others_may_mutate_pods(&self) -> bool {
+        if !self.webhooks.listed() {
+            return true;
+        }
+        let policies = self
+            .policies
+            .listed()
+            .then(|| self.policies.store.state().len());
+        others_may_mutate_pods(&self.webhooks.store.state(), policies)
+    }
+}
+
+/// A cache filled by a watch, and whether the watch's first list is in.
+struct Watched<K: Resource<DynamicType = ()> + 'static> {
+    store: Store<K>,
+    listed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl<K: Resource<DynamicType = ()> + 'static> Watched<K> {
+    fn listed(&self) -> bool {
+        self.listed.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+/// Watches every `K` (managed fields dropped) until `shutdown`, notifying `changed` on each
+/// change; the watch is the returned future.
+fn watched<K>(
+    client: &Client,
+    changed: Arc<Notify>,
+    shutdown: &CancellationToken,
+) -> (
+    Watched<K>,
+    impl std::future::Future<Output = ()> + Send + 'static,
+)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store();
+    let listed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = listed.clone();
+    let watch = watcher(Api::<K>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .modify(|object| object.meta_mut().managed_fields = None)
+        .reflect(writer)
+        .take_until(shutdown.clone().cancelled_owned())
+        .for_each(move |event| {
+            match event {
+                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
+                Ok(event) => {
+                    if matches!(event, watcher::Event::InitDone) {
+                        seen.store(true, std::sync::atomic::Ordering::Release);
+                    }
+                    changed.notify_one();
+                }
+                Err(error) => tracing::debug!(%error, kind = %K::kind(&()), "watching"),
+            }
+            std::future::ready(())
+        });
+    (Watched { store, listed }, watch)
 }
 
 /// Serves the webhook until `shutdown`; registers the configurations once the profile cache is
@@ -261,16 +348,25 @@ pub async fn run(
         }
         std::future::ready(())
     });
-    let profile_cache = tokio::spawn(reflector);
+    let (webhooks, webhook_watch) = watched(&client, changed.clone(), &shutdown);
+    let (policies, policy_watch) = watched(&client, changed.clone(), &shutdown);
+    let caches = [
+        tokio::spawn(reflector),
+        tokio::spawn(webhook_watch),
+        tokio::spawn(policy_watch),
+    ];
     let profiles = Profiles {
         store,
         changed,
         reserved,
+        mutators: Mutators { webhooks, policies },
     };
     let served = serve_until_shutdown(client, config, metrics, profiles, shutdown).await;
-    // The watch stops with `shutdown`; on an early error it is stopped here.
-    profile_cache.abort();
-    let _ = profile_cache.await;
+    // The watches stop with `shutdown`; on an early error they are stopped here.
+    for cache in caches {
+        cache.abort();
+        let _ = cache.await;
+    }
     served
 }
 
@@ -331,7 +427,7 @@ async fn serve_until_shutdown(
             .cert_dir
             .is_none()
             .then_some(certificate.ca_pem.clone());
-        let scope = admission_scope(&profiles.store.state(), &profiles.reserved);
+        let scope = profiles.scope();
         register(&client, &config, ca_bundle.as_deref(), &scope)
             .await
             .map_err(Error::Register)?;
@@ -352,7 +448,8 @@ async fn serve_until_shutdown(
 }
 
 /// Applies the configurations again whenever the profiles change the namespaces the webhooks
-/// must see, and every minute regardless: a configuration replaced or stripped of its caBundle (a
+/// must see or another mutating webhook or policy comes or goes ([`others_may_mutate_pods`]),
+/// and every minute regardless: a configuration replaced or stripped of its caBundle (a
 /// `kubectl replace`, a forced Helm upgrade) would otherwise refuse every pod in the profiled
 /// namespaces until a controller restarts.
 async fn keep_registered(
@@ -373,7 +470,7 @@ async fn keep_registered(
             _ = every_minute.tick() => true,
             () = profiles.changed.notified() => false,
         };
-        let scope = admission_scope(&profiles.store.state(), &profiles.reserved);
+        let scope = profiles.scope();
         if !due && applied.as_ref() == Some(&scope) {
             continue;
         }
@@ -382,6 +479,7 @@ async fn keep_registered(
                 if applied.as_ref() != Some(&scope) {
                     info!(
                         patterns = scope.patterns.join(","),
+                        revalidate_pods = scope.revalidate_pods,
                         "the webhooks now see the profiles' namespaces"
                     );
                 }
@@ -714,6 +812,9 @@ pub struct AdmissionScope {
     pub patterns: Vec<String>,
     pub namespaces: LabelSelector,
     pub condition: MatchCondition,
+    /// Whether a pod's creation is judged again after every mutation (see
+    /// [`others_may_mutate_pods`]); `true` unless the controller has seen otherwise.
+    pub revalidate_pods: bool,
 }
 
 /// The scope of the webhooks for `profiles`; `reserved` are the namespaces no profile may take.
@@ -754,6 +855,48 @@ pub fn admission_scope(profiles: &[Arc<FargateProfile>], reserved: &[String]) ->
             name: "profiled-namespace".into(),
             expression,
         },
+        revalidate_pods: true,
+    }
+}
+
+/// Whether anything but fargo may change a pod being created after fargo's mutating webhook:
+/// another mutating webhook whose rules can match pod creation, or any MutatingAdmissionPolicy
+/// (`policies`: `None` while the controller cannot tell). Only then is the validating webhook
+/// called for pod creation: fargo's mutation refuses what a profile forbids and leaves the pod
+/// hardened, and the mutating admission plugins built into the API server run before the
+/// webhooks, so with nothing else mutating, judging the pod again would judge the same pod.
+pub fn others_may_mutate_pods(
+    webhooks: &[Arc<MutatingWebhookConfiguration>],
+    policies: Option<usize>,
+) -> bool {
+    let any = |values: &Option<Vec<String>>, wanted: &[&str]| {
+        values
+            .iter()
+            .flatten()
+            .any(|value| wanted.contains(&value.as_str()))
+    };
+    let matches_pod_creation = |rule: &RuleWithOperations| {
+        any(&rule.operations, &["CREATE", "*"])
+            && any(&rule.api_groups, &["", "*"])
+            && any(&rule.resources, &["pods", "*", "*/*"])
+    };
+    policies != Some(0)
+        || webhooks
+            .iter()
+            .filter(|configuration| {
+                configuration.metadata.name.as_deref() != Some(CONFIGURATION_NAME)
+            })
+            .flat_map(|configuration| configuration.webhooks.iter().flatten())
+            .flat_map(|webhook| webhook.rules.iter().flatten())
+            .any(matches_pod_creation)
+}
+
+/// The condition that calls the validating webhook for pod creation only while
+/// [`others_may_mutate_pods`].
+fn mutated_after_fargo(scope: &AdmissionScope) -> MatchCondition {
+    MatchCondition {
+        name: "mutated-after-fargo".into(),
+        expression: scope.revalidate_pods.to_string(),
     }
 }
 
@@ -854,7 +997,7 @@ fn scoped(scope: &AdmissionScope, conditions: Vec<MatchCondition>) -> Vec<MatchC
 /// (see [`admission_scope`]).
 ///
 /// The validating configuration has four webhooks. Three are served at [`VALIDATE_PATH`]: pod
-/// creation; updates of a pod (`pods`, and `pods/status`, through which a status writer could
+/// creation, while something besides fargo may mutate pods ([`others_may_mutate_pods`]); updates of a pod (`pods`, and `pods/status`, through which a status writer could
 /// otherwise relabel the pod) that change its profile label, or the capacity annotation of a pod
 /// that carries the label; and `kubectl debug`'s
 /// `pods/ephemeralcontainers` updates of a pod that runs under a profile. The fourth, at
@@ -890,7 +1033,7 @@ pub fn configurations(
                 "pods.validate.fargo.dev",
                 validate(),
                 vec![pod_rule(&["CREATE"], &["pods"])],
-                vec![],
+                vec![mutated_after_fargo(scope)],
                 scope,
             ),
             validating_webhook(
@@ -1023,6 +1166,89 @@ mod tests {
     }
 
     #[test]
+    fn pod_creation_is_judged_again_only_while_something_else_may_mutate_pods() {
+        let configuration =
+            |name: &str, groups: &[&str], resources: &[&str], operations: &[&str]| {
+                let strings =
+                    |values: &[&str]| Some(values.iter().map(|v| v.to_string()).collect());
+                let mut configuration = MutatingWebhookConfiguration {
+                    webhooks: Some(vec![MutatingWebhook {
+                        rules: Some(vec![RuleWithOperations {
+                            api_groups: strings(groups),
+                            resources: strings(resources),
+                            operations: strings(operations),
+                            ..RuleWithOperations::default()
+                        }]),
+                        ..MutatingWebhook::default()
+                    }]),
+                    ..MutatingWebhookConfiguration::default()
+                };
+                configuration.metadata.name = Some(name.into());
+                Arc::new(configuration)
+            };
+        let ours = configuration(CONFIGURATION_NAME, &[""], &["pods"], &["CREATE"]);
+        assert!(
+            !others_may_mutate_pods(std::slice::from_ref(&ours), Some(0)),
+            "fargo's own"
+        );
+        assert!(
+            others_may_mutate_pods(std::slice::from_ref(&ours), None),
+            "the policies not (yet) known"
+        );
+        assert!(
+            others_may_mutate_pods(std::slice::from_ref(&ours), Some(1)),
+            "a MutatingAdmissionPolicy"
+        );
+        for (groups, resources, operations) in [
+            (&[""][..], &["pods"][..], &["CREATE"][..]),
+            (&["*"], &["*"], &["*"]),
+            (
+                &["apps", ""],
+                &["deployments", "*/*"],
+                &["UPDATE", "CREATE"],
+            ),
+        ] {
+            let injector = configuration("injector", groups, resources, operations);
+            assert!(
+                others_may_mutate_pods(&[ours.clone(), injector], Some(0)),
+                "{groups:?} {resources:?} {operations:?}"
+            );
+        }
+        for (groups, resources, operations) in [
+            (
+                &[""][..],
+                &["pods/ephemeralcontainers"][..],
+                &["CREATE"][..],
+            ),
+            (&[""], &["pods"], &["UPDATE"]),
+            (&["apps"], &["deployments"], &["CREATE"]),
+            (&["example.com"], &["pods"], &["CREATE"]),
+        ] {
+            let other = configuration("other", groups, resources, operations);
+            assert!(
+                !others_may_mutate_pods(&[ours.clone(), other], Some(0)),
+                "{groups:?} {resources:?} {operations:?}"
+            );
+        }
+
+        let mut scope = admission_scope(&[profile("a", &["payments"])], &[]);
+        for revalidate in [true, false] {
+            scope.revalidate_pods = revalidate;
+            let (_, validating) = configurations(&in_cluster(), None, &scope);
+            let creation = &validating.webhooks.expect("webhooks")[0];
+            assert_eq!(creation.name, "pods.validate.fargo.dev");
+            let conditions = creation.match_conditions.clone().unwrap_or_default();
+            assert_eq!(
+                conditions
+                    .iter()
+                    .find(|c| c.name == "mutated-after-fargo")
+                    .map(|c| c.expression.as_str()),
+                Some(if revalidate { "true" } else { "false" })
+            );
+        }
+    }
+
+    #[test]
     fn the_namespace_expression_matches_what_the_profile_patterns_match() {
         // The expression, read back with the profiles' own wildcard rule: every alternative is
         // the pattern with `.*` for `*` and `.` for `?`, and nothing else to escape.
@@ -1093,7 +1319,7 @@ mod tests {
                     "pods.validate.fargo.dev",
                     vec!["CREATE"],
                     vec!["pods"],
-                    vec!["profiled-namespace"]
+                    vec!["profiled-namespace", "mutated-after-fargo"]
                 ),
                 (
                     "profile-label.validate.fargo.dev",
