@@ -864,7 +864,8 @@ pub fn admission_scope(profiles: &[Arc<FargateProfile>], reserved: &[String]) ->
 /// (`policies`: `None` while the controller cannot tell). Only then is the validating webhook
 /// called for pod creation: fargo's mutation refuses what a profile forbids and leaves the pod
 /// hardened, and the mutating admission plugins built into the API server run before the
-/// webhooks, so with nothing else mutating, judging the pod again would judge the same pod.
+/// webhooks and add nothing a profile forbids, so with nothing else mutating, judging the pod
+/// again would judge the pod fargo's mutation made.
 pub fn others_may_mutate_pods(
     webhooks: &[Arc<MutatingWebhookConfiguration>],
     policies: Option<usize>,
