@@ -80,8 +80,8 @@ pub const NETWORK_POLICY_PATH: &str = "/validate-networkpolicies";
 /// Connections served at once. Each carries one review at a time (an HTTP/2 client opens another
 /// connection for the next one), so this also bounds the reviews read at once, and their bodies in
 /// memory to this × [`MAX_REVIEW_BYTES`]. The API server opens one per review in flight, and a
-/// pod created takes two (mutating, then validating): 32 serve 16 pods created at once without a
-/// wait. At the cap, the connection idle longest (for at least
+/// pod created takes up to two (mutating, then validating): 32 serve 16 pods created at once
+/// without a wait. At the cap, the connection idle longest (for at least
 /// [`EVICT_IDLE_AFTER`](crate::connections::EVICT_IDLE_AFTER)), else the one whose request has
 /// run longest past [`SLOW_REQUEST`], makes room for the new one; until one of them can, the new
 /// connection waits in the listen backlog.
