@@ -126,16 +126,42 @@ where
         + Sync
         + 'static,
 {
+    cache_with_events(api, config, trim, |_| {}, shutdown)
+}
+
+/// [`cache`], calling `seen` with every event of the watch once the store holds it (errors are
+/// logged, never passed on).
+pub(crate) fn cache_with_events<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    trim: impl FnMut(&mut K) + Send + 'static,
+    mut seen: impl FnMut(&watcher::Event<K>) + Send + 'static,
+    shutdown: CancellationToken,
+) -> (
+    Store<K>,
+    impl std::future::Future<Output = ()> + Send + 'static,
+)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
     let (store, writer) = reflector::store();
     let stream = watcher(api, config)
         .default_backoff()
         .modify(trim)
         .reflect(writer)
         .take_until(shutdown.cancelled_owned())
-        .for_each(|event| async move {
-            if let Err(error) = event {
-                tracing::debug!(%error, kind = %K::kind(&()), "watching a cache");
+        .for_each(move |event| {
+            match event {
+                Ok(event) => seen(&event),
+                Err(error) => tracing::debug!(%error, kind = %K::kind(&()), "watching a cache"),
             }
+            std::future::ready(())
         });
     (store, stream)
 }

@@ -25,7 +25,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use futures::StreamExt;
 use hyper::body::Incoming;
 use hyper::service::{Service as _, service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -44,8 +43,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelecto
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -60,6 +59,7 @@ use tracing::{info, warn};
 
 use crate::api::profile::FargateProfile;
 use crate::api::{CAPACITY_ANNOTATION, CONTROLLER_MANAGER, NAMESPACE_NAME_LABEL, PROFILE_LABEL};
+use crate::caches;
 use crate::connections::{
     self, CloseReason, ConnectionLimits, ConnectionMetrics, Connections, RequestCounter,
     TrackedBody,
@@ -296,27 +296,23 @@ where
         + Sync
         + 'static,
 {
-    let (store, writer) = reflector::store();
     let listed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let seen = listed.clone();
-    let watch = watcher(Api::<K>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .modify(|object| object.meta_mut().managed_fields = None)
-        .reflect(writer)
-        .take_until(shutdown.clone().cancelled_owned())
-        .for_each(move |event| {
-            match event {
-                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
-                Ok(event) => {
-                    if matches!(event, watcher::Event::InitDone) {
-                        seen.store(true, std::sync::atomic::Ordering::Release);
-                    }
-                    changed.notify_one();
+    let (store, watch) = caches::cache_with_events(
+        Api::<K>::all(client.clone()),
+        watcher::Config::default(),
+        |object: &mut K| object.meta_mut().managed_fields = None,
+        move |event| match event {
+            watcher::Event::Init | watcher::Event::InitApply(_) => {}
+            event => {
+                if matches!(event, watcher::Event::InitDone) {
+                    seen.store(true, std::sync::atomic::Ordering::Release);
                 }
-                Err(error) => tracing::debug!(%error, kind = %K::kind(&()), "watching"),
+                changed.notify_one();
             }
-            std::future::ready(())
-        });
+        },
+        shutdown.clone(),
+    );
     (Watched { store, listed }, watch)
 }
 
@@ -330,24 +326,15 @@ pub async fn run(
     metrics: Arc<WebhookMetrics>,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    let (store, writer) = reflector::store();
     let changed = Arc::new(Notify::new());
     let notify = changed.clone();
-    let reflector = watcher(
+    let (store, reflector) = caches::cache_with_events(
         Api::<FargateProfile>::all(client.clone()),
         watcher::Config::default(),
-    )
-    .default_backoff()
-    .modify(|p| p.managed_fields_mut().clear())
-    .reflect(writer)
-    .take_until(shutdown.clone().cancelled_owned())
-    .for_each(move |event| {
-        match event {
-            Ok(_) => notify.notify_one(),
-            Err(error) => tracing::debug!(%error, "watching FargateProfiles"),
-        }
-        std::future::ready(())
-    });
+        |p: &mut FargateProfile| p.managed_fields_mut().clear(),
+        move |_| notify.notify_one(),
+        shutdown.clone(),
+    );
     let (webhooks, webhook_watch) = watched(&client, changed.clone(), &shutdown);
     let (policies, policy_watch) = watched(&client, changed.clone(), &shutdown);
     let caches = [
