@@ -8,13 +8,18 @@
 //!   written) to a real `fargo controller` (and activator), run out of cluster.
 //!
 //! Printed: both times and their ratio, and the resident memory of the controller and of the
-//! activator (which routes every function) before, at the end and at their peak. The functions sit at zero replicas (`scale.initial: 0`), so no pod is started; the
-//! namespaces are deleted afterwards. `make bench` runs it; it needs KUBECONFIG.
+//! activator (which routes every function) before, every 10 s while the functions converge, at
+//! the end and at their peak; and the API requests each half made per function, by verb and
+//! resource, from the API server's own `apiserver_request_total` (watches and lists, which do not
+//! grow with the functions, left out). The functions sit at zero replicas (`scale.initial: 0`),
+//! so no pod is started; the namespaces are deleted afterwards. `make bench` runs it; it needs
+//! KUBECONFIG.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 mod support;
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use fargo::api::function::ServerlessFunction;
@@ -126,8 +131,80 @@ async fn ready_functions(client: &Client, namespace: &str) -> usize {
         .count()
 }
 
-/// Applies the functions and waits until the controller has made every one Ready.
-async fn apply_functions(client: &Client, namespace: &str, count: usize) -> (Duration, Duration) {
+/// The API server's `apiserver_request_total`, summed by verb and resource (with its
+/// subresource), lists and watches left out.
+async fn api_requests(client: &Client) -> BTreeMap<(String, String), f64> {
+    let request = hyper::Request::get("/metrics")
+        .body(Vec::new())
+        .expect("a request");
+    let text = client
+        .request_text(request)
+        .await
+        .expect("the API server's metrics");
+    let mut totals = BTreeMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        let label = |key: &str| {
+            labels
+                .split("\",")
+                .find_map(|pair| pair.strip_prefix(&format!("{key}=\"")))
+                .map(|v| v.trim_end_matches('"').to_string())
+                .unwrap_or_default()
+        };
+        let verb = label("verb");
+        if matches!(verb.as_str(), "LIST" | "WATCH") {
+            continue;
+        }
+        let mut resource = label("resource");
+        let subresource = label("subresource");
+        if !subresource.is_empty() {
+            resource = format!("{resource}/{subresource}");
+        }
+        *totals.entry((verb, resource)).or_default() += value.parse::<f64>().unwrap_or(0.0);
+    }
+    totals
+}
+
+/// Prints what was requested between `before` and `after`, per function, by verb and resource
+/// (what came to less than one request per hundred functions left out), and the total.
+fn print_requests(
+    who: &str,
+    before: &BTreeMap<(String, String), f64>,
+    after: &BTreeMap<(String, String), f64>,
+    count: usize,
+) {
+    let mut total = 0.0;
+    let mut parts = vec![];
+    for ((verb, resource), value) in after {
+        let per_function = (value
+            - before
+                .get(&(verb.clone(), resource.clone()))
+                .unwrap_or(&0.0))
+            / count as f64;
+        if per_function >= 0.01 {
+            total += per_function;
+            parts.push(format!("{verb} {resource} {per_function:.2}"));
+        }
+    }
+    println!(
+        "  {who}: {total:.2} API requests per function ({})",
+        parts.join(", ")
+    );
+}
+
+/// Applies the functions and waits until the controller has made every one Ready, printing
+/// progress and the memory of `processes` every 10 s.
+async fn apply_functions(
+    client: &Client,
+    namespace: &str,
+    count: usize,
+    processes: &[(&str, u32)],
+) -> (Duration, Duration) {
     let api: Api<ServerlessFunction> = Api::namespaced(client.clone(), namespace);
     let params = PatchParams::apply("fargo-bench").force();
     let started = Instant::now();
@@ -156,7 +233,15 @@ async fn apply_functions(client: &Client, namespace: &str, count: usize) -> (Dur
             return (applied, started.elapsed());
         }
         if last_report.elapsed() > Duration::from_secs(10) {
-            println!("  … {ready}/{count} ready after {:.0?}", started.elapsed());
+            let memory: Vec<String> = processes
+                .iter()
+                .map(|(name, pid)| format!("{name} {:.1} MiB", memory_mib(*pid).0))
+                .collect();
+            println!(
+                "  … {ready}/{count} ready after {:.0?}; {}",
+                started.elapsed(),
+                memory.join(", ")
+            );
             last_report = Instant::now();
         }
         assert!(
@@ -211,9 +296,16 @@ async fn on_the_cluster() {
     common::namespaces::ensure_namespace(&client, &fargo_namespace).await;
 
     println!("{count} functions, {IN_FLIGHT} requests in flight");
+    let before_raw = api_requests(&client).await;
     let raw = apply_raw(&client, &raw_namespace, count).await;
+    let after_raw = api_requests(&client).await;
     println!("  raw: {count} Deployments + {count} Services applied in {raw:.1?}");
-    let (applied, converged) = apply_functions(&client, &fargo_namespace, count).await;
+    let processes = [
+        ("controller", controller.id()),
+        ("activator", activator.id()),
+    ];
+    let (applied, converged) = apply_functions(&client, &fargo_namespace, count, &processes).await;
+    let after_fargo = api_requests(&client).await;
     let (rss, peak) = memory_mib(controller.id());
     let (activator_rss, activator_peak) = memory_mib(activator.id());
     println!(
@@ -225,6 +317,13 @@ async fn on_the_cluster() {
     );
     println!(
         "  activator memory: {activator_idle_rss:.1} MiB idle, {activator_rss:.1} MiB with {count} functions routed, peak {activator_peak:.1} MiB"
+    );
+    print_requests("raw", &before_raw, &after_raw, count);
+    print_requests(
+        "fargo (with the bench's own function applies)",
+        &after_raw,
+        &after_fargo,
+        count,
     );
 
     for namespace in [raw_namespace, fargo_namespace] {
