@@ -149,12 +149,12 @@ fuzz:
 bench: cluster-up
 	cargo bench --locked
 
-## bench-peers: the functions benchmark's proxy paths with Knative Serving beside fargo (built
-## from its Go modules, brought up on the local cluster, and taken down after, whatever the
-## outcome); FARGO_BENCH_PROXY_ONLY= (empty) adds fargo's cold starts
+## bench-peers: the functions benchmark's echo cold starts and proxy paths with Knative Serving
+## beside fargo (built from its Go modules, brought up on the local cluster, and taken down after,
+## whatever the outcome); FARGO_BENCH_PARTS (default cold,proxy) chooses the parts
 bench-peers: cluster-up images
 	benches/peers/knative.sh up && \
-	  FARGO_BENCH_PROXY_ONLY=$${FARGO_BENCH_PROXY_ONLY-1} cargo bench --locked --bench functions; \
+	  FARGO_BENCH_PARTS=$${FARGO_BENCH_PARTS-cold,proxy} cargo bench --locked --bench functions; \
 	  status=$$?; benches/peers/knative.sh down; exit $$status
 
 .PHONY: chart

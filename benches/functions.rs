@@ -20,6 +20,7 @@
 //! `make bench` runs it; it needs KUBECONFIG (the cluster parts are skipped, saying so, without
 //! one) and the images of `make images` on the node.
 
+mod cold_start;
 #[path = "../tests/common/mod.rs"]
 mod common;
 mod support;
@@ -40,9 +41,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Client;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::GroupVersionKind;
-use kube::runtime::watcher;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const COLD_RUNS: usize = 20;
 /// Cold starts of each handler function (each run starts a pod, fetches code, starts a runtime).
@@ -94,25 +93,6 @@ async fn get_with(client: &Keepalive, url: &hyper::Uri, headers: &HeaderMap) -> 
     started.elapsed()
 }
 
-/// Whether the pod at `addr` answers `GET <path>` with 200 over a fresh connection.
-async fn answers(addr: SocketAddr, path: &str) -> bool {
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await?;
-        stream
-            .write_all(
-                format!("GET {path} HTTP/1.1\r\nHost: pod\r\nConnection: close\r\n\r\n").as_bytes(),
-            )
-            .await?;
-        let mut head = [0u8; 12];
-        stream.read_exact(&mut head).await?;
-        Ok::<bool, std::io::Error>(head.starts_with(b"HTTP/1.1 200"))
-    };
-    matches!(
-        tokio::time::timeout(Duration::from_millis(200), exchange).await,
-        Ok(Ok(true))
-    )
-}
-
 /// The function's pods, with those being deleted.
 async fn pods_of(client: &Client, namespace: &str, function: &str) -> Vec<Pod> {
     Api::<Pod>::namespaced(client.clone(), namespace)
@@ -157,71 +137,8 @@ async fn scale_to_zero(client: &Client, namespace: &str, function: &str) {
     tokio::time::sleep(Duration::from_millis(300)).await;
 }
 
-/// When the Deployment's replicas were first seen above zero, by a watch opened before the
-/// request. Sends on `watching` once the watch has its initial list.
-async fn replicas_raised(
-    client: Client,
-    namespace: String,
-    function: String,
-    watching: tokio::sync::oneshot::Sender<()>,
-) -> Instant {
-    let api: Api<Deployment> = Api::namespaced(client, &namespace);
-    let config = watcher::Config::default().fields(&format!("metadata.name={function}"));
-    let mut events = watcher(api, config).boxed();
-    let mut watching = Some(watching);
-    while let Some(event) = events.next().await {
-        let deployment = match event {
-            Ok(watcher::Event::InitDone) => {
-                if let Some(watching) = watching.take() {
-                    let _ = watching.send(());
-                }
-                continue;
-            }
-            Ok(watcher::Event::Apply(d)) => d,
-            _ => continue,
-        };
-        if deployment.spec.and_then(|s| s.replicas).unwrap_or(0) > 0 {
-            return Instant::now();
-        }
-    }
-    panic!("the Deployment watch ended");
-}
-
-/// When the function's new pod first answered `probe` (port, path) on its IP, polled every 2 ms
-/// from the moment a pod watch shows its address.
-async fn pod_answered(
-    client: Client,
-    namespace: String,
-    function: String,
-    (port, path): (u16, &'static str),
-) -> Instant {
-    let api: Api<Pod> = Api::namespaced(client, &namespace);
-    let config = watcher::Config::default().labels(&format!("fargo.dev/function={function}"));
-    let mut events = watcher(api, config).boxed();
-    let mut ip = None;
-    while ip.is_none() {
-        match events.next().await {
-            Some(Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod))) => {
-                if pod.metadata.deletion_timestamp.is_none() {
-                    ip = pod.status.and_then(|s| s.pod_ip);
-                }
-            }
-            Some(_) => {}
-            None => panic!("the pod watch ended"),
-        }
-    }
-    let ip = ip.unwrap_or_default();
-    let addr: SocketAddr = format!("{ip}:{port}").parse().expect("a pod address");
-    loop {
-        if answers(addr, path).await {
-            return Instant::now();
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
-
-/// Cold starts of `function` (applied with `spec`), `runs` times; `probe_port` is where its pod
-/// answers `GET /healthz` once up (a handler's sidecar answers on its probe port).
+/// Cold starts of `function` (applied with `spec`), `runs` times; `probe` is where its pod
+/// answers once up (a handler's sidecar answers on its probe port). The runs' timelines.
 async fn cold_start(
     client: &Client,
     activator: &common::activator::ActivatorAddrs,
@@ -229,7 +146,7 @@ async fn cold_start(
     (function, spec): (&str, serde_json::Value),
     probe: (u16, &'static str),
     runs: usize,
-) {
+) -> Vec<cold_start::Run> {
     println!("cold start of {function}:");
     common::functions::apply_function(client, namespace, function, spec).await;
     common::functions::wait_function_condition(
@@ -244,45 +161,40 @@ async fn cold_start(
         .function_url(namespace, function)
         .parse()
         .expect("a URL");
-    let (mut cold, mut pod_start, mut poke) = (vec![], vec![], vec![]);
+    let selector = format!("fargo.dev/function={function}");
+    let workload = cold_start::Workload {
+        namespace,
+        selector: &selector,
+        probe,
+    };
+    let mut timelines = vec![];
     for run in 0..runs {
         scale_to_zero(client, namespace, function).await;
-        let (watching, watch_ready) = tokio::sync::oneshot::channel();
-        let raised = tokio::spawn(replicas_raised(
-            client.clone(),
-            namespace.to_string(),
-            function.to_string(),
-            watching,
-        ));
-        watch_ready.await.expect("the Deployment watch started");
-        let answered = tokio::spawn(pod_answered(
-            client.clone(),
-            namespace.to_string(),
-            function.to_string(),
-            probe,
-        ));
         // A fresh client: no connection kept from the previous run.
         let http = keepalive_client();
-        let sent = Instant::now();
-        let took = get(&http, &url).await;
-        let raised = raised.await.expect("the Deployment watch");
-        let answered = tokio::time::timeout(Duration::from_secs(30), answered)
-            .await
-            .expect("the pod answered its prober")
-            .expect("the pod prober");
-        let started = answered.saturating_duration_since(raised);
-        println!(
-            "  cold run {run:>2}: request→response {took:>8.1?}  scale write seen {:>8.1?} after \
-             the request  pod start {started:>8.1?}",
-            raised.saturating_duration_since(sent)
-        );
-        cold.push(took);
-        pod_start.push(started);
-        poke.push(raised.saturating_duration_since(sent));
+        let timeline = cold_start::capture(client, &workload, get(&http, &url)).await;
+        print_run(run, &timeline);
+        timelines.push(timeline);
         // Idle for longer than idleTimeout before the next scale to zero, so the autoscaler
         // agrees with it.
         tokio::time::sleep(Duration::from_millis(1500)).await;
     }
+    let phase = |timeline: &cold_start::Run, phase: usize| {
+        timeline[phase]
+            .unwrap_or_else(|| panic!("{function}: {} not seen", cold_start::PHASES[phase]))
+    };
+    let cold: Vec<Duration> = timelines
+        .iter()
+        .map(|t| phase(t, cold_start::RESPONSE))
+        .collect();
+    let poke: Vec<Duration> = timelines
+        .iter()
+        .map(|t| phase(t, cold_start::SCALE_WRITE))
+        .collect();
+    let pod_start: Vec<Duration> = timelines
+        .iter()
+        .map(|t| phase(t, cold_start::PORT_OPEN).saturating_sub(phase(t, cold_start::SCALE_WRITE)))
+        .collect();
     let added: Vec<Duration> = cold
         .iter()
         .zip(&pod_start)
@@ -312,6 +224,20 @@ async fn cold_start(
         percent(a50, s50),
         percent(c50.saturating_sub(s50), s50),
         percent(c99.saturating_sub(s99), s99),
+    );
+    timelines
+}
+
+/// One cold run's line: the response, the scale write and the pod's start (scale write → app
+/// answering on the pod's IP).
+fn print_run(run: usize, timeline: &cold_start::Run) {
+    let at = |phase: usize| timeline[phase].unwrap_or_default();
+    println!(
+        "  cold run {run:>2}: request→response {:>8.1?}  scale write seen {:>8.1?} after the \
+         request  pod start {:>8.1?}",
+        at(cold_start::RESPONSE),
+        at(cold_start::SCALE_WRITE),
+        at(cold_start::PORT_OPEN).saturating_sub(at(cold_start::SCALE_WRITE)),
     );
 }
 
@@ -459,7 +385,8 @@ struct Knative {
 impl Knative {
     const NAMESPACE: &'static str = "knative-serving";
 
-    async fn start(client: &Client, namespace: &str) -> Option<Self> {
+    /// Whether `make bench-peers` has put Knative Serving on the cluster (saying so when not).
+    async fn installed(client: &Client) -> bool {
         let installed = Api::<Namespace>::all(client.clone())
             .get_opt(Self::NAMESPACE)
             .await
@@ -468,9 +395,12 @@ impl Knative {
             .is_some();
         if !installed {
             println!("Knative: skipped (not on the cluster; `make bench-peers` brings it up)");
-            return None;
         }
-        let services = Api::<DynamicObject>::namespaced_with(
+        installed
+    }
+
+    fn services(client: &Client, namespace: &str) -> Api<DynamicObject> {
+        Api::namespaced_with(
             client.clone(),
             namespace,
             &ApiResource::from_gvk(&GroupVersionKind::gvk(
@@ -478,7 +408,39 @@ impl Knative {
                 "v1",
                 "Service",
             )),
-        );
+        )
+    }
+
+    /// Knative's activator Service, where requests go with [`Knative::headers`].
+    async fn activator_url(client: &Client) -> hyper::Uri {
+        let ip =
+            Api::<k8s_openapi::api::core::v1::Service>::namespaced(client.clone(), Self::NAMESPACE)
+                .get("activator-service")
+                .await
+                .expect("Knative's activator Service")
+                .spec
+                .and_then(|spec| spec.cluster_ip)
+                .expect("a ClusterIP");
+        format!("http://{ip}/").parse().expect("a URL")
+    }
+
+    /// The headers Knative's ingress would set for `revision`, which its activator routes by.
+    fn headers(namespace: &str, revision: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("knative-serving-namespace", namespace),
+            ("knative-serving-revision", revision),
+        ] {
+            headers.insert(name, value.parse().expect("a header value"));
+        }
+        headers
+    }
+
+    async fn start(client: &Client, namespace: &str) -> Option<Self> {
+        if !Self::installed(client).await {
+            return None;
+        }
+        let services = Self::services(client, namespace);
         let service = json!({
             "apiVersion": "serving.knative.dev/v1", "kind": "Service",
             "metadata": {"name": "warm", "namespace": namespace},
@@ -520,25 +482,10 @@ impl Knative {
             .and_then(|s| s.pod_ip.clone())
             .expect("a pod IP");
         let uid = pod.metadata.uid.clone().expect("a pod uid");
-        let activator_ip =
-            Api::<k8s_openapi::api::core::v1::Service>::namespaced(client.clone(), Self::NAMESPACE)
-                .get("activator-service")
-                .await
-                .expect("Knative's activator Service")
-                .spec
-                .and_then(|spec| spec.cluster_ip)
-                .expect("a ClusterIP");
-        let mut headers = HeaderMap::new();
-        for (name, value) in [
-            ("knative-serving-namespace", namespace),
-            ("knative-serving-revision", revision),
-        ] {
-            headers.insert(name, value.parse().expect("a header value"));
-        }
         Some(Self {
-            activator: format!("http://{activator_ip}/").parse().expect("a URL"),
+            activator: Self::activator_url(client).await,
             queue_proxy: format!("http://{pod_ip}:8012/").parse().expect("a URL"),
-            headers,
+            headers: Self::headers(namespace, revision),
             activator_pid: process_named("activator", None).expect("Knative's activator process"),
             queue_proxy_pid: process_named("queue", Some(&uid)).expect("the pod's queue-proxy"),
         })
@@ -759,25 +706,37 @@ async fn on_the_cluster() {
     common::namespaces::ensure_namespace(&client, &namespace).await;
     common::s3::s3_secret(&client, &namespace).await;
     println!("load average before: {}", load_average());
-    if std::env::var_os("FARGO_BENCH_PROXY_ONLY").is_none() {
-        cold_starts(&client, &activator, &namespace).await;
+    if part("cold") {
+        echo_cold_starts(&client, &activator, &namespace).await;
     }
-    proxy_overhead(&client, &activator, activator_process.id(), &namespace).await;
+    if part("handlers") {
+        handler_cold_starts(&client, &activator, &namespace).await;
+    }
+    if part("proxy") {
+        proxy_overhead(&client, &activator, activator_process.id(), &namespace).await;
+    }
     println!("load average after: {}", load_average());
     let _ = Api::<Namespace>::all(client.clone())
         .delete(&namespace, &DeleteParams::background())
         .await;
 }
 
-/// The echo image's, the Python handler's and the Go handler's cold starts.
-async fn cold_starts(
+/// Whether `FARGO_BENCH_PARTS` (comma-separated; every part when unset) names `part`: `cold`
+/// (the echo image's cold starts, beside Knative's when it is on the cluster), `handlers` (the
+/// Python and Go handlers' cold starts) or `proxy` (the proxy paths).
+fn part(part: &str) -> bool {
+    std::env::var("FARGO_BENCH_PARTS")
+        .map_or(true, |parts| parts.split(',').any(|p| p.trim() == part))
+}
+
+/// The echo image's cold starts through fargo and, when `make bench-peers` has put it on the
+/// cluster, through Knative; their timelines side by side.
+async fn echo_cold_starts(
     client: &Client,
     activator: &common::activator::ActivatorAddrs,
     namespace: &str,
 ) {
-    let http = (8080, "/healthz");
-    let handler = (9002, "/ready");
-    cold_start(
+    let fargo = cold_start(
         client,
         activator,
         namespace,
@@ -786,10 +745,105 @@ async fn cold_starts(
             json!({"image": "fargo.dev/echo:dev", "timeout": "30s",
                    "scale": {"idleTimeout": "1s"}}),
         ),
-        http,
+        (8080, "/healthz"),
         COLD_RUNS,
     )
     .await;
+    let Some(knative) = knative_cold_start(client, namespace, COLD_RUNS).await else {
+        cold_start::print_side_by_side(&[("fargo", &fargo)]);
+        return;
+    };
+    cold_start::print_side_by_side(&[("fargo", &fargo), ("Knative", &knative)]);
+    let p50 = |runs: &[cold_start::Run]| cold_start::median(runs, cold_start::RESPONSE);
+    println!(
+        "{:<LABEL_WIDTH$} {:.2}×",
+        "cold start p50, fargo ÷ Knative",
+        p50(&fargo).as_secs_f64() / p50(&knative).as_secs_f64()
+    );
+}
+
+/// Cold starts of a Knative Service of the echo image, `runs` times, through Knative's activator:
+/// between runs, Knative scales the revision to zero itself (a 6 s stable window, and the
+/// 1 s grace that benches/peers/knative.sh sets). `None` when Knative is not on the cluster.
+async fn knative_cold_start(
+    client: &Client,
+    namespace: &str,
+    runs: usize,
+) -> Option<Vec<cold_start::Run>> {
+    if !Knative::installed(client).await {
+        return None;
+    }
+    println!("cold start of the Knative Service cold:");
+    let services = Knative::services(client, namespace);
+    let service = json!({
+        "apiVersion": "serving.knative.dev/v1", "kind": "Service",
+        "metadata": {"name": "cold", "namespace": namespace},
+        "spec": {"template": {
+            "metadata": {"annotations": {"autoscaling.knative.dev/window": "6s"}},
+            "spec": {"containers": [{
+                "image": "fargo.dev/echo:dev",
+                "ports": [{"containerPort": 8080}],
+            }]},
+        }},
+    });
+    services
+        .patch(
+            "cold",
+            &PatchParams::apply("fargo-bench"),
+            &Patch::Apply(&service),
+        )
+        .await
+        .expect("the Knative Service applied");
+    let revision = "cold-00001";
+    let url = Knative::activator_url(client).await;
+    let headers = Knative::headers(namespace, revision);
+    let selector = format!("serving.knative.dev/revision={revision}");
+    let workload = cold_start::Workload {
+        namespace,
+        selector: &selector,
+        probe: (8080, "/healthz"),
+    };
+    let deployments = Api::<Deployment>::namespaced(client.clone(), namespace);
+    let mut timelines = vec![];
+    for run in 0..runs {
+        common::wait::eventually(180, "the Knative revision at zero", || async {
+            let deployment = deployments
+                .get_opt(&format!("{revision}-deployment"))
+                .await
+                .ok()??;
+            let replicas = deployment.spec.and_then(|s| s.replicas)?;
+            let pods = Api::<Pod>::namespaced(client.clone(), namespace)
+                .list(&ListParams::default().labels(&selector))
+                .await
+                .ok()?;
+            // Pods being deleted drain for a while; they take no requests.
+            let live = pods
+                .items
+                .iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .count();
+            (replicas == 0 && live == 0).then_some(())
+        })
+        .await;
+        // Knative's activator learns of the emptied endpoints through its own watch.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let http = keepalive_client();
+        let timeline =
+            cold_start::capture(client, &workload, get_with(&http, &url, &headers)).await;
+        print_run(run, &timeline);
+        timelines.push(timeline);
+    }
+    let _ = services.delete("cold", &DeleteParams::background()).await;
+    Some(timelines)
+}
+
+/// The Python handler's and the Go handler's cold starts.
+async fn handler_cold_starts(
+    client: &Client,
+    activator: &common::activator::ActivatorAddrs,
+    namespace: &str,
+) {
+    let handler = (9002, "/ready");
     let python = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/examples/python-hello/app.py"
@@ -862,7 +916,7 @@ async fn in_pod_part() {
     );
     let probe: SocketAddr = format!("127.0.0.1:{}", ports[2]).parse().unwrap();
     let idle_rss = common::wait::eventually(10, "the sidecar listening", || async {
-        answers(probe, "/live")
+        cold_start::answers(probe, "/live")
             .await
             .then(|| support::rss_kib(sidecar.id()))
     })
@@ -874,7 +928,7 @@ async fn in_pod_part() {
             .expect("starting the Go handler"),
     );
     common::wait::eventually(10, "the runtime asking for work", || async {
-        answers(probe, "/ready").await.then_some(())
+        cold_start::answers(probe, "/ready").await.then_some(())
     })
     .await;
     let echo = common::processes::FargoProcess::new(
@@ -886,7 +940,9 @@ async fn in_pod_part() {
     );
     let echo_addr: SocketAddr = format!("127.0.0.1:{}", ports[3]).parse().unwrap();
     common::wait::eventually(10, "fargo-echo listening", || async {
-        answers(echo_addr, "/healthz").await.then_some(())
+        cold_start::answers(echo_addr, "/healthz")
+            .await
+            .then_some(())
     })
     .await;
 

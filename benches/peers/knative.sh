@@ -48,7 +48,11 @@
 #   autoscaler probes the revision's own Service by name (<name>.<namespace>.svc.cluster.local,
 #   pkg/reconciler/autoscaling/kpa/scaler.go), which no fixed alias can cover: config-autoscaler
 #   sets `target-burst-capacity: "-1"`, which keeps the activator in every request's path (as
-#   fargo's is) and skips that probe. Autoscalers reach each other by bucket Service names only
+#   fargo's is) and skips that probe. With the activator always in the path, the grace a revision
+#   waits behind it before going to zero (`scale-to-zero-grace-period`, 30 s by default) guards
+#   nothing: it is 1 s, so that the functions benchmark's cold starts (a revision whose
+#   `autoscaling.knative.dev/window` is 6 s, the least allowed) come round every few seconds.
+#   Autoscalers reach each other by bucket Service names only
 #   with several replicas, and after trying the pod IP (pkg/autoscaler/statforwarder); there is
 #   one. The API server reaches the webhook through a service reference, by ClusterIP.
 # - No ingress: Routes and Knative Services never become Ready (no KIngress is reconciled), but
@@ -215,7 +219,10 @@ for rel in sorted(files, key=lambda p: p.split(os.sep)):
         if (kind, name) == ("ConfigMap", "config-network"):
             doc = insert_after(doc, r"^data:$", ['  mesh-compatibility-mode: "disabled"'], what)
         if (kind, name) == ("ConfigMap", "config-autoscaler"):
-            doc = insert_after(doc, r"^data:$", ['  target-burst-capacity: "-1"'], what)
+            doc = insert_after(doc, r"^data:$", [
+                '  target-burst-capacity: "-1"',
+                '  scale-to-zero-grace-period: "1s"',
+            ], what)
         if (kind, name) == ("ConfigMap", "config-deployment"):
             doc = insert_after(
                 doc, r"^data:$",
