@@ -6,7 +6,8 @@
 //!   answer of the pod's IP to a prober polling it every few milliseconds. fargo's share is
 //!   (cold start − pod start) / pod start.
 //! - **proxy overhead**: one warm pod, requests straight to its IP against requests through the
-//!   activator, interleaved, at 1, 16 and 64 connections (keep-alive clients); beside them nginx
+//!   activator, interleaved, at 1, 16 and 64 connections (keep-alive clients); beside them a
+//!   second activator serving on its main runtime (`--proxy-threads 0`), nginx
 //!   in front of the same pod and, when `make bench-peers` has put Knative Serving on the cluster,
 //!   a Knative revision of the same image through Knative's activator and queue-proxy, and through
 //!   its queue-proxy alone. CPU per request is each path's processes' own CPU time.
@@ -569,6 +570,19 @@ async fn proxy_overhead(
             vec![activator_pid],
         ),
     ];
+    // The same activator serving its connections on its main runtime (the serving threads off):
+    // what they save.
+    let (main_runtime, main_runtime_addrs) =
+        common::activator::start_activator_with(&["--proxy-threads".into(), "0".into()]).await;
+    paths.push(ProxyPath::new(
+        "through the activator, on its main runtime",
+        "activator (main runtime)",
+        main_runtime_addrs
+            .function_url(namespace, function)
+            .parse()
+            .expect("a URL"),
+        vec![main_runtime.id()],
+    ));
     match &nginx {
         Some(nginx) => paths.push(ProxyPath::new(
             "through nginx",
@@ -659,7 +673,12 @@ async fn proxy_overhead(
                 .map(|(_, figures)| figures.3.as_secs_f64().max(f64::MIN_POSITIVE))
         };
         let activator_cpu = cpu_of("activator").expect("the activator's path");
-        for peer in ["nginx", "knative", "queue-proxy"] {
+        for peer in [
+            "activator (main runtime)",
+            "nginx",
+            "knative",
+            "queue-proxy",
+        ] {
             if let Some(peer_cpu) = cpu_of(peer) {
                 println!(
                     "{:<LABEL_WIDTH$} {:.2}x its CPU per request",

@@ -281,6 +281,12 @@ struct ActivatorArgs {
           value_parser = clap::value_parser!(u32).range(8192..))]
     max_header_bytes: u32,
 
+    /// Threads that serve client connections, each running its connections and their
+    /// connections to pods on a runtime of its own; 0 serves them on the main runtime, with the
+    /// activator's other work. Default: one per CPU the process may use.
+    #[arg(long, env = "FARGO_PROXY_THREADS")]
+    proxy_threads: Option<usize>,
+
     /// After SIGTERM, how long to keep serving while not ready (so Service endpoints drop the
     /// pod) before no longer accepting connections.
     #[arg(long, env = "FARGO_DRAIN_DELAY", default_value = "5s")]
@@ -352,6 +358,9 @@ impl ActivatorArgs {
             max_connections: self.max_connections as usize,
             header_read_timeout: self.header_read_timeout.into(),
             max_header_bytes: self.max_header_bytes as usize,
+            proxy_threads: self.proxy_threads.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+            }),
             drain_delay: self.drain_delay.into(),
             metering: self.metering,
             nats_url: self.nats_url,

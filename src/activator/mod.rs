@@ -67,6 +67,8 @@ pub struct Config {
     pub header_read_timeout: Duration,
     /// A request's line and headers, in bytes.
     pub max_header_bytes: usize,
+    /// Threads that serve client connections (0: the main runtime does).
+    pub proxy_threads: usize,
     /// After SIGTERM, how long to keep serving while not ready, so that Service endpoints drop
     /// this pod before it stops accepting.
     pub drain_delay: Duration,
@@ -253,6 +255,7 @@ pub async fn run(
         listener,
         proxy,
         limits,
+        config.proxy_threads,
         proxy_shutdown.clone(),
     ));
 

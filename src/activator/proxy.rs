@@ -80,9 +80,30 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 /// A pod that is listed accepts at once or not at all.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
+thread_local! {
+    /// Each thread's pool of connections to pods. A serving thread's requests go out on
+    /// connections whose tasks run on that thread too (the client spawns them on the runtime it
+    /// is called from), so neither side of a request wakes another thread.
+    static UPSTREAM: Client<HttpConnector, UpstreamBody> = upstream_client();
+}
+
+fn upstream_client() -> Client<HttpConnector, UpstreamBody> {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .build(connector)
+}
+
+/// Sends `request` to a pod on this thread's connections.
+fn send_upstream(request: Request<UpstreamBody>) -> hyper_util::client::legacy::ResponseFuture {
+    UPSTREAM.with(|client| client.request(request))
+}
+
 pub struct Proxy {
     index: Arc<FunctionIndex>,
-    client: Client<HttpConnector, UpstreamBody>,
     auth: Arc<Authenticator>,
     lambda: LambdaSettings,
     /// Tokens of object-storage notifications.
@@ -95,16 +116,8 @@ pub struct Proxy {
 
 impl Proxy {
     pub fn new(index: Arc<FunctionIndex>, cluster: Option<Cluster>) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .build(connector);
         Self {
             index,
-            client,
             auth: Arc::new(Authenticator::default()),
             lambda: LambdaSettings::default(),
             storage_tokens: Arc::default(),
@@ -350,7 +363,7 @@ impl Proxy {
         if self.metering {
             lease.meter_from_now(config.facts.memory_mb);
         }
-        let mut outcome = tokio::time::timeout_at(answer_by, self.client.request(first)).await;
+        let mut outcome = tokio::time::timeout_at(answer_by, send_upstream(first)).await;
         if let Ok(Err(error)) = &outcome
             && let Some((method, headers, bytes)) = replay
             && (error.is_connect() || idempotent)
@@ -368,7 +381,7 @@ impl Proxy {
                 headers,
                 Outgoing::Buffered(bytes).into_upstream(),
             );
-            outcome = tokio::time::timeout_at(answer_by, self.client.request(again)).await;
+            outcome = tokio::time::timeout_at(answer_by, send_upstream(again)).await;
         }
         let response = match outcome {
             Ok(Ok(response)) => response,
@@ -797,16 +810,25 @@ pub struct ClientLimits {
     pub max_header_bytes: usize,
 }
 
-/// Accepts connections on `listener` and serves them with `proxy` within `limits` until
+/// Accepts connections on `listener` and serves them with `proxy` within `limits`, on `threads`
+/// threads of their own (see [`ServingThreads`]; 0: on the calling runtime), until
 /// `shutdown.stop` is cancelled; then stops accepting and returns once every open connection
 /// has finished its requests (held ones included).
 pub async fn serve(
     listener: TcpListener,
     proxy: Arc<Proxy>,
     limits: ClientLimits,
+    threads: usize,
     shutdown: Shutdown,
 ) {
     let Shutdown { draining, stop } = shutdown;
+    let mut threads = match ServingThreads::start(threads) {
+        Ok(threads) => threads,
+        Err(error) => {
+            tracing::warn!(%error, "starting the serving threads; serving on the main runtime");
+            ServingThreads::none()
+        }
+    };
     let connections = Connections::new(
         limits.connections,
         proxy.index.metrics().connections().clone(),
@@ -864,19 +886,97 @@ pub async fn serve(
                 Ok::<_, Infallible>(response.map(|body| TrackedBody::new(body, in_progress)))
             }
         });
-        let stream = place.stall_timeout(stream);
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        tokio::spawn(connections::drive(
-            place,
-            connection,
-            stop.clone(),
-            |connection| connection.graceful_shutdown(),
-        ));
+        let builder = builder.clone();
+        let stop = stop.clone();
+        threads.serve(stream, move |stream| async move {
+            let stream = place.stall_timeout(stream);
+            let connection = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .into_owned();
+            connections::drive(place, connection, stop, |connection| {
+                connection.graceful_shutdown()
+            })
+            .await;
+        });
     }
     drop(listener);
     connections.all_closed().await;
+}
+
+/// Threads that serve client connections, each on a Tokio runtime of its own with one thread,
+/// taking connections in turn. A connection's tasks (its requests, held ones included, and the
+/// connections to pods they use) then wake each other on one thread: on a multi-thread
+/// runtime, nearly every such wake-up also wakes a parked worker to look for work, a futex
+/// call and a context switch per request or more. Without threads, connections are served on
+/// the calling runtime. The threads stop once this is dropped.
+struct ServingThreads {
+    runtimes: Vec<tokio::runtime::Handle>,
+    next: usize,
+    /// Dropped with this, which ends every thread's runtime.
+    _stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl ServingThreads {
+    fn none() -> Self {
+        Self {
+            runtimes: vec![],
+            next: 0,
+            _stop: None,
+        }
+    }
+
+    fn start(count: usize) -> std::io::Result<Self> {
+        if count == 0 {
+            return Ok(Self::none());
+        }
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let stopped = futures::future::FutureExt::shared(stopped);
+        let mut runtimes = vec![];
+        for i in 0..count {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtimes.push(runtime.handle().clone());
+            let stopped = stopped.clone();
+            std::thread::Builder::new()
+                .name(format!("fargo-proxy-{i}"))
+                .spawn(move || {
+                    runtime.block_on(async move {
+                        let _ = stopped.await;
+                    });
+                })?;
+        }
+        Ok(Self {
+            runtimes,
+            next: 0,
+            _stop: Some(stop),
+        })
+    }
+
+    /// Serves `stream` with `serve` on the next thread (the stream moves to that thread's
+    /// runtime, whose I/O driver then watches it), or on the calling runtime without threads.
+    fn serve<F, Served>(&mut self, stream: tokio::net::TcpStream, serve: F)
+    where
+        F: FnOnce(tokio::net::TcpStream) -> Served + Send + 'static,
+        Served: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let Some(runtime) = self.runtimes.get(self.next % self.runtimes.len().max(1)) else {
+            tokio::spawn(serve(stream));
+            return;
+        };
+        self.next = self.next.wrapping_add(1);
+        match stream.into_std() {
+            Ok(stream) => {
+                runtime.spawn(async move {
+                    match tokio::net::TcpStream::from_std(stream) {
+                        Ok(stream) => serve(stream).await,
+                        Err(error) => tracing::warn!(%error, "moving a connection to its thread"),
+                    }
+                });
+            }
+            Err(error) => tracing::warn!(%error, "moving a connection to its thread"),
+        }
+    }
 }
 
 #[cfg(test)]

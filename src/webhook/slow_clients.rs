@@ -56,7 +56,7 @@ impl Server {
         let mut registry = Registry::default();
         let metrics = WebhookMetrics::register(&mut registry);
         // No profile: every review is allowed, which is all these tests need of a decision.
-        let (profiles, _) = reflector::store::<FargateProfile>();
+        let (profiles, _) = kube::runtime::reflector::store::<FargateProfile>();
         let shutdown = CancellationToken::new();
         tokio::spawn(serve_tls(
             listener,
