@@ -823,6 +823,15 @@ async fn knative_cold_start(
         probe: (8080, "/healthz"),
     };
     let deployments = Api::<Deployment>::namespaced(client.clone(), namespace);
+    // The revision starts with one pod (Knative's initial scale), which it then scales away.
+    common::wait::eventually(180, "the Knative revision's first pod, ready", || async {
+        let deployment = deployments
+            .get_opt(&format!("{revision}-deployment"))
+            .await
+            .ok()??;
+        (deployment.status?.ready_replicas? > 0).then_some(())
+    })
+    .await;
     let mut timelines = vec![];
     for run in 0..runs {
         common::wait::eventually(180, "the Knative revision at zero", || async {
