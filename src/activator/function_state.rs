@@ -529,10 +529,14 @@ impl Lease {
     }
 
     /// The sidecar's figures for what the runtime ran: they are metered instead of the time
-    /// the activator saw.
+    /// the activator saw. They come in the pod's answer, so the billed duration is never taken
+    /// above the time since the request was sent (a runtime that is only ever asked to run a
+    /// request inside that time cannot have run longer). The init duration is not capped: a
+    /// cold start's init ran before the request was sent.
     pub fn ran(&mut self, billed_ms: u64, init_ms: Option<u64>) {
         if let Some(meter) = &mut self.meter {
-            meter.ran = Some((billed_ms, init_ms));
+            let seen = crate::api::lambda::billed_ms(meter.sent.elapsed().as_secs_f64() * 1000.0);
+            meter.ran = Some((billed_ms.min(seen), init_ms));
         }
     }
 
@@ -680,6 +684,35 @@ mod tests {
         assert_eq!(timeout, Duration::from_secs(60));
         let lease = proxied(admission);
         assert_eq!(lease.addr(), SocketAddr::from(([10, 0, 0, 1], 8080)));
+    }
+
+    #[test]
+    fn a_billed_duration_is_never_metered_above_the_time_the_activator_saw() {
+        let function = function(0, 10);
+        function.set_endpoints(&[pod(1, true)]);
+        let mut lease = proxied(function.admit().1);
+        lease.meter_from_now(128);
+        std::thread::sleep(Duration::from_millis(5));
+        // An hour, claimed by an answer that came within milliseconds.
+        lease.ran(3_600_000, Some(900));
+        drop(lease);
+        let first = function.usage.report().expect("a report").counted;
+        assert_eq!(first.invocations, 1);
+        assert!(
+            (5 * 128..=1_000 * 128).contains(&first.mb_ms),
+            "{}",
+            first.mb_ms
+        );
+        assert_eq!(first.init_mb_ms, 900 * 128);
+
+        // A figure below the time seen stands: the runtime ran for part of it.
+        let mut lease = proxied(function.admit().1);
+        lease.meter_from_now(128);
+        std::thread::sleep(Duration::from_millis(20));
+        lease.ran(3, None);
+        drop(lease);
+        let both = function.usage.report().expect("a report").counted;
+        assert_eq!(both.mb_ms - first.mb_ms, 3 * 128);
     }
 
     #[test]
