@@ -174,19 +174,27 @@ fn publish(index: &FunctionIndex, slices: &SlicesByFunction, key: &(String, Stri
     }
 }
 
-/// Between two probes of a starting pod.
+/// Between two probes of a starting pod, for its first [`FAST_PROBES_FOR`]: a slice lists a pod
+/// once it has an IP, which the kubelet reports with its containers started, and most apps
+/// open their port within that time; each probe of a port not open yet is one refused
+/// connection. Every [`PROBE_INTERVAL`] after that.
+const FAST_PROBE_INTERVAL: Duration = Duration::from_millis(5);
+const FAST_PROBES_FOR: Duration = Duration::from_secs(1);
+/// Between two probes of a pod that has not answered within [`FAST_PROBES_FOR`].
 const PROBE_INTERVAL: Duration = Duration::from_millis(20);
 /// A pod that is up accepts at once; one that is not refuses at once.
 const PROBE_CONNECT_TIMEOUT: Duration = Duration::from_millis(250);
 const PROBE_RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Probes a starting pod every [`PROBE_INTERVAL`] until it answers HTTP (then marks it usable),
-/// it stops needing it (ready, gone), or the function's timeout has passed.
+/// Probes a starting pod (every [`FAST_PROBE_INTERVAL`], then every [`PROBE_INTERVAL`]) until it
+/// answers HTTP (then marks it usable), it stops needing it (ready, gone), or the function's
+/// timeout has passed.
 pub async fn probe_until_alive(function: Arc<FunctionState>, addr: SocketAddr) {
     let give_up = tokio::time::Instant::now() + function.config().timeout;
     let request = format!(
         "GET / HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: fargo-activator-probe\r\n{PROBE_HEADER}: 1\r\nConnection: close\r\n\r\n"
     );
+    let fast_until = tokio::time::Instant::now() + FAST_PROBES_FOR;
     while function.needs_probe(addr) {
         if answers_http(addr, request.as_bytes()).await {
             if function.mark_alive(addr) {
@@ -197,10 +205,16 @@ pub async fn probe_until_alive(function: Arc<FunctionState>, addr: SocketAddr) {
             }
             break;
         }
-        if tokio::time::Instant::now() + PROBE_INTERVAL >= give_up {
+        let now = tokio::time::Instant::now();
+        let interval = if now < fast_until {
+            FAST_PROBE_INTERVAL
+        } else {
+            PROBE_INTERVAL
+        };
+        if now + interval >= give_up {
             break;
         }
-        tokio::time::sleep(PROBE_INTERVAL).await;
+        tokio::time::sleep(interval).await;
     }
     function.probe_finished(addr);
 }
