@@ -138,8 +138,9 @@ async fn scale_to_zero(client: &Client, namespace: &str, function: &str) {
     tokio::time::sleep(Duration::from_millis(300)).await;
 }
 
-/// Cold starts of `function` (applied with `spec`), `runs` times; `probe` is where its pod
-/// answers once up (a handler's sidecar answers on its probe port). The runs' timelines.
+/// Cold starts of `function` (applied with `spec`), `runs` times, with `between` awaited after
+/// each (a peer's run, so that both see the same machine); `probe` is where its pod answers
+/// once up (a handler's sidecar answers on its probe port). The runs' timelines.
 async fn cold_start(
     client: &Client,
     activator: &common::activator::ActivatorAddrs,
@@ -147,6 +148,7 @@ async fn cold_start(
     (function, spec): (&str, serde_json::Value),
     probe: (u16, &'static str),
     runs: usize,
+    mut between: impl AsyncFnMut(usize),
 ) -> Vec<cold_start::Run> {
     println!("cold start of {function}:");
     common::functions::apply_function(client, namespace, function, spec).await;
@@ -176,8 +178,9 @@ async fn cold_start(
         let timeline = cold_start::capture(client, &workload, get(&http, &url)).await;
         print_run(run, &timeline);
         timelines.push(timeline);
-        // Idle for longer than idleTimeout before the next scale to zero, so the autoscaler
-        // agrees with it.
+        // A peer's run in turn; then idle for longer than idleTimeout before the next scale to
+        // zero, so the autoscaler agrees with it.
+        between(run).await;
         tokio::time::sleep(Duration::from_millis(1500)).await;
     }
     let phase = |timeline: &cold_start::Run, phase: usize| {
@@ -749,12 +752,14 @@ fn part(part: &str) -> bool {
 }
 
 /// The echo image's cold starts through fargo and, when `make bench-peers` has put it on the
-/// cluster, through Knative; their timelines side by side.
+/// cluster, through Knative, the two taking turns; their timelines side by side.
 async fn echo_cold_starts(
     client: &Client,
     activator: &common::activator::ActivatorAddrs,
     namespace: &str,
 ) {
+    let knative = KnativeCold::prepare(client, namespace).await;
+    let mut knative_runs = vec![];
     let fargo = cold_start(
         client,
         activator,
@@ -766,82 +771,100 @@ async fn echo_cold_starts(
         ),
         (8080, "/healthz"),
         COLD_RUNS,
+        async |run| {
+            if let Some(knative) = &knative {
+                knative_runs.push(knative.run(client, run).await);
+            }
+        },
     )
     .await;
-    let Some(knative) = knative_cold_start(client, namespace, COLD_RUNS).await else {
+    let Some(knative) = knative else {
         cold_start::print_side_by_side(&[("fargo", &fargo)]);
         return;
     };
-    cold_start::print_side_by_side(&[("fargo", &fargo), ("Knative", &knative)]);
+    knative.remove().await;
+    cold_start::print_side_by_side(&[("fargo", &fargo), ("Knative", &knative_runs)]);
     let p50 = |runs: &[cold_start::Run]| cold_start::median(runs, cold_start::RESPONSE);
     println!(
         "{:<LABEL_WIDTH$} {:.2}×",
         "cold start p50, fargo ÷ Knative",
-        p50(&fargo).as_secs_f64() / p50(&knative).as_secs_f64()
+        p50(&fargo).as_secs_f64() / p50(&knative_runs).as_secs_f64()
     );
 }
 
-/// Cold starts of a Knative Service of the echo image, `runs` times, through Knative's activator:
-/// between runs, Knative scales the revision to zero itself (a 6 s stable window, and the
-/// 1 s grace that benches/peers/knative.sh sets). `None` when Knative is not on the cluster.
-async fn knative_cold_start(
-    client: &Client,
-    namespace: &str,
-    runs: usize,
-) -> Option<Vec<cold_start::Run>> {
-    if !Knative::installed(client).await {
-        return None;
-    }
-    println!("cold start of the Knative Service cold:");
-    let services = Knative::services(client, namespace);
-    let service = json!({
-        "apiVersion": "serving.knative.dev/v1", "kind": "Service",
-        "metadata": {"name": "cold", "namespace": namespace},
-        "spec": {"template": {
-            "metadata": {"annotations": {"autoscaling.knative.dev/window": "6s"}},
-            "spec": {"containers": [{
-                "image": "fargo.dev/echo:dev",
-                "ports": [{"containerPort": 8080}],
-            }]},
-        }},
-    });
-    services
-        .patch(
-            "cold",
-            &PatchParams::apply("fargo-bench"),
-            &Patch::Apply(&service),
-        )
-        .await
-        .expect("the Knative Service applied");
-    let revision = "cold-00001";
-    let url = Knative::activator_url(client).await;
-    let headers = Knative::headers(namespace, revision);
-    let selector = format!("serving.knative.dev/revision={revision}");
-    let workload = cold_start::Workload {
-        namespace,
-        selector: &selector,
-        probe: (8080, "/healthz"),
-    };
-    let deployments = Api::<Deployment>::namespaced(client.clone(), namespace);
-    // The revision starts with one pod (Knative's initial scale), which it then scales away.
-    common::wait::eventually(180, "the Knative revision's first pod, ready", || async {
-        let deployment = deployments
-            .get_opt(&format!("{revision}-deployment"))
+/// A Knative Service of the echo image whose revision is cold-started through Knative's
+/// activator: between runs, Knative scales the revision to zero itself (a 6 s stable window,
+/// and the 1 s grace that benches/peers/knative.sh sets).
+struct KnativeCold {
+    services: Api<DynamicObject>,
+    deployments: Api<Deployment>,
+    pods: Api<Pod>,
+    namespace: String,
+    url: hyper::Uri,
+    headers: HeaderMap,
+    selector: String,
+}
+
+impl KnativeCold {
+    const SERVICE: &'static str = "cold";
+    const REVISION: &'static str = "cold-00001";
+
+    /// The Service, applied, once its revision's first pod was up; `None` when Knative is not
+    /// on the cluster.
+    async fn prepare(client: &Client, namespace: &str) -> Option<Self> {
+        if !Knative::installed(client).await {
+            return None;
+        }
+        let services = Knative::services(client, namespace);
+        let service = json!({
+            "apiVersion": "serving.knative.dev/v1", "kind": "Service",
+            "metadata": {"name": Self::SERVICE, "namespace": namespace},
+            "spec": {"template": {
+                "metadata": {"annotations": {"autoscaling.knative.dev/window": "6s"}},
+                "spec": {"containers": [{
+                    "image": "fargo.dev/echo:dev",
+                    "ports": [{"containerPort": 8080}],
+                }]},
+            }},
+        });
+        services
+            .patch(
+                Self::SERVICE,
+                &PatchParams::apply("fargo-bench"),
+                &Patch::Apply(&service),
+            )
             .await
-            .ok()??;
-        (deployment.status?.ready_replicas? > 0).then_some(())
-    })
-    .await;
-    let mut timelines = vec![];
-    for run in 0..runs {
+            .expect("the Knative Service applied");
+        let cold = Self {
+            services,
+            deployments: Api::namespaced(client.clone(), namespace),
+            pods: Api::namespaced(client.clone(), namespace),
+            namespace: namespace.to_string(),
+            url: Knative::activator_url(client).await,
+            headers: Knative::headers(namespace, Self::REVISION),
+            selector: format!("serving.knative.dev/revision={}", Self::REVISION),
+        };
+        // The revision starts with one pod (Knative's initial scale), which it then scales away.
+        common::wait::eventually(180, "the Knative revision's first pod, ready", || async {
+            let deployment = cold.deployment().await?;
+            (deployment.status?.ready_replicas? > 0).then_some(())
+        })
+        .await;
+        Some(cold)
+    }
+
+    async fn deployment(&self) -> Option<Deployment> {
+        let name = format!("{}-deployment", Self::REVISION);
+        self.deployments.get_opt(&name).await.ok()?
+    }
+
+    /// Waits for the revision to be at zero, then starts it with a request.
+    async fn run(&self, client: &Client, run: usize) -> cold_start::Run {
         common::wait::eventually(180, "the Knative revision at zero", || async {
-            let deployment = deployments
-                .get_opt(&format!("{revision}-deployment"))
-                .await
-                .ok()??;
-            let replicas = deployment.spec.and_then(|s| s.replicas)?;
-            let pods = Api::<Pod>::namespaced(client.clone(), namespace)
-                .list(&ListParams::default().labels(&selector))
+            let replicas = self.deployment().await?.spec?.replicas?;
+            let pods = self
+                .pods
+                .list(&ListParams::default().labels(&self.selector))
                 .await
                 .ok()?;
             // Pods being deleted drain for a while; they take no requests.
@@ -855,14 +878,25 @@ async fn knative_cold_start(
         .await;
         // Knative's activator learns of the emptied endpoints through its own watch.
         tokio::time::sleep(Duration::from_millis(300)).await;
+        let workload = cold_start::Workload {
+            namespace: &self.namespace,
+            selector: &self.selector,
+            probe: (8080, "/healthz"),
+        };
         let http = keepalive_client();
         let timeline =
-            cold_start::capture(client, &workload, get_with(&http, &url, &headers)).await;
+            cold_start::capture(client, &workload, get_with(&http, &self.url, &self.headers)).await;
+        print!("  Knative:");
         print_run(run, &timeline);
-        timelines.push(timeline);
+        timeline
     }
-    let _ = services.delete("cold", &DeleteParams::background()).await;
-    Some(timelines)
+
+    async fn remove(&self) {
+        let _ = self
+            .services
+            .delete(Self::SERVICE, &DeleteParams::background())
+            .await;
+    }
 }
 
 /// The Python handler's and the Go handler's cold starts.
@@ -889,6 +923,7 @@ async fn handler_cold_starts(
         ),
         handler,
         HANDLER_COLD_RUNS,
+        async |_| {},
     )
     .await;
     cold_start(
@@ -903,6 +938,7 @@ async fn handler_cold_starts(
         ),
         handler,
         HANDLER_COLD_RUNS,
+        async |_| {},
     )
     .await;
 }
