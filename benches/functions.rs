@@ -793,7 +793,8 @@ async fn echo_cold_starts(
 }
 
 /// A Knative Service of the echo image whose revision is cold-started through Knative's
-/// activator: between runs, Knative scales the revision to zero itself (a 6 s stable window,
+/// activator (named apart from fargo's function: each makes a Kubernetes Service of its own
+/// name): between runs, Knative scales the revision to zero itself (a 6 s stable window,
 /// and the 1 s grace that benches/peers/knative.sh sets).
 struct KnativeCold {
     services: Api<DynamicObject>,
@@ -806,8 +807,8 @@ struct KnativeCold {
 }
 
 impl KnativeCold {
-    const SERVICE: &'static str = "cold";
-    const REVISION: &'static str = "cold-00001";
+    const SERVICE: &'static str = "knative-cold";
+    const REVISION: &'static str = "knative-cold-00001";
 
     /// The Service, applied, once its revision's first pod was up; `None` when Knative is not
     /// on the cluster.
