@@ -62,6 +62,7 @@ pub fn profiles(
         Api::all(client),
         watcher::Config::default(),
         |_| {},
+        |_| {},
         shutdown,
     )
 }
@@ -77,7 +78,13 @@ pub fn function_deployments(
     impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let functions = watcher::Config::default().labels(FUNCTION_LABEL);
-    cache(Api::all(client), functions, trim_deployment, shutdown)
+    cache(
+        Api::all(client),
+        functions,
+        trim_deployment,
+        |_| {},
+        shutdown,
+    )
 }
 
 /// The functions' Services, each kept as its name, uid and resourceVersion only: all the
@@ -103,35 +110,36 @@ pub fn function_services(
             ..Service::default()
         };
     };
-    cache(Api::all(client), functions, trim, shutdown)
+    cache(Api::all(client), functions, trim, |_| {}, shutdown)
 }
 
-/// A store of the objects `config` selects, each trimmed by `trim`, and the watch that fills it
-/// until `shutdown`.
-fn cache<K>(
-    api: Api<K>,
-    config: watcher::Config,
-    trim: impl FnMut(&mut K) + Send + 'static,
-    shutdown: CancellationToken,
-) -> (
-    Store<K>,
-    impl std::future::Future<Output = ()> + Send + 'static,
-)
-where
+/// What a cache can hold: a kind whose objects a watch reads into a store.
+pub(crate) trait Cached:
+    kube::Resource<DynamicType = ()>
+    + Clone
+    + std::fmt::Debug
+    + serde::de::DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> Cached for K where
     K: kube::Resource<DynamicType = ()>
         + Clone
         + std::fmt::Debug
         + serde::de::DeserializeOwned
         + Send
         + Sync
-        + 'static,
+        + 'static
 {
-    cache_with_events(api, config, trim, |_| {}, shutdown)
 }
 
-/// [`cache`], calling `seen` with every event of the watch once the store holds it (errors are
-/// logged, never passed on).
-pub(crate) fn cache_with_events<K>(
+/// A store of the objects `config` selects, each trimmed by `trim`, and the watch that fills it
+/// until `shutdown`, calling `seen` with every event once the store holds it (errors are logged,
+/// never passed on).
+pub(crate) fn cache<K>(
     api: Api<K>,
     config: watcher::Config,
     trim: impl FnMut(&mut K) + Send + 'static,
@@ -142,13 +150,7 @@ pub(crate) fn cache_with_events<K>(
     impl std::future::Future<Output = ()> + Send + 'static,
 )
 where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
+    K: Cached,
 {
     let (store, writer) = reflector::store();
     let stream = watcher(api, config)

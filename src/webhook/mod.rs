@@ -288,17 +288,11 @@ fn watched<K>(
     impl std::future::Future<Output = ()> + Send + 'static,
 )
 where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
+    K: caches::Cached,
 {
     let listed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let seen = listed.clone();
-    let (store, watch) = caches::cache_with_events(
+    let (store, watch) = caches::cache(
         Api::<K>::all(client.clone()),
         watcher::Config::default(),
         |object: &mut K| object.meta_mut().managed_fields = None,
@@ -328,7 +322,7 @@ pub async fn run(
 ) -> Result<(), Error> {
     let changed = Arc::new(Notify::new());
     let notify = changed.clone();
-    let (store, reflector) = caches::cache_with_events(
+    let (store, reflector) = caches::cache(
         Api::<FargateProfile>::all(client.clone()),
         watcher::Config::default(),
         |p: &mut FargateProfile| p.managed_fields_mut().clear(),
