@@ -4,7 +4,9 @@
 //! - **cold start**: a request to a function at zero replicas until its response, against the
 //!   pod's own start in the same runs — from the scale write (seen by a watch) to the first
 //!   answer of the pod's IP to a prober polling it every few milliseconds. fargo's share is
-//!   (cold start − pod start) / pod start.
+//!   (cold start − pod start) / pod start. The echo image's cold start is also printed phase by
+//!   phase (benches/cold_start), beside a Knative revision's of the same image when Knative is on
+//!   the cluster, the two taking turns run by run.
 //! - **proxy overhead**: one warm pod, requests straight to its IP against requests through the
 //!   activator, interleaved, at 1, 16 and 64 connections (keep-alive clients); beside them a
 //!   second activator serving on its main runtime (`--proxy-threads 0`), nginx
