@@ -442,35 +442,53 @@ impl Knative {
         headers
     }
 
-    async fn start(client: &Client, namespace: &str) -> Option<Self> {
-        if !Self::installed(client).await {
-            return None;
-        }
+    /// Applies a Knative Service `name` of the echo image with the revision `annotations` and
+    /// the container `resources`; the namespace's Knative Services.
+    async fn apply_echo(
+        client: &Client,
+        namespace: &str,
+        name: &str,
+        annotations: serde_json::Value,
+        resources: serde_json::Value,
+    ) -> Api<DynamicObject> {
         let services = Self::services(client, namespace);
         let service = json!({
             "apiVersion": "serving.knative.dev/v1", "kind": "Service",
-            "metadata": {"name": "warm", "namespace": namespace},
+            "metadata": {"name": name, "namespace": namespace},
             "spec": {"template": {
-                "metadata": {"annotations": {
-                    "autoscaling.knative.dev/min-scale": "1",
-                    "autoscaling.knative.dev/max-scale": "1",
-                }},
+                "metadata": {"annotations": annotations},
                 "spec": {"containers": [{
                     "image": "fargo.dev/echo:dev",
                     "ports": [{"containerPort": 8080}],
-                    "resources": {"requests": {"cpu": "100m", "memory": "128Mi"},
-                                  "limits": {"cpu": "2", "memory": "256Mi"}},
+                    "resources": resources,
                 }]},
             }},
         });
         services
             .patch(
-                "warm",
+                name,
                 &PatchParams::apply("fargo-bench"),
                 &Patch::Apply(&service),
             )
             .await
             .expect("the Knative Service applied");
+        services
+    }
+
+    async fn start(client: &Client, namespace: &str) -> Option<Self> {
+        if !Self::installed(client).await {
+            return None;
+        }
+        Self::apply_echo(
+            client,
+            namespace,
+            "warm",
+            json!({"autoscaling.knative.dev/min-scale": "1",
+                   "autoscaling.knative.dev/max-scale": "1"}),
+            json!({"requests": {"cpu": "100m", "memory": "128Mi"},
+                   "limits": {"cpu": "2", "memory": "256Mi"}}),
+        )
+        .await;
         let revision = "warm-00001";
         let selector = format!("serving.knative.dev/revision={revision}");
         let pod = common::wait::eventually(180, "the Knative revision's pod, ready", || async {
@@ -818,26 +836,14 @@ impl KnativeCold {
         if !Knative::installed(client).await {
             return None;
         }
-        let services = Knative::services(client, namespace);
-        let service = json!({
-            "apiVersion": "serving.knative.dev/v1", "kind": "Service",
-            "metadata": {"name": Self::SERVICE, "namespace": namespace},
-            "spec": {"template": {
-                "metadata": {"annotations": {"autoscaling.knative.dev/window": "6s"}},
-                "spec": {"containers": [{
-                    "image": "fargo.dev/echo:dev",
-                    "ports": [{"containerPort": 8080}],
-                }]},
-            }},
-        });
-        services
-            .patch(
-                Self::SERVICE,
-                &PatchParams::apply("fargo-bench"),
-                &Patch::Apply(&service),
-            )
-            .await
-            .expect("the Knative Service applied");
+        let services = Knative::apply_echo(
+            client,
+            namespace,
+            Self::SERVICE,
+            json!({"autoscaling.knative.dev/window": "6s"}),
+            json!({}),
+        )
+        .await;
         let cold = Self {
             services,
             deployments: Api::namespaced(client.clone(), namespace),
