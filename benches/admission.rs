@@ -92,11 +92,12 @@ fn in_process() {
     }
 }
 
-/// Creates `count` pods (server dry run) in `namespace`, `concurrency` at a time, and returns
-/// each creation's latency.
+/// Creates `count` pods labelled `tier` (server dry run) in `namespace`, `concurrency` at a
+/// time, and returns each creation's latency.
 async fn create_pods(
     client: &kube::Client,
     namespace: &str,
+    tier: &str,
     count: usize,
     concurrency: usize,
 ) -> Vec<Duration> {
@@ -113,7 +114,7 @@ async fn create_pods(
             async move {
                 let pod: Pod = serde_json::from_value(json!({
                     "apiVersion": "v1", "kind": "Pod",
-                    "metadata": {"name": format!("bench-{i}"), "labels": {"tier": "backend"}},
+                    "metadata": {"name": format!("bench-{i}"), "labels": {"tier": tier}},
                     "spec": {"containers": [{"name": "app", "image": "fargo.dev/echo:dev",
                         "resources": {"requests": {"cpu": "1", "memory": "2Gi"}}}]},
                 }))
@@ -128,6 +129,133 @@ async fn create_pods(
         .await
 }
 
+/// A histogram's sum (seconds) and count, added up over the series of `name` whose labels
+/// contain every one of `labels` (`key="value"`), in a Prometheus text exposition.
+fn histogram(text: &str, name: &str, labels: &[&str]) -> (f64, f64) {
+    let (mut sum, mut count) = (0.0, 0.0);
+    for line in text.lines() {
+        let (total, rest) = if let Some(rest) = line.strip_prefix(&format!("{name}_sum")) {
+            (&mut sum, rest)
+        } else if let Some(rest) = line.strip_prefix(&format!("{name}_count")) {
+            (&mut count, rest)
+        } else {
+            continue;
+        };
+        // Not `{name}_summary…`, a series of another metric.
+        if !rest.starts_with(['{', ' ']) {
+            continue;
+        }
+        let Some((series, value)) = rest.rsplit_once(' ') else {
+            continue;
+        };
+        if labels.iter().all(|label| series.contains(label)) {
+            *total += value.parse::<f64>().unwrap_or(0.0);
+        }
+    }
+    (sum, count)
+}
+
+/// Where a pod creation's admission time goes, as the API server and fargo's webhook server
+/// count it: histogram sums and counts, to be read as differences between two readings.
+#[derive(Clone, Copy, Default)]
+struct Stages {
+    /// The API server's mutating admission step (built-in plugins and webhooks).
+    admit: (f64, f64),
+    /// Within it, the call of fargo's pod webhook.
+    webhook: (f64, f64),
+    /// The API server's validating admission step.
+    validate: (f64, f64),
+    /// fargo's webhook server: from a request's headers to its answer being ready.
+    served: (f64, f64),
+    /// Within it, the decision.
+    decided: (f64, f64),
+}
+
+impl Stages {
+    async fn read(client: &kube::Client, controller_metrics: &str) -> Self {
+        let request = hyper::Request::get("/metrics")
+            .body(Vec::new())
+            .expect("a request");
+        let api = client
+            .request_text(request)
+            .await
+            .expect("the API server's metrics");
+        let (_, fargo) = common::http::http_request("GET", controller_metrics, None)
+            .await
+            .expect("the controller's metrics");
+        let step = "apiserver_admission_step_admission_duration_seconds";
+        let create = r#"operation="CREATE""#;
+        Self {
+            admit: histogram(&api, step, &[create, r#"type="admit""#]),
+            webhook: histogram(
+                &api,
+                "apiserver_admission_webhook_admission_duration_seconds",
+                &[create, r#"name="pods.mutate.fargo.dev""#],
+            ),
+            validate: histogram(&api, step, &[create, r#"type="validate""#]),
+            served: histogram(&fargo, "fargo_webhook_request_duration_seconds", &[]),
+            decided: histogram(
+                &fargo,
+                "fargo_webhook_admission_duration_seconds",
+                &[r#"webhook="mutate""#],
+            ),
+        }
+    }
+
+    /// `self` plus what happened between `before` and `after`.
+    fn add(&mut self, before: &Self, after: &Self) {
+        let add = |total: &mut (f64, f64), before: (f64, f64), after: (f64, f64)| {
+            total.0 += after.0 - before.0;
+            total.1 += after.1 - before.1;
+        };
+        add(&mut self.admit, before.admit, after.admit);
+        add(&mut self.webhook, before.webhook, after.webhook);
+        add(&mut self.validate, before.validate, after.validate);
+        add(&mut self.served, before.served, after.served);
+        add(&mut self.decided, before.decided, after.decided);
+    }
+
+    /// Prints each stage's mean per creation (`creations`), in microseconds.
+    fn print(&self, what: &str, creations: usize) {
+        let mean = |(sum, count): (f64, f64)| {
+            if count == 0.0 {
+                "-".to_string()
+            } else {
+                format!("{:.0}µs", sum / count * 1e6)
+            }
+        };
+        let calls = self.webhook.1 / creations as f64;
+        if calls == 0.0 {
+            // fargo's server may have answered something else meanwhile (a health check).
+            println!(
+                "{what:<LABEL_WIDTH$} mean admit={} (no webhook call) validate={}",
+                mean(self.admit),
+                mean(self.validate)
+            );
+            return;
+        }
+        println!(
+            "{what:<LABEL_WIDTH$} mean admit={} (webhook call={}, {calls:.2}/pod; \
+             fargo's server={}, decision={}) validate={}",
+            mean(self.admit),
+            mean(self.webhook),
+            mean(self.served),
+            mean(self.decided),
+            mean(self.validate),
+        );
+    }
+}
+
+/// The three paths a creation takes: a namespace no profile names (the webhook is not called),
+/// a profiled namespace with a pod no selector matches (called, answers with no patch), and a
+/// pod its profile selects (called, answers with the profile's patch).
+#[derive(Clone, Copy)]
+enum Path {
+    Plain,
+    Unselected,
+    Selected,
+}
+
 async fn through_api_server() {
     if std::env::var_os("KUBECONFIG").is_none() {
         println!("through the API server: skipped (no KUBECONFIG; `make bench` starts a cluster)");
@@ -135,7 +263,9 @@ async fn through_api_server() {
     }
     let client = common::client().await;
     common::install_crds(&client).await;
-    common::controller::shared_controller(&client, 18445, 19092).await;
+    const HEALTH_PORT: u16 = 19092;
+    common::controller::shared_controller(&client, 18445, HEALTH_PORT).await;
+    let controller_metrics = format!("http://127.0.0.1:{HEALTH_PORT}/metrics");
     let profiled = common::namespaces::unique_name("bench-profiled");
     let plain = common::namespaces::unique_name("bench-plain");
     common::namespaces::ensure_namespace(&client, &plain).await;
@@ -168,24 +298,44 @@ async fn through_api_server() {
         }
     })
     .await;
-    // Warm both paths (connections, caches) before measuring.
-    create_pods(&client, &plain, 50, 8).await;
-    create_pods(&client, &profiled, 50, 8).await;
+    let create = |path: Path, count: usize, concurrency: usize| {
+        let (namespace, tier) = match path {
+            Path::Plain => (&plain, "backend"),
+            Path::Unselected => (&profiled, "frontend"),
+            Path::Selected => (&profiled, "backend"),
+        };
+        create_pods(&client, namespace, tier, count, concurrency)
+    };
+    // Warm every path (connections, caches) before measuring.
+    for path in [Path::Plain, Path::Unselected, Path::Selected] {
+        create(path, 50, 8).await;
+    }
     for concurrency in [1, 16] {
         // A p99 of 400 samples moves with the machine's noise: the figure to quote is the
         // median of the runs' differences.
         let (mut p50s, mut p99s) = (vec![], vec![]);
+        let mut stages = [Stages::default(); 3];
         for run in 1..=RUNS {
-            // Interleaved rounds so both see the same machine noise.
-            let (mut base, mut hooked) = (vec![], vec![]);
+            // Interleaved rounds so all paths see the same machine noise.
+            let mut samples: [Vec<Duration>; 3] = Default::default();
             for _ in 0..4 {
-                base.extend(create_pods(&client, &plain, 100, concurrency).await);
-                hooked.extend(create_pods(&client, &profiled, 100, concurrency).await);
+                for path in [Path::Plain, Path::Unselected, Path::Selected] {
+                    let before = Stages::read(&client, &controller_metrics).await;
+                    samples[path as usize].extend(create(path, 100, concurrency).await);
+                    let after = Stages::read(&client, &controller_metrics).await;
+                    stages[path as usize].add(&before, &after);
+                }
             }
+            let [base, unselected, hooked] = samples;
             let (b50, b99) = support::report(
                 &format!("run {run}: API server, no webhook, concurrency {concurrency}"),
                 LABEL_WIDTH,
                 base,
+            );
+            support::report(
+                &format!("run {run}: webhook called, pod unselected, concurrency {concurrency}"),
+                LABEL_WIDTH,
+                unselected,
             );
             let (h50, h99) = support::report(
                 &format!("run {run}: API server, fargo webhooks, concurrency {concurrency}"),
@@ -208,6 +358,14 @@ async fn through_api_server() {
             support::percentile(&p50s, 0.5),
             support::percentile(&p99s, 0.5),
         );
+        let creations = RUNS * 400;
+        for (path, what) in [
+            (Path::Plain, "no webhook"),
+            (Path::Unselected, "webhook called, pod unselected"),
+            (Path::Selected, "pod selected and mutated"),
+        ] {
+            stages[path as usize].print(&format!("  stages, {what}, c{concurrency}"), creations);
+        }
     }
     let _ = profiles.delete(&name, &DeleteParams::default()).await;
     for ns in [&plain, &profiled] {

@@ -3,6 +3,9 @@
 //!
 //! - **raw**: this process server-side-applies every function's Deployment and Service, built by
 //!   the controller's own code, 16 requests in flight — the floor for getting those objects in.
+//!   The ratio's baseline is the time those applies take; the half then waits until Kubernetes'
+//!   own controllers have done with them (every Deployment observed, then 2 s of near-silence),
+//!   so that fargo's half starts on a quiet cluster and each half's figures are its own.
 //! - **fargo**: this process applies the N ServerlessFunctions the same way, and the clock stops
 //!   when every one reports `Ready=True` for its generation (its children applied, its status
 //!   written) to a real `fargo controller` (and activator), run out of cluster.
@@ -11,7 +14,8 @@
 //! activator (which routes every function) before, every 10 s while the functions converge, at
 //! the end and at their peak; and the API requests each half made per function, by verb and
 //! resource, from the API server's own `apiserver_request_total` (watches and lists, which do not
-//! grow with the functions, left out). The functions sit at zero replicas (`scale.initial: 0`),
+//! grow with the functions, left out), and the CPU time each half cost the control plane, fargo
+//! and this process. The functions sit at zero replicas (`scale.initial: 0`),
 //! so no pod is started; the namespaces are deleted afterwards. `make bench` runs it; it needs
 //! KUBECONFIG.
 
@@ -108,6 +112,88 @@ async fn apply_raw(client: &Client, namespace: &str, count: usize) -> Duration {
     started.elapsed()
 }
 
+/// Waits until the Deployment controller has seen every Deployment of `namespace` (its status
+/// observes the Deployment's generation) and the API server then went 2 s with fewer writes than
+/// one per hundred functions, so that the next half starts on a quiet cluster and each half's
+/// requests are its own; returns when the Deployments were all observed.
+async fn settle_raw(client: &Client, namespace: &str, count: usize, started: Instant) -> Duration {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    let observed = loop {
+        let deployments = api.list(&ListParams::default()).await.expect("Deployments");
+        let observed = deployments
+            .iter()
+            .filter(|d| {
+                d.status.as_ref().and_then(|s| s.observed_generation) == d.metadata.generation
+            })
+            .count();
+        if observed == count {
+            break started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(3_600),
+            "{observed}/{count} raw Deployments observed after an hour"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let writes = |requests: &BTreeMap<(String, String), Served>| -> f64 {
+        requests
+            .iter()
+            .filter(|((verb, resource), _)| verb != "GET" && !resource.starts_with("leases"))
+            .map(|(_, served)| served.requests)
+            .sum()
+    };
+    let mut last = writes(&api_requests(client).await);
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let now = writes(&api_requests(client).await);
+        if now - last < count as f64 / 100.0 {
+            return observed;
+        }
+        last = now;
+    }
+}
+
+/// CPU time of the cluster's control plane and of `processes` (name, pid), by name.
+fn cpu_times(processes: &[(&str, u32)]) -> Vec<(String, Duration)> {
+    let mut found: Vec<(String, u32)> = processes
+        .iter()
+        .map(|(name, pid)| (name.to_string(), *pid))
+        .collect();
+    for name in ["kube-apiserver", "etcd", "kube-controller-manager"] {
+        let pid = std::fs::read_dir("/proc").ok().and_then(|entries| {
+            entries.flatten().find_map(|entry| {
+                let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+                // The kernel keeps the first 15 bytes of a command's name.
+                let comm = std::fs::read_to_string(entry.path().join("comm")).ok()?;
+                (comm.trim() == &name[..name.len().min(15)]).then_some(pid)
+            })
+        });
+        if let Some(pid) = pid {
+            found.push((name.to_string(), pid));
+        }
+    }
+    found.push(("this bench".into(), std::process::id()));
+    found
+        .into_iter()
+        .map(|(name, pid)| (name, support::cpu_time(pid)))
+        .collect()
+}
+
+/// Prints the CPU each process used between `before` and `after`.
+fn print_cpu(who: &str, before: &[(String, Duration)], after: &[(String, Duration)]) {
+    let parts: Vec<String> = after
+        .iter()
+        .map(|(name, spent)| {
+            let earlier = before
+                .iter()
+                .find(|(n, _)| n == name)
+                .map_or(Duration::ZERO, |(_, d)| *d);
+            format!("{name} {:.1}s", spent.saturating_sub(earlier).as_secs_f64())
+        })
+        .collect();
+    println!("  {who}: CPU {}", parts.join(", "));
+}
+
 /// How many functions of `namespace` report Ready=True for their current generation.
 async fn ready_functions(client: &Client, namespace: &str) -> usize {
     let Ok(functions) = Api::<ServerlessFunction>::namespaced(client.clone(), namespace)
@@ -131,9 +217,18 @@ async fn ready_functions(client: &Client, namespace: &str) -> usize {
         .count()
 }
 
-/// The API server's `apiserver_request_total`, summed by verb and resource (with its
-/// subresource), lists and watches left out.
-async fn api_requests(client: &Client) -> BTreeMap<(String, String), f64> {
+/// What the API server counted of one verb on one resource: requests, those answered 409
+/// Conflict, and the seconds it spent serving them.
+#[derive(Clone, Copy, Debug, Default)]
+struct Served {
+    requests: f64,
+    conflicts: f64,
+    seconds: f64,
+}
+
+/// The API server's `apiserver_request_total` and `apiserver_request_duration_seconds`, summed
+/// by verb and resource (with its subresource), lists and watches left out.
+async fn api_requests(client: &Client) -> BTreeMap<(String, String), Served> {
     let request = hyper::Request::get("/metrics")
         .body(Vec::new())
         .expect("a request");
@@ -141,9 +236,13 @@ async fn api_requests(client: &Client) -> BTreeMap<(String, String), f64> {
         .request_text(request)
         .await
         .expect("the API server's metrics");
-    let mut totals = BTreeMap::new();
+    let mut totals = BTreeMap::<_, Served>::new();
     for line in text.lines() {
-        let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
+        let (metric, rest) = if let Some(rest) = line.strip_prefix("apiserver_request_total{") {
+            ("total", rest)
+        } else if let Some(rest) = line.strip_prefix("apiserver_request_duration_seconds_sum{") {
+            ("seconds", rest)
+        } else {
             continue;
         };
         let Some((labels, value)) = rest.rsplit_once("} ") else {
@@ -165,34 +264,56 @@ async fn api_requests(client: &Client) -> BTreeMap<(String, String), f64> {
         if !subresource.is_empty() {
             resource = format!("{resource}/{subresource}");
         }
-        *totals.entry((verb, resource)).or_default() += value.parse::<f64>().unwrap_or(0.0);
+        let value = value.parse::<f64>().unwrap_or(0.0);
+        let served = totals.entry((verb, resource)).or_default();
+        match metric {
+            "total" => {
+                served.requests += value;
+                if label("code") == "409" {
+                    served.conflicts += value;
+                }
+            }
+            _ => served.seconds += value,
+        }
     }
     totals
 }
 
 /// Prints what was requested between `before` and `after`, per function, by verb and resource
-/// (what came to less than one request per hundred functions left out), and the total.
+/// (what came to less than one request per hundred functions left out), with the conflicts
+/// among them and the API server's time serving them (per function, in ms), and the totals.
 fn print_requests(
     who: &str,
-    before: &BTreeMap<(String, String), f64>,
-    after: &BTreeMap<(String, String), f64>,
+    before: &BTreeMap<(String, String), Served>,
+    after: &BTreeMap<(String, String), Served>,
     count: usize,
 ) {
-    let mut total = 0.0;
+    let (mut requests, mut milliseconds) = (0.0, 0.0);
     let mut parts = vec![];
-    for ((verb, resource), value) in after {
-        let per_function = (value
-            - before
-                .get(&(verb.clone(), resource.clone()))
-                .unwrap_or(&0.0))
-            / count as f64;
-        if per_function >= 0.01 {
-            total += per_function;
-            parts.push(format!("{verb} {resource} {per_function:.2}"));
+    for (key, value) in after {
+        let earlier = before.get(key).copied().unwrap_or_default();
+        let per_function = |now: f64, then: f64| (now - then) / count as f64;
+        let served = per_function(value.requests, earlier.requests);
+        if served < 0.01 {
+            continue;
         }
+        let conflicts = per_function(value.conflicts, earlier.conflicts);
+        let ms = per_function(value.seconds, earlier.seconds) * 1e3;
+        requests += served;
+        milliseconds += ms;
+        let conflicts = if conflicts >= 0.01 {
+            format!(", {conflicts:.2} conflicts")
+        } else {
+            String::new()
+        };
+        let (verb, resource) = key;
+        parts.push(format!(
+            "{verb} {resource} {served:.2} ({ms:.1} ms{conflicts})"
+        ));
     }
     println!(
-        "  {who}: {total:.2} API requests per function ({})",
+        "  {who}: {requests:.2} API requests per function, {milliseconds:.1} ms of the API \
+         server's time ({})",
         parts.join(", ")
     );
 }
@@ -296,16 +417,24 @@ async fn on_the_cluster() {
     common::namespaces::ensure_namespace(&client, &fargo_namespace).await;
 
     println!("{count} functions, {IN_FLIGHT} requests in flight");
-    let before_raw = api_requests(&client).await;
-    let raw = apply_raw(&client, &raw_namespace, count).await;
-    let after_raw = api_requests(&client).await;
-    println!("  raw: {count} Deployments + {count} Services applied in {raw:.1?}");
     let processes = [
         ("controller", controller.id()),
         ("activator", activator.id()),
     ];
+    let before_raw = api_requests(&client).await;
+    let cpu_before_raw = cpu_times(&processes);
+    let raw_started = Instant::now();
+    let raw = apply_raw(&client, &raw_namespace, count).await;
+    let observed = settle_raw(&client, &raw_namespace, count, raw_started).await;
+    let after_raw = api_requests(&client).await;
+    let cpu_after_raw = cpu_times(&processes);
+    println!(
+        "  raw: {count} Deployments + {count} Services applied in {raw:.1?}, all observed by \
+         the Deployment controller in {observed:.1?}"
+    );
     let (applied, converged) = apply_functions(&client, &fargo_namespace, count, &processes).await;
     let after_fargo = api_requests(&client).await;
+    let cpu_after_fargo = cpu_times(&processes);
     let (rss, peak) = memory_mib(controller.id());
     let (activator_rss, activator_peak) = memory_mib(activator.id());
     println!(
@@ -325,6 +454,8 @@ async fn on_the_cluster() {
         &after_fargo,
         count,
     );
+    print_cpu("raw, until settled", &cpu_before_raw, &cpu_after_raw);
+    print_cpu("fargo, until all Ready", &cpu_after_raw, &cpu_after_fargo);
 
     for namespace in [raw_namespace, fargo_namespace] {
         let _ = Api::<Namespace>::all(client.clone())

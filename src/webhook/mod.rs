@@ -184,6 +184,7 @@ struct RefusalLabels {
 /// connections, and the requests its bounds refused.
 pub struct WebhookMetrics {
     decisions: Family<AdmissionLabels, Histogram>,
+    requests: Histogram,
     refused: Family<RefusalLabels, Counter>,
     connections: ConnectionMetrics,
 }
@@ -198,6 +199,13 @@ impl WebhookMetrics {
             "Time to decide an admission request, by webhook and outcome",
             decisions.clone(),
         );
+        let requests = Histogram::new([0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05]);
+        registry.register(
+            "request_duration_seconds",
+            "Time from a request's headers to its answer being ready: the body read, the review \
+             decoded and decided, the answer encoded",
+            requests.clone(),
+        );
         let refused = Family::default();
         registry.register(
             "requests_refused",
@@ -207,6 +215,7 @@ impl WebhookMetrics {
         let connections = ConnectionMetrics::register(registry);
         Arc::new(Self {
             decisions,
+            requests,
             refused,
             connections,
         })
@@ -698,11 +707,15 @@ fn review_service(
     let router = TowerToHyperService::new(router);
     service_fn(move |request: hyper::Request<Incoming>| {
         let in_progress = requests.start();
+        let started = Instant::now();
         let response = router.call(request);
         let metrics = metrics.clone();
         async move {
             let response = match tokio::time::timeout(request_timeout, response).await {
-                Ok(Ok(response)) => response,
+                Ok(Ok(response)) => {
+                    metrics.requests.observe(started.elapsed().as_secs_f64());
+                    response
+                }
                 Ok(Err(never)) => match never {},
                 Err(_) => {
                     metrics.refused("timeout");
