@@ -5,7 +5,7 @@
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Service, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
 use kube::Client;
 use kube::api::Api;
@@ -87,8 +87,9 @@ pub fn function_deployments(
     )
 }
 
-/// The functions' Services, each kept as its name, uid and resourceVersion only: all the
-/// reconciler reads to skip applying a Service it finds as it left it.
+/// The functions' Services, each kept as its name, uid, resourceVersion, owners and cluster IP
+/// only: all the reconciler reads to skip applying a Service it finds as it left it, and to
+/// replace one an earlier fargo made with a cluster IP.
 pub fn function_services(
     client: Client,
     shutdown: CancellationToken,
@@ -99,14 +100,20 @@ pub fn function_services(
     let functions = watcher::Config::default().labels(FUNCTION_LABEL);
     let trim = |service: &mut Service| {
         let metadata = std::mem::take(&mut service.metadata);
+        let cluster_ip = service.spec.take().and_then(|spec| spec.cluster_ip);
         *service = Service {
             metadata: ObjectMeta {
                 name: metadata.name,
                 namespace: metadata.namespace,
                 uid: metadata.uid,
                 resource_version: metadata.resource_version,
+                owner_references: metadata.owner_references,
                 ..ObjectMeta::default()
             },
+            spec: cluster_ip.map(|cluster_ip| ServiceSpec {
+                cluster_ip: Some(cluster_ip),
+                ..ServiceSpec::default()
+            }),
             ..Service::default()
         };
     };

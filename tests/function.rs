@@ -125,7 +125,13 @@ async fn a_function_gets_a_deployment_and_service_whose_replicas_the_autoscaler_
             .get("thumbnail")
             .await
             .expect("the Service");
-        let port = &service.spec.unwrap().ports.unwrap()[0];
+        let spec = service.spec.unwrap();
+        assert_eq!(
+            spec.cluster_ip.as_deref(),
+            Some("None"),
+            "a headless Service"
+        );
+        let port = &spec.ports.unwrap()[0];
         assert_eq!((port.port, port.name.as_deref()), (80, Some("http")));
 
         // A change of spec is applied without touching the replicas.
@@ -176,6 +182,69 @@ async fn a_function_gets_a_deployment_and_service_whose_replicas_the_autoscaler_
 }
 
 /// The managers owning the Deployment's `spec.replicas`, with their operations.
+#[tokio::test]
+async fn a_service_an_earlier_version_made_with_a_cluster_ip_is_replaced_by_a_headless_one() {
+    let (client, _) = setup().await;
+    with_temp_ns(&client, |client, ns| async move {
+        apply_function(
+            &client,
+            &ns,
+            "legacy",
+            json!({"image": "fargo.dev/echo:dev"}),
+        )
+        .await;
+        let services = Api::<Service>::namespaced(client.clone(), &ns);
+        let headless = eventually(30, "the function's Service", || {
+            let services = services.clone();
+            async move { services.get_opt("legacy").await.ok()? }
+        })
+        .await;
+        // The Service as an earlier fargo made it: the same, with a cluster IP. The controller
+        // makes its own again as soon as one is deleted, so this takes as many tries as it takes
+        // to create it first.
+        let legacy = Service {
+            metadata: kube::api::ObjectMeta {
+                name: Some("legacy".into()),
+                labels: headless.metadata.labels.clone(),
+                owner_references: headless.metadata.owner_references.clone(),
+                ..Default::default()
+            },
+            spec: headless
+                .spec
+                .clone()
+                .map(|spec| k8s_openapi::api::core::v1::ServiceSpec {
+                    cluster_ip: None,
+                    cluster_ips: None,
+                    ..spec
+                }),
+            status: None,
+        };
+        let created = eventually(30, "a Service with a cluster IP in its place", || {
+            let (services, legacy) = (services.clone(), legacy.clone());
+            async move {
+                let _ = services.delete("legacy", &DeleteParams::default()).await;
+                services.create(&Default::default(), &legacy).await.ok()
+            }
+        })
+        .await;
+        let address = created.spec.as_ref().and_then(|s| s.cluster_ip.clone());
+        assert!(
+            address.as_deref().is_some_and(|ip| ip != "None"),
+            "the stand-in has a cluster IP: {address:?}"
+        );
+        eventually(30, "the controller's headless Service in its place", || {
+            let (services, replaced) = (services.clone(), created.uid());
+            async move {
+                let service = services.get_opt("legacy").await.ok()??;
+                let headless = service.spec.as_ref()?.cluster_ip.as_deref() == Some("None");
+                (headless && service.uid() != replaced).then_some(())
+            }
+        })
+        .await;
+    })
+    .await;
+}
+
 async fn replicas_owners(client: &Client, ns: &str, name: &str) -> Option<Vec<(String, String)>> {
     let deployment = Api::<Deployment>::namespaced(client.clone(), ns)
         .get(name)

@@ -32,6 +32,8 @@ pub const CONTAINER_NAME: &str = "function";
 pub const HTTP_PORT_NAME: &str = "http";
 /// Port of the function's Service.
 pub const SERVICE_PORT: i32 = 80;
+/// The `clusterIP` of a headless Service.
+pub const HEADLESS: &str = "None";
 /// Memory that buys one vCPU, as in Lambda.
 pub const MEMORY_PER_VCPU: u64 = 1769 * 1024 * 1024;
 /// Environment variable telling the container which port to serve on (as Knative does).
@@ -285,13 +287,18 @@ pub fn code_config_map(function: &ServerlessFunction) -> Result<Option<ConfigMap
     Ok(Some(config_map))
 }
 
-/// The function's ClusterIP Service: port 80 (`http`) to the container's port.
+/// The function's headless Service: port 80 (`http`) to the container's port, selecting the
+/// function's pods. It is there for its EndpointSlices, which tell the activator where the ready
+/// pods are. Requests reach a function through the activator, so a cluster IP would only cost an
+/// address of the Service range and an API request per function, and a rule per function in every
+/// node's Service proxy, and offer a way around the activator's limits and metering.
 pub fn service(function: &ServerlessFunction) -> Result<Service, BuildError> {
     let name = function.name_any();
     Ok(Service {
         metadata: child_metadata(function)?,
         spec: Some(ServiceSpec {
             type_: Some("ClusterIP".to_string()),
+            cluster_ip: Some(HEADLESS.to_string()),
             selector: Some(selector(&name)),
             ports: Some(vec![ServicePort {
                 name: Some(HTTP_PORT_NAME.to_string()),
@@ -304,6 +311,24 @@ pub fn service(function: &ServerlessFunction) -> Result<Service, BuildError> {
         }),
         status: None,
     })
+}
+
+/// Whether `service`, controlled by the function whose uid is `function_uid`, must be deleted
+/// for [`service`] to be applied: it has a cluster IP (an earlier fargo made it so), which no
+/// change can take away. A Service the function does not control is never deleted.
+pub fn replace_with_headless(service: &Service, function_uid: &str) -> bool {
+    let has_cluster_ip = service
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.cluster_ip.as_deref())
+        .is_some_and(|ip| !ip.is_empty() && ip != HEADLESS);
+    let controlled = service
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|owner| owner.controller == Some(true) && owner.uid == function_uid);
+    has_cluster_ip && controlled
 }
 
 #[cfg(test)]
@@ -540,10 +565,11 @@ spec:
     }
 
     #[test]
-    fn the_service_maps_port_80_to_the_container_port() {
+    fn the_service_is_headless_and_maps_port_80_to_the_container_port() {
         let service = service(&function(THUMBNAIL)).unwrap();
         let spec = service.spec.unwrap();
         assert_eq!(spec.type_.as_deref(), Some("ClusterIP"));
+        assert_eq!(spec.cluster_ip.as_deref(), Some("None"));
         assert_eq!(
             spec.selector.unwrap(),
             BTreeMap::from([(FUNCTION_LABEL.to_string(), "thumbnail".to_string())])
@@ -552,6 +578,31 @@ spec:
         assert_eq!(port.name.as_deref(), Some("http"));
         assert_eq!(port.port, 80);
         assert_eq!(port.target_port, Some(IntOrString::Int(8080)));
+    }
+
+    #[test]
+    fn only_a_service_of_the_function_with_a_cluster_ip_is_replaced() {
+        let f = function(THUMBNAIL);
+        let uid = f.uid().unwrap();
+        let with_ip = |ip: Option<&str>, owner_uid: &str| {
+            let mut service = service(&f).unwrap();
+            service.spec.as_mut().unwrap().cluster_ip = ip.map(String::from);
+            service.metadata.owner_references.as_mut().unwrap()[0].uid = owner_uid.into();
+            service
+        };
+        assert!(replace_with_headless(
+            &with_ip(Some("10.96.0.12"), &uid),
+            &uid
+        ));
+        assert!(!replace_with_headless(&with_ip(Some("None"), &uid), &uid));
+        assert!(!replace_with_headless(&with_ip(None, &uid), &uid));
+        assert!(!replace_with_headless(
+            &with_ip(Some("10.96.0.12"), "another"),
+            &uid
+        ));
+        let mut not_controller = with_ip(Some("10.96.0.12"), &uid);
+        not_controller.metadata.owner_references.as_mut().unwrap()[0].controller = Some(false);
+        assert!(!replace_with_headless(&not_controller, &uid));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, Preconditions};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -520,12 +520,29 @@ impl ServerlessFunction {
         let name = self.name_any();
         let key = (namespace.to_string(), name.clone());
         let hash = hash_of(&service);
-        if let Some(current) = ctx.services.get(&ObjectRef::new(&name).within(namespace))
-            && ctx.applied_services.service_unchanged(&key, hash, &current)
-        {
-            return Ok(());
+        let api = Api::<Service>::namespaced(ctx.client.clone(), namespace);
+        if let Some(current) = ctx.services.get(&ObjectRef::new(&name).within(namespace)) {
+            if ctx.applied_services.service_unchanged(&key, hash, &current) {
+                return Ok(());
+            }
+            // A Service's cluster IP cannot change: one an earlier fargo made with an address is
+            // deleted, and the apply below makes the headless one.
+            if build::replace_with_headless(&current, &self.uid().unwrap_or_default()) {
+                let params = DeleteParams {
+                    preconditions: Some(Preconditions {
+                        uid: current.metadata.uid.clone(),
+                        resource_version: None,
+                    }),
+                    ..DeleteParams::background()
+                };
+                match api.delete(&name, &params).await {
+                    Ok(_) => info!("replacing the Service with a headless one"),
+                    Err(kube::Error::Api(status)) if matches!(status.code, 404 | 409) => {}
+                    Err(error) => return Err(error.into()),
+                }
+            }
         }
-        let applied = Api::<Service>::namespaced(ctx.client.clone(), namespace)
+        let applied = api
             .patch(
                 &name,
                 &PatchParams::apply(CONTROLLER_MANAGER).force(),
