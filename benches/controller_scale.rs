@@ -2,7 +2,8 @@
 //! against the same children applied raw in the same run.
 //!
 //! - **raw**: this process server-side-applies every function's Deployment and Service, built by
-//!   the controller's own code, 16 requests in flight — the floor for getting those objects in.
+//!   the controller's own code (less the function label on the objects themselves, which would
+//!   put them in fargo's caches), 16 requests in flight — the floor for getting those objects in.
 //!   The ratio's baseline is the time those applies take.
 //! - **fargo**: this process applies the N ServerlessFunctions the same way, and the clock stops
 //!   when every one reports `Ready=True` for its generation (its children applied, its status
@@ -28,6 +29,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use fargo::api::FUNCTION_LABEL;
 use fargo::api::function::ServerlessFunction;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -87,14 +89,19 @@ async fn apply_raw(client: &Client, namespace: &str, count: usize) -> Duration {
             let (client, params) = (client.clone(), params.clone());
             async move {
                 // No owner: the uid above names no object, and the garbage collector would act.
+                // Nor the function label on the objects themselves (their selectors keep it):
+                // the controller's caches hold the Deployments and Services that carry it, and
+                // the raw ones would count in its memory.
                 let mut deployment =
                     fargo::function::build::deployment(&function, &Default::default())?;
                 deployment.metadata.owner_references = None;
+                deployment.labels_mut().remove(FUNCTION_LABEL);
                 if let Some(spec) = deployment.spec.as_mut() {
                     spec.replicas = Some(0);
                 }
                 let mut service = fargo::function::build::service(&function)?;
                 service.metadata.owner_references = None;
+                service.labels_mut().remove(FUNCTION_LABEL);
                 let name = function.name_any();
                 Api::<Deployment>::namespaced(client.clone(), namespace)
                     .patch(&name, &params, &Patch::Apply(&deployment))
