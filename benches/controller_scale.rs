@@ -13,6 +13,9 @@
 //! Deployment observed, then 2 s of near-silence), so that fargo's half starts on a quiet cluster
 //! and the requests and CPU each half prints are all its own.
 //!
+//! The round is run `FARGO_BENCH_ROUNDS` times (default 3), each waiting for the last one's
+//! namespaces to be gone, and the median of the ratios is printed last.
+//!
 //! Printed: both times and their ratio, and the resident memory of the controller and of the
 //! activator (which routes every function) before, every 10 s while the functions converge, at
 //! the end and at their peak; and the API requests each half made per function, by verb and
