@@ -167,6 +167,15 @@ fn histogram(text: &str, name: &str, labels: &[&str]) -> (f64, f64) {
     (sum, count)
 }
 
+/// The sum of a counter's or gauge's series named `name`, in a Prometheus text exposition.
+fn total(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter_map(|line| line.strip_prefix(name))
+        .filter(|rest| rest.starts_with(['{', ' ']))
+        .filter_map(|rest| rest.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
 /// Where a pod creation's admission time goes, as the API server and fargo's webhook server
 /// count it: histogram sums and counts, to be read as differences between two readings.
 #[derive(Clone, Copy, Default)]
@@ -181,6 +190,9 @@ struct Stages {
     served: (f64, f64),
     /// Within it, the decision.
     decided: (f64, f64),
+    /// fargo's webhook server: connections that waited for a place, and that it closed.
+    waits: f64,
+    closed: f64,
 }
 
 impl Stages {
@@ -211,6 +223,8 @@ impl Stages {
                 "fargo_webhook_admission_duration_seconds",
                 &[r#"webhook="mutate""#],
             ),
+            waits: total(&fargo, "fargo_webhook_connection_waits_total"),
+            closed: total(&fargo, "fargo_webhook_connections_closed_total"),
         }
     }
 
@@ -225,6 +239,8 @@ impl Stages {
         add(&mut self.validate, before.validate, after.validate);
         add(&mut self.served, before.served, after.served);
         add(&mut self.decided, before.decided, after.decided);
+        self.waits += after.waits - before.waits;
+        self.closed += after.closed - before.closed;
     }
 
     /// Prints each stage's mean per creation (`creations`), in microseconds.
@@ -248,12 +264,14 @@ impl Stages {
         }
         println!(
             "{what:<LABEL_WIDTH$} mean admit={} (webhook call={}, {calls:.2}/pod; \
-             fargo's server={}, decision={}) validate={}",
+             fargo's server={}, decision={}) validate={}; connections waiting {}, closed {}",
             mean(self.admit),
             mean(self.webhook),
             mean(self.served),
             mean(self.decided),
             mean(self.validate),
+            self.waits,
+            self.closed,
         );
     }
 }
