@@ -197,13 +197,7 @@ struct Stages {
 
 impl Stages {
     async fn read(client: &kube::Client, controller_metrics: &str) -> Self {
-        let request = hyper::Request::get("/metrics")
-            .body(Vec::new())
-            .expect("a request");
-        let api = client
-            .request_text(request)
-            .await
-            .expect("the API server's metrics");
+        let api = support::api_server_metrics(client).await;
         let (_, fargo) = common::http::http_request("GET", controller_metrics, None)
             .await
             .expect("the controller's metrics");

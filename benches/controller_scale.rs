@@ -242,13 +242,7 @@ struct Served {
 /// The API server's `apiserver_request_total` and `apiserver_request_duration_seconds`, summed
 /// by verb and resource (with its subresource), lists and watches left out.
 async fn api_requests(client: &Client) -> BTreeMap<(String, String), Served> {
-    let request = hyper::Request::get("/metrics")
-        .body(Vec::new())
-        .expect("a request");
-    let text = client
-        .request_text(request)
-        .await
-        .expect("the API server's metrics");
+    let text = support::api_server_metrics(client).await;
     let mut totals = BTreeMap::<_, Served>::new();
     for line in text.lines() {
         let (metric, rest) = if let Some(rest) = line.strip_prefix("apiserver_request_total{") {

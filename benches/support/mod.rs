@@ -57,3 +57,14 @@ pub fn cpu_time(pid: u32) -> Duration {
         .sum();
     Duration::from_nanos(nanos)
 }
+
+/// The API server's own metrics, in the Prometheus text format.
+pub async fn api_server_metrics(client: &kube::Client) -> String {
+    let request = hyper::Request::get("/metrics")
+        .body(Vec::new())
+        .expect("a request");
+    client
+        .request_text(request)
+        .await
+        .expect("the API server's metrics")
+}
