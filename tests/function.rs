@@ -181,7 +181,6 @@ async fn a_function_gets_a_deployment_and_service_whose_replicas_the_autoscaler_
     .await;
 }
 
-/// The managers owning the Deployment's `spec.replicas`, with their operations.
 #[tokio::test]
 async fn a_service_an_earlier_version_made_with_a_cluster_ip_is_replaced_by_a_headless_one() {
     let (client, _) = setup().await;
@@ -245,6 +244,7 @@ async fn a_service_an_earlier_version_made_with_a_cluster_ip_is_replaced_by_a_he
     .await;
 }
 
+/// The managers owning the Deployment's `spec.replicas`, with their operations.
 async fn replicas_owners(client: &Client, ns: &str, name: &str) -> Option<Vec<(String, String)>> {
     let deployment = Api::<Deployment>::namespaced(client.clone(), ns)
         .get(name)
