@@ -125,10 +125,10 @@ async fn apply_raw(client: &Client, namespace: &str, count: usize) -> Duration {
 }
 
 /// Waits until the Deployment controller has seen every Deployment of `namespace` (its status
-/// observes the Deployment's generation) and the API server then went 2 s with fewer writes than
-/// one per hundred functions (or a minute passed), so that the next half starts on a quiet cluster and each half's
-/// requests and CPU are all its own; returns when the Deployments were all observed, counted
-/// from `started`.
+/// observes the Deployment's generation) and the API server then went 2 s with fewer writes
+/// than one per hundred functions (or a minute passed), so that the next half starts on a quiet
+/// cluster and each half's requests and CPU are all its own; returns when the Deployments were
+/// all observed, counted from `started`.
 async fn settle(client: &Client, namespace: &str, count: usize, started: Instant) -> Duration {
     let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
     let observed = loop {
