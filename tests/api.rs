@@ -6,8 +6,12 @@ mod common;
 use std::process::Command;
 
 use common::namespaces::with_temp_ns;
-use common::yaml::{apply_yaml, create_yaml_dry_run};
+use common::wait::eventually;
+use common::yaml::{apply_yaml, create_yaml_dry_run, delete_yaml, parse_objects};
 use common::{client, install_crds};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::ResourceExt;
+use kube::api::Api;
 
 #[tokio::test]
 async fn crds_install_and_become_established() {
@@ -44,13 +48,43 @@ async fn every_example_is_accepted_by_server_side_apply() {
         files.len() >= 6,
         "examples/ holds at least the two DESIGN.md examples and one function per language"
     );
+    // Namespaces the examples create must exist before their objects, so apply for real
+    // (namespace first) rather than as a dry run; the examples are idempotent.
+    let mut applied = vec![];
+    let mut refused = None;
     for file in files {
         let yaml = std::fs::read_to_string(&file).expect("readable example");
-        // Namespaces the examples create must exist before their objects, so apply for real
-        // (namespace first) rather than as a dry run; the examples are idempotent.
-        apply_yaml(&client, &yaml, false)
+        let result = apply_yaml(&client, &yaml, false).await;
+        applied.push(yaml);
+        if let Err(error) = result {
+            refused = Some(format!("{} was refused: {error}", file.display()));
+            break;
+        }
+    }
+    // Nothing stays behind for the test binaries that run next: their controllers would
+    // reconcile the examples (the profile's namespaces, the functions' schedules).
+    for yaml in applied.iter().rev() {
+        delete_yaml(&client, yaml)
             .await
-            .unwrap_or_else(|e| panic!("{} was refused: {e}", file.display()));
+            .unwrap_or_else(|e| panic!("deleting an example: {e}"));
+    }
+    // Gone before the next run applies them again into a namespace still terminating.
+    let namespaces: Vec<String> = applied
+        .iter()
+        .flat_map(|yaml| parse_objects(yaml))
+        .filter(|object| object.types.as_ref().is_some_and(|t| t.kind == "Namespace"))
+        .map(|object| object.name_any())
+        .collect();
+    let api: Api<Namespace> = Api::all(client.clone());
+    eventually(120, "the examples' namespaces to be gone", || async {
+        for name in &namespaces {
+            api.get_opt(name).await.ok()?.is_none().then_some(())?;
+        }
+        Some(())
+    })
+    .await;
+    if let Some(refused) = refused {
+        panic!("{refused}");
     }
 }
 

@@ -14,6 +14,7 @@ use hyper::http::request::Parts;
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
+use tokio::sync::oneshot;
 
 use super::function_state::FunctionState;
 use super::lambda_api::{ApiError, MAX_SYNC_PAYLOAD, read_payload};
@@ -133,13 +134,27 @@ impl Authenticator {
 
 /// Keeps `auth`'s keys those of Secret `namespace/name`: none while it does not exist. A key
 /// that does not parse is left out and logged (never its secret); the others keep working.
-pub async fn watch_keys(client: Client, namespace: String, name: String, auth: Arc<Authenticator>) {
-    watch_secret(client, namespace, name, "access keys", move |data| {
-        let (keys, problems) = AccessKeys::from_secret_data(&data);
-        let count = keys.len();
-        auth.set_keys(keys);
-        (count, problems)
-    })
+/// `loaded` is sent once the Secret's first listing is installed.
+pub async fn watch_keys(
+    client: Client,
+    namespace: String,
+    name: String,
+    auth: Arc<Authenticator>,
+    loaded: oneshot::Sender<()>,
+) {
+    watch_secret(
+        client,
+        namespace,
+        name,
+        "access keys",
+        loaded,
+        move |data| {
+            let (keys, problems) = AccessKeys::from_secret_data(&data);
+            let count = keys.len();
+            auth.set_keys(keys);
+            (count, problems)
+        },
+    )
     .await;
 }
 
@@ -149,20 +164,36 @@ pub async fn watch_storage_tokens(
     namespace: String,
     name: String,
     tokens: Arc<StorageTokens>,
+    loaded: oneshot::Sender<()>,
 ) {
-    watch_secret(client, namespace, name, "storage tokens", move |data| {
-        let (parsed, problems) = StorageTokens::parse(&data);
-        let count = parsed.len();
-        tokens.set(parsed);
-        (count, problems)
-    })
+    watch_secret(
+        client,
+        namespace,
+        name,
+        "storage tokens",
+        loaded,
+        move |data| {
+            let (parsed, problems) = StorageTokens::parse(&data);
+            let count = parsed.len();
+            tokens.set(parsed);
+            (count, problems)
+        },
+    )
     .await;
 }
 
 /// Watches one Secret and hands its data to `load` (empty data while it does not exist), which
-/// installs the entries it reads and returns how many, and the entries it left out.
-async fn watch_secret<F>(client: Client, namespace: String, name: String, what: &str, load: F)
-where
+/// installs the entries it reads and returns how many, and the entries it left out. `loaded` is
+/// sent once the first listing is installed: until then, every request that needs an entry
+/// would be refused.
+async fn watch_secret<F>(
+    client: Client,
+    namespace: String,
+    name: String,
+    what: &str,
+    loaded: oneshot::Sender<()>,
+    load: F,
+) where
     F: Fn(BTreeMap<String, Vec<u8>>) -> (usize, Vec<String>),
 {
     let api: Api<Secret> = Api::namespaced(client, &namespace);
@@ -170,6 +201,7 @@ where
     let mut events = watcher(api, config).default_backoff().boxed();
     // Whether a (re)list found the Secret: one deleted while the watch was down is gone too.
     let mut listed = false;
+    let mut loaded = Some(loaded);
     let install = |data: BTreeMap<String, Vec<u8>>| {
         let (count, problems) = load(data);
         for problem in problems {
@@ -184,6 +216,9 @@ where
                 if !listed {
                     tracing::warn!(secret = %name, %namespace, "no {what} Secret: requests that need one are refused");
                     install(BTreeMap::new());
+                }
+                if let Some(loaded) = loaded.take() {
+                    let _ = loaded.send(());
                 }
             }
             Ok(watcher::Event::Apply(secret) | watcher::Event::InitApply(secret)) => {

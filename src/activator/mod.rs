@@ -184,18 +184,22 @@ pub async fn run(
         config.invoke_auth,
         Some(config.region.clone()),
     ));
+    let (keys_loaded, keys_ready) = oneshot::channel();
     let keys = tokio::spawn(auth::watch_keys(
         client.clone(),
         config.service_namespace.clone(),
         config.invoke_keys_secret.clone(),
         auth.clone(),
+        keys_loaded,
     ));
     let storage_tokens = Arc::new(storage::StorageTokens::default());
+    let (tokens_loaded, tokens_ready) = oneshot::channel();
     let tokens = tokio::spawn(auth::watch_storage_tokens(
         client.clone(),
         config.service_namespace.clone(),
         config.storage_tokens_secret.clone(),
         storage_tokens.clone(),
+        tokens_loaded,
     ));
     let events = match &config.nats_url {
         Some(url) => match EventQueue::connect(url, config.nats_replicas).await {
@@ -222,24 +226,7 @@ pub async fn run(
             .with_metering(config.metering),
     );
     let stop_delivery = CancellationToken::new();
-    // Events, storage notifications published to NATS, and queue triggers' streams.
-    let delivery: Vec<_> = events
-        .map(|queue| {
-            vec![
-                tokio::spawn(events::deliver(
-                    queue.clone(),
-                    proxy.clone(),
-                    stop_delivery.clone(),
-                )),
-                tokio::spawn(storage::consume(
-                    queue.clone(),
-                    proxy.clone(),
-                    stop_delivery.clone(),
-                )),
-                tokio::spawn(queues::consume(queue, proxy.clone(), stop_delivery.clone())),
-            ]
-        })
-        .unwrap_or_default();
+    let delivering = proxy.clone();
     let proxy_shutdown = proxy::Shutdown::default();
     let limits = proxy::ClientLimits {
         connections: ConnectionLimits {
@@ -259,15 +246,37 @@ pub async fn run(
         proxy_shutdown.clone(),
     ));
 
-    // Ready once both watches have listed everything, so no request meets an empty index.
+    // Ready once both watches have listed everything and both Secrets are loaded, so that no
+    // request meets an empty index or is refused for a key not yet read.
     let synced = async {
         let _ = functions_ready.await;
         let _ = endpoints_ready.await;
+        let _ = keys_ready.await;
+        let _ = tokens_ready.await;
     };
+    let mut delivery = vec![];
     tokio::select! {
         () = synced => {
             readiness.set(true);
             tracing::info!(functions = index.function_count(), "activator ready");
+            // Events, storage notifications published to NATS, and queue triggers' streams,
+            // from now on only: a notification read before the tokens were would be refused
+            // for good.
+            if let Some(queue) = events {
+                delivery = vec![
+                    tokio::spawn(events::deliver(
+                        queue.clone(),
+                        delivering.clone(),
+                        stop_delivery.clone(),
+                    )),
+                    tokio::spawn(storage::consume(
+                        queue.clone(),
+                        delivering.clone(),
+                        stop_delivery.clone(),
+                    )),
+                    tokio::spawn(queues::consume(queue, delivering, stop_delivery.clone())),
+                ];
+            }
             tokio::select! {
                 () = shutdown.cancelled() => {}
                 result = &mut health => return health_failed(result, config.health_addr),

@@ -1,6 +1,6 @@
 //! Objects given as YAML streams, applied or created through discovery.
 
-use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::GroupVersionKind;
 use kube::discovery::{self, Scope};
 use kube::{Client, ResourceExt};
@@ -13,6 +13,22 @@ use super::TEST_MANAGER;
 pub async fn apply_yaml(client: &Client, yaml: &str, dry_run: bool) -> Result<(), kube::Error> {
     for object in parse_objects(yaml) {
         apply_object(client, &object, dry_run).await?;
+    }
+    Ok(())
+}
+
+/// Deletes every document of a YAML stream, last first; one already gone is no error.
+pub async fn delete_yaml(client: &Client, yaml: &str) -> Result<(), kube::Error> {
+    for object in parse_objects(yaml).iter().rev() {
+        let api = dynamic_api(client, object).await?;
+        match api
+            .delete(&object.name_any(), &DeleteParams::background())
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.is_not_found() => {}
+            Err(error) => return Err(error),
+        }
     }
     Ok(())
 }
