@@ -12,7 +12,8 @@
 //!   second activator serving on its main runtime (`--proxy-threads 0`), nginx
 //!   in front of the same pod and, when `make bench-peers` has put Knative Serving on the cluster,
 //!   a Knative revision of the same image through Knative's activator and queue-proxy, and through
-//!   its queue-proxy alone. CPU per request is each path's processes' own CPU time.
+//!   its queue-proxy alone; with `FARGO_BENCH_BASELINE` (the path of another build's `fargo`),
+//!   that build's activator too. CPU per request is each path's processes' own CPU time.
 //! - **handler cold start**: the same measure for a Python handler (inline code) and a Go
 //!   handler (`provided`, its zip fetched from an S3 server), beside the HTTP echo image.
 //! - **the in-pod part of handler functions** (no cluster: processes of this machine):
@@ -606,6 +607,25 @@ async fn proxy_overhead(
             .expect("a URL"),
         vec![main_runtime.id()],
     ));
+    // Another build's activator, to compare two versions side by side on a noisy machine.
+    let _baseline = match std::env::var_os("FARGO_BENCH_BASELINE") {
+        Some(binary) => {
+            let binary = std::path::PathBuf::from(binary);
+            let (process, addrs) = common::activator::start_activator_from(&binary).await;
+            println!("baseline activator: {}", binary.display());
+            paths.push(ProxyPath::new(
+                "through the baseline activator",
+                "baseline activator",
+                addrs
+                    .function_url(namespace, function)
+                    .parse()
+                    .expect("a URL"),
+                vec![process.id()],
+            ));
+            Some(process)
+        }
+        None => None,
+    };
     match &nginx {
         Some(nginx) => paths.push(ProxyPath::new(
             "through nginx",
@@ -697,6 +717,7 @@ async fn proxy_overhead(
         };
         let activator_cpu = cpu_of("activator").expect("the activator's path");
         for peer in [
+            "baseline activator",
             "activator (main runtime)",
             "nginx",
             "knative",

@@ -1,7 +1,7 @@
 //! `fargo activator` run out of cluster, and where it listens.
 
 use super::http::http_request;
-use super::processes::{FargoProcess, free_port, spawn_fargo, spawn_for_the_process};
+use super::processes::{FargoProcess, free_port, spawn_fargo_from, spawn_for_the_process};
 use super::wait::eventually;
 
 /// Where an out-of-cluster `fargo activator` listens.
@@ -85,6 +85,15 @@ pub fn spawn_activator(addrs: ActivatorAddrs) -> std::process::Child {
 
 /// [`spawn_activator`] with more flags.
 pub fn spawn_activator_with(addrs: ActivatorAddrs, extra: &[String]) -> std::process::Child {
+    spawn_activator_from(env!("CARGO_BIN_EXE_fargo").as_ref(), addrs, extra)
+}
+
+/// [`spawn_activator_with`], from another build of `fargo`.
+fn spawn_activator_from(
+    binary: &std::path::Path,
+    addrs: ActivatorAddrs,
+    extra: &[String],
+) -> std::process::Child {
     let mut args = vec![
         "activator".to_string(),
         "--addr".into(),
@@ -95,7 +104,7 @@ pub fn spawn_activator_with(addrs: ActivatorAddrs, extra: &[String]) -> std::pro
         "0s".into(),
     ];
     args.extend(extra.iter().cloned());
-    spawn_fargo(&args, &format!("activator-{}.log", addrs.port))
+    spawn_fargo_from(binary, &args, &format!("activator-{}.log", addrs.port))
 }
 
 /// Starts an activator on free ports and waits until it is ready; it stops when dropped.
@@ -110,6 +119,14 @@ pub async fn start_activator() -> (FargoProcess, ActivatorAddrs) {
 pub async fn start_activator_with(extra: &[String]) -> (FargoProcess, ActivatorAddrs) {
     let addrs = ActivatorAddrs::free();
     let process = FargoProcess::new(spawn_activator_with(addrs, extra));
+    addrs.wait_until_ready().await;
+    (process, addrs)
+}
+
+/// [`start_activator`] from another build of `fargo` (a benchmark's baseline).
+pub async fn start_activator_from(binary: &std::path::Path) -> (FargoProcess, ActivatorAddrs) {
+    let addrs = ActivatorAddrs::free();
+    let process = FargoProcess::new(spawn_activator_from(binary, addrs, &[]));
     addrs.wait_until_ready().await;
     (process, addrs)
 }

@@ -22,8 +22,17 @@ pub fn print_fargo_logs() {
 /// Runs the `fargo` binary built by this `cargo test` (or `cargo bench`) with `args`, its log in
 /// `log_name` beside the test binaries rather than in the test output.
 pub(super) fn spawn_fargo(args: &[String], log_name: &str) -> std::process::Child {
+    spawn_fargo_from(env!("CARGO_BIN_EXE_fargo").as_ref(), args, log_name)
+}
+
+/// [`spawn_fargo`] with another build of `fargo`.
+pub(super) fn spawn_fargo_from(
+    binary: &std::path::Path,
+    args: &[String],
+    log_name: &str,
+) -> std::process::Child {
     use std::os::unix::process::CommandExt;
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_fargo"));
+    let mut command = std::process::Command::new(binary);
     command.args(args).env(
         "RUST_LOG",
         std::env::var("RUST_LOG").unwrap_or_else(|_| "info,kube=warn".into()),
@@ -52,7 +61,7 @@ pub(super) fn spawn_fargo(args: &[String], log_name: &str) -> std::process::Chil
         .stdout(log);
     command
         .spawn()
-        .unwrap_or_else(|e| panic!("starting fargo {}: {e}", args[0]))
+        .unwrap_or_else(|e| panic!("starting {} {}: {e}", binary.display(), args[0]))
 }
 
 /// A TCP port of 127.0.0.1 that was free a moment ago (bound, then released), for a process
