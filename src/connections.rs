@@ -29,8 +29,6 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
 use hyper::body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -167,10 +165,6 @@ struct ActivityState {
     requests: usize,
     /// When the connection last turned idle (or opened), or busy.
     since: Instant,
-    /// [`Place::closing`] waits for the connection to turn idle, with no deadline: the request
-    /// that ends must tell it. Otherwise nothing is told, so that a request on a keep-alive
-    /// connection wakes no one: `closing` finds out at its deadline.
-    watched_busy: bool,
 }
 
 impl Activity {
@@ -250,7 +244,6 @@ impl Connections {
             state: Mutex::new(ActivityState {
                 requests: 0,
                 since: Instant::now(),
-                watched_busy: false,
             }),
             changed: Notify::new(),
             evicted: CancellationToken::new(),
@@ -325,21 +318,15 @@ impl Place {
     pub async fn closing(&self) -> CloseReason {
         let timeout = self.connections.limits.header_read_timeout;
         loop {
-            let deadline = {
-                let mut state = self.activity.state();
-                let deadline = (state.requests == 0).then(|| state.since + timeout);
-                state.watched_busy = deadline.is_none();
-                deadline
-            };
+            let state = *self.activity.state();
+            let deadline = (state.requests == 0).then(|| state.since + timeout);
             if deadline.is_some_and(|deadline| deadline <= Instant::now()) {
                 return CloseReason::HeaderTimeout;
             }
-            // Idle: a request may start and end before the deadline, unannounced; at the
-            // deadline the state says whether the connection has stayed idle since.
             tokio::select! {
                 () = self.activity.evicted.cancelled() => return CloseReason::Evicted,
-                () = self.activity.changed.notified(), if deadline.is_none() => {}
-                () = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)),
+                () = self.activity.changed.notified() => {}
+                () = tokio::time::sleep_until(deadline.unwrap_or(state.since)),
                     if deadline.is_some() => {}
             }
         }
@@ -381,6 +368,7 @@ impl RequestCounter {
             }
             state.requests += 1;
         }
+        self.activity.changed.notify_one();
         RequestInProgress {
             counter: self.clone(),
         }
@@ -394,20 +382,17 @@ pub struct RequestInProgress {
 
 impl Drop for RequestInProgress {
     fn drop(&mut self) {
-        let (turned_idle, watched) = {
+        let turned_idle = {
             let mut state = self.counter.activity.state();
             state.requests = state.requests.saturating_sub(1);
             let idle = state.requests == 0;
-            let watched = idle && std::mem::take(&mut state.watched_busy);
             if idle {
                 state.since = Instant::now();
             }
-            (idle, watched)
+            idle
         };
-        if watched {
-            self.counter.activity.changed.notify_one();
-        }
         if turned_idle {
+            self.counter.activity.changed.notify_one();
             self.counter.connections.turned_idle.notify_one();
         }
     }
@@ -468,11 +453,8 @@ pub async fn drive<C>(
     C: Future<Output = Result<(), BoxError>>,
 {
     let mut connection = pin!(connection);
-    // What may end the connection, watched apart: the connection's task wakes for every read
-    // and write, and polling these each time (a lock or two apiece) would cost every request.
-    // A `FuturesUnordered` polls its futures only when their own wakers fired.
-    let mut watched = FuturesUnordered::new();
-    watched.push(watch(&place, &stop, Watch::Running));
+    let mut stopping = false;
+    let mut dropped_at: Option<Instant> = None;
     loop {
         tokio::select! {
             result = connection.as_mut() => {
@@ -487,57 +469,22 @@ pub async fn drive<C>(
                 }
                 return;
             }
-            Some(event) = watched.next() => match event {
-                Watched::Stopping => {
-                    graceful_shutdown(connection.as_mut());
-                    watched.push(watch(&place, &stop, Watch::Stopping));
+            reason = place.closing(), if dropped_at.is_none() => {
+                place.closed_for(reason);
+                if reason == CloseReason::Evicted {
+                    return;
                 }
-                Watched::Closing(reason) => {
-                    place.closed_for(reason);
-                    if reason == CloseReason::Evicted {
-                        return;
-                    }
-                    graceful_shutdown(connection.as_mut());
-                    watched.push(watch(&place, &stop, Watch::SayingGoodbye));
-                }
-                Watched::Drop => return,
-            },
-        }
-    }
-}
-
-/// Which of a connection's ends [`watch`] waits for.
-#[derive(Clone, Copy)]
-enum Watch {
-    /// `stop`, or the place's closing.
-    Running,
-    /// The place's closing: `stop` has been seen.
-    Stopping,
-    /// The end of the goodbye (or the place wanted meanwhile).
-    SayingGoodbye,
-}
-
-/// What ended a [`watch`].
-enum Watched {
-    Stopping,
-    Closing(CloseReason),
-    Drop,
-}
-
-async fn watch(place: &Place, stop: &CancellationToken, what: Watch) -> Watched {
-    match what {
-        Watch::Running => tokio::select! {
-            () = stop.cancelled() => Watched::Stopping,
-            reason = place.closing() => Watched::Closing(reason),
-        },
-        Watch::Stopping => Watched::Closing(place.closing().await),
-        // Closing for idling, then wanted: its place cannot wait for the goodbye.
-        Watch::SayingGoodbye => {
-            tokio::select! {
-                () = place.activity.evicted.cancelled() => {}
-                () = tokio::time::sleep(CLOSE_GRACE) => {}
+                graceful_shutdown(connection.as_mut());
+                dropped_at = Some(Instant::now() + CLOSE_GRACE);
             }
-            Watched::Drop
+            // Closing for idling, then wanted: its place cannot wait for the goodbye.
+            () = place.activity.evicted.cancelled(), if dropped_at.is_some() => return,
+            () = tokio::time::sleep_until(dropped_at.unwrap_or_else(Instant::now)),
+                if dropped_at.is_some() => return,
+            () = stop.cancelled(), if !stopping => {
+                stopping = true;
+                graceful_shutdown(connection.as_mut());
+            }
         }
     }
 }

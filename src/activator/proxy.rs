@@ -867,8 +867,7 @@ pub async fn serve(
         let client_ip = HeaderValue::from_str(&peer.ip().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
         let proxy = proxy.clone();
-        // Shared by the connection's requests: cloning the token itself takes a lock.
-        let draining = Arc::new(draining.clone());
+        let draining = draining.clone();
         let requests = place.requests();
         let service = service_fn(move |request: Request<Incoming>| {
             let in_progress = requests.start();

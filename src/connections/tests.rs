@@ -59,13 +59,13 @@ async fn a_busy_connection_stays_and_its_idle_clock_restarts_after_the_response(
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_request_that_starts_and_ends_while_idle_restarts_the_idle_clock_unannounced() {
+async fn short_requests_on_a_kept_alive_connection_each_restart_its_idle_clock() {
     let connections = Connections::new(limits(4, None), ConnectionMetrics::default());
     let place = connections.admit().await;
     let requests = place.requests();
     let task = serve(place);
-    // Keep-alive requests, the last ending at 8 s. None of them wakes the task: asleep until
-    // the first deadline (10 s), it finds then that the connection has been idle only since 8 s.
+    // Keep-alive requests, the last ending at 8 s: past the first deadline (10 s after the
+    // opening), the connection has been idle only since 8 s.
     for _ in 0..4 {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let request = requests.start();
