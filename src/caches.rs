@@ -3,8 +3,10 @@
 //! functions' Deployments (read by the reconciler and the autoscaler) and their Services (read by
 //! the reconciler).
 
+use std::borrow::Cow;
+
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStatus};
 use k8s_openapi::api::core::v1::{Service, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
 use kube::Client;
@@ -12,6 +14,7 @@ use kube::api::Api;
 use kube::core::DeserializeGuard;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
+use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{AUTOSCALER_MANAGER, FUNCTION_LABEL, FargateProfile, ServerlessFunction};
@@ -34,9 +37,87 @@ pub fn live(guard: &DeserializeGuard<ServerlessFunction>) -> Option<&ServerlessF
         .filter(|f| f.metadata.deletion_timestamp.is_none())
 }
 
-/// Keeps only what the reconciler and the autoscaler read of a cached Deployment: replicas,
-/// status, and whether the autoscaler has written it (as a bare managed-fields entry).
-pub fn trim_deployment(deployment: &mut Deployment) {
+/// A function's Deployment as the caches keep it: its metadata, `spec.replicas` and status,
+/// all the reconciler and the autoscaler read. A [`Deployment`] takes 2.4 KB before any of its
+/// strings, most of it the pod template's `PodSpec` held inline, empty or not; this takes a
+/// fifth of that, and the watch never builds the rest.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+pub struct CachedDeployment {
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: Option<CachedDeploymentSpec>,
+    #[serde(default)]
+    pub status: Option<DeploymentStatus>,
+}
+
+/// What [`CachedDeployment`] keeps of a Deployment's spec.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+pub struct CachedDeploymentSpec {
+    #[serde(default)]
+    pub replicas: Option<i32>,
+}
+
+impl kube::Resource for CachedDeployment {
+    type DynamicType = ();
+    type Scope = <Deployment as kube::Resource>::Scope;
+
+    fn kind(dt: &()) -> Cow<'_, str> {
+        <Deployment as kube::Resource>::kind(dt)
+    }
+
+    fn group(dt: &()) -> Cow<'_, str> {
+        <Deployment as kube::Resource>::group(dt)
+    }
+
+    fn version(dt: &()) -> Cow<'_, str> {
+        <Deployment as kube::Resource>::version(dt)
+    }
+
+    fn plural(dt: &()) -> Cow<'_, str> {
+        <Deployment as kube::Resource>::plural(dt)
+    }
+
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+impl CachedDeployment {
+    /// The Deployment this was cached from, as far as the cache kept it.
+    pub fn to_deployment(&self) -> Deployment {
+        Deployment {
+            metadata: self.metadata.clone(),
+            spec: self.spec.as_ref().map(|spec| DeploymentSpec {
+                replicas: spec.replicas,
+                ..DeploymentSpec::default()
+            }),
+            status: self.status.clone(),
+        }
+    }
+}
+
+impl From<&Deployment> for CachedDeployment {
+    fn from(deployment: &Deployment) -> Self {
+        let mut cached = Self {
+            metadata: deployment.metadata.clone(),
+            spec: deployment.spec.as_ref().map(|spec| CachedDeploymentSpec {
+                replicas: spec.replicas,
+            }),
+            status: deployment.status.clone(),
+        };
+        trim_deployment(&mut cached);
+        cached
+    }
+}
+
+/// Keeps only what the reconciler and the autoscaler read of a cached Deployment: its
+/// metadata without annotations, and with its managed fields reduced to whether the autoscaler
+/// has written it (a bare entry); and of its status conditions, a ReplicaFailure that holds.
+pub fn trim_deployment(deployment: &mut CachedDeployment) {
     let autoscaled = autoscaler_owns_replicas(deployment);
     deployment.metadata.managed_fields = autoscaled.then(|| {
         vec![ManagedFieldsEntry {
@@ -45,8 +126,12 @@ pub fn trim_deployment(deployment: &mut Deployment) {
         }]
     });
     deployment.metadata.annotations = None;
-    if let Some(spec) = deployment.spec.as_mut() {
-        spec.template = Default::default();
+    if let Some(conditions) = deployment
+        .status
+        .as_mut()
+        .and_then(|status| status.conditions.as_mut())
+    {
+        conditions.retain(|c| c.type_ == "ReplicaFailure" && c.status == "True");
     }
 }
 
@@ -74,7 +159,7 @@ pub fn function_deployments(
     client: Client,
     shutdown: CancellationToken,
 ) -> (
-    Store<Deployment>,
+    Store<CachedDeployment>,
     impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let functions = watcher::Config::default().labels(FUNCTION_LABEL);
@@ -173,4 +258,112 @@ where
             std::future::ready(())
         });
     (store, stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replicas::Instances;
+    use kube::ResourceExt;
+
+    /// A Deployment as a watch delivers it, written by the controller and the autoscaler.
+    fn watched() -> serde_json::Value {
+        serde_json::json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {
+                "name": "hello", "namespace": "shop", "uid": "u-1", "generation": 3,
+                "resourceVersion": "42",
+                "labels": {"fargo.dev/function": "hello"},
+                "annotations": {"deployment.kubernetes.io/revision": "2"},
+                "ownerReferences": [{"apiVersion": "fargo.dev/v1alpha1", "kind": "ServerlessFunction",
+                                     "name": "hello", "uid": "f-1", "controller": true}],
+                "managedFields": [
+                    {"manager": "fargo-controller", "operation": "Apply", "fieldsType": "FieldsV1",
+                     "fieldsV1": {"f:spec": {"f:template": {}}}},
+                    {"manager": AUTOSCALER_MANAGER, "operation": "Apply", "subresource": "scale",
+                     "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {"f:replicas": {}}}},
+                ],
+            },
+            "spec": {
+                "replicas": 2,
+                "selector": {"matchLabels": {"fargo.dev/function": "hello"}},
+                "template": {"metadata": {"labels": {"fargo.dev/function": "hello"}},
+                             "spec": {"containers": [{"name": "function", "image": "echo"}]}},
+            },
+            "status": {
+                "observedGeneration": 3, "replicas": 2, "readyReplicas": 1,
+                "conditions": [
+                    {"type": "Available", "status": "False", "reason": "MinimumReplicasUnavailable",
+                     "message": "Deployment does not have minimum availability."},
+                    {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",
+                     "message": "pods \"hello-1\" is forbidden: exceeded quota"},
+                ],
+            },
+        })
+    }
+
+    #[test]
+    fn a_cached_deployment_keeps_what_the_reconciler_and_the_autoscaler_read() {
+        let mut cached: CachedDeployment = serde_json::from_value(watched()).unwrap();
+        trim_deployment(&mut cached);
+        let full: Deployment = serde_json::from_value(watched()).unwrap();
+
+        // Read as it was before the cache trimmed it.
+        let kept = cached.to_deployment();
+        assert_eq!(Instances::of_cached(&cached), Instances::of(&full));
+        assert_eq!(Instances::of(&kept), Instances::of(&full));
+        assert!(autoscaler_owns_replicas(&cached) && autoscaler_owns_replicas(&full));
+        assert_eq!(
+            crate::function::status::replica_failure(&kept),
+            crate::function::status::replica_failure(&full),
+        );
+        assert_eq!(kept.metadata.uid, full.metadata.uid);
+        assert_eq!(kept.metadata.generation, full.metadata.generation);
+        assert_eq!(kept.metadata.labels, full.metadata.labels);
+        assert_eq!(
+            kept.metadata.owner_references,
+            full.metadata.owner_references
+        );
+        assert_eq!(
+            kept.status.as_ref().and_then(|s| s.observed_generation),
+            Some(3)
+        );
+
+        // Left out: the template, the annotations, the managed fields' contents, the other
+        // conditions.
+        assert_eq!(cached.metadata.annotations, None);
+        let managers: Vec<_> = cached.managed_fields().iter().map(|e| &e.manager).collect();
+        assert_eq!(managers, [&Some(AUTOSCALER_MANAGER.to_string())]);
+        assert_eq!(cached.managed_fields()[0].fields_v1, None);
+        let conditions = cached.status.as_ref().unwrap().conditions.as_ref().unwrap();
+        assert_eq!(conditions.len(), 1);
+        assert_eq!(conditions[0].type_, "ReplicaFailure");
+
+        // The same from a Deployment already read (the recorded scenarios feed those).
+        assert_eq!(CachedDeployment::from(&full), cached);
+    }
+
+    #[test]
+    fn a_cached_deployment_takes_a_fraction_of_a_deployments_size() {
+        assert!(
+            std::mem::size_of::<CachedDeployment>() * 4 < std::mem::size_of::<Deployment>(),
+            "{} bytes against {}",
+            std::mem::size_of::<CachedDeployment>(),
+            std::mem::size_of::<Deployment>()
+        );
+    }
+
+    #[test]
+    fn a_deployment_the_autoscaler_never_wrote_keeps_no_managed_fields() {
+        let mut watched = watched();
+        watched["metadata"]["managedFields"]
+            .as_array_mut()
+            .unwrap()
+            .pop();
+        let cached =
+            CachedDeployment::from(&serde_json::from_value::<Deployment>(watched).unwrap());
+        assert!(!autoscaler_owns_replicas(&cached));
+        assert_eq!(cached.metadata.managed_fields, None);
+    }
 }

@@ -3,12 +3,13 @@
 //! sets it. Shared by the function reconciler, which seeds the number, and the autoscaler,
 //! which owns it afterwards.
 
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus};
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
 use crate::api::AUTOSCALER_MANAGER;
+use crate::caches::CachedDeployment;
 
 /// Replicas the Deployment asks for, and how many are there and ready.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -20,13 +21,19 @@ pub struct Instances {
 
 impl Instances {
     pub fn of(deployment: &Deployment) -> Self {
-        let status = deployment.status.as_ref();
+        let replicas = deployment.spec.as_ref().and_then(|s| s.replicas);
+        Self::of_parts(replicas, deployment.status.as_ref())
+    }
+
+    /// [`Instances::of`] a Deployment as the caches keep it.
+    pub fn of_cached(deployment: &CachedDeployment) -> Self {
+        let replicas = deployment.spec.as_ref().and_then(|s| s.replicas);
+        Self::of_parts(replicas, deployment.status.as_ref())
+    }
+
+    fn of_parts(replicas: Option<i32>, status: Option<&DeploymentStatus>) -> Self {
         Self {
-            desired: deployment
-                .spec
-                .as_ref()
-                .and_then(|s| s.replicas)
-                .unwrap_or(1),
+            desired: replicas.unwrap_or(1),
             existing: status.and_then(|s| s.replicas).unwrap_or(0),
             ready: status.and_then(|s| s.ready_replicas).unwrap_or(0),
         }
@@ -39,7 +46,7 @@ impl Instances {
 }
 
 /// Whether the autoscaler's field manager has written this Deployment (its `replicas`).
-pub fn autoscaler_owns_replicas(deployment: &Deployment) -> bool {
+pub fn autoscaler_owns_replicas(deployment: &impl kube::Resource) -> bool {
     deployment
         .managed_fields()
         .iter()

@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use jiff::Timestamp;
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -35,7 +34,7 @@ use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{AUTOSCALER_MANAGER, EVENTS_MANAGER, SERVICE_NAME_LABEL, ServerlessFunction};
-use crate::caches::{FunctionStore, live};
+use crate::caches::{CachedDeployment, FunctionStore, live};
 use crate::http_client::{HttpClient, http_client};
 use crate::reconcile::{EventPublisher, patch_status};
 use crate::replicas::{Instances, apply_replicas, autoscaler_owns_replicas};
@@ -112,7 +111,7 @@ pub struct Context {
     pub metrics: Arc<AutoscalerMetrics>,
     pub functions: FunctionStore,
     /// The functions' Deployments (trimmed, see [`crate::caches::trim_deployment`]).
-    pub deployments: Store<Deployment>,
+    pub deployments: Store<CachedDeployment>,
     pub stats: StatsSource,
 }
 
@@ -193,14 +192,14 @@ async fn tick(
             continue;
         };
         // Until the reconciler has handed the replicas over, they are not ours to change.
-        if !autoscaler_owns_replicas(&deployment) {
+        if !autoscaler_owns_replicas(deployment.as_ref()) {
             continue;
         }
         targets.push(Target {
             key: key.clone(),
             uid: function.uid().unwrap_or_default(),
             policy: ScalePolicy::of(&function.spec),
-            instances: Instances::of(&deployment),
+            instances: Instances::of_cached(&deployment),
             recorded_last_request: function
                 .status
                 .as_ref()

@@ -31,7 +31,7 @@ use crate::api::routes::{ActivatorNames, claimed_hosts, refusals_among};
 use crate::api::{
     CONTROLLER_MANAGER, FUNCTION_LABEL, ServerlessFunction, ServerlessFunctionStatus,
 };
-use crate::caches::{FunctionStore, live};
+use crate::caches::{CachedDeployment, FunctionStore, live};
 use crate::profile::matching::namespace_is_selected;
 use crate::reconcile::{self, Note, ReconcileError, Reporting, patch_status};
 use crate::replicas::{Instances, apply_replicas, autoscaler_owns_replicas};
@@ -104,7 +104,7 @@ pub struct Context {
     pub client: Client,
     pub reporting: Reporting,
     /// The functions' Deployments, trimmed (see [`crate::caches::trim_deployment`]).
-    pub deployments: Store<Deployment>,
+    pub deployments: Store<CachedDeployment>,
     /// Every function (the controller's own store): who else claims a function's hosts.
     pub functions: FunctionStore,
     /// The functions' Services, as name, uid and resourceVersion only.
@@ -569,9 +569,9 @@ impl ServerlessFunction {
             .deployments
             .get(&ObjectRef::new(&name).within(namespace));
         if let Some(cached) = &cached
-            && autoscaler_owns_replicas(cached)
+            && autoscaler_owns_replicas(cached.as_ref())
         {
-            return Ok(Some(Deployment::clone(cached)));
+            return Ok(Some(cached.to_deployment()));
         }
         if cached.is_none() && self.status.is_none() {
             return Ok(None);

@@ -79,7 +79,13 @@ pub async fn reconcile_function(client: Client, inputs: &FunctionInputs) -> Stri
     let ctx = fargo::function::reconciler::Context {
         client: client.clone(),
         reporting: reporting(client),
-        deployments: store_of(&inputs.deployments),
+        deployments: store_of(
+            &inputs
+                .deployments
+                .iter()
+                .map(fargo::caches::CachedDeployment::from)
+                .collect::<Vec<_>>(),
+        ),
         functions: store_of(&[DeserializeGuard(Ok(inputs.function.clone()))]),
         services: store_of::<k8s_openapi::api::core::v1::Service>(&[]),
         applied: Default::default(),
