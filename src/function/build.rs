@@ -22,6 +22,7 @@ use crate::api::{
     APP_NAME, FUNCTION_LABEL, MANAGED_BY_LABEL, PROFILE_LABEL, ServerlessFunction,
     ServerlessFunctionSpec,
 };
+use crate::caches::CachedService;
 use crate::quantity::{QuantityError, parse_bytes};
 
 use super::runtime_pod::{self, RuntimePodError, RuntimeSettings};
@@ -316,11 +317,9 @@ pub fn service(function: &ServerlessFunction) -> Result<Service, BuildError> {
 /// Whether `service`, controlled by the function whose uid is `function_uid`, must be deleted
 /// for [`service`] to be applied: it has a cluster IP (an earlier fargo made it so), which no
 /// change can take away. A Service the function does not control is never deleted.
-pub fn replace_with_headless(service: &Service, function_uid: &str) -> bool {
+pub fn replace_with_headless(service: &CachedService, function_uid: &str) -> bool {
     let has_cluster_ip = service
-        .spec
-        .as_ref()
-        .and_then(|spec| spec.cluster_ip.as_deref())
+        .cluster_ip()
         .is_some_and(|ip| !ip.is_empty() && ip != HEADLESS);
     let controlled = service
         .metadata
@@ -588,7 +587,7 @@ spec:
             let mut service = service(&f).unwrap();
             service.spec.as_mut().unwrap().cluster_ip = ip.map(String::from);
             service.metadata.owner_references.as_mut().unwrap()[0].uid = owner_uid.into();
-            service
+            CachedService::from(&service)
         };
         assert!(replace_with_headless(
             &with_ip(Some("10.96.0.12"), &uid),

@@ -31,7 +31,7 @@ use crate::api::routes::{ActivatorNames, claimed_hosts, refusals_among};
 use crate::api::{
     CONTROLLER_MANAGER, FUNCTION_LABEL, ServerlessFunction, ServerlessFunctionStatus,
 };
-use crate::caches::{CachedDeployment, FunctionStore, live};
+use crate::caches::{CachedDeployment, CachedService, FunctionStore, live};
 use crate::profile::matching::namespace_is_selected;
 use crate::reconcile::{self, Note, ReconcileError, Reporting, patch_status};
 use crate::replicas::{Instances, apply_replicas, autoscaler_owns_replicas};
@@ -108,7 +108,7 @@ pub struct Context {
     /// Every function (the controller's own store): who else claims a function's hosts.
     pub functions: FunctionStore,
     /// The functions' Services, as name, uid and resourceVersion only.
-    pub services: Store<Service>,
+    pub services: Store<CachedService>,
     /// What this process last applied to each function's Deployment.
     pub applied: Arc<AppliedObjects>,
     /// What this process last applied to each function's Service.
@@ -181,9 +181,14 @@ impl AppliedObjects {
 
     /// Whether the cached Service is the one applied last, unchanged since, and the function
     /// still builds the same one.
-    fn service_unchanged(&self, key: &(String, String), hash: u64, current: &Service) -> bool {
-        let version = current.metadata.resource_version.clone();
-        self.recorded(key, hash, &current.metadata.uid, version)
+    fn service_unchanged(
+        &self,
+        key: &(String, String),
+        hash: u64,
+        current: &impl kube::Resource,
+    ) -> bool {
+        let version = current.meta().resource_version.clone();
+        self.recorded(key, hash, &current.meta().uid, version)
     }
 
     fn record_service(&self, key: (String, String), hash: u64, applied: &Service) {
@@ -522,7 +527,10 @@ impl ServerlessFunction {
         let hash = hash_of(&service);
         let api = Api::<Service>::namespaced(ctx.client.clone(), namespace);
         if let Some(current) = ctx.services.get(&ObjectRef::new(&name).within(namespace)) {
-            if ctx.applied_services.service_unchanged(&key, hash, &current) {
+            if ctx
+                .applied_services
+                .service_unchanged(&key, hash, current.as_ref())
+            {
                 return Ok(());
             }
             // A Service's cluster IP cannot change: one an earlier fargo made with an address is

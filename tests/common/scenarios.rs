@@ -87,7 +87,7 @@ pub async fn reconcile_function(client: Client, inputs: &FunctionInputs) -> Stri
                 .collect::<Vec<_>>(),
         ),
         functions: store_of(&[DeserializeGuard(Ok(inputs.function.clone()))]),
-        services: store_of::<k8s_openapi::api::core::v1::Service>(&[]),
+        services: store_of::<fargo::caches::CachedService>(&[]),
         applied: Default::default(),
         applied_services: Default::default(),
         activator_url: ACTIVATOR_URL.into(),
