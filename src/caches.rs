@@ -57,34 +57,42 @@ pub struct CachedDeploymentSpec {
     pub replicas: Option<i32>,
 }
 
-impl kube::Resource for CachedDeployment {
-    type DynamicType = ();
-    type Scope = <Deployment as kube::Resource>::Scope;
+/// `kube::Resource` for `$cached`, a cached form of `$kind`: the same API and kind, its own
+/// `metadata`.
+macro_rules! cached_form_of {
+    ($cached:ty, $kind:ty) => {
+        impl kube::Resource for $cached {
+            type DynamicType = ();
+            type Scope = <$kind as kube::Resource>::Scope;
 
-    fn kind(dt: &()) -> Cow<'_, str> {
-        <Deployment as kube::Resource>::kind(dt)
-    }
+            fn kind(dt: &()) -> Cow<'_, str> {
+                <$kind as kube::Resource>::kind(dt)
+            }
 
-    fn group(dt: &()) -> Cow<'_, str> {
-        <Deployment as kube::Resource>::group(dt)
-    }
+            fn group(dt: &()) -> Cow<'_, str> {
+                <$kind as kube::Resource>::group(dt)
+            }
 
-    fn version(dt: &()) -> Cow<'_, str> {
-        <Deployment as kube::Resource>::version(dt)
-    }
+            fn version(dt: &()) -> Cow<'_, str> {
+                <$kind as kube::Resource>::version(dt)
+            }
 
-    fn plural(dt: &()) -> Cow<'_, str> {
-        <Deployment as kube::Resource>::plural(dt)
-    }
+            fn plural(dt: &()) -> Cow<'_, str> {
+                <$kind as kube::Resource>::plural(dt)
+            }
 
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
+            fn meta(&self) -> &ObjectMeta {
+                &self.metadata
+            }
 
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
+            fn meta_mut(&mut self) -> &mut ObjectMeta {
+                &mut self.metadata
+            }
+        }
+    };
 }
+
+cached_form_of!(CachedDeployment, Deployment);
 
 impl CachedDeployment {
     /// The Deployment this was cached from, as far as the cache kept it.
@@ -189,34 +197,7 @@ pub struct CachedServiceSpec {
     pub cluster_ip: Option<String>,
 }
 
-impl kube::Resource for CachedService {
-    type DynamicType = ();
-    type Scope = <Service as kube::Resource>::Scope;
-
-    fn kind(dt: &()) -> Cow<'_, str> {
-        <Service as kube::Resource>::kind(dt)
-    }
-
-    fn group(dt: &()) -> Cow<'_, str> {
-        <Service as kube::Resource>::group(dt)
-    }
-
-    fn version(dt: &()) -> Cow<'_, str> {
-        <Service as kube::Resource>::version(dt)
-    }
-
-    fn plural(dt: &()) -> Cow<'_, str> {
-        <Service as kube::Resource>::plural(dt)
-    }
-
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
-}
+cached_form_of!(CachedService, Service);
 
 impl CachedService {
     /// The cluster IP (`None` for a headless Service), when the spec gave one.
