@@ -200,7 +200,7 @@ pub struct CachedServiceSpec {
 cached_form_of!(CachedService, Service);
 
 impl CachedService {
-    /// The cluster IP (`None` for a headless Service), when the spec gave one.
+    /// The cluster IP as the spec gives it (`"None"` for a headless Service).
     pub fn cluster_ip(&self) -> Option<&str> {
         self.spec.as_ref()?.cluster_ip.as_deref()
     }

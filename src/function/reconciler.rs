@@ -107,7 +107,7 @@ pub struct Context {
     pub deployments: Store<CachedDeployment>,
     /// Every function (the controller's own store): who else claims a function's hosts.
     pub functions: FunctionStore,
-    /// The functions' Services, as name, uid and resourceVersion only.
+    /// The functions' Services, trimmed (see [`crate::caches::CachedService`]).
     pub services: Store<CachedService>,
     /// What this process last applied to each function's Deployment.
     pub applied: Arc<AppliedObjects>,
