@@ -7,7 +7,7 @@ use std::borrow::Cow;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStatus};
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
 use kube::Client;
 use kube::api::Api;
@@ -17,7 +17,9 @@ use kube::runtime::{WatchStreamExt, watcher};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{AUTOSCALER_MANAGER, FUNCTION_LABEL, FargateProfile, ServerlessFunction};
+use crate::api::{
+    AUTOSCALER_MANAGER, FUNCTION_LABEL, FargateProfile, STANDBY_LABEL, ServerlessFunction,
+};
 use crate::replicas::autoscaler_owns_replicas;
 
 /// The cache of functions the three loops share; objects that do not deserialize are kept as
@@ -161,20 +163,34 @@ pub fn profiles(
 }
 
 /// The functions' Deployments, trimmed: the store, and the watch that fills it until
-/// `shutdown`. Only the autoscaler waits on the store (see [`FunctionStore`] on why a single
-/// waiter matters).
+/// `shutdown`, calling `seen` with every event once the store holds it. Only the autoscaler
+/// waits on the store (see [`FunctionStore`] on why a single waiter matters).
 pub fn function_deployments(
     client: Client,
+    seen: impl FnMut(&watcher::Event<CachedDeployment>) + Send + 'static,
     shutdown: CancellationToken,
 ) -> (
     Store<CachedDeployment>,
     impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let functions = watcher::Config::default().labels(FUNCTION_LABEL);
+    cache(Api::all(client), functions, trim_deployment, seen, shutdown)
+}
+
+/// The standby pods of functions (labelled `fargo.dev/standby-of`), without their managed
+/// fields: the store, and the watch that fills it until `shutdown`.
+pub fn standby_pods(
+    client: Client,
+    shutdown: CancellationToken,
+) -> (
+    Store<Pod>,
+    impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let standby = watcher::Config::default().labels(STANDBY_LABEL);
     cache(
         Api::all(client),
-        functions,
-        trim_deployment,
+        standby,
+        |pod: &mut Pod| pod.metadata.managed_fields = None,
         |_| {},
         shutdown,
     )

@@ -251,8 +251,17 @@ fn start_loops(
 
     let functions_controller = function::reconciler::controller(client.clone());
     let functions = functions_controller.store();
-    let (deployments, deployment_watch) =
-        caches::function_deployments(client.clone(), shutdown.clone());
+    let (leaving_zero, leaving_zero_seen) = tokio::sync::mpsc::unbounded_channel();
+    let (deployments, deployment_watch) = caches::function_deployments(
+        client.clone(),
+        move |event| {
+            if let Some(function) = function::standby::leaving_zero(event) {
+                let _ = leaving_zero.send(function);
+            }
+        },
+        shutdown.clone(),
+    );
+    let (standby_pods, standby_watch) = caches::standby_pods(client.clone(), shutdown.clone());
     let (services, service_watch) = caches::function_services(client.clone(), shutdown.clone());
     let (profiles, profile_watch) = caches::profiles(client.clone(), shutdown.clone());
     metrics.usage.set_functions(functions.clone());
@@ -261,6 +270,15 @@ fn start_loops(
 
     vec![
         tokio::spawn(deployment_watch),
+        tokio::spawn(standby_watch),
+        tokio::spawn(
+            function::standby::Waker {
+                client: client.clone(),
+                functions: functions.clone(),
+                standby_pods: standby_pods.clone(),
+            }
+            .run(leaving_zero_seen),
+        ),
         tokio::spawn(service_watch),
         tokio::spawn(profile_watch),
         tokio::spawn(profile::reconciler::run(
@@ -286,6 +304,7 @@ fn start_loops(
                 activator_url: config.activator_url.clone(),
                 activator_names: config.activator_names.clone(),
                 runtimes: Arc::new(config.runtimes.clone()),
+                standby_pods,
             },
             shutdown.clone(),
         )),

@@ -159,6 +159,15 @@ struct ControllerArgs {
     #[arg(long, env = "FARGO_RUNTIME_IMAGES", value_delimiter = ',', value_parser = runtime_image)]
     runtime_image: Vec<(fargo::api::function::Runtime, String)>,
 
+    /// What the standby pods of functions with `scale.standby` run until woken: fargo's
+    /// `fargo-standby` image.
+    #[arg(
+        long,
+        env = "FARGO_STANDBY_IMAGE",
+        default_value = "fargo.dev/standby:dev"
+    )]
+    standby_image: String,
+
     /// S3 endpoint (path-style) that functions' `code.s3` zips are fetched from, e.g.
     /// http://versitygw.fargo-system.svc:7070.
     #[arg(long, env = "FARGO_S3_ENDPOINT")]
@@ -225,6 +234,7 @@ impl ControllerArgs {
                 s3_endpoint: self.s3_endpoint,
                 s3_secret: self.s3_secret,
                 region: self.region,
+                standby_image: self.standby_image,
             },
         }
     }

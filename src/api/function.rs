@@ -77,6 +77,7 @@ use serde::{Deserialize, Serialize};
 #[x_kube(validation = Rule::new("!has(self.runtime) || self.runtime == 'provided' || (has(self.handler) && size(self.handler) > 0)").message("handler is required with this runtime, e.g. app.handler (python3.11), index.handler (nodejs20.x), example.Hello::handleRequest (java17)"))]
 #[x_kube(validation = Rule::new("!has(self.package) || has(self.image)").message("package applies to image functions: Http (the image serves HTTP on port) or Image (a Lambda container image)"))]
 #[x_kube(validation = Rule::new("!has(self.layers) || size(self.layers) == 0 || has(self.runtime)").message("layers apply to handler code (runtime); a container image carries its own /opt"))]
+#[x_kube(validation = Rule::new("!has(self.scale) || !has(self.scale.standby) || !self.scale.standby || (has(self.image) && (!has(self.package) || self.package == 'Http') && (!has(self.command) || size(self.command) == 0))").message("scale.standby applies to image functions that serve HTTP (package Http) with the image's own entrypoint: a pod's command cannot change once it runs, so set args rather than command"))]
 pub struct ServerlessFunctionSpec {
     /// Container image: one that serves HTTP on `port` (`package: Http`, the default) or a
     /// Lambda container image whose entrypoint is an AWS runtime interface client
@@ -413,6 +414,16 @@ pub struct Scale {
     #[serde(default = "default_idle_timeout")]
     #[x_kube(validation = Rule::new("duration(self) >= duration('1s')").message("scale.idleTimeout must be a duration of at least 1s, such as 60s"))]
     pub idle_timeout: Duration,
+
+    /// Keep a standby pod while the function is at zero: a pod of the function, scheduled and
+    /// started with its network, running a small placeholder in place of the function's
+    /// container. The first request swaps the function's image into it, which skips
+    /// scheduling, the pod's sandbox and its network set-up; the pod then becomes an instance
+    /// like any other, and a new standby pod starts once the function is back at zero. The
+    /// standby pod requests the function's CPU and memory while it waits. Image functions
+    /// serving HTTP only, without command (set args instead).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub standby: bool,
 }
 
 impl Default for Scale {
@@ -422,6 +433,7 @@ impl Default for Scale {
             max: None,
             initial: None,
             idle_timeout: default_idle_timeout(),
+            standby: false,
         }
     }
 }

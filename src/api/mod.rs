@@ -36,6 +36,8 @@ pub const PROFILE_LABEL: &str = "fargo.dev/profile";
 pub const PROFILED_NAMESPACE_LABEL: &str = "fargo.dev/profiled";
 /// Label on a function's Deployment, Service and pods.
 pub const FUNCTION_LABEL: &str = "fargo.dev/function";
+/// Label of a function's standby pod (`spec.scale.standby`) while it waits, naming the function.
+pub const STANDBY_LABEL: &str = "fargo.dev/standby-of";
 /// Annotation with the Fargate size a pod was given, in EKS's format (`"2vCPU 9GB"`).
 pub const CAPACITY_ANNOTATION: &str = "fargo.dev/capacity-provisioned";
 

@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, Preconditions};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -24,6 +24,7 @@ use tracing::{info, instrument};
 
 use super::build::{self, BuildError};
 use super::runtime_pod::{RuntimePodError, RuntimeSettings};
+use super::standby;
 use super::status::{self, Observed, ProfileCheck, reason};
 use crate::api::conditions::{HOSTS_ACCEPTED, PROFILE_FOUND, READY, SCHEDULES_VALID};
 use crate::api::profile::FargateProfile;
@@ -119,6 +120,8 @@ pub struct Context {
     pub activator_names: ActivatorNames,
     /// Images and endpoints the pods of handler functions are made with.
     pub runtimes: Arc<RuntimeSettings>,
+    /// The functions' standby pods (see [`super::standby`]).
+    pub standby_pods: Store<Pod>,
 }
 
 /// How long a function's reconcile waits for more changes to the function or its children.
@@ -460,6 +463,11 @@ impl ServerlessFunction {
             }
         };
 
+        if name_problem.is_none() && profile.admits_pods() {
+            self.keep_standby(ctx, &namespace, deployment.as_ref())
+                .await?;
+        }
+
         let instances = deployment.as_ref().map(Instances::of);
         let pod_problems = match (&deployment, instances) {
             (Some(deployment), Some(instances)) if instances.none_ready() => {
@@ -652,6 +660,78 @@ impl ServerlessFunction {
         let applied = api.patch(&name, &params, &Patch::Apply(&desired)).await?;
         ctx.applied.record(key, hash, &applied);
         Ok(applied)
+    }
+
+    /// Keeps one standby pod, made from the current ReplicaSet, while the function asks for
+    /// one and its Deployment is at zero, and removes any other (all of them once the function
+    /// no longer asks for one). Above zero, the standby pod is woken or on its way to be: left
+    /// alone.
+    async fn keep_standby(
+        &self,
+        ctx: &Context,
+        namespace: &str,
+        deployment: Option<&Deployment>,
+    ) -> Result<()> {
+        let name = self.name_any();
+        let existing = standby::of_function(&ctx.standby_pods, namespace, &name);
+        let wanted = self.spec.scale.standby;
+        if !wanted && existing.is_empty() {
+            return Ok(());
+        }
+        let current = match deployment {
+            Some(deployment) if wanted => {
+                if deployment.spec.as_ref().and_then(|s| s.replicas) != Some(0) {
+                    return Ok(());
+                }
+                // Until the Deployment controller has seen the latest template, its newest
+                // ReplicaSet may be of an older one: a later reconcile makes the pod.
+                let observed = deployment
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.observed_generation);
+                if observed.is_none() || observed != deployment.metadata.generation {
+                    return Ok(());
+                }
+                let sets = Api::<ReplicaSet>::namespaced(ctx.client.clone(), namespace)
+                    .list(&ListParams::default().labels(&format!("{FUNCTION_LABEL}={name}")))
+                    .await?;
+                let uid = deployment.metadata.uid.as_deref().unwrap_or_default();
+                standby::current_replica_set(&sets.items, uid).cloned()
+            }
+            _ => None,
+        };
+        let hash = current.as_ref().and_then(standby::template_hash);
+        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+        let mut kept = false;
+        for pod in existing {
+            if !kept && hash.is_some_and(|hash| standby::made_from(&pod, hash)) {
+                kept = true;
+                continue;
+            }
+            let params = DeleteParams {
+                preconditions: Some(Preconditions {
+                    uid: pod.metadata.uid.clone(),
+                    resource_version: None,
+                }),
+                ..DeleteParams::default()
+            };
+            match pods.delete(&pod.name_any(), &params).await {
+                Ok(_) => info!(pod = pod.name_any(), "standby pod removed"),
+                Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+        if kept {
+            return Ok(());
+        }
+        if let Some(pod) = current
+            .as_ref()
+            .and_then(|set| standby::pod(self, set, &ctx.runtimes.standby_image))
+        {
+            let created = pods.create(&PostParams::default(), &pod).await?;
+            info!(pod = created.name_any(), "standby pod created");
+        }
+        Ok(())
     }
 
     /// What keeps the function's pods from serving, when none is ready.

@@ -68,6 +68,9 @@ pub struct RuntimeSettings {
     pub s3_secret: String,
     /// Region in function ARNs and `AWS_REGION`.
     pub region: String,
+    /// What a standby pod runs until it is woken (`spec.scale.standby`): an image whose
+    /// entrypoint ignores its arguments, accepts connections on `$PORT` and exits on SIGTERM.
+    pub standby_image: String,
 }
 
 impl RuntimeSettings {
@@ -91,6 +94,7 @@ impl Default for RuntimeSettings {
             s3_endpoint: None,
             s3_secret: "fargo-s3".into(),
             region: "us-east-1".into(),
+            standby_image: "fargo.dev/standby:dev".into(),
         }
     }
 }

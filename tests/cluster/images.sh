@@ -3,10 +3,12 @@
 # into the local node's containerd (tests/cluster/node.sh), where pods use them with
 # `imagePullPolicy: Never` (or IfNotPresent).
 #
-#   tests/cluster/images.sh [all]     fargo.dev/fargo:dev and fargo.dev/echo:dev (runs cargo build),
+#   tests/cluster/images.sh [all]     fargo.dev/fargo:dev, fargo.dev/standby:dev and
+#                                     fargo.dev/echo:dev (runs cargo build),
 #                                     the runtimes, NATS and versitygw
 #   tests/cluster/images.sh fargo     fargo.dev/fargo:dev from target/release/fargo (and
-#                                     fargo-runtime-api, the sidecar of handler functions)
+#                                     fargo-runtime-api, the sidecar of handler functions), and
+#                                     fargo.dev/standby:dev (fargo-standby, of standby pods)
 #   tests/cluster/images.sh echo      fargo.dev/echo:dev from target/release/fargo-echo
 #   tests/cluster/images.sh runtimes  the runtimes of handler functions (runtimes.sh):
 #                                     fargo.dev/runtime-{python3.11,nodejs20.x,java17,provided}:dev,
@@ -347,18 +349,25 @@ cargo_binaries() {
 command -v ctr >/dev/null || [[ -n "${FARGO_IMAGES_NO_IMPORT:-}" ]] ||
   die "ctr is missing; install containerd (apt-get install -y containerd)"
 
+# standby_image: fargo.dev/standby:dev, what the standby pods of functions run until woken.
+standby_image() {
+  image fargo.dev/standby:dev "$root/target/release/fargo-standby" 65532
+}
+
 case "${1:-all}" in
   all)
-    cargo_binaries --bin fargo --bin fargo-runtime-api --bin fargo-echo
+    cargo_binaries --bin fargo --bin fargo-runtime-api --bin fargo-standby --bin fargo-echo
     fargo_image
+    standby_image
     image fargo.dev/echo:dev "$root/target/release/fargo-echo" 65532 8080
     runtimes
     nats_image
     versitygw_image
     ;;
   fargo)
-    cargo_binaries --bin fargo --bin fargo-runtime-api
+    cargo_binaries --bin fargo --bin fargo-runtime-api --bin fargo-standby
     fargo_image
+    standby_image
     ;;
   echo)
     cargo_binaries --bin fargo-echo

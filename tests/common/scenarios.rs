@@ -97,6 +97,7 @@ pub async fn reconcile_function(client: Client, inputs: &FunctionInputs) -> Stri
             "fargo.local",
         ),
         runtimes: Default::default(),
+        standby_pods: store_of::<k8s_openapi::api::core::v1::Pod>(&[]),
     };
     let guard = Arc::new(DeserializeGuard(Ok(inputs.function.clone())));
     outcome(fargo::function::reconciler::reconcile(guard, Arc::new(ctx)).await)
