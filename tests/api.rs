@@ -346,6 +346,24 @@ fn invalid_objects() -> Vec<(&'static str, &'static str, &'static str, &'static 
             "package applies to image functions",
         ),
         (
+            "standby with a command",
+            "function",
+            "image: x\ncommand: [/server]\nscale: {standby: true}",
+            "scale.standby applies to image functions that serve HTTP",
+        ),
+        (
+            "standby for handler code",
+            "function",
+            "runtime: python3.11\nhandler: app.handler\ncode: {inline: {app.py: ''}}\nscale: {standby: true}",
+            "scale.standby applies to image functions that serve HTTP",
+        ),
+        (
+            "standby for a Lambda image",
+            "function",
+            "image: x\npackage: Image\nscale: {standby: true}",
+            "scale.standby applies to image functions that serve HTTP",
+        ),
+        (
             "layers on an image",
             "function",
             "image: x\nlayers: [{inline: {a.py: ''}}]",

@@ -111,6 +111,109 @@ async fn a_function_at_zero_answers_its_first_request_through_the_activator() {
     .await;
 }
 
+/// The function's standby pods that are not being deleted and run their placeholder.
+async fn running_standby_pods(client: &Client, namespace: &str, name: &str) -> Vec<Pod> {
+    Api::<Pod>::namespaced(client.clone(), namespace)
+        .list(&ListParams::default().labels(&format!("fargo.dev/standby-of={name}")))
+        .await
+        .map(|list| list.items)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|pod| pod.metadata.deletion_timestamp.is_none())
+        .filter(|pod| {
+            pod.status
+                .as_ref()
+                .and_then(|status| status.container_statuses.as_ref())
+                .is_some_and(|containers| {
+                    containers.iter().any(|c| {
+                        c.state.as_ref().is_some_and(|state| state.running.is_some())
+                    })
+                })
+        })
+        .collect()
+}
+
+/// Waits for the function's one running standby pod, which is not `but`.
+async fn wait_standby(client: &Client, namespace: &str, name: &str, but: Option<&str>) -> Pod {
+    eventually(180, "a running standby pod", || async move {
+        let mut pods = running_standby_pods(client, namespace, name).await;
+        pods.retain(|pod| pod.metadata.uid.as_deref() != but);
+        (pods.len() == 1).then(|| pods.remove(0))
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_standby_pod_serves_the_first_request_and_another_waits_once_back_at_zero() {
+    let (client, activator) = setup().await;
+    with_temp_ns(&client, move |client, ns| async move {
+        apply_function(
+            &client,
+            &ns,
+            "ready",
+            json!({"image": "fargo.dev/echo:dev", "args": ["--ignored-by-the-placeholder"],
+                   "scale": {"standby": true, "idleTimeout": "2s"}}),
+        )
+        .await;
+        wait_at_zero(&client, &ns, "ready").await;
+        // A pod of the function waits, started, running the placeholder (never ready: it
+        // listens on no port); the function's Service does not select it, so the function is
+        // still at zero.
+        let standby = wait_standby(&client, &ns, "ready", None).await;
+        let spec = standby.spec.clone().unwrap_or_default();
+        assert_eq!(spec.containers[0].image.as_deref(), Some("fargo.dev/standby:dev"));
+        assert_eq!(spec.node_name.as_deref(), Some("fargo-node"));
+        assert!(live_pods(&client, &ns, "ready").await.is_empty());
+
+        let (status, body) = http_request("GET", &activator.function_url(&ns, "ready"), None)
+            .await
+            .expect("an answer from the activator");
+        assert_eq!(status, 200, "{body}");
+        // The standby pod answered: woken, it runs the function's image.
+        let echo: Value = serde_json::from_str(&body).expect("the echo's JSON");
+        assert_eq!(echo["hostname"], Value::from(standby.name_any()));
+
+        // It became the function's one pod: its ReplicaSet adopted it, and any pod of the
+        // ReplicaSet's own is gone.
+        let pods = Api::<Pod>::namespaced(client.clone(), &ns);
+        eventually(60, "the woken pod, the function's only one, adopted", || {
+            let (client, ns, pods, standby) = (&client, &ns, &pods, &standby);
+            async move {
+                let live = live_pods(client, ns, "ready").await;
+                let woken = pods.get(&standby.name_any()).await.ok()?;
+                let adopted = woken
+                    .owner_references()
+                    .iter()
+                    .any(|owner| owner.kind == "ReplicaSet" && owner.controller == Some(true));
+                (live.len() == 1 && live[0].metadata.uid == standby.metadata.uid && adopted)
+                    .then_some(woken)
+            }
+        })
+        .await;
+        let woken = pods.get(&standby.name_any()).await.expect("the woken pod");
+        let spec = woken.spec.clone().unwrap_or_default();
+        assert_eq!(spec.containers[0].image.as_deref(), Some("fargo.dev/echo:dev"));
+        assert!(!woken.labels().contains_key("fargo.dev/standby-of"));
+
+        // Back at zero, the woken pod goes with its ReplicaSet's scale, and a new standby pod
+        // waits in its place.
+        eventually(180, "ready back at zero replicas", || {
+            let (client, ns) = (&client, &ns);
+            async move { (function_replicas(client, ns, "ready").await? == 0).then_some(()) }
+        })
+        .await;
+        let next = wait_standby(&client, &ns, "ready", standby.metadata.uid.as_deref()).await;
+        assert_ne!(next.metadata.uid, standby.metadata.uid);
+        let (status, body) = http_request("GET", &activator.function_url(&ns, "ready"), None)
+            .await
+            .expect("an answer from the activator");
+        assert_eq!(status, 200, "{body}");
+        let echo: Value = serde_json::from_str(&body).expect("the echo's JSON");
+        assert_eq!(echo["hostname"], Value::from(next.name_any()));
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_function_scales_out_under_concurrent_load_and_never_beyond_scale_max() {
     let (client, activator) = setup().await;

@@ -2,25 +2,17 @@
 //! wakes it (`spec.scale.standby`). The pod's sandbox, its network and IP included, is then
 //! ready; waking it replaces only this container by the function's image.
 //!
-//! It accepts TCP connections on `$PORT` (the function's port, which fargo sets in every
-//! function pod) and closes them at once, so that the pod's TCP readiness probe passes without
-//! the function answering anything, and it exits at once on SIGTERM, so that the kubelet starts
-//! the function's container without waiting for a grace period. Arguments (the function's own,
-//! meant for its image) are ignored.
+//! It listens on no port: the pod's readiness probe fails (the kubelet reports that as
+//! `Unhealthy` events of the standby pod), so that the pod is never ready, and no request
+//! reaches it, before the function's own container answers. It exits at once on SIGTERM, so
+//! that the kubelet starts the function's container without waiting for a grace period.
+//! Arguments (the function's own, meant for its image) are ignored.
 
 use std::process::ExitCode;
 
-use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
-/// The port when `$PORT` is unset or not a port.
-const DEFAULT_PORT: u16 = 8080;
-
 fn main() -> ExitCode {
-    let port = std::env::var("PORT")
-        .ok()
-        .and_then(|port| port.parse::<u16>().ok())
-        .unwrap_or(DEFAULT_PORT);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -31,25 +23,22 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(stand_by(port)) {
+    match runtime.block_on(stand_by()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("fargo-standby: {error}");
+            eprintln!("fargo-standby: installing signal handlers: {error}");
             ExitCode::FAILURE
         }
     }
 }
 
-/// Accepts and drops connections on `port` until SIGTERM or SIGINT.
-async fn stand_by(port: u16) -> std::io::Result<()> {
+/// Waits for SIGTERM or SIGINT.
+async fn stand_by() -> std::io::Result<()> {
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
-    let listener = TcpListener::bind(("0.0.0.0", port)).await?;
-    loop {
-        tokio::select! {
-            _ = terminate.recv() => return Ok(()),
-            _ = interrupt.recv() => return Ok(()),
-            accepted = listener.accept() => drop(accepted),
-        }
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
     }
+    Ok(())
 }

@@ -69,7 +69,7 @@ pub struct RuntimeSettings {
     /// Region in function ARNs and `AWS_REGION`.
     pub region: String,
     /// What a standby pod runs until it is woken (`spec.scale.standby`): an image whose
-    /// entrypoint ignores its arguments, accepts connections on `$PORT` and exits on SIGTERM.
+    /// entrypoint ignores its arguments, listens on no port and exits on SIGTERM.
     pub standby_image: String,
 }
 
