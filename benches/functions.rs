@@ -792,15 +792,17 @@ fn part(part: &str) -> bool {
         .map_or(true, |parts| parts.split(',').any(|p| p.trim() == part))
 }
 
-/// The echo image's cold starts through fargo and, when `make bench-peers` has put it on the
-/// cluster, through Knative, the two taking turns; their timelines side by side.
+/// The echo image's cold starts through fargo, through fargo with a standby pod
+/// (`scale.standby`) and, when `make bench-peers` has put it on the cluster, through Knative,
+/// taking turns; their timelines side by side.
 async fn echo_cold_starts(
     client: &Client,
     activator: &common::activator::ActivatorAddrs,
     namespace: &str,
 ) {
     let knative = KnativeCold::prepare(client, namespace).await;
-    let mut knative_runs = vec![];
+    let standby = StandbyCold::prepare(client, activator, namespace).await;
+    let (mut knative_runs, mut standby_runs) = (vec![], vec![]);
     let fargo = cold_start(
         client,
         activator,
@@ -813,24 +815,148 @@ async fn echo_cold_starts(
         (8080, "/healthz"),
         COLD_RUNS,
         async |run| {
+            standby_runs.push(standby.run(client, run).await);
             if let Some(knative) = &knative {
                 knative_runs.push(knative.run(client, run).await);
             }
         },
     )
     .await;
+    let p50 = |runs: &[cold_start::Run]| cold_start::median(runs, cold_start::RESPONSE);
+    let ratio = |what: &str, runs: &[cold_start::Run], baseline: &[cold_start::Run]| {
+        println!(
+            "{:<LABEL_WIDTH$} {:.2}×",
+            what,
+            p50(runs).as_secs_f64() / p50(baseline).as_secs_f64()
+        );
+    };
+    support::report(
+        "cold start with a standby pod: request → response",
+        LABEL_WIDTH,
+        standby_runs
+            .iter()
+            .map(|run| run[cold_start::RESPONSE].unwrap_or_default())
+            .collect(),
+    );
     let Some(knative) = knative else {
-        cold_start::print_side_by_side(&[("fargo", &fargo)]);
+        cold_start::print_side_by_side(&[("fargo", &fargo), ("fargo standby", &standby_runs)]);
+        ratio(
+            "cold start p50, fargo standby ÷ fargo",
+            &standby_runs,
+            &fargo,
+        );
         return;
     };
     knative.remove().await;
-    cold_start::print_side_by_side(&[("fargo", &fargo), ("Knative", &knative_runs)]);
-    let p50 = |runs: &[cold_start::Run]| cold_start::median(runs, cold_start::RESPONSE);
-    println!(
-        "{:<LABEL_WIDTH$} {:.2}×",
-        "cold start p50, fargo ÷ Knative",
-        p50(&fargo).as_secs_f64() / p50(&knative_runs).as_secs_f64()
+    cold_start::print_side_by_side(&[
+        ("fargo", &fargo),
+        ("fargo standby", &standby_runs),
+        ("Knative", &knative_runs),
+    ]);
+    ratio("cold start p50, fargo ÷ Knative", &fargo, &knative_runs);
+    ratio(
+        "cold start p50, fargo standby ÷ Knative",
+        &standby_runs,
+        &knative_runs,
     );
+    ratio(
+        "cold start p50, fargo standby ÷ fargo",
+        &standby_runs,
+        &fargo,
+    );
+}
+
+/// A function of the echo image with a standby pod (`scale.standby`), cold-started in turn
+/// with the others: each run scales it to zero and waits for its standby pod to run.
+struct StandbyCold {
+    url: hyper::Uri,
+    namespace: String,
+}
+
+impl StandbyCold {
+    const FUNCTION: &'static str = "cold-standby";
+
+    async fn prepare(
+        client: &Client,
+        activator: &common::activator::ActivatorAddrs,
+        namespace: &str,
+    ) -> Self {
+        common::functions::apply_function(
+            client,
+            namespace,
+            Self::FUNCTION,
+            json!({"image": "fargo.dev/echo:dev", "timeout": "30s",
+                   "scale": {"idleTimeout": "1s", "standby": true}}),
+        )
+        .await;
+        common::functions::wait_function_condition(
+            client,
+            namespace,
+            Self::FUNCTION,
+            ("Ready", "True", "ScaledToZero"),
+            60,
+        )
+        .await;
+        let standby = Self {
+            url: activator
+                .function_url(namespace, Self::FUNCTION)
+                .parse()
+                .expect("a URL"),
+            namespace: namespace.to_string(),
+        };
+        standby.back_at_zero(client).await;
+        standby
+    }
+
+    /// One cold start; then, so that the next run of any system does not share the machine
+    /// with the making of a new standby pod, back to zero with a new standby pod running.
+    async fn run(&self, client: &Client, run: usize) -> cold_start::Run {
+        let selector = format!("fargo.dev/function={}", Self::FUNCTION);
+        let workload = cold_start::Workload {
+            namespace: &self.namespace,
+            selector: &selector,
+            probe: (8080, "/healthz"),
+        };
+        let http = keepalive_client();
+        let timeline = cold_start::capture(client, &workload, get(&http, &self.url)).await;
+        print!("  standby ");
+        print_run(run, &timeline);
+        self.back_at_zero(client).await;
+        timeline
+    }
+
+    /// Scales the function to zero and waits for its standby pod to run.
+    async fn back_at_zero(&self, client: &Client) {
+        let namespace = &self.namespace;
+        scale_to_zero(client, namespace, Self::FUNCTION).await;
+        let pods = Api::<Pod>::namespaced(client.clone(), namespace);
+        let standby = format!("fargo.dev/standby-of={}", Self::FUNCTION);
+        common::wait::eventually(120, "a running standby pod", || async {
+            let listed = pods
+                .list(&ListParams::default().labels(&standby))
+                .await
+                .ok()?;
+            listed
+                .items
+                .iter()
+                .any(|pod| {
+                    pod.metadata.deletion_timestamp.is_none()
+                        && pod
+                            .status
+                            .as_ref()
+                            .and_then(|status| status.container_statuses.as_ref())
+                            .is_some_and(|containers| {
+                                containers.iter().any(|c| {
+                                    c.state
+                                        .as_ref()
+                                        .is_some_and(|state| state.running.is_some())
+                                })
+                            })
+                })
+                .then_some(())
+        })
+        .await;
+    }
 }
 
 /// A Knative Service of the echo image whose revision is cold-started through Knative's

@@ -126,7 +126,9 @@ async fn running_standby_pods(client: &Client, namespace: &str, name: &str) -> V
                 .and_then(|status| status.container_statuses.as_ref())
                 .is_some_and(|containers| {
                     containers.iter().any(|c| {
-                        c.state.as_ref().is_some_and(|state| state.running.is_some())
+                        c.state
+                            .as_ref()
+                            .is_some_and(|state| state.running.is_some())
                     })
                 })
         })
@@ -161,7 +163,10 @@ async fn a_standby_pod_serves_the_first_request_and_another_waits_once_back_at_z
         // still at zero.
         let standby = wait_standby(&client, &ns, "ready", None).await;
         let spec = standby.spec.clone().unwrap_or_default();
-        assert_eq!(spec.containers[0].image.as_deref(), Some("fargo.dev/standby:dev"));
+        assert_eq!(
+            spec.containers[0].image.as_deref(),
+            Some("fargo.dev/standby:dev")
+        );
         assert_eq!(spec.node_name.as_deref(), Some("fargo-node"));
         assert!(live_pods(&client, &ns, "ready").await.is_empty());
 
@@ -176,23 +181,30 @@ async fn a_standby_pod_serves_the_first_request_and_another_waits_once_back_at_z
         // It became the function's one pod: its ReplicaSet adopted it, and any pod of the
         // ReplicaSet's own is gone.
         let pods = Api::<Pod>::namespaced(client.clone(), &ns);
-        eventually(60, "the woken pod, the function's only one, adopted", || {
-            let (client, ns, pods, standby) = (&client, &ns, &pods, &standby);
-            async move {
-                let live = live_pods(client, ns, "ready").await;
-                let woken = pods.get(&standby.name_any()).await.ok()?;
-                let adopted = woken
-                    .owner_references()
-                    .iter()
-                    .any(|owner| owner.kind == "ReplicaSet" && owner.controller == Some(true));
-                (live.len() == 1 && live[0].metadata.uid == standby.metadata.uid && adopted)
-                    .then_some(woken)
-            }
-        })
+        eventually(
+            60,
+            "the woken pod, the function's only one, adopted",
+            || {
+                let (client, ns, pods, standby) = (&client, &ns, &pods, &standby);
+                async move {
+                    let live = live_pods(client, ns, "ready").await;
+                    let woken = pods.get(&standby.name_any()).await.ok()?;
+                    let adopted = woken
+                        .owner_references()
+                        .iter()
+                        .any(|owner| owner.kind == "ReplicaSet" && owner.controller == Some(true));
+                    (live.len() == 1 && live[0].metadata.uid == standby.metadata.uid && adopted)
+                        .then_some(woken)
+                }
+            },
+        )
         .await;
         let woken = pods.get(&standby.name_any()).await.expect("the woken pod");
         let spec = woken.spec.clone().unwrap_or_default();
-        assert_eq!(spec.containers[0].image.as_deref(), Some("fargo.dev/echo:dev"));
+        assert_eq!(
+            spec.containers[0].image.as_deref(),
+            Some("fargo.dev/echo:dev")
+        );
         assert!(!woken.labels().contains_key("fargo.dev/standby-of"));
 
         // Back at zero, the woken pod goes with its ReplicaSet's scale, and a new standby pod
