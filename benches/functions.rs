@@ -921,6 +921,9 @@ impl StandbyCold {
         let timeline = cold_start::capture(client, &workload, get(&http, &self.url)).await;
         print!("  standby ");
         print_run(run, &timeline);
+        // Idle for longer than idleTimeout first, so that the autoscaler agrees with the scale
+        // to zero rather than scale the function up again (which wakes the next standby pod).
+        tokio::time::sleep(Duration::from_millis(1500)).await;
         self.back_at_zero(client).await;
         timeline
     }

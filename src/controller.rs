@@ -265,7 +265,7 @@ fn start_loops(
     let (services, service_watch) = caches::function_services(client.clone(), shutdown.clone());
     let (profiles, profile_watch) = caches::profiles(client.clone(), shutdown.clone());
     metrics.usage.set_functions(functions.clone());
-    metrics.usage.set_profiles(profiles);
+    metrics.usage.set_profiles(profiles.clone());
     let meter_client = client.clone();
 
     vec![
@@ -276,6 +276,7 @@ fn start_loops(
                 client: client.clone(),
                 functions: functions.clone(),
                 standby_pods: standby_pods.clone(),
+                profiles: profiles.clone(),
             }
             .run(leaving_zero_seen),
         ),
@@ -305,6 +306,7 @@ fn start_loops(
                 activator_names: config.activator_names.clone(),
                 runtimes: Arc::new(config.runtimes.clone()),
                 standby_pods,
+                profiles,
             },
             shutdown.clone(),
         )),

@@ -122,6 +122,8 @@ pub struct Context {
     pub runtimes: Arc<RuntimeSettings>,
     /// The functions' standby pods (see [`super::standby`]).
     pub standby_pods: Store<Pod>,
+    /// The profiles, which must take a standby pod as they take the function's pods.
+    pub profiles: Store<FargateProfile>,
 }
 
 /// How long a function's reconcile waits for more changes to the function or its children.
@@ -673,7 +675,7 @@ impl ServerlessFunction {
         deployment: Option<&Deployment>,
     ) -> Result<()> {
         let name = self.name_any();
-        let existing = standby::of_function(&ctx.standby_pods, namespace, &name);
+        let existing = standby::of_function(&ctx.standby_pods, self);
         let wanted = self.spec.scale.standby;
         if !wanted && existing.is_empty() {
             return Ok(());
@@ -724,13 +726,22 @@ impl ServerlessFunction {
         if kept {
             return Ok(());
         }
-        if let Some(pod) = current
+        let Some(pod) = current
             .as_ref()
             .and_then(|set| standby::pod(self, set, &ctx.runtimes.standby_image))
-        {
-            let created = pods.create(&PostParams::default(), &pod).await?;
-            info!(pod = created.name_any(), "standby pod created");
+        else {
+            return Ok(());
+        };
+        let woken = standby::woken_labels(&pod, &name).unwrap_or_default();
+        if !standby::profiles_agree(namespace, pod.labels(), &woken, &ctx.profiles.state()) {
+            info!(
+                "no standby pod: a profile selects the function's pods by their \
+                 fargo.dev/function or pod-template-hash label, which a standby pod lacks"
+            );
+            return Ok(());
         }
+        let created = pods.create(&PostParams::default(), &pod).await?;
+        info!(pod = created.name_any(), "standby pod created");
         Ok(())
     }
 

@@ -11,11 +11,13 @@
 //!
 //! - [`pod`]: the standby pod of a function from its ReplicaSet (pure);
 //! - [`wake_patch`]: the JSON patch that wakes it (pure);
+//! - [`profiles_agree`] and [`may_wake`]: a standby pod is made, and woken, only when the
+//!   profiles take it as they take the function's pods (pure);
 //! - [`leaving_zero`] and [`Waker`]: a function's Deployment asking for replicas with none yet,
 //!   seen by the Deployment cache, wakes its standby pod at once, without waiting for the
 //!   reconciler (which keeps one standby pod per function at zero).
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
@@ -29,8 +31,11 @@ use kube::{Client, Resource, ResourceExt};
 use tokio::sync::mpsc;
 
 use super::build::CONTAINER_NAME;
-use crate::api::{FUNCTION_LABEL, STANDBY_LABEL, ServerlessFunction};
+use crate::api::{
+    FUNCTION_LABEL, FargateProfile, PROFILE_LABEL, STANDBY_LABEL, ServerlessFunction,
+};
 use crate::caches::{CachedDeployment, FunctionStore, live};
+use crate::profile::matching::match_pod;
 
 /// The label the Deployment controller gives a ReplicaSet and its pods: a hash of the pod
 /// template, part of the ReplicaSet's selector.
@@ -153,13 +158,69 @@ pub fn wake_patch(pod: &Pod, function: &str) -> Option<json_patch::Patch> {
     serde_json::from_value(patch).ok()
 }
 
-/// The standby pods of the function `name` in `namespace` that `pods` holds, not being deleted.
-pub fn of_function(pods: &Store<Pod>, namespace: &str, name: &str) -> Vec<Arc<Pod>> {
+/// The labels `standby`, a standby pod of `function`, has once woken (see [`wake_patch`]).
+pub fn woken_labels(standby: &Pod, function: &str) -> Option<BTreeMap<String, String>> {
+    let mut labels = standby.labels().clone();
+    if labels.remove(STANDBY_LABEL)? != function {
+        return None;
+    }
+    let hash = standby.annotations().get(TEMPLATE_HASH_ANNOTATION)?;
+    labels.insert(FUNCTION_LABEL.to_string(), function.to_string());
+    labels.insert(POD_TEMPLATE_HASH_LABEL.to_string(), hash.clone());
+    Some(labels)
+}
+
+/// The profile `profiles` give a pod with `labels` created in `namespace` (`Ok(None)`: none),
+/// or `Err` when the webhook would refuse it.
+fn profile_of(
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+    profiles: &[Arc<FargateProfile>],
+) -> Result<Option<String>, ()> {
+    match_pod(namespace, labels, profiles)
+        .map(|matched| matched.profile().map(ResourceExt::name_any))
+        .map_err(|_| ())
+}
+
+/// Whether a standby pod with `standby` labels, created in `namespace`, is taken by the same
+/// profile (or none) as a pod with the labels it would have once woken: a profile is chosen
+/// when a pod is created, so a standby pod must not become a pod that a profile would have
+/// taken otherwise.
+pub fn profiles_agree(
+    namespace: &str,
+    standby: &BTreeMap<String, String>,
+    woken: &BTreeMap<String, String>,
+    profiles: &[Arc<FargateProfile>],
+) -> bool {
+    let standby = profile_of(namespace, standby, profiles);
+    standby.is_ok() && standby == profile_of(namespace, woken, profiles)
+}
+
+/// Whether the admitted standby pod `standby` may be woken as a pod of `function` under
+/// `profiles` as they are now: the profile it was given when created (the label the webhook
+/// keeps on every Fargate pod) is the one a pod with its woken labels would get.
+pub fn may_wake(standby: &Pod, function: &str, profiles: &[Arc<FargateProfile>]) -> bool {
+    let (Some(namespace), Some(woken)) = (standby.namespace(), woken_labels(standby, function))
+    else {
+        return false;
+    };
+    let given = standby.labels().get(PROFILE_LABEL).cloned();
+    profile_of(&namespace, &woken, profiles) == Ok(given)
+}
+
+/// The standby pods of `function` that `pods` holds: in its namespace, labelled with its name,
+/// owned by it (by uid), not being deleted.
+pub fn of_function(pods: &Store<Pod>, function: &ServerlessFunction) -> Vec<Arc<Pod>> {
+    let (namespace, name, uid) = (function.namespace(), function.name_any(), function.uid());
     pods.state()
         .into_iter()
         .filter(|pod| {
-            pod.namespace().as_deref() == Some(namespace)
-                && pod.labels().get(STANDBY_LABEL).map(String::as_str) == Some(name)
+            pod.namespace() == namespace
+                && pod.labels().get(STANDBY_LABEL) == Some(&name)
+                && pod
+                    .owner_references()
+                    .iter()
+                    .any(|owner| Some(&owner.uid) == uid.as_ref())
                 && pod.metadata.deletion_timestamp.is_none()
         })
         .collect()
@@ -192,6 +253,7 @@ pub struct Waker {
     pub client: Client,
     pub functions: FunctionStore,
     pub standby_pods: Store<Pod>,
+    pub profiles: Store<FargateProfile>,
 }
 
 impl Waker {
@@ -213,16 +275,16 @@ impl Waker {
 
     async fn wake(&self, namespace: &str, name: &str) {
         let started = Instant::now();
-        let function = self.functions.get(&ObjectRef::new(name).within(namespace));
-        if !function
+        let guard = self.functions.get(&ObjectRef::new(name).within(namespace));
+        let Some(function) = guard
             .as_deref()
             .and_then(live)
-            .is_some_and(|function| function.spec.scale.standby)
-        {
+            .filter(|function| function.spec.scale.standby)
+        else {
             return;
-        }
+        };
         // A running pod with its IP first: it wakes fastest.
-        let mut standby = of_function(&self.standby_pods, namespace, name);
+        let mut standby = of_function(&self.standby_pods, function);
         standby.sort_by_key(|pod| {
             pod.status
                 .as_ref()
@@ -230,11 +292,23 @@ impl Waker {
                 .is_none()
         });
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let profiles = self.profiles.state();
         for pod in standby {
             let Some(patch) = wake_patch(&pod, name) else {
                 continue;
             };
             let pod_name = pod.name_any();
+            if !may_wake(&pod, name, &profiles) {
+                // The reconciler replaces it at zero; the ReplicaSet's own pod serves now.
+                tracing::info!(
+                    namespace,
+                    function = name,
+                    pod = pod_name,
+                    "standby pod not woken: the profiles would now take the function's pods \
+                     otherwise than when it was made"
+                );
+                continue;
+            }
             match pods
                 .patch(
                     &pod_name,

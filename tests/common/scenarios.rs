@@ -98,6 +98,7 @@ pub async fn reconcile_function(client: Client, inputs: &FunctionInputs) -> Stri
         ),
         runtimes: Default::default(),
         standby_pods: store_of::<k8s_openapi::api::core::v1::Pod>(&[]),
+        profiles: store_of::<fargo::api::FargateProfile>(&[]),
     };
     let guard = Arc::new(DeserializeGuard(Ok(inputs.function.clone())));
     outcome(fargo::function::reconciler::reconcile(guard, Arc::new(ctx)).await)

@@ -1,5 +1,6 @@
 use k8s_openapi::api::apps::v1::{DeploymentStatus, ReplicaSet, ReplicaSetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
 
@@ -225,4 +226,88 @@ fn the_wake_patch_is_json_patch_text_the_api_server_takes() {
         ]
     );
     assert_eq!(patch[0]["op"], Value::from("test"));
+}
+
+fn profiles(yaml: &str) -> Vec<Arc<FargateProfile>> {
+    serde_yaml::Deserializer::from_str(yaml)
+        .map(|document| Arc::new(FargateProfile::deserialize(document).expect("a test profile")))
+        .collect()
+}
+
+/// One profile taking team-a's pods labelled tier=web, and one taking hello's pods by the
+/// function label.
+const PROFILES: &str = r#"
+apiVersion: fargo.dev/v1alpha1
+kind: FargateProfile
+metadata: {name: web}
+spec:
+  selectors:
+    - namespace: team-a
+      labels: {tier: web}
+---
+apiVersion: fargo.dev/v1alpha1
+kind: FargateProfile
+metadata: {name: by-function}
+spec:
+  selectors:
+    - namespace: team-a
+      labels: {fargo.dev/function: hello}
+"#;
+
+#[test]
+fn a_standby_pod_is_made_only_when_the_profiles_take_it_as_the_functions_pods() {
+    let set = replica_set(1, "abc", DEPLOYMENT_UID);
+    let standby = pod(&function(), &set, "fargo.dev/standby:dev").unwrap();
+    let woken = woken_labels(&standby, "hello").expect("woken labels");
+    assert_eq!(
+        Some(&woken),
+        set.spec
+            .as_ref()
+            .unwrap()
+            .template
+            .as_ref()
+            .unwrap()
+            .metadata
+            .as_ref()
+            .unwrap()
+            .labels
+            .as_ref()
+    );
+    // No profile, or one selecting neither: both alike.
+    assert!(profiles_agree("team-a", standby.labels(), &woken, &[]));
+    let web = profiles(PROFILES).into_iter().take(1).collect::<Vec<_>>();
+    assert!(profiles_agree("team-a", standby.labels(), &woken, &web));
+    // A profile that selects the function's pods by their function label would not take the
+    // standby pod: it would wake as a pod that escaped its profile.
+    assert!(!profiles_agree(
+        "team-a",
+        standby.labels(),
+        &woken,
+        &profiles(PROFILES)
+    ));
+    assert!(profiles_agree(
+        "team-b",
+        standby.labels(),
+        &woken,
+        &profiles(PROFILES)
+    ));
+}
+
+#[test]
+fn a_standby_pod_wakes_only_under_the_profile_it_was_admitted_with() {
+    let set = replica_set(1, "abc", DEPLOYMENT_UID);
+    let mut standby = pod(&function(), &set, "fargo.dev/standby:dev").unwrap();
+    // Admitted with no profile, no profile taking its woken form: it may wake.
+    assert!(may_wake(&standby, "hello", &[]));
+    // A profile taking the function's pods appeared since: the woken pod would escape it.
+    assert!(!may_wake(&standby, "hello", &profiles(PROFILES)));
+    // Admitted as a Fargate pod of `web`, and `web` still takes it: it may wake, not under
+    // another profile or none.
+    let labels = standby.metadata.labels.as_mut().unwrap();
+    labels.insert("tier".into(), "web".into());
+    labels.insert(PROFILE_LABEL.into(), "web".into());
+    let web = profiles(PROFILES).into_iter().take(1).collect::<Vec<_>>();
+    assert!(may_wake(&standby, "hello", &web));
+    assert!(!may_wake(&standby, "hello", &[]));
+    assert!(!may_wake(&standby, "other", &web));
 }
