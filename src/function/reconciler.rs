@@ -465,9 +465,15 @@ impl ServerlessFunction {
             }
         };
 
-        if name_problem.is_none() && profile.admits_pods() {
-            self.keep_standby(ctx, &namespace, deployment.as_ref())
-                .await?;
+        // A standby pod only speeds up a cold start: failing to keep one (a quota, a webhook
+        // refusing the pod) must not hold back the function's status.
+        if name_problem.is_none()
+            && profile.admits_pods()
+            && let Err(error) = self
+                .keep_standby(ctx, &namespace, deployment.as_ref())
+                .await
+        {
+            tracing::warn!(error = %crate::telemetry::error_chain(&error), "keeping a standby pod");
         }
 
         let instances = deployment.as_ref().map(Instances::of);
