@@ -932,31 +932,10 @@ impl StandbyCold {
     async fn back_at_zero(&self, client: &Client) {
         let namespace = &self.namespace;
         scale_to_zero(client, namespace, Self::FUNCTION).await;
-        let pods = Api::<Pod>::namespaced(client.clone(), namespace);
-        let standby = format!("fargo.dev/standby-of={}", Self::FUNCTION);
         common::wait::eventually(120, "a running standby pod", || async {
-            let listed = pods
-                .list(&ListParams::default().labels(&standby))
-                .await
-                .ok()?;
-            listed
-                .items
-                .iter()
-                .any(|pod| {
-                    pod.metadata.deletion_timestamp.is_none()
-                        && pod
-                            .status
-                            .as_ref()
-                            .and_then(|status| status.container_statuses.as_ref())
-                            .is_some_and(|containers| {
-                                containers.iter().any(|c| {
-                                    c.state
-                                        .as_ref()
-                                        .is_some_and(|state| state.running.is_some())
-                                })
-                            })
-                })
-                .then_some(())
+            let running =
+                common::functions::running_standby_pods(client, namespace, Self::FUNCTION);
+            (!running.await.is_empty()).then_some(())
         })
         .await;
     }

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use common::activator::ActivatorAddrs;
 use common::functions::{
-    apply_function, function_replicas, shared_function_stack, wait_function_condition,
+    apply_function, function_replicas, running_standby_pods, shared_function_stack,
+    wait_function_condition,
 };
 use common::http::http_request;
 use common::namespaces::with_temp_ns;
@@ -109,30 +110,6 @@ async fn a_function_at_zero_answers_its_first_request_through_the_activator() {
         assert!(ip.starts_with("10.244.0."), "pod IP {ip}");
     })
     .await;
-}
-
-/// The function's standby pods that are not being deleted and run their placeholder.
-async fn running_standby_pods(client: &Client, namespace: &str, name: &str) -> Vec<Pod> {
-    Api::<Pod>::namespaced(client.clone(), namespace)
-        .list(&ListParams::default().labels(&format!("fargo.dev/standby-of={name}")))
-        .await
-        .map(|list| list.items)
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|pod| pod.metadata.deletion_timestamp.is_none())
-        .filter(|pod| {
-            pod.status
-                .as_ref()
-                .and_then(|status| status.container_statuses.as_ref())
-                .is_some_and(|containers| {
-                    containers.iter().any(|c| {
-                        c.state
-                            .as_ref()
-                            .is_some_and(|state| state.running.is_some())
-                    })
-                })
-        })
-        .collect()
 }
 
 /// Waits for the function's one running standby pod, which is not `but`.

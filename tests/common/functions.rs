@@ -142,6 +142,35 @@ pub async fn wait_function_condition(
     .await
 }
 
+/// The function's standby pods (`scale.standby`) that are not being deleted and run their
+/// placeholder.
+pub async fn running_standby_pods(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> Vec<k8s_openapi::api::core::v1::Pod> {
+    Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), namespace)
+        .list(&kube::api::ListParams::default().labels(&format!("fargo.dev/standby-of={name}")))
+        .await
+        .map(|list| list.items)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|pod| pod.metadata.deletion_timestamp.is_none())
+        .filter(|pod| {
+            pod.status
+                .as_ref()
+                .and_then(|status| status.container_statuses.as_ref())
+                .is_some_and(|containers| {
+                    containers.iter().any(|c| {
+                        c.state
+                            .as_ref()
+                            .is_some_and(|state| state.running.is_some())
+                    })
+                })
+        })
+        .collect()
+}
+
 /// `spec.replicas` of the function's Deployment; `None` while there is none.
 pub async fn function_replicas(client: &Client, namespace: &str, name: &str) -> Option<i32> {
     Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), namespace)
