@@ -911,6 +911,9 @@ impl StandbyCold {
     /// One cold start; then, so that the next run of any system does not share the machine
     /// with the making of a new standby pod, back to zero with a new standby pod running.
     async fn run(&self, client: &Client, run: usize) -> cold_start::Run {
+        // The run before (fargo's own) ends with its response, while the node still settles
+        // its new pod: start once it has, as the other systems' runs do.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
         let selector = format!("fargo.dev/function={}", Self::FUNCTION);
         let workload = cold_start::Workload {
             namespace: &self.namespace,
