@@ -187,25 +187,29 @@ create_cluster() {
 # --- fargo ----------------------------------------------------------------------------------
 load_images() {
   local release_dir="$root/target/release" base_dir base
-  log "cargo build --release (fargo, fargo-runtime-api, fargo-echo)"
-  (cd "$root" && cargo build --release --locked --bin fargo --bin fargo-runtime-api --bin fargo-echo)
+  log "cargo build --release (fargo, fargo-runtime-api, fargo-standby, fargo-echo)"
+  (cd "$root" && cargo build --release --locked --bin fargo --bin fargo-runtime-api \
+    --bin fargo-standby --bin fargo-echo)
   # The base the Dockerfile's RUNTIME_IMAGE names: what distroless/cc holds (glibc, libgcc),
   # taken from this machine, as tests/cluster/images.sh does for the local cluster.
   base_dir="$(mktemp -d)"
   "$root/tests/cluster/images.sh" runtime-base "$base_dir" \
-    "$release_dir/fargo" "$release_dir/fargo-runtime-api" "$release_dir/fargo-echo"
+    "$release_dir/fargo" "$release_dir/fargo-runtime-api" "$release_dir/fargo-standby" \
+    "$release_dir/fargo-echo"
   base="fargo.dev/runtime-base:$(cd "$base_dir" && find . -type f -print0 | sort -z |
     xargs -0 sha256sum | sha256sum | cut -c1-12)"
   tar -C "$base_dir" -c . | docker import - "$base" >/dev/null
   rm -rf "$base_dir"
-  log "docker build: fargo.dev/fargo:dev and fargo.dev/echo:dev (the Dockerfile's prebuilt targets)"
+  log "docker build: fargo.dev/fargo:dev, fargo.dev/standby:dev and fargo.dev/echo:dev (the" \
+    "Dockerfile's prebuilt targets)"
   local target
-  for target in fargo echo; do
+  for target in fargo standby echo; do
     DOCKER_BUILDKIT=0 docker build -q --build-arg "RUNTIME_IMAGE=$base" \
       --target "$target-prebuilt" -t "fargo.dev/$target:dev" "$root" >/dev/null 2>"$state/logs/docker-build-$target.log" ||
       { cat "$state/logs/docker-build-$target.log" >&2; die "docker build --target $target-prebuilt failed"; }
   done
-  "$kind" load docker-image --name "$cluster" fargo.dev/fargo:dev fargo.dev/echo:dev >&2
+  "$kind" load docker-image --name "$cluster" fargo.dev/fargo:dev fargo.dev/standby:dev \
+    fargo.dev/echo:dev >&2
   # The chart's NATS, an image tests/cluster/images.sh writes as an OCI archive.
   FARGO_IMAGES_NO_IMPORT=1 "$root/tests/cluster/images.sh" nats
   "$kind" load image-archive --name "$cluster" "$root/target/images/nats.tar" >&2
