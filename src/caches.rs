@@ -136,12 +136,15 @@ pub fn trim_deployment(deployment: &mut CachedDeployment) {
         }]
     });
     deployment.metadata.annotations = None;
-    if let Some(conditions) = deployment
-        .status
-        .as_mut()
-        .and_then(|status| status.conditions.as_mut())
-    {
-        conditions.retain(|c| c.type_ == "ReplicaFailure" && c.status == "True");
+    if let Some(status) = deployment.status.as_mut() {
+        // Taken out and rebuilt: `retain` would keep the buffer of every condition.
+        status.conditions = status.conditions.take().and_then(|conditions| {
+            let failing: Vec<_> = conditions
+                .into_iter()
+                .filter(|c| c.type_ == "ReplicaFailure" && c.status == "True")
+                .collect();
+            (!failing.is_empty()).then_some(failing)
+        });
     }
 }
 
@@ -408,6 +411,18 @@ mod tests {
             std::mem::size_of::<CachedDeployment>(),
             std::mem::size_of::<Deployment>()
         );
+    }
+
+    #[test]
+    fn a_deployment_without_a_replica_failure_keeps_no_conditions() {
+        let mut watched = watched();
+        watched["status"]["conditions"]
+            .as_array_mut()
+            .unwrap()
+            .pop();
+        let cached =
+            CachedDeployment::from(&serde_json::from_value::<Deployment>(watched).unwrap());
+        assert_eq!(cached.status.unwrap().conditions, None);
     }
 
     #[test]

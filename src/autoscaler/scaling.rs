@@ -163,7 +163,9 @@ impl FunctionScaler {
             && concurrency == 0.0;
         if idle {
             desired = 0;
-            self.samples.clear();
+            // Freed, not cleared: most functions sit idle, and a full window's buffer is
+            // 1.5 KB each.
+            self.samples = VecDeque::new();
             self.panic_since = None;
             self.max_panic_replicas = 0;
         } else if desired == 0 && observed.current > 0 {
@@ -339,6 +341,19 @@ mod tests {
         assert_eq!(run.current, 1, "idle for less than idleTimeout: keep one");
         run.idle_for = Duration::from_secs(61);
         assert_eq!(run.tick(0.0).desired, 0);
+    }
+
+    #[test]
+    fn an_idle_function_keeps_no_samples_between_ticks() {
+        let mut run = Run::new(policy(0, None, 10.0), 0);
+        run.run(120, 0.0);
+        assert!(run.scaler.samples.capacity() >= 60, "a full window before idleness");
+        run.idle_for = Duration::from_secs(61);
+        run.run(5, 0.0);
+        assert_eq!(run.scaler.samples.capacity(), 0);
+        // Load again: the window fills from the first sample on.
+        run.idle_for = Duration::ZERO;
+        assert_eq!(run.tick(25.0).desired, 3);
     }
 
     #[test]
