@@ -39,7 +39,7 @@ use fargo::api::function::ServerlessFunction;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Service};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::{reflector, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -134,15 +134,26 @@ async fn apply_raw(client: &Client, namespace: &str, count: usize) -> Duration {
 /// all observed, counted from `started`.
 async fn settle(client: &Client, namespace: &str, count: usize, started: Instant) -> Duration {
     let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    // Watched, as the functions are (see `apply_functions`).
+    let (deployments, writer) = reflector::store::<Deployment>();
+    let watch = tokio::spawn(
+        reflector::reflector(writer, watcher(api, watcher::Config::default()))
+            .for_each(|_| async {}),
+    );
+    deployments
+        .wait_until_ready()
+        .await
+        .expect("the Deployments' watch");
     let observed = loop {
-        let deployments = api.list(&ListParams::default()).await.expect("Deployments");
         let observed = deployments
+            .state()
             .iter()
             .filter(|d| {
                 d.status.as_ref().and_then(|s| s.observed_generation) == d.metadata.generation
             })
             .count();
         if observed == count {
+            watch.abort();
             break started.elapsed();
         }
         assert!(
