@@ -348,7 +348,10 @@ async fn apply_functions(
         reflector::reflector(writer, watcher(api.clone(), watcher::Config::default()))
             .for_each(|_| async {}),
     );
-    functions.wait_until_ready().await.expect("the functions' watch");
+    functions
+        .wait_until_ready()
+        .await
+        .expect("the functions' watch");
     let params = PatchParams::apply("fargo-bench").force();
     let started = Instant::now();
     futures::stream::iter(0..count)

@@ -347,7 +347,10 @@ mod tests {
     fn an_idle_function_keeps_no_samples_between_ticks() {
         let mut run = Run::new(policy(0, None, 10.0), 0);
         run.run(120, 0.0);
-        assert!(run.scaler.samples.capacity() >= 60, "a full window before idleness");
+        assert!(
+            run.scaler.samples.capacity() >= 60,
+            "a full window before idleness"
+        );
         run.idle_for = Duration::from_secs(61);
         run.run(5, 0.0);
         assert_eq!(run.scaler.samples.capacity(), 0);
