@@ -54,7 +54,6 @@ async fn a_new_function_gets_its_service_and_a_deployment_whose_replicas_go_to_t
     assert_eq!(
         calls,
         [
-            // The Service and the Deployment side by side (replayed in any order).
             "PATCH /api/v1/namespaces/recorded/services/thumbnail",
             // No GET of the Deployment: a function without a status, whose Deployment the
             // cache does not show, has none yet. One apply with the initial replicas, then the

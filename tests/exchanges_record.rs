@@ -134,10 +134,9 @@ async fn function_reconciles_and_autoscaler_writes_match_their_recordings() {
             function: get(&functions, "thumbnail").await,
             deployments: vec![],
         };
-        // The Service and the Deployment are applied side by side: either may come first.
         record(
             "function_new",
-            false,
+            true,
             inputs,
             &names,
             |client, inputs| async move { reconcile_function(client, &inputs).await },

@@ -455,19 +455,14 @@ impl ServerlessFunction {
         let deployment = if name_problem.is_some() {
             None
         } else {
-            // Neither child depends on the other: side by side, a new function waits on one
-            // round trip fewer.
-            let (service, deployment) = tokio::join!(self.apply_service(ctx, &namespace), async {
-                if profile.admits_pods() {
-                    self.apply_deployment(ctx, &namespace).await.map(Some)
-                } else {
-                    // Pods under a missing profile would run unfenced or be refused: keep what
-                    // runs, start nothing new.
-                    self.existing_deployment(ctx, &namespace).await
-                }
-            });
-            service?;
-            deployment?
+            self.apply_service(ctx, &namespace).await?;
+            if profile.admits_pods() {
+                Some(self.apply_deployment(ctx, &namespace).await?)
+            } else {
+                // Pods under a missing profile would run unfenced or be refused: keep what
+                // runs, start nothing new.
+                self.existing_deployment(ctx, &namespace).await?
+            }
         };
 
         // A standby pod only speeds up a cold start: failing to keep one (a quota, a webhook
