@@ -15,6 +15,10 @@
 //! Deployment observed, then 2 s of near-silence), so that fargo's half starts on a quiet cluster
 //! and the requests and CPU each half prints are all its own.
 //!
+//! When `benches/peers/knative.sh up` has put Knative Serving on the cluster, the same number of
+//! Knative Services of the echo image (at zero instances from the start) follow the rounds, and
+//! the memory of Knative's controller is printed beside fargo's.
+//!
 //! The round is run `FARGO_BENCH_ROUNDS` times (default 3), each waiting for the last one's
 //! namespaces to be gone, and the median of the ratios is printed last.
 //!
@@ -39,7 +43,9 @@ use fargo::api::function::ServerlessFunction;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Service};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
+};
 use kube::runtime::{reflector, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -465,6 +471,142 @@ async fn on_the_cluster() {
     println!(
         "activator memory: {activator_idle_rss:.1} MiB idle, {activator_rss:.1} MiB at the end, peak {activator_peak:.1} MiB"
     );
+    knative_services(&client, count).await;
+}
+
+/// The Knative Service API (`serving.knative.dev/v1`), or a kind of its group.
+fn knative(kind: &str) -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk("serving.knative.dev", "v1", kind))
+}
+
+/// Whether a Knative object's `Ready` condition is `True`.
+fn knative_ready(object: &DynamicObject) -> bool {
+    object.data["status"]["conditions"]
+        .as_array()
+        .is_some_and(|conditions| {
+            conditions
+                .iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
+}
+
+/// Knative Serving's controller beside fargo's, when `benches/peers/knative.sh up` has put it
+/// on the cluster: `count` Knative Services of the echo image applied the same way, at zero
+/// instances from the start (`initial-scale: 0`, which the peer's config allows), until each
+/// one's Revision is Ready (its Route never is: the peer has no ingress), and the memory of
+/// Knative's controller process before, every 10 s, at the end and at its peak.
+async fn knative_services(client: &Client, count: usize) {
+    let installed = Api::<Namespace>::all(client.clone())
+        .get_opt("knative-serving")
+        .await
+        .ok()
+        .flatten()
+        .is_some();
+    let pid = process_named("controller");
+    let Some(pid) = pid.filter(|_| installed) else {
+        println!(
+            "Knative: skipped (not on the cluster; `benches/peers/knative.sh up` brings it up)"
+        );
+        return;
+    };
+    let namespace = common::namespaces::unique_name("bench-knative");
+    common::namespaces::ensure_namespace(client, &namespace).await;
+    let services: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), &namespace, &knative("Service"));
+    let revisions: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), &namespace, &knative("Revision"));
+    let writer = reflector::store::Writer::<DynamicObject>::new(knative("Revision"));
+    let store = writer.as_reader();
+    let watch = tokio::spawn(
+        reflector::reflector(
+            writer,
+            watcher::watcher(revisions, watcher::Config::default()),
+        )
+        .for_each(|_| async {}),
+    );
+    store
+        .wait_until_ready()
+        .await
+        .expect("the Revisions' watch");
+    let (idle, _) = memory_mib(pid);
+    let params = PatchParams::apply("fargo-bench").force();
+    let started = Instant::now();
+    futures::stream::iter(0..count)
+        .map(|i| {
+            let (services, params) = (services.clone(), params.clone());
+            let service = json!({
+                "apiVersion": "serving.knative.dev/v1",
+                "kind": "Service",
+                "metadata": {"name": name(i)},
+                "spec": {"template": {
+                    "metadata": {"annotations": {"autoscaling.knative.dev/initial-scale": "0"}},
+                    "spec": {"containers": [{"image": "fargo.dev/echo:dev"}]},
+                }},
+            });
+            async move {
+                services
+                    .patch(&name(i), &params, &Patch::Apply(&service))
+                    .await
+                    .map(|_| ())
+            }
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .try_collect::<Vec<()>>()
+        .await
+        .expect("Knative Services applied");
+    let applied = started.elapsed();
+    let mut last_report = Instant::now();
+    let converged = loop {
+        let ready = store.state().iter().filter(|r| knative_ready(r)).count();
+        if ready == count {
+            break started.elapsed();
+        }
+        if last_report.elapsed() > Duration::from_secs(10) {
+            println!(
+                "  … {ready}/{count} Knative Revisions ready after {:.0?}; its controller {:.1} MiB",
+                started.elapsed(),
+                memory_mib(pid).0
+            );
+            last_report = Instant::now();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(3_600),
+            "{ready}/{count} Knative Revisions ready after an hour"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    watch.abort();
+    let (rss, peak) = memory_mib(pid);
+    println!(
+        "Knative: {count} Services applied in {applied:.1?}, every Revision Ready in \
+         {converged:.1?}; its controller {idle:.1} MiB idle, {rss:.1} MiB with {count} Services, \
+         peak {peak:.1} MiB"
+    );
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let _ = namespaces
+        .delete(&namespace, &DeleteParams::background())
+        .await;
+    let deleting = Instant::now();
+    while let Ok(Some(_)) = namespaces.get_opt(&namespace).await {
+        assert!(
+            deleting.elapsed() < Duration::from_secs(3_600),
+            "namespace {namespace} still there an hour after its deletion"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// The process whose command name is `comm` (the local cluster's node runs its pods' processes
+/// on this host).
+fn process_named(comm: &str) -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+            (name.trim() == comm).then_some(pid)
+        })
 }
 
 /// How many rounds to run (`FARGO_BENCH_ROUNDS`, default 3): the machine's noise moves one

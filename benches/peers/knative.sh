@@ -52,6 +52,8 @@
 #   waits behind it before going to zero (`scale-to-zero-grace-period`, 30 s by default) guards
 #   nothing: it is 1 s, so that the functions benchmark's cold starts (a revision whose
 #   `autoscaling.knative.dev/window` is 6 s, the least allowed) come round every few seconds.
+#   `allow-zero-initial-scale: "true"` lets controller_scale's Knative Services start at zero
+#   instances, as its functions do, so that no pod is started for them.
 #   Autoscalers reach each other by bucket Service names only
 #   with several replicas, and after trying the pod IP (pkg/autoscaler/statforwarder); there is
 #   one. The API server reaches the webhook through a service reference, by ClusterIP.
@@ -222,6 +224,7 @@ for rel in sorted(files, key=lambda p: p.split(os.sep)):
             doc = insert_after(doc, r"^data:$", [
                 '  target-burst-capacity: "-1"',
                 '  scale-to-zero-grace-period: "1s"',
+                '  allow-zero-initial-scale: "true"',
             ], what)
         if (kind, name) == ("ConfigMap", "config-deployment"):
             doc = insert_after(
@@ -299,6 +302,7 @@ checks = {
     "queue-proxy Image": objects[("Image", ns, "queue-proxy")]["spec"]["image"] == f"dev.local/knative/queue:{version}",
     "mesh-compatibility-mode": cfg("config-network").get("mesh-compatibility-mode") == "disabled",
     "target-burst-capacity": cfg("config-autoscaler").get("target-burst-capacity") == "-1",
+    "allow-zero-initial-scale": cfg("config-autoscaler").get("allow-zero-initial-scale") == "true",
     "autoscaler clusterIP": objects[("Service", ns, "autoscaler")]["spec"].get("clusterIP") == ip,
     "activator hostAliases": objects[("Deployment", ns, "activator")]["spec"]["template"]["spec"].get("hostAliases")
         == [{"ip": ip, "hostnames": ["autoscaler.knative-serving.svc.cluster.local"]}],
