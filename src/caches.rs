@@ -137,14 +137,13 @@ pub fn trim_deployment(deployment: &mut CachedDeployment) {
     });
     deployment.metadata.annotations = None;
     if let Some(status) = deployment.status.as_mut() {
-        // Taken out and rebuilt: `retain` would keep the buffer of every condition.
-        status.conditions = status.conditions.take().and_then(|conditions| {
-            let failing: Vec<_> = conditions
-                .into_iter()
-                .filter(|c| c.type_ == "ReplicaFailure" && c.status == "True")
-                .collect();
-            (!failing.is_empty()).then_some(failing)
-        });
+        if let Some(conditions) = status.conditions.as_mut() {
+            conditions.retain(|c| c.type_ == "ReplicaFailure" && c.status == "True");
+        }
+        // Emptied, the list would still hold the buffer of every condition it had.
+        if status.conditions.as_ref().is_some_and(Vec::is_empty) {
+            status.conditions = None;
+        }
     }
 }
 
