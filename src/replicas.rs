@@ -1,7 +1,8 @@
-//! A function's replicas: how many its Deployment asks for and has, who owns that number (the
-//! autoscaler's field manager, once the reconciler has handed it over), and the one write that
-//! sets it. Shared by the function reconciler, which seeds the number, and the autoscaler,
-//! which owns it afterwards.
+//! A function's replicas: how many its Deployment asks for and has, who owns that number, and
+//! the one write the autoscaler sets it with. The function reconciler seeds the number with the
+//! Deployment and keeps it in its applies until the autoscaler's first write, forced, takes the
+//! field (the reconciler's applies carry the resourceVersion they read, so they cannot undo a
+//! write they have not seen); from then on the autoscaler alone owns it.
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus};
 use kube::api::{Api, Patch, PatchParams};

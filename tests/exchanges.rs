@@ -45,7 +45,7 @@ fn calls(exchanges: &[Exchange]) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn a_new_function_gets_its_service_and_a_deployment_whose_replicas_go_to_the_autoscaler() {
+async fn a_new_function_gets_its_service_and_a_deployment_with_its_initial_replicas() {
     let calls = replay(
         "function_new",
         |client, inputs: FunctionInputs| async move { reconcile_function(client, &inputs).await },
@@ -56,10 +56,9 @@ async fn a_new_function_gets_its_service_and_a_deployment_whose_replicas_go_to_t
         [
             "PATCH /api/v1/namespaces/recorded/services/thumbnail",
             // No GET of the Deployment: a function without a status, whose Deployment the
-            // cache does not show, has none yet. One apply with the initial replicas, then the
-            // autoscaler's manager applies the same figure and shares the field.
+            // cache does not show, has none yet. One apply with the initial replicas, which
+            // stay the controller's until the autoscaler changes them.
             "PATCH /apis/apps/v1/namespaces/recorded/deployments/thumbnail",
-            "PATCH /apis/apps/v1/namespaces/recorded/deployments/thumbnail/scale",
             "PATCH /apis/fargo.dev/v1alpha1/namespaces/recorded/serverlessfunctions/thumbnail/status",
         ]
     );

@@ -74,7 +74,8 @@ async fn requests_of(activator: &ActivatorAddrs, namespace: &str, name: &str) ->
 }
 
 #[tokio::test]
-async fn a_function_gets_a_deployment_and_service_whose_replicas_the_autoscaler_owns() {
+async fn a_function_gets_a_deployment_and_service_whose_replicas_go_to_the_autoscaler_when_it_scales()
+ {
     let (client, _) = setup().await;
     with_temp_ns(&client, |client, ns| async move {
         apply_function(
@@ -107,19 +108,12 @@ async fn a_function_gets_a_deployment_and_service_whose_replicas_the_autoscaler_
         let limits = container.resources.clone().unwrap().limits.unwrap();
         assert_eq!(limits["cpu"].0, "290m");
 
-        // The controller's first apply carries the initial replicas, and the autoscaler's
-        // manager applies the same figure: it owns the field from the start.
-        eventually(30, "spec.replicas owned by the autoscaler", || {
-            let client = client.clone();
-            let ns = ns.clone();
-            async move {
-                let owners = replicas_owners(&client, &ns, "thumbnail").await?;
-                owners
-                    .contains(&("fargo.dev/autoscaler".to_string(), "Apply".to_string()))
-                    .then_some(())
-            }
-        })
-        .await;
+        // The controller's first apply carries the initial replicas: until the autoscaler
+        // changes them, they are the controller's.
+        assert_eq!(
+            owners_of_replicas(&deployment),
+            [("fargo.dev/controller".to_string(), "Apply".to_string())]
+        );
 
         let service = Api::<Service>::namespaced(client.clone(), &ns)
             .get("thumbnail")
@@ -169,7 +163,8 @@ async fn a_function_gets_a_deployment_and_service_whose_replicas_the_autoscaler_
         })
         .await;
         assert_eq!(replicas(&client, &ns, "thumbnail").await, Some(3));
-        // The controller's applies since left the field to the autoscaler alone.
+        // The autoscaler's forced write took the field, and the controller's applies since
+        // left it to the autoscaler alone.
         assert_eq!(
             replicas_owners(&client, &ns, "thumbnail").await,
             Some(vec![(
@@ -250,7 +245,12 @@ async fn replicas_owners(client: &Client, ns: &str, name: &str) -> Option<Vec<(S
         .get(name)
         .await
         .ok()?;
-    let owners = deployment
+    Some(owners_of_replicas(&deployment))
+}
+
+/// The field managers (and their operations) of a Deployment's `spec.replicas`.
+fn owners_of_replicas(deployment: &Deployment) -> Vec<(String, String)> {
+    deployment
         .managed_fields()
         .iter()
         .filter(|entry| {
@@ -267,8 +267,7 @@ async fn replicas_owners(client: &Client, ns: &str, name: &str) -> Option<Vec<(S
                 entry.operation.clone().unwrap_or_default(),
             )
         })
-        .collect();
-    Some(owners)
+        .collect()
 }
 
 #[tokio::test]

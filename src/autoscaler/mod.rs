@@ -1,6 +1,8 @@
 //! The autoscaler: every second it asks each activator for its load, decides each function's
 //! instance count ([`scaling`], pure) and writes the changes to the Deployments' `scale`
-//! subresource as field manager [`AUTOSCALER_MANAGER`]. It also records each function's
+//! subresource as field manager [`AUTOSCALER_MANAGER`]. Its first write takes the replicas from
+//! the reconciler, which seeds them (forced, it owns the field from then on; see
+//! [`crate::replicas`]). It also records each function's
 //! `status.lastRequestTime`, under the same manager so it never conflicts with the reconciler.
 //!
 //! It meters the functions too ([`crate::usage::functions`]): the same scrapes carry the
@@ -37,7 +39,7 @@ use crate::api::{AUTOSCALER_MANAGER, EVENTS_MANAGER, SERVICE_NAME_LABEL, Serverl
 use crate::caches::{CachedDeployment, FunctionStore, live};
 use crate::http_client::{HttpClient, http_client};
 use crate::reconcile::{EventPublisher, patch_status};
-use crate::replicas::{Instances, apply_replicas, autoscaler_owns_replicas};
+use crate::replicas::{Instances, apply_replicas};
 use crate::usage::functions::FunctionMeter;
 use plan::{AutoscalerState, Clock, EventsRecord, Key, Plan, ScaleWrite, Target};
 use scaling::ScalePolicy;
@@ -191,10 +193,6 @@ async fn tick(
         let Some(deployment) = ctx.deployments.get(&ObjectRef::new(&key.1).within(&key.0)) else {
             continue;
         };
-        // Until the reconciler has handed the replicas over, they are not ours to change.
-        if !autoscaler_owns_replicas(deployment.as_ref()) {
-            continue;
-        }
         targets.push(Target {
             key: key.clone(),
             uid: function.uid().unwrap_or_default(),

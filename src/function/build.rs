@@ -1,8 +1,9 @@
 //! The Deployment and Service a function is made of, built from its spec alone.
 //!
-//! The Deployment never carries `spec.replicas`: the autoscaler owns that field (through the
-//! `scale` subresource, field manager [`AUTOSCALER_MANAGER`]), so the controller's server-side
-//! apply must not name it or it would reset the count on every reconcile.
+//! The Deployment is built without `spec.replicas`: the autoscaler comes to own that field
+//! (through the `scale` subresource, field manager [`AUTOSCALER_MANAGER`]), and a server-side
+//! apply naming it would then reset the count. The reconciler adds the figure only while the
+//! field is still its own (see [`crate::replicas`]).
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -35,7 +35,7 @@ use crate::api::{
 use crate::caches::{CachedDeployment, CachedService, FunctionStore, live};
 use crate::profile::matching::namespace_is_selected;
 use crate::reconcile::{self, Note, ReconcileError, Reporting, patch_status};
-use crate::replicas::{Instances, apply_replicas, autoscaler_owns_replicas};
+use crate::replicas::{Instances, autoscaler_owns_replicas};
 
 const KIND: &str = "ServerlessFunction";
 /// While instances are wanted and none is ready, the pods are looked at this often: a crash
@@ -53,8 +53,10 @@ pub enum Error {
     Build(#[from] BuildError),
     #[error("the ServerlessFunction cannot be read: {0}; fix the object so it matches the CRD")]
     InvalidObject(String),
-    #[error("setting the initial replicas: {0}")]
-    InitialScale(#[source] kube::Error),
+    #[error(
+        "the Deployment changed since it was read (the autoscaler may have taken its replicas): {0}"
+    )]
+    StaleDeployment(#[source] kube::Error),
 }
 
 impl ReconcileError for Error {
@@ -68,16 +70,17 @@ impl ReconcileError for Error {
                 "NoRuntimeImage"
             }
             Error::InvalidObject(_) => "InvalidObject",
-            Error::InitialScale(_) => "InitialScaleFailed",
+            Error::StaleDeployment(_) => "StaleDeployment",
         }
     }
 
     /// The function's namespace is being deleted: it and its children are going away, and the
-    /// API server refuses to create anything there meanwhile.
+    /// API server refuses to create anything there meanwhile. Or the cached Deployment was
+    /// behind: the watch event that brings it up to date reconciles the function again.
     fn is_moot(&self) -> bool {
         let status = match self {
-            Error::Kube(kube::Error::Api(status))
-            | Error::InitialScale(kube::Error::Api(status)) => status,
+            Error::StaleDeployment(_) => return true,
+            Error::Kube(kube::Error::Api(status)) => status,
             _ => return false,
         };
         status.code == 403
@@ -577,27 +580,25 @@ impl ServerlessFunction {
         Ok(())
     }
 
-    /// The Deployment from the cache, or from the API server when the cache does not show it
-    /// written by the autoscaler (it may lag behind a Deployment just created) — except for a
-    /// function no reconcile has written a status for yet: missing from the cache too, its
-    /// Deployment is one no reconcile got to make, or one made by a reconcile that stopped before
-    /// the status. That one is seeded again with the initial replicas; should the autoscaler
-    /// have changed them in between, its next decision sets them back.
+    /// The Deployment from the cache, or from the API server when the cache does not show one
+    /// (it may lag behind a Deployment just created) — except for a function no reconcile has
+    /// written a status for yet: missing from the cache too, its Deployment is one no reconcile
+    /// got to make, or one made by a reconcile that stopped before the status. That one is
+    /// seeded again with the initial replicas; should the autoscaler have changed them in
+    /// between, its next decision sets them back.
     async fn existing_deployment(
         &self,
         ctx: &Context,
         namespace: &str,
     ) -> Result<Option<Deployment>> {
         let name = self.name_any();
-        let cached = ctx
+        if let Some(cached) = ctx
             .deployments
-            .get(&ObjectRef::new(&name).within(namespace));
-        if let Some(cached) = &cached
-            && autoscaler_owns_replicas(cached.as_ref())
+            .get(&ObjectRef::new(&name).within(namespace))
         {
             return Ok(Some(cached.to_deployment()));
         }
-        if cached.is_none() && self.status.is_none() {
+        if self.status.is_none() {
             return Ok(None);
         }
         Ok(Api::<Deployment>::namespaced(ctx.client.clone(), namespace)
@@ -605,27 +606,27 @@ impl ServerlessFunction {
             .await?)
     }
 
-    /// Applies the Deployment without `replicas`. When the autoscaler has not yet written the
-    /// Deployment (it is new, or an earlier reconcile stopped half-way), the apply carries the
-    /// replicas to start with (so a function with `initial: 0` never starts a pod), and the
-    /// autoscaler's manager then applies the same figure: the two share the field, and from then
-    /// on the controller applies without it, which can never reset it. The controller's share
-    /// goes with its next apply, or with the autoscaler's first change of the replicas (forced,
-    /// it takes the field whole); applying again only to drop it would cost every new function
-    /// a request and change nothing.
+    /// Applies the Deployment. Until the autoscaler has written the replicas, the controller
+    /// owns them: its applies carry the replicas to start with (so a function with `initial: 0`
+    /// never starts a pod), or the figure already there, and the resourceVersion it read them
+    /// at, so that an apply from a cache that has not seen the autoscaler's first write fails
+    /// (a conflict, retried when the cache catches up) rather than sets the replicas back. The
+    /// autoscaler's first change of the replicas is forced and takes the field whole; from then
+    /// on the controller applies without it, which can never reset it.
     async fn apply_deployment(&self, ctx: &Context, namespace: &str) -> Result<Deployment> {
         let name = self.name_any();
         let existing = self.existing_deployment(ctx, namespace).await?;
         let seed = match &existing {
             Some(deployment) if autoscaler_owns_replicas(deployment) => None,
-            Some(deployment) => Some(
+            Some(deployment) => Some((
                 deployment
                     .spec
                     .as_ref()
                     .and_then(|s| s.replicas)
                     .unwrap_or_else(|| build::initial_replicas(&self.spec)),
-            ),
-            None => Some(build::initial_replicas(&self.spec)),
+                deployment.metadata.resource_version.clone(),
+            )),
+            None => Some((build::initial_replicas(&self.spec), None)),
         };
         if let Some(code) = build::code_config_map(self)? {
             Api::<ConfigMap>::namespaced(ctx.client.clone(), namespace)
@@ -636,36 +637,31 @@ impl ServerlessFunction {
                 )
                 .await?;
         }
-        let desired = build::deployment(self, &ctx.runtimes)?;
+        let mut desired = build::deployment(self, &ctx.runtimes)?;
         let key = (namespace.to_string(), name.clone());
         let hash = hash_of(&desired);
-        if seed.is_none()
-            && let Some(current) = existing
+        if let Some(current) = existing
             && ctx.applied.unchanged(&key, hash, &desired, &current)
         {
             return Ok(current);
         }
+        if let Some((replicas, version)) = seed.clone() {
+            if let Some(spec) = desired.spec.as_mut() {
+                spec.replicas = Some(replicas);
+            }
+            desired.metadata.resource_version = version;
+        }
         let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
         let params = PatchParams::apply(CONTROLLER_MANAGER).force();
-        if let Some(seed) = seed {
-            let mut seeded = desired.clone();
-            if let Some(spec) = seeded.spec.as_mut() {
-                spec.replicas = Some(seed);
+        let applied = match api.patch(&name, &params, &Patch::Apply(&desired)).await {
+            Err(kube::Error::Api(status)) if status.code == 409 && seed.is_some() => {
+                return Err(Error::StaleDeployment(kube::Error::Api(status)));
             }
-            let applied = api.patch(&name, &params, &Patch::Apply(&seeded)).await?;
-            apply_replicas(&ctx.client, namespace, &name, seed)
-                .await
-                .map_err(Error::InitialScale)?;
-            info!(
-                replicas = seed,
-                "deployment created with its initial replicas"
-            );
-            // The scale write set the figure already there: the generation is still this one,
-            // and the Deployment is what applying `desired` would leave.
-            ctx.applied.record(key, hash, &applied);
-            return Ok(applied);
+            applied => applied?,
+        };
+        if let Some((replicas, None)) = seed {
+            info!(replicas, "deployment created with its initial replicas");
         }
-        let applied = api.patch(&name, &params, &Patch::Apply(&desired)).await?;
         ctx.applied.record(key, hash, &applied);
         Ok(applied)
     }
