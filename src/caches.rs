@@ -12,7 +12,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectM
 use kube::Client;
 use kube::api::Api;
 use kube::core::DeserializeGuard;
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
@@ -251,16 +251,47 @@ fn trim_service(service: &mut CachedService) {
 }
 
 /// The functions' Services, trimmed ([`CachedService`]): the store, and the watch that fills it
-/// until `shutdown`.
+/// until `shutdown`, calling `seen` with every event once the store holds it.
 pub fn function_services(
     client: Client,
+    seen: impl FnMut(&watcher::Event<CachedService>) + Send + 'static,
     shutdown: CancellationToken,
 ) -> (
     Store<CachedService>,
     impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let functions = watcher::Config::default().labels(FUNCTION_LABEL);
-    cache(Api::all(client), functions, trim_service, |_| {}, shutdown)
+    cache(Api::all(client), functions, trim_service, seen, shutdown)
+}
+
+/// The object a watch event says was added, changed or deleted (`None` for the markers of a
+/// relist).
+pub fn touched<K>(event: &watcher::Event<K>) -> Option<&K> {
+    match event {
+        watcher::Event::Apply(object)
+        | watcher::Event::InitApply(object)
+        | watcher::Event::Delete(object) => Some(object),
+        watcher::Event::Init | watcher::Event::InitDone => None,
+    }
+}
+
+/// The function that controls an object (its controller owner reference, a
+/// ServerlessFunction of this API version), to reconcile when the object changes.
+pub fn controlling_function(
+    object: &impl kube::Resource,
+) -> Option<ObjectRef<DeserializeGuard<ServerlessFunction>>> {
+    let namespace = object.meta().namespace.as_deref()?;
+    let api_version = <ServerlessFunction as kube::Resource>::api_version(&());
+    let kind = <ServerlessFunction as kube::Resource>::kind(&());
+    object
+        .meta()
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|owner| {
+            owner.controller == Some(true) && owner.kind == kind && owner.api_version == api_version
+        })
+        .map(|owner| ObjectRef::new(&owner.name).within(namespace))
 }
 
 /// What a cache can hold: a kind whose objects a watch reads into a store.
@@ -435,5 +466,70 @@ mod tests {
             CachedDeployment::from(&serde_json::from_value::<Deployment>(watched).unwrap());
         assert!(!autoscaler_owns_replicas(&cached));
         assert_eq!(cached.metadata.managed_fields, None);
+    }
+
+    fn service_owned_by(owners: serde_json::Value) -> CachedService {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "thumbnail", "namespace": "media", "ownerReferences": owners},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_child_triggers_the_function_that_controls_it_and_no_other_owner() {
+        let owner = |api_version: &str, kind: &str, name: &str, controller: bool| {
+            serde_json::json!({"apiVersion": api_version, "kind": kind, "name": name,
+                               "uid": "u", "controller": controller})
+        };
+        let child = service_owned_by(serde_json::json!([
+            owner("fargo.dev/v1alpha1", "ServerlessFunction", "other", false),
+            owner("apps/v1", "Deployment", "thumbnail", true),
+            owner(
+                "fargo.dev/v1alpha1",
+                "ServerlessFunction",
+                "thumbnail",
+                true
+            ),
+        ]));
+        let function = controlling_function(&child).expect("the controlling function");
+        assert_eq!(
+            (function.name.as_str(), function.namespace.as_deref()),
+            ("thumbnail", Some("media"))
+        );
+
+        // Not a function's child: another kind, another API version, or only owned.
+        for owners in [
+            serde_json::json!([owner("apps/v1", "Deployment", "thumbnail", true)]),
+            serde_json::json!([owner(
+                "fargo.dev/v2",
+                "ServerlessFunction",
+                "thumbnail",
+                true
+            )]),
+            serde_json::json!([owner(
+                "fargo.dev/v1alpha1",
+                "ServerlessFunction",
+                "thumbnail",
+                false
+            )]),
+            serde_json::json!([]),
+        ] {
+            assert_eq!(controlling_function(&service_owned_by(owners)), None);
+        }
+    }
+
+    #[test]
+    fn added_changed_and_deleted_objects_are_touched_and_relist_markers_are_not() {
+        let service = service_owned_by(serde_json::json!([]));
+        for event in [
+            watcher::Event::Apply(service.clone()),
+            watcher::Event::InitApply(service.clone()),
+            watcher::Event::Delete(service.clone()),
+        ] {
+            assert_eq!(touched(&event), Some(&service));
+        }
+        for event in [watcher::Event::Init, watcher::Event::InitDone] {
+            assert_eq!(touched::<CachedService>(&event), None);
+        }
     }
 }

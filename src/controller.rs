@@ -252,9 +252,14 @@ fn start_loops(
     let functions_controller = function::reconciler::controller(client.clone());
     let functions = functions_controller.store();
     let (leaving_zero, leaving_zero_seen) = tokio::sync::mpsc::unbounded_channel();
+    // A child added, changed or deleted reconciles its function, once the cache holds it.
+    let deployment_changed = functions_controller.triggers();
     let (deployments, deployment_watch) = caches::function_deployments(
         client.clone(),
         move |event| {
+            if let Some(function) = caches::touched(event).and_then(caches::controlling_function) {
+                let _ = deployment_changed.unbounded_send(function);
+            }
             if let Some(function) = function::standby::leaving_zero(event) {
                 let _ = leaving_zero.send(function);
             }
@@ -262,7 +267,16 @@ fn start_loops(
         shutdown.clone(),
     );
     let (standby_pods, standby_watch) = caches::standby_pods(client.clone(), shutdown.clone());
-    let (services, service_watch) = caches::function_services(client.clone(), shutdown.clone());
+    let service_changed = functions_controller.triggers();
+    let (services, service_watch) = caches::function_services(
+        client.clone(),
+        move |event| {
+            if let Some(function) = caches::touched(event).and_then(caches::controlling_function) {
+                let _ = service_changed.unbounded_send(function);
+            }
+        },
+        shutdown.clone(),
+    );
     let (profiles, profile_watch) = caches::profiles(client.clone(), shutdown.clone());
     metrics.usage.set_functions(functions.clone());
     metrics.usage.set_profiles(profiles.clone());
