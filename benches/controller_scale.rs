@@ -42,9 +42,10 @@ use fargo::api::FUNCTION_LABEL;
 use fargo::api::function::ServerlessFunction;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use kube::api::{
-    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch,
+    PatchParams, PostParams,
 };
 use kube::runtime::{reflector, watcher};
 use kube::{Client, ResourceExt};
@@ -496,14 +497,16 @@ fn knative_ready(object: &DynamicObject) -> bool {
 /// one's Revision is Ready (its Route never is: the peer has no ingress), and the memory of
 /// Knative's controller process before, every 10 s, at the end and at its peak.
 async fn knative_services(client: &Client, count: usize) {
-    let installed = Api::<Namespace>::all(client.clone())
-        .get_opt("knative-serving")
+    // Knative's controller: the process named `controller` in its controller pod.
+    let pod = Api::<Pod>::namespaced(client.clone(), "knative-serving")
+        .list(&ListParams::default().labels("app=controller"))
         .await
         .ok()
-        .flatten()
-        .is_some();
-    let pid = process_named("controller");
-    let Some(pid) = pid.filter(|_| installed) else {
+        .and_then(|pods| pods.items.into_iter().next());
+    let pid = pod
+        .and_then(|pod| pod.metadata.uid)
+        .and_then(|uid| support::process_named("controller", Some(&uid)));
+    let Some(pid) = pid else {
         println!(
             "Knative: skipped (not on the cluster; `benches/peers/knative.sh up` brings it up)"
         );
@@ -594,19 +597,6 @@ async fn knative_services(client: &Client, count: usize) {
         );
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-}
-
-/// The process whose command name is `comm` (the local cluster's node runs its pods' processes
-/// on this host).
-fn process_named(comm: &str) -> Option<u32> {
-    std::fs::read_dir("/proc")
-        .ok()?
-        .flatten()
-        .find_map(|entry| {
-            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-            let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-            (name.trim() == comm).then_some(pid)
-        })
 }
 
 /// How many rounds to run (`FARGO_BENCH_ROUNDS`, default 3): the machine's noise moves one

@@ -511,8 +511,10 @@ impl Knative {
             activator: Self::activator_url(client).await,
             queue_proxy: format!("http://{pod_ip}:8012/").parse().expect("a URL"),
             headers: Self::headers(namespace, revision),
-            activator_pid: process_named("activator", None).expect("Knative's activator process"),
-            queue_proxy_pid: process_named("queue", Some(&uid)).expect("the pod's queue-proxy"),
+            activator_pid: support::process_named("activator", None)
+                .expect("Knative's activator process"),
+            queue_proxy_pid: support::process_named("queue", Some(&uid))
+                .expect("the pod's queue-proxy"),
         })
     }
 }
@@ -523,29 +525,6 @@ fn is_ready(pod: &Pod) -> bool {
         .iter()
         .flat_map(|status| status.conditions.iter().flatten())
         .any(|c| c.type_ == "Ready" && c.status == "True")
-}
-
-/// The process of this machine whose command is `comm` (and, given a pod uid, that runs in that
-/// pod's cgroup): the node is this machine, so its pods' processes are visible here.
-fn process_named(comm: &str, pod_uid: Option<&str>) -> Option<u32> {
-    std::fs::read_dir("/proc")
-        .ok()?
-        .flatten()
-        .find_map(|entry| {
-            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-            let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-            if name.trim() != comm {
-                return None;
-            }
-            if let Some(uid) = pod_uid {
-                let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-                let underscored = uid.replace('-', "_");
-                if !(cgroup.contains(uid) || cgroup.contains(&underscored)) {
-                    return None;
-                }
-            }
-            Some(pid)
-        })
 }
 
 /// What one path measured at one level.

@@ -68,3 +68,26 @@ pub async fn api_server_metrics(client: &kube::Client) -> String {
         .await
         .expect("the API server's metrics")
 }
+
+/// The process of this machine whose command is `comm` (and, given a pod uid, that runs in that
+/// pod's cgroup): the node is this machine, so its pods' processes are visible here.
+pub fn process_named(comm: &str, pod_uid: Option<&str>) -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+            if name.trim() != comm {
+                return None;
+            }
+            if let Some(uid) = pod_uid {
+                let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+                let underscored = uid.replace('-', "_");
+                if !(cgroup.contains(uid) || cgroup.contains(&underscored)) {
+                    return None;
+                }
+            }
+            Some(pid)
+        })
+}

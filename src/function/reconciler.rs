@@ -187,6 +187,12 @@ impl AppliedObjects {
         self.insert(key, hash, applied.metadata.uid.clone(), generation(applied));
     }
 
+    /// Whether this process has applied the object since it started (or since the function
+    /// was last pruned).
+    fn knows(&self, key: &(String, String)) -> bool {
+        self.lock().contains_key(key)
+    }
+
     /// Whether the cached Service is the one applied last, unchanged since, and the function
     /// still builds the same one.
     fn service_unchanged(
@@ -624,11 +630,14 @@ impl ServerlessFunction {
     }
 
     /// The Deployment from the cache, or from the API server when the cache does not show one
-    /// (it may lag behind a Deployment just created) — except for a function no reconcile has
-    /// written a status for yet: missing from the cache too, its Deployment is one no reconcile
-    /// got to make, or one made by a reconcile that stopped before the status. That one is
-    /// seeded again with the initial replicas; should the autoscaler have changed them in
-    /// between, its next decision sets them back.
+    /// (it may lag behind a Deployment just created) — except for a function that neither a
+    /// reconcile of this process nor any status says was reconciled before: missing from the
+    /// cache too, its Deployment is one no reconcile got to make, or one made by a reconcile of
+    /// an earlier process that stopped before the status. That one is seeded again with the
+    /// initial replicas; should the autoscaler have changed them in between, its next decision
+    /// sets them back. Under load, the function's own cache can lag behind the status just
+    /// written as the Deployment's does behind the Deployment: what this process applied says
+    /// the Deployment is there.
     async fn existing_deployment(
         &self,
         ctx: &Context,
@@ -641,7 +650,7 @@ impl ServerlessFunction {
         {
             return Ok(Some(cached.to_deployment()));
         }
-        if self.status.is_none() {
+        if self.status.is_none() && !ctx.applied.knows(&(namespace.to_string(), name.clone())) {
             return Ok(None);
         }
         Ok(Api::<Deployment>::namespaced(ctx.client.clone(), namespace)
