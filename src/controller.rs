@@ -253,13 +253,11 @@ fn start_loops(
     let functions = functions_controller.store();
     let (leaving_zero, leaving_zero_seen) = tokio::sync::mpsc::unbounded_channel();
     // A child added, changed or deleted reconciles its function, once the cache holds it.
-    let deployment_changed = functions_controller.triggers();
+    let deployment_changed = functions_controller.child_changed();
     let (deployments, deployment_watch) = caches::function_deployments(
         client.clone(),
         move |event| {
-            if let Some(function) = caches::touched(event).and_then(caches::controlling_function) {
-                let _ = deployment_changed.unbounded_send(function);
-            }
+            deployment_changed(event);
             if let Some(function) = function::standby::leaving_zero(event) {
                 let _ = leaving_zero.send(function);
             }
@@ -267,14 +265,9 @@ fn start_loops(
         shutdown.clone(),
     );
     let (standby_pods, standby_watch) = caches::standby_pods(client.clone(), shutdown.clone());
-    let service_changed = functions_controller.triggers();
     let (services, service_watch) = caches::function_services(
         client.clone(),
-        move |event| {
-            if let Some(function) = caches::touched(event).and_then(caches::controlling_function) {
-                let _ = service_changed.unbounded_send(function);
-            }
-        },
+        functions_controller.child_changed(),
         shutdown.clone(),
     );
     let (profiles, profile_watch) = caches::profiles(client.clone(), shutdown.clone());

@@ -267,8 +267,8 @@ const CONCURRENCY: u16 = 48;
 pub type FunctionRef = ObjectRef<DeserializeGuard<ServerlessFunction>>;
 
 /// The controller of functions, not yet running: its store is shared with the autoscaler and
-/// the schedules, and [`FunctionController::triggers`] is fed by the watches of the caches of
-/// the functions' children.
+/// the schedules, and the caches of the functions' children tell it of their changes through
+/// [`FunctionController::child_changed`].
 ///
 /// The controller watches nothing but the functions and the profiles. A function is also
 /// reconciled when one of its children changes or goes away, and when another function claims
@@ -290,9 +290,17 @@ impl FunctionController {
         self.controller.store()
     }
 
-    /// Where a watch sends the functions it wants reconciled.
-    pub fn triggers(&self) -> futures::channel::mpsc::UnboundedSender<FunctionRef> {
-        self.triggers.clone()
+    /// What a cache of the functions' children calls with each of its watch's events: the
+    /// function controlling the object added, changed or deleted is reconciled.
+    pub fn child_changed<K: kube::Resource>(&self) -> impl Fn(&watcher::Event<K>) + Send + 'static {
+        let triggers = self.triggers.clone();
+        move |event| {
+            if let Some(function) =
+                crate::caches::touched(event).and_then(crate::caches::controlling_function)
+            {
+                let _ = triggers.unbounded_send(function);
+            }
+        }
     }
 }
 
