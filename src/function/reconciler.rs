@@ -259,8 +259,8 @@ fn hash_of(object: &impl serde::Serialize) -> u64 {
 /// unbounded, a thousand new functions opened a thousand TLS connections (and kept them pooled,
 /// tens of MiB), without converging any faster. At 16, a burst of new functions became Ready at
 /// the pace 16 reconciles in flight allow, behind the API server's capacity: 2,000 functions
-/// applied in 13 s were all Ready 20 s later (`controller_scale`). At 48 they are Ready within
-/// a second or two of the last apply, and the API server is the bottleneck again.
+/// applied in 13 s were all Ready 20 s later (`controller_scale`). At 48 they were all Ready
+/// 0.5–3 s after the last apply, and the API server is the bottleneck again.
 const CONCURRENCY: u16 = 48;
 
 /// A function to reconcile.
