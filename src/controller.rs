@@ -309,6 +309,7 @@ fn start_loops(
                 functions: functions.clone(),
                 applied: Default::default(),
                 applied_services: Default::default(),
+                written_statuses: Default::default(),
                 activator_url: config.activator_url.clone(),
                 activator_names: config.activator_names.clone(),
                 runtimes: Arc::new(config.runtimes.clone()),

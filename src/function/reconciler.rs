@@ -117,6 +117,8 @@ pub struct Context {
     pub applied: Arc<AppliedObjects>,
     /// What this process last applied to each function's Service.
     pub applied_services: Arc<AppliedObjects>,
+    /// The statuses this process wrote that the function cache may not show yet.
+    pub written_statuses: Arc<WrittenStatuses>,
     /// Base URL of the activator, for `status.url`.
     pub activator_url: String,
     /// The names the activator is reached by, which no function may claim as hosts.
@@ -242,6 +244,87 @@ impl AppliedObjects {
     }
 }
 
+/// The statuses this process wrote that the function cache may not show yet. Under load the
+/// cache lags behind a status write by seconds, and a reconcile in between (a child's change
+/// triggers one) would compare with the status before it: it wrote the same status again and
+/// published the same Events again. Each entry holds the status last written and the
+/// resourceVersions a cache that has not caught up with it may still show: the one read before
+/// this process's first write of the run, and those of its writes since but the last. A cache
+/// showing one of those is behind the status written; one showing the last write's, or any
+/// other (somebody else wrote since), is compared as it is, and the entry is forgotten.
+#[derive(Default)]
+pub struct WrittenStatuses(std::sync::Mutex<HashMap<(String, String), WrittenStatus>>);
+
+struct WrittenStatus {
+    behind: Vec<String>,
+    last: String,
+    status: ServerlessFunctionStatus,
+}
+
+impl WrittenStatuses {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), WrittenStatus>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The status this process last wrote, while the cache (which shows `read`) is behind it.
+    fn previous(
+        &self,
+        key: &(String, String),
+        read: Option<&str>,
+    ) -> Option<ServerlessFunctionStatus> {
+        let mut written = self.lock();
+        let entry = written.get(key)?;
+        if read.is_some_and(|read| entry.behind.iter().any(|v| v == read)) {
+            return Some(entry.status.clone());
+        }
+        written.remove(key);
+        None
+    }
+
+    /// Records a status written over the function read at `read`, which the write turned into
+    /// `written`.
+    fn record(
+        &self,
+        key: (String, String),
+        read: Option<String>,
+        written: Option<String>,
+        status: &ServerlessFunctionStatus,
+    ) {
+        let mut statuses = self.lock();
+        let (Some(read), Some(last)) = (read, written) else {
+            statuses.remove(&key);
+            return;
+        };
+        let mut behind = match statuses.remove(&key) {
+            // Written again over a cache still behind: everything it may show is behind.
+            Some(entry) if entry.behind.contains(&read) => {
+                let mut behind = entry.behind;
+                behind.push(entry.last);
+                behind
+            }
+            _ => vec![],
+        };
+        if !behind.contains(&read) {
+            behind.push(read);
+        }
+        let status = status.clone();
+        statuses.insert(
+            key,
+            WrittenStatus {
+                behind,
+                last,
+                status,
+            },
+        );
+    }
+
+    /// Forgets the functions `live` does not know any more.
+    fn retain(&self, live: impl Fn(&str, &str) -> bool) {
+        self.lock()
+            .retain(|(namespace, name), _| live(namespace, name));
+    }
+}
+
 fn generation(deployment: &Deployment) -> Option<String> {
     deployment.metadata.generation.map(|g| g.to_string())
 }
@@ -304,8 +387,21 @@ impl FunctionController {
     }
 }
 
-/// The controller of functions. Its store keeps the functions without their managed fields,
-/// which nothing reads and which took more memory than the rest of each object.
+/// What the function store keeps of a function: all but its managed fields, which nothing
+/// reads and which took more memory than the rest of the object, and its annotations other than
+/// fargo's own (`kubectl apply` keeps a copy of the whole object in one).
+fn trim_function(function: &mut ServerlessFunction) {
+    function.managed_fields_mut().clear();
+    let annotations = &mut function.metadata.annotations;
+    if let Some(kept) = annotations.as_mut() {
+        kept.retain(|key, _| key.starts_with("fargo.dev/"));
+    }
+    if annotations.as_ref().is_some_and(|kept| kept.is_empty()) {
+        *annotations = None;
+    }
+}
+
+/// The controller of functions; its store keeps them trimmed ([`trim_function`]).
 pub fn controller(client: Client) -> FunctionController {
     let (store, writer) = reflector::store();
     let (triggers, triggered) = futures::channel::mpsc::unbounded();
@@ -317,7 +413,7 @@ pub fn controller(client: Client) -> FunctionController {
     .default_backoff()
     .modify(|guard| {
         if let Ok(function) = &mut guard.0 {
-            function.managed_fields_mut().clear();
+            trim_function(function);
         }
     })
     .reflect(writer)
@@ -361,9 +457,10 @@ pub async fn run(controller: FunctionController, ctx: Context, shutdown: Cancell
     let reporting = ctx.reporting.clone();
     let functions = controller.store();
     let pruning = tokio::spawn({
-        let (applied, applied_services, hosts, functions, shutdown) = (
+        let (applied, applied_services, written_statuses, hosts, functions, shutdown) = (
             ctx.applied.clone(),
             ctx.applied_services.clone(),
+            ctx.written_statuses.clone(),
             hosts.clone(),
             functions.clone(),
             shutdown.clone(),
@@ -379,6 +476,7 @@ pub async fn run(controller: FunctionController, ctx: Context, shutdown: Cancell
                         };
                         applied.retain(known);
                         applied_services.retain(known);
+                        written_statuses.retain(known);
                         hosts.retain(known);
                     }
                 }
@@ -553,11 +651,19 @@ impl ServerlessFunction {
             activator_url: &ctx.activator_url,
             host_refusals: &host_refusals,
         };
+        // The status this process last wrote, while the cache is still behind it.
+        let key = (namespace.clone(), name.clone());
+        let read = self.resource_version();
+        let previous = ctx
+            .written_statuses
+            .previous(&key, read.as_deref())
+            .unwrap_or_else(|| self.status.clone().unwrap_or_default());
         let now = Time(k8s_openapi::jiff::Timestamp::now());
-        let status = status::compute(self, &observed, now);
-        let previous = self.status.clone().unwrap_or_default();
+        let status = status::compute(self, &previous, &observed, now);
         if !same_status(&previous, &status) {
-            self.patch_status(ctx, &status).await?;
+            let written = self.patch_status(ctx, &status).await?;
+            ctx.written_statuses
+                .record(key, read, written.resource_version(), &status);
         }
         self.publish_transitions(ctx, &previous, &status).await;
 
@@ -823,11 +929,15 @@ impl ServerlessFunction {
         Ok(problems)
     }
 
-    async fn patch_status(&self, ctx: &Context, status: &ServerlessFunctionStatus) -> Result<()> {
+    /// Writes the status; returns the function as written.
+    async fn patch_status(
+        &self,
+        ctx: &Context,
+        status: &ServerlessFunctionStatus,
+    ) -> Result<ServerlessFunction> {
         let api: Api<ServerlessFunction> =
             Api::namespaced(ctx.client.clone(), &self.namespace().unwrap_or_default());
-        patch_status(&api, &self.name_any(), CONTROLLER_MANAGER, status).await?;
-        Ok(())
+        Ok(patch_status(&api, &self.name_any(), CONTROLLER_MANAGER, status).await?)
     }
 
     /// Events for conditions that turned bad (or changed their complaint).
@@ -996,6 +1106,64 @@ mod tests {
         let mut names: Vec<String> = refs.into_iter().map(|r| r.name).collect();
         names.sort();
         names
+    }
+
+    #[test]
+    fn the_store_keeps_fargos_annotations_and_no_managed_fields() {
+        let mut function: ServerlessFunction = serde_json::from_value(serde_json::json!({
+            "apiVersion": "fargo.dev/v1alpha1", "kind": "ServerlessFunction",
+            "metadata": {"name": "hello", "namespace": "shop", "annotations": {
+                "kubectl.kubernetes.io/last-applied-configuration": "{\"spec\":{}}",
+                crate::api::SCHEDULE_STATE_ANNOTATION: "{}",
+            }, "managedFields": [{"manager": "kubectl", "operation": "Apply"}]},
+            "spec": {"image": "echo"},
+        }))
+        .unwrap();
+        trim_function(&mut function);
+        let kept: Vec<_> = function.annotations().keys().collect();
+        assert_eq!(kept, [crate::api::SCHEDULE_STATE_ANNOTATION]);
+        assert!(function.managed_fields().is_empty());
+
+        function.annotations_mut().clear();
+        function.annotations_mut().insert("note".into(), "x".into());
+        trim_function(&mut function);
+        assert_eq!(function.metadata.annotations, None);
+    }
+
+    #[test]
+    fn a_status_written_is_what_a_cache_still_behind_it_compares_with() {
+        let written = WrittenStatuses::default();
+        let key = ("shop".to_string(), "hello".to_string());
+        let status = |replicas| ServerlessFunctionStatus {
+            replicas: Some(replicas),
+            ..Default::default()
+        };
+        let v = |s: &str| Some(s.to_string());
+        assert_eq!(written.previous(&key, Some("1")), None);
+
+        // Written over resourceVersion 1, which became 2; written again over a cache still at
+        // 1, which became 3.
+        written.record(key.clone(), v("1"), v("2"), &status(1));
+        assert_eq!(written.previous(&key, Some("1")), Some(status(1)));
+        written.record(key.clone(), v("1"), v("3"), &status(2));
+        // A cache at 1 or at the first write is behind the second.
+        assert_eq!(written.previous(&key, Some("1")), Some(status(2)));
+        assert_eq!(written.previous(&key, Some("2")), Some(status(2)));
+        // Caught up: the cache is compared as it is, and the entry forgotten.
+        assert_eq!(written.previous(&key, Some("3")), None);
+        assert_eq!(written.previous(&key, Some("1")), None);
+
+        // Somebody else wrote after this process did: the cache is what counts.
+        written.record(key.clone(), v("3"), v("4"), &status(3));
+        assert_eq!(written.previous(&key, Some("5")), None);
+        assert_eq!(written.previous(&key, Some("3")), None);
+
+        // Other functions are apart, and the functions gone are pruned.
+        written.record(key.clone(), v("5"), v("6"), &status(4));
+        let other = ("shop".to_string(), "other".to_string());
+        assert_eq!(written.previous(&other, Some("5")), None);
+        written.retain(|_, name| name != "hello");
+        assert_eq!(written.previous(&key, Some("5")), None);
     }
 
     #[test]

@@ -119,14 +119,14 @@ pub fn replica_failure(deployment: &Deployment) -> Option<String> {
         })
 }
 
-/// The status the reconciler writes: everything but `lastRequestTime`, which the autoscaler
-/// owns.
+/// The status the reconciler writes over `previous` (whose conditions keep their transition
+/// times while they hold): everything but what the autoscaler and the meter own.
 pub fn compute(
     function: &ServerlessFunction,
+    previous: &ServerlessFunctionStatus,
     observed: &Observed<'_>,
     now: Time,
 ) -> ServerlessFunctionStatus {
-    let previous = function.status.clone().unwrap_or_default();
     let generation = function.metadata.generation;
     let namespace = function.namespace().unwrap_or_default();
     let instances = observed.deployment.map(Instances::of);
@@ -366,6 +366,15 @@ spec:
         .expect("a test deployment")
     }
 
+    /// The status computed over the function's own.
+    fn compute_of(
+        f: &ServerlessFunction,
+        observed: &Observed<'_>,
+        now: Time,
+    ) -> ServerlessFunctionStatus {
+        compute(f, &f.status.clone().unwrap_or_default(), observed, now)
+    }
+
     fn now() -> Time {
         Time(k8s_openapi::jiff::Timestamp::from_second(1_800_000_000).unwrap())
     }
@@ -395,7 +404,7 @@ spec:
     fn a_serving_function_is_ready_and_reports_its_instances() {
         let f = function(FUNCTION);
         let d = deployment(3, 3, 2);
-        let status = compute(&f, &observed(Some(&d)), now());
+        let status = compute_of(&f, &observed(Some(&d)), now());
         assert_eq!(ready_condition(&status), ("True".into(), "Serving".into()));
         assert_eq!(status.replicas, Some(3));
         assert_eq!(status.ready_replicas, Some(2));
@@ -414,7 +423,7 @@ spec:
     fn a_function_scaled_to_zero_is_ready() {
         let f = function(FUNCTION);
         let d = deployment(0, 0, 0);
-        let status = compute(&f, &observed(Some(&d)), now());
+        let status = compute_of(&f, &observed(Some(&d)), now());
         assert_eq!(
             ready_condition(&status),
             ("True".into(), "ScaledToZero".into())
@@ -426,7 +435,7 @@ spec:
     fn first_instances_starting_are_not_ready_yet() {
         let f = function(FUNCTION);
         let d = deployment(1, 1, 0);
-        let status = compute(&f, &observed(Some(&d)), now());
+        let status = compute_of(&f, &observed(Some(&d)), now());
         assert_eq!(
             ready_condition(&status),
             ("False".into(), "Starting".into())
@@ -437,9 +446,9 @@ spec:
     fn waking_from_zero_stays_ready() {
         let mut f = function(FUNCTION);
         let d0 = deployment(0, 0, 0);
-        f.status = Some(compute(&f, &observed(Some(&d0)), now()));
+        f.status = Some(compute_of(&f, &observed(Some(&d0)), now()));
         let d1 = deployment(1, 1, 0);
-        let status = compute(&f, &observed(Some(&d1)), now());
+        let status = compute_of(&f, &observed(Some(&d1)), now());
         assert_eq!(ready_condition(&status), ("True".into(), "Waking".into()));
     }
 
@@ -447,10 +456,10 @@ spec:
     fn failing_pods_make_the_function_not_ready_with_their_reason() {
         let mut f = function(FUNCTION);
         let d0 = deployment(0, 0, 0);
-        f.status = Some(compute(&f, &observed(Some(&d0)), now()));
+        f.status = Some(compute_of(&f, &observed(Some(&d0)), now()));
         let d1 = deployment(1, 1, 0);
         let problems = ["pod thumbnail-abc, container function: ImagePullBackOff".to_string()];
-        let status = compute(
+        let status = compute_of(
             &f,
             &Observed {
                 pod_problems: &problems,
@@ -469,7 +478,7 @@ spec:
     #[test]
     fn a_missing_profile_is_reported_on_ready_and_profile_found() {
         let f = function(FUNCTION);
-        let status = compute(
+        let status = compute_of(
             &f,
             &Observed {
                 profile: ProfileCheck::Missing("payments".into()),
@@ -495,7 +504,7 @@ spec:
     fn a_profile_that_does_not_select_the_namespace_is_reported() {
         let f = function(FUNCTION);
         let d = deployment(1, 1, 1);
-        let status = compute(
+        let status = compute_of(
             &f,
             &Observed {
                 profile: ProfileCheck::NotSelecting {
@@ -517,7 +526,7 @@ spec:
         let f = function(FUNCTION);
         let d = deployment(1, 1, 1);
         let problems = ["schedule \"nightly\": cron \"0 3 * *\": expected 5 fields".to_string()];
-        let status = compute(
+        let status = compute_of(
             &f,
             &Observed {
                 schedule_problems: &problems,
@@ -545,10 +554,10 @@ spec:
     fn recomputing_an_unchanged_function_gives_the_same_status() {
         let mut f = function(FUNCTION);
         let d = deployment(2, 2, 2);
-        let first = compute(&f, &observed(Some(&d)), now());
+        let first = compute_of(&f, &observed(Some(&d)), now());
         f.status = Some(first.clone());
         let later = Time(k8s_openapi::jiff::Timestamp::from_second(1_800_000_100).unwrap());
-        assert_eq!(compute(&f, &observed(Some(&d)), later), first);
+        assert_eq!(compute_of(&f, &observed(Some(&d)), later), first);
     }
 
     #[test]
@@ -591,7 +600,7 @@ spec:
         let names = ActivatorNames::new("fargo-activator", "fargo-system", "fargo.local");
         let refusals = refusals_among(&thief, [&thief], &names);
         let d = deployment(0, 0, 0);
-        let status = compute(
+        let status = compute_of(
             &thief,
             &Observed {
                 host_refusals: &refusals,
@@ -635,7 +644,7 @@ spec: {image: x, triggers: {http: {hosts: [shop.example.com]}}}
         let d = deployment(0, 0, 0);
         let status_of = |function: &ServerlessFunction| {
             let refusals = refusals_among(function, all, &names);
-            compute(
+            compute_of(
                 function,
                 &Observed {
                     host_refusals: &refusals,

@@ -90,6 +90,7 @@ pub async fn reconcile_function(client: Client, inputs: &FunctionInputs) -> Stri
         services: store_of::<fargo::caches::CachedService>(&[]),
         applied: Default::default(),
         applied_services: Default::default(),
+        written_statuses: Default::default(),
         activator_url: ACTIVATOR_URL.into(),
         activator_names: fargo::api::routes::ActivatorNames::new(
             "fargo-activator",
