@@ -176,7 +176,6 @@ async fn tick(
     meter: &mut FunctionMeter,
 ) {
     // Replicas are read before the activators are asked (see [`Target::instances`]).
-    let mut references = HashMap::new();
     let mut targets = vec![];
     let mut warm = HashMap::new();
     for guard in ctx.functions.state() {
@@ -216,7 +215,6 @@ async fn tick(
                 .map(|s| s.triggers.clone())
                 .unwrap_or_default(),
         });
-        references.insert(key, guard.object_ref(&()));
     }
 
     let urls = match (&ctx.stats, slices) {
@@ -251,20 +249,20 @@ async fn tick(
     meter.flush(&ctx.client, &warm, clock.now, clock.wall);
     let plan = state.plan(&targets, &scrape, clock);
     ctx.metrics.panicking.set(plan.panicking);
-    perform(ctx, plan, &references, state).await;
+    perform(ctx, plan, state).await;
 }
 
 /// Makes a tick's writes: the scale writes (a failed one is forgotten by `state`, so the next
-/// tick writes it again), their Events in the background, and the recorded request times.
-pub async fn perform(
-    ctx: &Context,
-    plan: Plan,
-    references: &HashMap<Key, ObjectReference>,
-    state: &mut AutoscalerState,
-) {
+/// tick writes it again), their Events in the background (on the function as the store holds
+/// it), and the recorded request times.
+pub async fn perform(ctx: &Context, plan: Plan, state: &mut AutoscalerState) {
     let failed: Vec<Key> = futures::stream::iter(plan.scale)
         .map(|write| {
-            let reference = references.get(&write.key).cloned();
+            let (namespace, name) = &write.key;
+            let reference = ctx
+                .functions
+                .get(&ObjectRef::new(name).within(namespace))
+                .map(|guard| guard.object_ref(&()));
             write_scale(ctx, write, reference)
         })
         .buffer_unordered(WRITE_CONCURRENCY)

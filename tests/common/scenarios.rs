@@ -2,7 +2,6 @@
 //! reconciler or the autoscaler with the client it is given, from inputs that are recorded with
 //! it, and returns its outcome as text.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -135,7 +134,7 @@ pub async fn perform_scale(client: Client, inputs: &ScaleInputs) -> String {
         client: client.clone(),
         events: EventPublisher::new(client, IDENTITY),
         metrics: fargo::autoscaler::AutoscalerMetrics::register(&mut Registry::default()),
-        functions: store_of::<DeserializeGuard<ServerlessFunction>>(&[]),
+        functions: store_of(&[DeserializeGuard(Ok(function.clone()))]),
         deployments: store_of(&[]),
         stats: fargo::autoscaler::StatsSource::Urls(vec![]),
     };
@@ -155,8 +154,7 @@ pub async fn perform_scale(client: Client, inputs: &ScaleInputs) -> String {
         queues: vec![],
         panicking: 0,
     };
-    let references = HashMap::from([(key, function.object_ref(&()))]);
     let mut state = AutoscalerState::default();
-    fargo::autoscaler::perform(&ctx, plan, &references, &mut state).await;
+    fargo::autoscaler::perform(&ctx, plan, &mut state).await;
     "performed".into()
 }
