@@ -50,6 +50,21 @@ pub struct CachedDeployment {
     pub spec: Option<CachedDeploymentSpec>,
     #[serde(default)]
     pub status: Option<DeploymentStatus>,
+    /// The value of its `fargo.dev/function` label.
+    #[serde(skip)]
+    pub function: Option<String>,
+    /// A digest of its labels ([`labels_digest`]), which the cache does not keep: a map of
+    /// labels, however few, takes more than half a kilobyte.
+    #[serde(skip)]
+    pub labels_digest: u64,
+}
+
+/// A digest of a map of labels: whether they changed.
+pub fn labels_digest(labels: &std::collections::BTreeMap<String, String>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    labels.hash(&mut hasher);
+    hasher.finish()
 }
 
 /// What [`CachedDeployment`] keeps of a Deployment's spec.
@@ -118,6 +133,7 @@ impl From<&Deployment> for CachedDeployment {
                 replicas: spec.replicas,
             }),
             status: deployment.status.clone(),
+            ..Self::default()
         };
         trim_deployment(&mut cached);
         cached
@@ -125,9 +141,14 @@ impl From<&Deployment> for CachedDeployment {
 }
 
 /// Keeps only what the reconciler and the autoscaler read of a cached Deployment: its
-/// metadata without annotations, and with its managed fields reduced to whether the autoscaler
-/// has written it (a bare entry); and of its status conditions, a ReplicaFailure that holds.
+/// metadata without annotations, with its labels reduced to the function's and a digest, and
+/// with its managed fields reduced to whether the autoscaler has written it (a bare entry); and
+/// of its status conditions, a ReplicaFailure that holds.
 pub fn trim_deployment(deployment: &mut CachedDeployment) {
+    if let Some(labels) = deployment.metadata.labels.take() {
+        deployment.function = labels.get(FUNCTION_LABEL).cloned();
+        deployment.labels_digest = labels_digest(&labels);
+    }
     let autoscaled = autoscaler_owns_replicas(deployment);
     deployment.metadata.managed_fields = autoscaled.then(|| {
         vec![ManagedFieldsEntry {
@@ -409,7 +430,8 @@ mod tests {
         );
         assert_eq!(kept.metadata.uid, full.metadata.uid);
         assert_eq!(kept.metadata.generation, full.metadata.generation);
-        assert_eq!(kept.metadata.labels, full.metadata.labels);
+        assert_eq!(cached.labels_digest, labels_digest(full.labels()));
+        assert_eq!(cached.function.as_deref(), Some("hello"));
         assert_eq!(
             kept.metadata.owner_references,
             full.metadata.owner_references
@@ -419,8 +441,9 @@ mod tests {
             Some(3)
         );
 
-        // Left out: the template, the annotations, the managed fields' contents, the other
-        // conditions.
+        // Left out: the template, the labels, the annotations, the managed fields' contents,
+        // the other conditions.
+        assert_eq!(cached.metadata.labels, None);
         assert_eq!(cached.metadata.annotations, None);
         let managers: Vec<_> = cached.managed_fields().iter().map(|e| &e.manager).collect();
         assert_eq!(managers, [&Some(AUTOSCALER_MANAGER.to_string())]);

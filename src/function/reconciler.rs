@@ -32,7 +32,7 @@ use crate::api::routes::{ActivatorNames, claimed_hosts, refusals_among};
 use crate::api::{
     CONTROLLER_MANAGER, FUNCTION_LABEL, ServerlessFunction, ServerlessFunctionStatus,
 };
-use crate::caches::{CachedDeployment, CachedService, FunctionStore, live};
+use crate::caches::{CachedDeployment, CachedService, FunctionStore, labels_digest, live};
 use crate::profile::matching::namespace_is_selected;
 use crate::reconcile::{self, Note, ReconcileError, Reporting, patch_status};
 use crate::replicas::{Instances, autoscaler_owns_replicas};
@@ -161,6 +161,9 @@ struct Applied {
     uid: u64,
     /// The Deployment's generation, or the Service's resourceVersion, right after the apply.
     version: Option<u64>,
+    /// A digest of the Deployment's labels right after the apply (of all of them, whoever set
+    /// them: the cache keeps no more than that); 0 for a Service.
+    labels: u64,
 }
 
 /// A function's key in [`AppliedObjects`].
@@ -183,12 +186,18 @@ impl AppliedObjects {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn unchanged(&self, key: u64, hash: u64, desired: &Deployment, current: &Deployment) -> bool {
+    /// Whether `current`, whose labels have digest `labels`, is the Deployment applied last,
+    /// unchanged since, and the function still builds the same one.
+    fn unchanged(
+        &self,
+        key: u64,
+        hash: u64,
+        desired: &Deployment,
+        current: &Deployment,
+        labels: u64,
+    ) -> bool {
         let recorded = self.recorded(key, hash, &current.metadata.uid, generation(current));
-        let labels_kept = desired
-            .labels()
-            .iter()
-            .all(|(key, value)| current.labels().get(key) == Some(value));
+        let labels_kept = self.lock().get(&key).is_some_and(|a| a.labels == labels);
         let owners_kept = desired.owner_references().iter().all(|wanted| {
             current
                 .owner_references()
@@ -199,7 +208,14 @@ impl AppliedObjects {
     }
 
     fn record(&self, key: u64, hash: u64, applied: &Deployment) {
-        self.insert(key, hash, applied.metadata.uid.clone(), generation(applied));
+        let labels = labels_digest(applied.labels());
+        self.insert(
+            key,
+            hash,
+            applied.metadata.uid.clone(),
+            generation(applied),
+            labels,
+        );
     }
 
     /// Whether this process has applied the object since it started (or since the function
@@ -217,7 +233,7 @@ impl AppliedObjects {
 
     fn record_service(&self, key: u64, hash: u64, applied: &Service) {
         let version = applied.metadata.resource_version.clone();
-        self.insert(key, hash, applied.metadata.uid.clone(), version);
+        self.insert(key, hash, applied.metadata.uid.clone(), version, 0);
     }
 
     fn recorded(&self, key: u64, hash: u64, uid: &Option<String>, version: Option<String>) -> bool {
@@ -230,10 +246,23 @@ impl AppliedObjects {
         })
     }
 
-    fn insert(&self, key: u64, hash: u64, uid: Option<String>, version: Option<String>) {
+    fn insert(
+        &self,
+        key: u64,
+        hash: u64,
+        uid: Option<String>,
+        version: Option<String>,
+        labels: u64,
+    ) {
         let uid = hash_str(uid.as_deref());
         let version = version.as_deref().map(|v| hash_str(Some(v)));
-        self.lock().insert(key, Applied { hash, uid, version });
+        let applied = Applied {
+            hash,
+            uid,
+            version,
+            labels,
+        };
+        self.lock().insert(key, applied);
     }
 
     /// Forgets all but the functions `live` (their namespaces and names).
@@ -669,7 +698,9 @@ impl ServerlessFunction {
             } else {
                 // Pods under a missing profile would run unfenced or be refused: keep what
                 // runs, start nothing new.
-                self.existing_deployment(ctx, &namespace).await?
+                self.existing_deployment(ctx, &namespace)
+                    .await?
+                    .map(|(deployment, _)| deployment)
             }
         };
 
@@ -803,24 +834,30 @@ impl ServerlessFunction {
     /// sets them back. Under load, the function's own cache can lag behind the status just
     /// written as the Deployment's does behind the Deployment: what this process applied says
     /// the Deployment is there.
+    ///
+    /// The Deployment comes with a digest of its labels, which the cache keeps in their stead.
     async fn existing_deployment(
         &self,
         ctx: &Context,
         namespace: &str,
-    ) -> Result<Option<Deployment>> {
+    ) -> Result<Option<(Deployment, u64)>> {
         let name = self.name_any();
         if let Some(cached) = ctx
             .deployments
             .get(&ObjectRef::new(&name).within(namespace))
         {
-            return Ok(Some(cached.to_deployment()));
+            return Ok(Some((cached.to_deployment(), cached.labels_digest)));
         }
         if self.status.is_none() && !ctx.applied.knows(function_key(namespace, &name)) {
             return Ok(None);
         }
-        Ok(Api::<Deployment>::namespaced(ctx.client.clone(), namespace)
+        let read = Api::<Deployment>::namespaced(ctx.client.clone(), namespace)
             .get_opt(&name)
-            .await?)
+            .await?;
+        Ok(read.map(|deployment| {
+            let labels = labels_digest(deployment.labels());
+            (deployment, labels)
+        }))
     }
 
     /// Applies the Deployment. Until the autoscaler has written the replicas, the controller
@@ -834,8 +871,8 @@ impl ServerlessFunction {
         let name = self.name_any();
         let existing = self.existing_deployment(ctx, namespace).await?;
         let seed = match &existing {
-            Some(deployment) if autoscaler_owns_replicas(deployment) => None,
-            Some(deployment) => Some((
+            Some((deployment, _)) if autoscaler_owns_replicas(deployment) => None,
+            Some((deployment, _)) => Some((
                 deployment
                     .spec
                     .as_ref()
@@ -857,8 +894,8 @@ impl ServerlessFunction {
         let mut desired = build::deployment(self, &ctx.runtimes)?;
         let key = function_key(namespace, &name);
         let hash = hash_of(&desired);
-        if let Some(current) = existing
-            && ctx.applied.unchanged(key, hash, &desired, &current)
+        if let Some((current, labels)) = existing
+            && ctx.applied.unchanged(key, hash, &desired, &current, labels)
         {
             return Ok(current);
         }
@@ -1074,49 +1111,65 @@ mod tests {
         deployment
     }
 
+    /// Whether the apply of [`desired`] would be skipped over `current` read with its labels.
+    fn unchanged_as_read(
+        applied: &AppliedObjects,
+        key: u64,
+        hash: u64,
+        current: &Deployment,
+    ) -> bool {
+        applied.unchanged(
+            key,
+            hash,
+            &desired(),
+            current,
+            labels_digest(current.labels()),
+        )
+    }
+
     #[test]
     fn an_apply_is_skipped_only_while_nobody_changed_the_deployment_since() {
         let applied = AppliedObjects::default();
         let key = function_key("media", "thumbnail");
         let ours = deployment("uid-1", 3);
         assert!(
-            !applied.unchanged(key, 7, &desired(), &ours),
+            !unchanged_as_read(&applied, key, 7, &ours),
             "nothing recorded: apply"
         );
         applied.record(key, 7, &ours);
-        assert!(applied.unchanged(key, 7, &desired(), &ours));
+        assert!(unchanged_as_read(&applied, key, 7, &ours));
         assert!(
-            !applied.unchanged(key, 8, &desired(), &ours),
+            !unchanged_as_read(&applied, key, 8, &ours),
             "the function builds another object"
         );
         assert!(
-            !applied.unchanged(key, 7, &desired(), &deployment("uid-1", 4)),
+            !unchanged_as_read(&applied, key, 7, &deployment("uid-1", 4)),
             "someone changed the spec (or the cache is behind)"
         );
         assert!(
-            !applied.unchanged(key, 7, &desired(), &deployment("uid-2", 3)),
+            !unchanged_as_read(&applied, key, 7, &deployment("uid-2", 3)),
             "deleted and made again by someone else"
         );
         let mut unlabelled = ours.clone();
         unlabelled.metadata.labels = None;
         assert!(
-            !applied.unchanged(key, 7, &desired(), &unlabelled),
+            !unchanged_as_read(&applied, key, 7, &unlabelled),
             "its labels were taken off (metadata changes keep the generation)"
         );
         let mut orphaned = ours.clone();
         orphaned.metadata.owner_references = None;
         assert!(
-            !applied.unchanged(key, 7, &desired(), &orphaned),
+            !unchanged_as_read(&applied, key, 7, &orphaned),
             "its owner reference was taken off"
         );
         applied.retain([("media", "thumbnail"), ("media", "other")]);
         assert!(
-            applied.unchanged(key, 7, &desired(), &ours),
+            unchanged_as_read(&applied, key, 7, &ours),
             "kept while its function lives"
         );
         applied.retain([("media", "other")]);
         assert!(
-            !applied.unchanged(key, 7, &desired(), &ours),
+            !unchanged_as_read(&applied, key, 7, &ours),
             "forgotten with its function"
         );
     }

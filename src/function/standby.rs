@@ -238,12 +238,8 @@ pub fn leaving_zero(event: &watcher::Event<CachedDeployment>) -> Option<(String,
         .as_ref()
         .and_then(|status| status.replicas)
         .unwrap_or(0);
-    (wanted > 0 && has == 0).then(|| {
-        Some((
-            deployment.namespace()?,
-            deployment.labels().get(FUNCTION_LABEL)?.clone(),
-        ))
-    })?
+    (wanted > 0 && has == 0)
+        .then(|| Some((deployment.namespace()?, deployment.function.clone()?)))?
 }
 
 /// Wakes the standby pod of each function it is told of (by [`leaving_zero`], through the

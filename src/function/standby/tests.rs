@@ -161,8 +161,9 @@ fn the_current_replica_set_is_the_deployments_newest() {
     assert!(current_replica_set(&sets, "nobody").is_none());
 }
 
+/// A function's Deployment as the cache holds it.
 fn deployment(function: &str, wanted: i32, has: Option<i32>) -> CachedDeployment {
-    CachedDeployment {
+    let mut cached = CachedDeployment {
         metadata: ObjectMeta {
             name: Some(function.into()),
             namespace: Some("team-a".into()),
@@ -179,7 +180,10 @@ fn deployment(function: &str, wanted: i32, has: Option<i32>) -> CachedDeployment
             replicas: Some(replicas),
             ..DeploymentStatus::default()
         }),
-    }
+        ..CachedDeployment::default()
+    };
+    crate::caches::trim_deployment(&mut cached);
+    cached
 }
 
 #[test]
@@ -199,7 +203,7 @@ fn a_deployment_leaves_zero_while_it_asks_for_replicas_and_has_none() {
     let gone = watcher::Event::Delete(deployment("hello", 1, None));
     assert_eq!(leaving_zero(&gone), None);
     let mut unlabelled = deployment("hello", 1, None);
-    unlabelled.metadata.labels = None;
+    unlabelled.function = None;
     assert_eq!(leaving_zero(&watcher::Event::Apply(unlabelled)), None);
 }
 
