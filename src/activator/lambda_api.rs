@@ -118,8 +118,8 @@ impl AsyncSettings {
             max_retries: u32::try_from(spec.max_retries.clamp(0, 2)).unwrap_or(2),
             max_event_age: duration(&spec.max_event_age, 6 * 3600),
             retry_delay: duration(&spec.retry_delay, 60).max(Duration::from_secs(1)),
-            on_success: spec.on_success.clone(),
-            on_failure: spec.on_failure.clone(),
+            on_success: spec.on_success.as_deref().cloned(),
+            on_failure: spec.on_failure.as_deref().cloned(),
         }
     }
 }

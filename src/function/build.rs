@@ -183,7 +183,7 @@ pub fn deployment(
     let name = function.name_any();
     let spec = &function.spec;
     let resources = match &spec.resources {
-        Some(resources) => resources.clone(),
+        Some(resources) => (**resources).clone(),
         None => resources_for_memory(&spec.memory).map_err(BuildError::Memory)?,
     };
     let mut container = Container {
