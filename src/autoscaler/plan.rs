@@ -169,14 +169,18 @@ impl AutoscalerState {
     pub fn plan(&mut self, targets: &[Target], scrape: &Scrape, clock: Clock) -> Plan {
         let Clock { now, wall } = clock;
         let mut plan = Plan::default();
-        let mut seen = HashSet::new();
+        // Borrowed, not cloned: a tick looks at every function, and cloning each one's key
+        // (twice) cost tens of thousands of allocations a second at 10,000 functions.
+        let seen: HashSet<&Key> = targets.iter().map(|target| &target.key).collect();
         for target in targets {
             let key = &target.key;
-            seen.insert(key.clone());
-            let entry = self
-                .tracked
-                .entry(key.clone())
-                .or_insert_with(|| Tracked::new(target.uid.clone(), wall));
+            if !self.tracked.contains_key(key) {
+                let tracked = Tracked::new(target.uid.clone(), wall);
+                self.tracked.insert(key.clone(), tracked);
+            }
+            let Some(entry) = self.tracked.get_mut(key) else {
+                continue;
+            };
             if entry.uid != target.uid {
                 *entry = Tracked::new(target.uid.clone(), wall);
             }

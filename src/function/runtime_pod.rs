@@ -120,7 +120,11 @@ pub fn code_config_map_name(function: &str) -> String {
 
 /// Every code source of the function in order: its code (if any), then its layers.
 fn sources(spec: &ServerlessFunctionSpec) -> impl Iterator<Item = (SourceRole, usize, &Code)> {
-    let code = spec.code.as_deref().into_iter().map(|code| (SourceRole::Code, 0, code));
+    let code = spec
+        .code
+        .as_deref()
+        .into_iter()
+        .map(|code| (SourceRole::Code, 0, code));
     let layers = spec
         .layers
         .iter()
