@@ -100,6 +100,10 @@ impl Metrics {
 }
 
 /// Runs the controller until `shutdown`.
+/// How often the controller hands the memory it freed back to the system (see
+/// [`telemetry::release_free_memory`]).
+const RELEASE_FREE_MEMORY_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub async fn run(client: Client, config: Config, shutdown: CancellationToken) -> Result<(), Error> {
     let mut registry = Registry::with_prefix("fargo");
     let metrics = Metrics::register(&mut registry);
@@ -120,6 +124,10 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) ->
         shutdown.clone(),
     ));
 
+    tokio::spawn(telemetry::release_free_memory(
+        RELEASE_FREE_MEMORY_EVERY,
+        shutdown.clone(),
+    ));
     let mut webhook = tokio::spawn(webhook::run(
         client.clone(),
         config.webhook.clone(),
