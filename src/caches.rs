@@ -4,6 +4,8 @@
 //! the reconciler).
 
 use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStatus};
@@ -61,10 +63,16 @@ pub struct CachedDeployment {
 
 /// A digest of a map of labels: whether they changed.
 pub fn labels_digest(labels: &std::collections::BTreeMap<String, String>) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    labels.hash(&mut hasher);
-    hasher.finish()
+    digest(labels)
+}
+
+/// A digest of `value` with this process's own random keys, so that no tenant can choose names
+/// or labels that collide.
+pub fn digest(value: &impl std::hash::Hash) -> u64 {
+    use std::hash::BuildHasher;
+    static KEYS: std::sync::LazyLock<std::collections::hash_map::RandomState> =
+        std::sync::LazyLock::new(std::collections::hash_map::RandomState::new);
+    KEYS.hash_one(value)
 }
 
 /// What [`CachedDeployment`] keeps of a Deployment's spec.
@@ -168,6 +176,164 @@ pub fn trim_deployment(deployment: &mut CachedDeployment) {
     }
 }
 
+/// A cache of the functions' children (their Deployments, or their Services), by namespace and
+/// name. kube's [`Store`] keys each object by a reference that holds four strings (name,
+/// namespace, uid, resourceVersion): some 300 bytes an object with its table, more than a
+/// trimmed Service takes. This one keys each by a [`digest`] of its namespace and name, and
+/// checks both on a read.
+pub struct ChildCache<K> {
+    objects: Arc<RwLock<HashMap<u64, Arc<K>>>>,
+    ready: tokio::sync::watch::Receiver<bool>,
+}
+
+impl<K> Clone for ChildCache<K> {
+    fn clone(&self) -> Self {
+        Self {
+            objects: self.objects.clone(),
+            ready: self.ready.clone(),
+        }
+    }
+}
+
+fn child_key(namespace: &str, name: &str) -> u64 {
+    digest(&(namespace, name))
+}
+
+fn is_named(object: &impl kube::Resource, namespace: &str, name: &str) -> bool {
+    object.meta().namespace.as_deref() == Some(namespace)
+        && object.meta().name.as_deref() == Some(name)
+}
+
+impl<K: kube::Resource + Clone> ChildCache<K> {
+    fn new() -> (Self, ChildWriter<K>) {
+        let objects = Arc::new(RwLock::new(HashMap::new()));
+        let (ready, waiting) = tokio::sync::watch::channel(false);
+        let writer = ChildWriter {
+            objects: objects.clone(),
+            relisted: None,
+            ready,
+        };
+        let cache = Self {
+            objects,
+            ready: waiting,
+        };
+        (cache, writer)
+    }
+
+    /// A cache holding `objects`, ready: what a replayed reconcile reads.
+    pub fn of(objects: impl IntoIterator<Item = K>) -> Self {
+        let (cache, mut writer) = Self::new();
+        writer.apply(&watcher::Event::Init);
+        for object in objects {
+            writer.apply(&watcher::Event::InitApply(object));
+        }
+        writer.apply(&watcher::Event::InitDone);
+        cache
+    }
+
+    /// The object of that namespace and name.
+    pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<K>> {
+        let objects = self.objects.read().unwrap_or_else(|e| e.into_inner());
+        objects
+            .get(&child_key(namespace, name))
+            .filter(|object| is_named(object.as_ref(), namespace, name))
+            .cloned()
+    }
+
+    /// Waits until the first full list is in. Any number may wait.
+    pub async fn wait_until_ready(&self) {
+        let mut ready = self.ready.clone();
+        let _ = ready.wait_for(|ready| *ready).await;
+    }
+}
+
+/// What fills a [`ChildCache`] from its watch's events, as kube's reflector fills a store: a
+/// relist is gathered apart and replaces the objects whole when it is done.
+struct ChildWriter<K> {
+    objects: Arc<RwLock<HashMap<u64, Arc<K>>>>,
+    relisted: Option<HashMap<u64, Arc<K>>>,
+    ready: tokio::sync::watch::Sender<bool>,
+}
+
+impl<K: kube::Resource + Clone> ChildWriter<K> {
+    fn apply(&mut self, event: &watcher::Event<K>) {
+        let key_of = |object: &K| {
+            let meta = object.meta();
+            child_key(
+                meta.namespace.as_deref().unwrap_or_default(),
+                meta.name.as_deref().unwrap_or_default(),
+            )
+        };
+        match event {
+            watcher::Event::Apply(object) => {
+                let mut objects = self.objects.write().unwrap_or_else(|e| e.into_inner());
+                objects.insert(key_of(object), Arc::new(object.clone()));
+            }
+            watcher::Event::Delete(object) => {
+                let mut objects = self.objects.write().unwrap_or_else(|e| e.into_inner());
+                let key = key_of(object);
+                let meta = object.meta();
+                let (namespace, name) = (
+                    meta.namespace.as_deref().unwrap_or_default(),
+                    meta.name.as_deref().unwrap_or_default(),
+                );
+                if objects
+                    .get(&key)
+                    .is_some_and(|cached| is_named(cached.as_ref(), namespace, name))
+                {
+                    objects.remove(&key);
+                }
+            }
+            watcher::Event::Init => self.relisted = Some(HashMap::new()),
+            watcher::Event::InitApply(object) => {
+                if let Some(relisted) = self.relisted.as_mut() {
+                    relisted.insert(key_of(object), Arc::new(object.clone()));
+                }
+            }
+            watcher::Event::InitDone => {
+                if let Some(relisted) = self.relisted.take() {
+                    *self.objects.write().unwrap_or_else(|e| e.into_inner()) = relisted;
+                }
+                self.ready.send_replace(true);
+            }
+        }
+    }
+}
+
+/// A [`ChildCache`] of the objects `config` selects, each trimmed by `trim`, and the watch that
+/// fills it until `shutdown`, calling `seen` with every event once the cache holds it (errors
+/// are logged, never passed on).
+fn child_cache<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    trim: impl FnMut(&mut K) + Send + 'static,
+    mut seen: impl FnMut(&watcher::Event<K>) + Send + 'static,
+    shutdown: CancellationToken,
+) -> (
+    ChildCache<K>,
+    impl std::future::Future<Output = ()> + Send + 'static,
+)
+where
+    K: Cached,
+{
+    let (cache, mut writer) = ChildCache::new();
+    let stream = watcher(api, config)
+        .default_backoff()
+        .modify(trim)
+        .take_until(shutdown.cancelled_owned())
+        .for_each(move |event| {
+            match event {
+                Ok(event) => {
+                    writer.apply(&event);
+                    seen(&event);
+                }
+                Err(error) => tracing::debug!(%error, kind = %K::kind(&()), "watching a cache"),
+            }
+            std::future::ready(())
+        });
+    (cache, stream)
+}
+
 /// Every FargateProfile, for the usage metrics (profiles are few).
 pub fn profiles(
     client: Client,
@@ -185,19 +351,18 @@ pub fn profiles(
     )
 }
 
-/// The functions' Deployments, trimmed: the store, and the watch that fills it until
-/// `shutdown`, calling `seen` with every event once the store holds it. Only the autoscaler
-/// waits on the store (see [`FunctionStore`] on why a single waiter matters).
+/// The functions' Deployments, trimmed: the cache, and the watch that fills it until
+/// `shutdown`, calling `seen` with every event once the cache holds it.
 pub fn function_deployments(
     client: Client,
     seen: impl FnMut(&watcher::Event<CachedDeployment>) + Send + 'static,
     shutdown: CancellationToken,
 ) -> (
-    Store<CachedDeployment>,
+    ChildCache<CachedDeployment>,
     impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let functions = watcher::Config::default().labels(FUNCTION_LABEL);
-    cache(Api::all(client), functions, trim_deployment, seen, shutdown)
+    child_cache(Api::all(client), functions, trim_deployment, seen, shutdown)
 }
 
 /// The standby pods of functions (labelled `fargo.dev/standby-of`), without their managed
@@ -271,18 +436,18 @@ fn trim_service(service: &mut CachedService) {
     };
 }
 
-/// The functions' Services, trimmed ([`CachedService`]): the store, and the watch that fills it
-/// until `shutdown`, calling `seen` with every event once the store holds it.
+/// The functions' Services, trimmed ([`CachedService`]): the cache, and the watch that fills
+/// it until `shutdown`, calling `seen` with every event once the cache holds it.
 pub fn function_services(
     client: Client,
     seen: impl FnMut(&watcher::Event<CachedService>) + Send + 'static,
     shutdown: CancellationToken,
 ) -> (
-    Store<CachedService>,
+    ChildCache<CachedService>,
     impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let functions = watcher::Config::default().labels(FUNCTION_LABEL);
-    cache(Api::all(client), functions, trim_service, seen, shutdown)
+    child_cache(Api::all(client), functions, trim_service, seen, shutdown)
 }
 
 /// The object a watch event says was added, changed or deleted (`None` for the markers of a
@@ -496,6 +661,51 @@ mod tests {
             "metadata": {"name": "thumbnail", "namespace": "media", "ownerReferences": owners},
         }))
         .unwrap()
+    }
+
+    fn service_named(namespace: &str, name: &str, version: &str) -> CachedService {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": namespace, "resourceVersion": version},
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_child_cache_holds_what_its_watch_said_last_by_namespace_and_name() {
+        let (cache, mut writer) = ChildCache::<CachedService>::new();
+        let version = |namespace: &str, name: &str| {
+            cache
+                .get(namespace, name)
+                .and_then(|s| s.metadata.resource_version.clone())
+        };
+        writer.apply(&watcher::Event::Init);
+        writer.apply(&watcher::Event::InitApply(service_named("a", "one", "1")));
+        // A relist is not read before it is whole.
+        assert_eq!(version("a", "one"), None);
+        writer.apply(&watcher::Event::InitDone);
+        cache.wait_until_ready().await;
+        assert_eq!(version("a", "one").as_deref(), Some("1"));
+        // Same name, other namespace: apart.
+        assert_eq!(version("b", "one"), None);
+
+        writer.apply(&watcher::Event::Apply(service_named("a", "one", "2")));
+        writer.apply(&watcher::Event::Apply(service_named("b", "one", "3")));
+        assert_eq!(version("a", "one").as_deref(), Some("2"));
+        assert_eq!(version("b", "one").as_deref(), Some("3"));
+        writer.apply(&watcher::Event::Delete(service_named("a", "one", "2")));
+        assert_eq!(version("a", "one"), None);
+        assert_eq!(version("b", "one").as_deref(), Some("3"));
+
+        // A relist replaces everything: what it no longer lists is gone.
+        writer.apply(&watcher::Event::Init);
+        writer.apply(&watcher::Event::InitApply(service_named("c", "two", "4")));
+        writer.apply(&watcher::Event::InitDone);
+        assert_eq!(version("b", "one"), None);
+        assert_eq!(version("c", "two").as_deref(), Some("4"));
+
+        let replayed = ChildCache::of([service_named("d", "three", "5")]);
+        replayed.wait_until_ready().await;
+        assert!(replayed.get("d", "three").is_some());
     }
 
     #[test]

@@ -99,11 +99,11 @@ impl Metrics {
     }
 }
 
-/// Runs the controller until `shutdown`.
 /// How often the controller hands the memory it freed back to the system (see
 /// [`telemetry::release_free_memory`]).
 const RELEASE_FREE_MEMORY_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Runs the controller until `shutdown`.
 pub async fn run(client: Client, config: Config, shutdown: CancellationToken) -> Result<(), Error> {
     let mut registry = Registry::with_prefix("fargo");
     let metrics = Metrics::register(&mut registry);

@@ -36,7 +36,7 @@ use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{AUTOSCALER_MANAGER, EVENTS_MANAGER, SERVICE_NAME_LABEL, ServerlessFunction};
-use crate::caches::{CachedDeployment, FunctionStore, live};
+use crate::caches::{CachedDeployment, ChildCache, FunctionStore, live};
 use crate::http_client::{HttpClient, http_client};
 use crate::reconcile::{EventPublisher, patch_status};
 use crate::replicas::{Instances, apply_replicas};
@@ -113,7 +113,7 @@ pub struct Context {
     pub metrics: Arc<AutoscalerMetrics>,
     pub functions: FunctionStore,
     /// The functions' Deployments (trimmed, see [`crate::caches::trim_deployment`]).
-    pub deployments: Store<CachedDeployment>,
+    pub deployments: ChildCache<CachedDeployment>,
     pub stats: StatsSource,
 }
 
@@ -189,7 +189,7 @@ async fn tick(
         if let Some(provisioned) = crate::usage::functions::provisioned(function) {
             warm.insert(key.clone(), provisioned);
         }
-        let Some(deployment) = ctx.deployments.get(&ObjectRef::new(&key.1).within(&key.0)) else {
+        let Some(deployment) = ctx.deployments.get(&key.0, &key.1) else {
             continue;
         };
         targets.push(Target {

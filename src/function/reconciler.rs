@@ -32,7 +32,9 @@ use crate::api::routes::{ActivatorNames, claimed_hosts, refusals_among};
 use crate::api::{
     CONTROLLER_MANAGER, FUNCTION_LABEL, ServerlessFunction, ServerlessFunctionStatus,
 };
-use crate::caches::{CachedDeployment, CachedService, FunctionStore, labels_digest, live};
+use crate::caches::{
+    CachedDeployment, CachedService, ChildCache, FunctionStore, digest, labels_digest, live,
+};
 use crate::profile::matching::namespace_is_selected;
 use crate::reconcile::{self, Note, ReconcileError, Reporting, patch_status};
 use crate::replicas::{Instances, autoscaler_owns_replicas};
@@ -109,11 +111,11 @@ pub struct Context {
     pub client: Client,
     pub reporting: Reporting,
     /// The functions' Deployments, trimmed (see [`crate::caches::trim_deployment`]).
-    pub deployments: Store<CachedDeployment>,
+    pub deployments: ChildCache<CachedDeployment>,
     /// Every function (the controller's own store): who else claims a function's hosts.
     pub functions: FunctionStore,
     /// The functions' Services, trimmed (see [`crate::caches::CachedService`]).
-    pub services: Store<CachedService>,
+    pub services: ChildCache<CachedService>,
     /// What this process last applied to each function's Deployment.
     pub applied: Arc<AppliedObjects>,
     /// What this process last applied to each function's Service.
@@ -139,12 +141,12 @@ pub struct Context {
 const DEBOUNCE: Duration = Duration::from_millis(300);
 
 /// What the controller last applied to each function's Deployment: a hash of the object, and
-/// the Deployment's uid and generation right after. While the cached Deployment is still that
-/// one at that generation (nobody changed its spec since: a change by anyone, the autoscaler
-/// included, bumps the generation), still carries the labels and owner reference it was given
-/// (metadata changes leave the generation alone), and the function still builds the same
-/// object, applying again would change nothing and is skipped. Kept in memory only: a new
-/// process applies once.
+/// the Deployment's uid, generation and labels right after. While the cached Deployment is
+/// still that one at that generation (nobody changed its spec since: a change by anyone, the
+/// autoscaler included, bumps the generation), with the same labels and still the owner
+/// reference it was given (metadata changes leave the generation alone), and the function still
+/// builds the same object, applying again would change nothing and is skipped. Kept in memory
+/// only: a new process applies once.
 ///
 /// The same for each function's Service, by its resourceVersion instead: a Service has no
 /// generation, and every write to it, by anyone, changes its resourceVersion, so any change at
@@ -168,17 +170,11 @@ struct Applied {
 
 /// A function's key in [`AppliedObjects`].
 fn function_key(namespace: &str, name: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    (namespace, name).hash(&mut hasher);
-    hasher.finish()
+    digest(&(namespace, name))
 }
 
 fn hash_str(value: Option<&str>) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    value.hash(&mut hasher);
-    hasher.finish()
+    digest(&value)
 }
 
 impl AppliedObjects {
@@ -361,12 +357,7 @@ fn generation(deployment: &Deployment) -> Option<String> {
 }
 
 fn hash_of(object: &impl serde::Serialize) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    serde_json::to_vec(object)
-        .unwrap_or_default()
-        .hash(&mut hasher);
-    hasher.finish()
+    digest(&serde_json::to_vec(object).unwrap_or_default())
 }
 
 /// Reconciles running at once. Each holds a connection to the API server while it waits on it;
@@ -790,7 +781,7 @@ impl ServerlessFunction {
         let key = function_key(namespace, &name);
         let hash = hash_of(&service);
         let api = Api::<Service>::namespaced(ctx.client.clone(), namespace);
-        if let Some(current) = ctx.services.get(&ObjectRef::new(&name).within(namespace)) {
+        if let Some(current) = ctx.services.get(namespace, &name) {
             if ctx
                 .applied_services
                 .service_unchanged(key, hash, current.as_ref())
@@ -842,10 +833,7 @@ impl ServerlessFunction {
         namespace: &str,
     ) -> Result<Option<(Deployment, u64)>> {
         let name = self.name_any();
-        if let Some(cached) = ctx
-            .deployments
-            .get(&ObjectRef::new(&name).within(namespace))
-        {
+        if let Some(cached) = ctx.deployments.get(namespace, &name) {
             return Ok(Some((cached.to_deployment(), cached.labels_digest)));
         }
         if self.status.is_none() && !ctx.applied.knows(function_key(namespace, &name)) {

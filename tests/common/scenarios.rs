@@ -78,15 +78,14 @@ pub async fn reconcile_function(client: Client, inputs: &FunctionInputs) -> Stri
     let ctx = fargo::function::reconciler::Context {
         client: client.clone(),
         reporting: reporting(client),
-        deployments: store_of(
-            &inputs
+        deployments: fargo::caches::ChildCache::of(
+            inputs
                 .deployments
                 .iter()
-                .map(fargo::caches::CachedDeployment::from)
-                .collect::<Vec<_>>(),
+                .map(fargo::caches::CachedDeployment::from),
         ),
         functions: store_of(&[DeserializeGuard(Ok(inputs.function.clone()))]),
-        services: store_of::<fargo::caches::CachedService>(&[]),
+        services: fargo::caches::ChildCache::of([]),
         applied: Default::default(),
         applied_services: Default::default(),
         written_statuses: Default::default(),
@@ -135,7 +134,7 @@ pub async fn perform_scale(client: Client, inputs: &ScaleInputs) -> String {
         events: EventPublisher::new(client, IDENTITY),
         metrics: fargo::autoscaler::AutoscalerMetrics::register(&mut Registry::default()),
         functions: store_of(&[DeserializeGuard(Ok(function.clone()))]),
-        deployments: store_of(&[]),
+        deployments: fargo::caches::ChildCache::of([]),
         stats: fargo::autoscaler::StatsSource::Urls(vec![]),
     };
     let plan = Plan {
