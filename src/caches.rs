@@ -317,21 +317,34 @@ where
     K: Cached,
 {
     let (cache, mut writer) = ChildCache::new();
-    let stream = watcher(api, config)
-        .default_backoff()
-        .modify(trim)
+    let events = watcher(api, config).default_backoff().modify(trim);
+    let watch = each_event(
+        events,
+        move |event| {
+            writer.apply(event);
+            seen(event);
+        },
+        shutdown,
+    );
+    (cache, watch)
+}
+
+/// Calls `each` with every event of `events` until `shutdown` (errors are logged, never passed
+/// on).
+fn each_event<K: Cached>(
+    events: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+    mut each: impl FnMut(&watcher::Event<K>) + Send + 'static,
+    shutdown: CancellationToken,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    events
         .take_until(shutdown.cancelled_owned())
         .for_each(move |event| {
             match event {
-                Ok(event) => {
-                    writer.apply(&event);
-                    seen(&event);
-                }
+                Ok(event) => each(&event),
                 Err(error) => tracing::debug!(%error, kind = %K::kind(&()), "watching a cache"),
             }
             std::future::ready(())
-        });
-    (cache, stream)
+        })
 }
 
 /// Every FargateProfile, for the usage metrics (profiles are few).
@@ -510,7 +523,7 @@ pub(crate) fn cache<K>(
     api: Api<K>,
     config: watcher::Config,
     trim: impl FnMut(&mut K) + Send + 'static,
-    mut seen: impl FnMut(&watcher::Event<K>) + Send + 'static,
+    seen: impl FnMut(&watcher::Event<K>) + Send + 'static,
     shutdown: CancellationToken,
 ) -> (
     Store<K>,
@@ -520,19 +533,11 @@ where
     K: Cached,
 {
     let (store, writer) = reflector::store();
-    let stream = watcher(api, config)
+    let events = watcher(api, config)
         .default_backoff()
         .modify(trim)
-        .reflect(writer)
-        .take_until(shutdown.cancelled_owned())
-        .for_each(move |event| {
-            match event {
-                Ok(event) => seen(&event),
-                Err(error) => tracing::debug!(%error, kind = %K::kind(&()), "watching a cache"),
-            }
-            std::future::ready(())
-        });
-    (store, stream)
+        .reflect(writer);
+    (store, each_event(events, seen, shutdown))
 }
 
 #[cfg(test)]
