@@ -134,7 +134,9 @@ pub struct Plan {
 
 /// One function's scaler and what was last written for it.
 struct Tracked {
-    uid: String,
+    /// A digest of the function's uid ([`crate::caches::digest`]): a function deleted and made
+    /// again under its name starts over.
+    uid: u64,
     scaler: FunctionScaler,
     /// When the autoscaler first saw the function: idleness is counted from here at the
     /// earliest, so a new leader does not take a function for idle since forever.
@@ -145,7 +147,7 @@ struct Tracked {
 }
 
 impl Tracked {
-    fn new(uid: String, now: Timestamp) -> Self {
+    fn new(uid: u64, now: Timestamp) -> Self {
         Self {
             uid,
             scaler: FunctionScaler::new(),
@@ -174,15 +176,15 @@ impl AutoscalerState {
         let seen: HashSet<&Key> = targets.iter().map(|target| &target.key).collect();
         for target in targets {
             let key = &target.key;
+            let uid = crate::caches::digest(&target.uid);
             if !self.tracked.contains_key(key) {
-                let tracked = Tracked::new(target.uid.clone(), wall);
-                self.tracked.insert(key.clone(), tracked);
+                self.tracked.insert(key.clone(), Tracked::new(uid, wall));
             }
             let Some(entry) = self.tracked.get_mut(key) else {
                 continue;
             };
-            if entry.uid != target.uid {
-                *entry = Tracked::new(target.uid.clone(), wall);
+            if entry.uid != uid {
+                *entry = Tracked::new(uid, wall);
             }
 
             let load = scrape.loads.get(key).cloned().unwrap_or_default();

@@ -95,10 +95,27 @@ pub struct Decision {
     pub panic_concurrency: f64,
 }
 
+/// One tick's concurrency, and when it was taken as milliseconds after the scaler's first
+/// sample: 12 bytes where an `Instant` and an `f64` take 24, and a function's first idle minute
+/// keeps sixty of them.
+#[derive(Clone, Copy, Debug)]
+#[repr(C, packed(4))]
+struct Sample {
+    at: u32,
+    value: f64,
+}
+
+const _: () = assert!(std::mem::size_of::<Sample>() == 12);
+
+/// A scaler older than this (about 24 days) moves its first sample up (see
+/// [`FunctionScaler::millis`]), so that a sample's `u32` of milliseconds never runs out.
+const MOVE_FIRST_SAMPLE_AFTER: u128 = u32::MAX as u128 / 2;
+
 /// The memory of one function's scaler between ticks.
 #[derive(Clone, Debug, Default)]
 pub struct FunctionScaler {
-    samples: VecDeque<(Instant, f64)>,
+    samples: VecDeque<Sample>,
+    /// The first sample's time; samples are kept as milliseconds after it.
     first_sample: Option<Instant>,
     /// The last time the panic condition held; `None` when not panicking.
     panic_since: Option<Instant>,
@@ -119,17 +136,21 @@ impl FunctionScaler {
     pub fn observe(&mut self, policy: &ScalePolicy, observed: &Observation) -> Decision {
         let now = observed.now;
         let concurrency = observed.concurrency.max(0.0);
-        self.samples.push_back((now, concurrency));
-        let first_sample = *self.first_sample.get_or_insert(now);
-        while let Some(&(at, _)) = self.samples.front() {
-            if now.saturating_duration_since(at) >= STABLE_WINDOW {
+        let at = self.millis(now);
+        self.samples.push_back(Sample {
+            at,
+            value: concurrency,
+        });
+        let first_sample = self.first_sample.unwrap_or(now);
+        while let Some(&Sample { at: oldest, .. }) = self.samples.front() {
+            if u128::from(at.saturating_sub(oldest)) >= STABLE_WINDOW.as_millis() {
                 self.samples.pop_front();
             } else {
                 break;
             }
         }
-        let stable_concurrency = self.average(now, STABLE_WINDOW);
-        let panic_concurrency = self.average(now, PANIC_WINDOW);
+        let stable_concurrency = self.average(at, STABLE_WINDOW);
+        let panic_concurrency = self.average(at, PANIC_WINDOW);
         let target = policy.target.max(f64::MIN_POSITIVE);
         let desired_stable = instances_for(stable_concurrency, target);
         let desired_panic = instances_for(panic_concurrency, target);
@@ -164,7 +185,7 @@ impl FunctionScaler {
         if idle {
             desired = 0;
             // Freed, not cleared: most functions sit idle, and a full window's buffer is
-            // 1.5 KB each.
+            // 0.75 KB each.
             self.samples = VecDeque::new();
             self.panic_since = None;
             self.max_panic_replicas = 0;
@@ -187,13 +208,33 @@ impl FunctionScaler {
         }
     }
 
-    fn average(&self, now: Instant, window: Duration) -> f64 {
+    /// `now` as milliseconds after the first sample (which `now` becomes if there is none).
+    /// Once that passes [`MOVE_FIRST_SAMPLE_AFTER`], the first sample is taken to be two
+    /// stable windows before `now`, and the samples kept move with it; any older than that
+    /// (none, as a window never keeps them) become that old, and are dropped as such.
+    fn millis(&mut self, now: Instant) -> u32 {
+        let first = *self.first_sample.get_or_insert(now);
+        let millis = now.saturating_duration_since(first).as_millis();
+        if millis <= MOVE_FIRST_SAMPLE_AFTER {
+            return millis as u32;
+        }
+        let shift = millis - 2 * STABLE_WINDOW.as_millis();
+        self.first_sample = Some(first + Duration::from_millis(shift as u64));
+        let shift = u32::try_from(shift).unwrap_or(u32::MAX);
+        for sample in &mut self.samples {
+            sample.at = sample.at.saturating_sub(shift);
+        }
+        (2 * STABLE_WINDOW.as_millis()) as u32
+    }
+
+    /// The average of the samples within `window` of `now` (milliseconds, as [`Self::millis`]).
+    fn average(&self, now: u32, window: Duration) -> f64 {
         let (sum, count) = self
             .samples
             .iter()
             .rev()
-            .take_while(|(at, _)| now.saturating_duration_since(*at) < window)
-            .fold((0.0, 0u32), |(sum, count), (_, value)| {
+            .take_while(|sample| u128::from(now.saturating_sub(sample.at)) < window.as_millis())
+            .fold((0.0, 0u32), |(sum, count), &Sample { value, .. }| {
                 (sum + value, count + 1)
             });
         if count == 0 {
@@ -280,6 +321,24 @@ mod tests {
             };
             self.scaler.observe(&self.policy, &observed)
         }
+    }
+
+    #[test]
+    fn a_scaler_older_than_its_milliseconds_keeps_averaging_its_windows() {
+        let mut run = Run::new(policy(1, None, 1.0), 1);
+        run.run(120, 4.0);
+        // 30 days later, past what a sample's milliseconds since the first one can hold: the
+        // samples of then are long out of the windows, and new ones average as before.
+        run.second += 30 * 24 * 3600;
+        let first = run.tick(2.0);
+        assert_eq!(first.stable_concurrency, 2.0, "{first:?}");
+        let decision = run.run(90, 3.0);
+        assert_eq!(decision.stable_concurrency, 3.0, "{decision:?}");
+        assert_eq!(decision.desired, 3);
+        // Sixty samples in the stable window, six in the panic window, as at the start.
+        let half = run.run(30, 1.0);
+        assert_eq!(half.stable_concurrency, 2.0, "{half:?}");
+        assert_eq!(half.panic_concurrency, 1.0, "{half:?}");
     }
 
     #[test]
