@@ -10,7 +10,9 @@ use std::sync::{Arc, RwLock};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStatus};
 use k8s_openapi::api::core::v1::{Pod, Service};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    ManagedFieldsEntry, ObjectMeta, OwnerReference,
+};
 use kube::Client;
 use kube::api::Api;
 use kube::core::DeserializeGuard;
@@ -41,15 +43,15 @@ pub fn live(guard: &DeserializeGuard<ServerlessFunction>) -> Option<&ServerlessF
         .filter(|f| f.metadata.deletion_timestamp.is_none())
 }
 
-/// A function's Deployment as the caches keep it: its metadata, `spec.replicas` and status,
-/// all the reconciler and the autoscaler read. A [`Deployment`] takes 2.4 KB before any of its
-/// strings, most of it the pod template's `PodSpec` held inline, empty or not; this takes a
-/// fifth of that, and the watch never builds the rest.
+/// A function's Deployment as its watch reads it: its metadata, `spec.replicas` and status,
+/// trimmed ([`trim_deployment`]) to what [`CachedDeployment`] keeps. A [`Deployment`] takes
+/// 2.4 KB before any of its strings, most of it the pod template's `PodSpec` held inline, empty
+/// or not; this takes a fifth of that, and the watch never builds the rest.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-pub struct CachedDeployment {
+pub struct WatchedDeployment {
     pub metadata: ObjectMeta,
     #[serde(default)]
-    pub spec: Option<CachedDeploymentSpec>,
+    pub spec: Option<WatchedDeploymentSpec>,
     #[serde(default)]
     pub status: Option<DeploymentStatus>,
     /// The value of its `fargo.dev/function` label.
@@ -75,9 +77,9 @@ pub fn digest(value: &impl std::hash::Hash) -> u64 {
     KEYS.hash_one(value)
 }
 
-/// What [`CachedDeployment`] keeps of a Deployment's spec.
+/// What [`WatchedDeployment`] reads of a Deployment's spec.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-pub struct CachedDeploymentSpec {
+pub struct WatchedDeploymentSpec {
     #[serde(default)]
     pub replicas: Option<i32>,
 }
@@ -117,15 +119,70 @@ macro_rules! cached_form_of {
     };
 }
 
-cached_form_of!(CachedDeployment, Deployment);
+cached_form_of!(WatchedDeployment, Deployment);
+
+impl From<&Deployment> for WatchedDeployment {
+    fn from(deployment: &Deployment) -> Self {
+        let mut watched = Self {
+            metadata: deployment.metadata.clone(),
+            spec: deployment.spec.as_ref().map(|spec| WatchedDeploymentSpec {
+                replicas: spec.replicas,
+            }),
+            status: deployment.status.clone(),
+            ..Self::default()
+        };
+        trim_deployment(&mut watched);
+        watched
+    }
+}
+
+/// A function's Deployment as the cache keeps it: what the reconciler and the autoscaler read,
+/// and no more. An [`ObjectMeta`] takes over 300 bytes, set or not, and an owner reference four
+/// strings; this keeps five of the first's fields and one of the second's.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CachedDeployment {
+    pub namespace: String,
+    pub name: String,
+    pub uid: Option<String>,
+    pub resource_version: Option<String>,
+    pub generation: Option<i64>,
+    /// The uid of its controller owner reference.
+    pub controller_uid: Option<String>,
+    /// Whether the autoscaler's field manager has written it (its replicas).
+    pub autoscaled: bool,
+    /// `spec.replicas`.
+    pub replicas: Option<i32>,
+    /// The status, trimmed as [`trim_deployment`] does.
+    pub status: Option<DeploymentStatus>,
+    /// The value of its `fargo.dev/function` label.
+    pub function: Option<String>,
+    /// A digest of its labels ([`labels_digest`]).
+    pub labels_digest: u64,
+}
 
 impl CachedDeployment {
-    /// The Deployment this was cached from, as far as the cache kept it.
+    /// The Deployment this was cached from, as far as the cache kept it: of its owner
+    /// references, the controller's uid.
     pub fn to_deployment(&self) -> Deployment {
         Deployment {
-            metadata: self.metadata.clone(),
-            spec: self.spec.as_ref().map(|spec| DeploymentSpec {
-                replicas: spec.replicas,
+            metadata: ObjectMeta {
+                name: Some(self.name.clone()),
+                namespace: Some(self.namespace.clone()),
+                uid: self.uid.clone(),
+                resource_version: self.resource_version.clone(),
+                generation: self.generation,
+                owner_references: self.controller_uid.as_ref().map(|uid| {
+                    vec![OwnerReference {
+                        uid: uid.clone(),
+                        controller: Some(true),
+                        ..OwnerReference::default()
+                    }]
+                }),
+                managed_fields: self.autoscaled.then(autoscaler_entry),
+                ..ObjectMeta::default()
+            },
+            spec: Some(DeploymentSpec {
+                replicas: self.replicas,
                 ..DeploymentSpec::default()
             }),
             status: self.status.clone(),
@@ -133,37 +190,69 @@ impl CachedDeployment {
     }
 }
 
-impl From<&Deployment> for CachedDeployment {
-    fn from(deployment: &Deployment) -> Self {
-        let mut cached = Self {
-            metadata: deployment.metadata.clone(),
-            spec: deployment.spec.as_ref().map(|spec| CachedDeploymentSpec {
-                replicas: spec.replicas,
-            }),
-            status: deployment.status.clone(),
-            ..Self::default()
-        };
-        trim_deployment(&mut cached);
-        cached
+impl From<&WatchedDeployment> for CachedDeployment {
+    fn from(watched: &WatchedDeployment) -> Self {
+        let meta = &watched.metadata;
+        Self {
+            namespace: meta.namespace.clone().unwrap_or_default(),
+            name: meta.name.clone().unwrap_or_default(),
+            uid: meta.uid.clone(),
+            resource_version: meta.resource_version.clone(),
+            generation: meta.generation,
+            controller_uid: controller_uid(meta),
+            autoscaled: autoscaler_owns_replicas(watched),
+            replicas: watched.spec.as_ref().and_then(|spec| spec.replicas),
+            status: watched.status.clone(),
+            function: watched.function.clone(),
+            labels_digest: watched.labels_digest,
+        }
     }
 }
 
-/// Keeps only what the reconciler and the autoscaler read of a cached Deployment: its
+impl From<&Deployment> for CachedDeployment {
+    fn from(deployment: &Deployment) -> Self {
+        Self::from(&WatchedDeployment::from(deployment))
+    }
+}
+
+impl Child for CachedDeployment {
+    fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// The uid of an object's controller owner reference (there is at most one).
+fn controller_uid(meta: &ObjectMeta) -> Option<String> {
+    meta.owner_references
+        .iter()
+        .flatten()
+        .find(|owner| owner.controller == Some(true))
+        .map(|owner| owner.uid.clone())
+}
+
+/// A bare managed-fields entry of the autoscaler's field manager: it has written the object.
+fn autoscaler_entry() -> Vec<ManagedFieldsEntry> {
+    vec![ManagedFieldsEntry {
+        manager: Some(AUTOSCALER_MANAGER.to_string()),
+        ..Default::default()
+    }]
+}
+
+/// Keeps only what the reconciler and the autoscaler read of a watched Deployment: its
 /// metadata without annotations, with its labels reduced to the function's and a digest, and
 /// with its managed fields reduced to whether the autoscaler has written it (a bare entry); and
 /// of its status conditions, a ReplicaFailure that holds.
-pub fn trim_deployment(deployment: &mut CachedDeployment) {
+pub fn trim_deployment(deployment: &mut WatchedDeployment) {
     if let Some(labels) = deployment.metadata.labels.take() {
         deployment.function = labels.get(FUNCTION_LABEL).cloned();
         deployment.labels_digest = labels_digest(&labels);
     }
     let autoscaled = autoscaler_owns_replicas(deployment);
-    deployment.metadata.managed_fields = autoscaled.then(|| {
-        vec![ManagedFieldsEntry {
-            manager: Some(AUTOSCALER_MANAGER.to_string()),
-            ..Default::default()
-        }]
-    });
+    deployment.metadata.managed_fields = autoscaled.then(autoscaler_entry);
     deployment.metadata.annotations = None;
     if let Some(status) = deployment.status.as_mut() {
         if let Some(conditions) = status.conditions.as_mut() {
@@ -199,12 +288,17 @@ fn child_key(namespace: &str, name: &str) -> u64 {
     digest(&(namespace, name))
 }
 
-fn is_named(object: &impl kube::Resource, namespace: &str, name: &str) -> bool {
-    object.meta().namespace.as_deref() == Some(namespace)
-        && object.meta().name.as_deref() == Some(name)
+/// What a [`ChildCache`] holds: an object that knows its namespace and name.
+pub trait Child: Send + Sync + 'static {
+    fn namespace(&self) -> &str;
+    fn name(&self) -> &str;
 }
 
-impl<K: kube::Resource + Clone> ChildCache<K> {
+fn is_named(object: &impl Child, namespace: &str, name: &str) -> bool {
+    object.namespace() == namespace && object.name() == name
+}
+
+impl<K: Child> ChildCache<K> {
     fn new() -> (Self, ChildWriter<K>) {
         let objects = Arc::new(RwLock::new(HashMap::new()));
         let (ready, waiting) = tokio::sync::watch::channel(false);
@@ -223,11 +317,11 @@ impl<K: kube::Resource + Clone> ChildCache<K> {
     /// A cache holding `objects`, ready: what a replayed reconcile reads.
     pub fn of(objects: impl IntoIterator<Item = K>) -> Self {
         let (cache, mut writer) = Self::new();
-        writer.apply(&watcher::Event::Init);
+        writer.apply(watcher::Event::Init);
         for object in objects {
-            writer.apply(&watcher::Event::InitApply(object));
+            writer.apply(watcher::Event::InitApply(object));
         }
-        writer.apply(&watcher::Event::InitDone);
+        writer.apply(watcher::Event::InitDone);
         cache
     }
 
@@ -255,39 +349,27 @@ struct ChildWriter<K> {
     ready: tokio::sync::watch::Sender<bool>,
 }
 
-impl<K: kube::Resource + Clone> ChildWriter<K> {
-    fn apply(&mut self, event: &watcher::Event<K>) {
-        let key_of = |object: &K| {
-            let meta = object.meta();
-            child_key(
-                meta.namespace.as_deref().unwrap_or_default(),
-                meta.name.as_deref().unwrap_or_default(),
-            )
-        };
+impl<K: Child> ChildWriter<K> {
+    fn apply(&mut self, event: watcher::Event<K>) {
+        let key_of = |object: &K| child_key(object.namespace(), object.name());
         match event {
             watcher::Event::Apply(object) => {
                 let mut objects = self.objects.write().unwrap_or_else(|e| e.into_inner());
-                objects.insert(key_of(object), Arc::new(object.clone()));
+                objects.insert(key_of(&object), Arc::new(object));
             }
             watcher::Event::Delete(object) => {
                 let mut objects = self.objects.write().unwrap_or_else(|e| e.into_inner());
-                let key = key_of(object);
-                let meta = object.meta();
-                let (namespace, name) = (
-                    meta.namespace.as_deref().unwrap_or_default(),
-                    meta.name.as_deref().unwrap_or_default(),
-                );
-                if objects
-                    .get(&key)
-                    .is_some_and(|cached| is_named(cached.as_ref(), namespace, name))
-                {
+                let key = key_of(&object);
+                if objects.get(&key).is_some_and(|cached| {
+                    is_named(cached.as_ref(), object.namespace(), object.name())
+                }) {
                     objects.remove(&key);
                 }
             }
             watcher::Event::Init => self.relisted = Some(HashMap::new()),
             watcher::Event::InitApply(object) => {
                 if let Some(relisted) = self.relisted.as_mut() {
-                    relisted.insert(key_of(object), Arc::new(object.clone()));
+                    relisted.insert(key_of(&object), Arc::new(object));
                 }
             }
             watcher::Event::InitDone => {
@@ -300,33 +382,45 @@ impl<K: kube::Resource + Clone> ChildWriter<K> {
     }
 }
 
-/// A [`ChildCache`] of the objects `config` selects, each trimmed by `trim`, and the watch that
-/// fills it until `shutdown`, calling `seen` with every event once the cache holds it (errors
-/// are logged, never passed on).
-fn child_cache<K>(
-    api: Api<K>,
+/// A [`ChildCache`] of the objects `config` selects, each read as `W`, trimmed by `trim` and
+/// kept as `K`, and the watch that fills it until `shutdown`, calling `seen` with every event
+/// once the cache holds it (errors are logged, never passed on).
+fn child_cache<W, K>(
+    api: Api<W>,
     config: watcher::Config,
-    trim: impl FnMut(&mut K) + Send + 'static,
-    mut seen: impl FnMut(&watcher::Event<K>) + Send + 'static,
+    trim: impl FnMut(&mut W) + Send + 'static,
+    mut seen: impl FnMut(&watcher::Event<W>) + Send + 'static,
     shutdown: CancellationToken,
 ) -> (
     ChildCache<K>,
     impl std::future::Future<Output = ()> + Send + 'static,
 )
 where
-    K: Cached,
+    W: Cached,
+    K: Child + for<'a> From<&'a W>,
 {
     let (cache, mut writer) = ChildCache::new();
     let events = watcher(api, config).default_backoff().modify(trim);
     let watch = each_event(
         events,
         move |event| {
-            writer.apply(event);
+            writer.apply(kept(event));
             seen(event);
         },
         shutdown,
     );
     (cache, watch)
+}
+
+/// A watch's event with its object as the cache keeps it.
+fn kept<W, K: for<'a> From<&'a W>>(event: &watcher::Event<W>) -> watcher::Event<K> {
+    match event {
+        watcher::Event::Apply(object) => watcher::Event::Apply(K::from(object)),
+        watcher::Event::InitApply(object) => watcher::Event::InitApply(K::from(object)),
+        watcher::Event::Delete(object) => watcher::Event::Delete(K::from(object)),
+        watcher::Event::Init => watcher::Event::Init,
+        watcher::Event::InitDone => watcher::Event::InitDone,
+    }
 }
 
 /// Calls `each` with every event of `events` until `shutdown` (errors are logged, never passed
@@ -364,11 +458,11 @@ pub fn profiles(
     )
 }
 
-/// The functions' Deployments, trimmed: the cache, and the watch that fills it until
-/// `shutdown`, calling `seen` with every event once the cache holds it.
+/// The functions' Deployments, as [`CachedDeployment`]: the cache, and the watch that fills it
+/// until `shutdown`, calling `seen` with every event once the cache holds it.
 pub fn function_deployments(
     client: Client,
-    seen: impl FnMut(&watcher::Event<CachedDeployment>) + Send + 'static,
+    seen: impl FnMut(&watcher::Event<WatchedDeployment>) + Send + 'static,
     shutdown: CancellationToken,
 ) -> (
     ChildCache<CachedDeployment>,
@@ -397,70 +491,93 @@ pub fn standby_pods(
     )
 }
 
-/// A function's Service as the caches keep it: its name, uid, resourceVersion, owners and
-/// cluster IP, all the reconciler reads to skip applying a Service it finds as it left it, and to
-/// replace one an earlier fargo made with a cluster IP; half a [`Service`]'s size.
+/// A function's Service as its watch reads it: its metadata and cluster IP.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-pub struct CachedService {
+pub struct WatchedService {
     pub metadata: ObjectMeta,
     #[serde(default)]
-    pub spec: Option<CachedServiceSpec>,
+    pub spec: Option<WatchedServiceSpec>,
 }
 
-/// What [`CachedService`] keeps of a Service's spec.
+/// What [`WatchedService`] reads of a Service's spec.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-pub struct CachedServiceSpec {
+pub struct WatchedServiceSpec {
     #[serde(default, rename = "clusterIP")]
     pub cluster_ip: Option<String>,
 }
 
-cached_form_of!(CachedService, Service);
+cached_form_of!(WatchedService, Service);
 
-impl CachedService {
-    /// The cluster IP as the spec gives it (`"None"` for a headless Service).
-    pub fn cluster_ip(&self) -> Option<&str> {
-        self.spec.as_ref()?.cluster_ip.as_deref()
+/// A function's Service as the cache keeps it: its name, uid, resourceVersion, cluster IP and
+/// the uid of its controller, all the reconciler reads to skip applying a Service it finds as
+/// it left it, and to replace one an earlier fargo made with a cluster IP.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CachedService {
+    pub namespace: String,
+    pub name: String,
+    pub uid: Option<String>,
+    pub resource_version: Option<String>,
+    /// `spec.clusterIP` (`"None"` for a headless Service).
+    pub cluster_ip: Option<String>,
+    /// The uid of its controller owner reference.
+    pub controller_uid: Option<String>,
+}
+
+impl From<&WatchedService> for CachedService {
+    fn from(watched: &WatchedService) -> Self {
+        let meta = &watched.metadata;
+        Self {
+            namespace: meta.namespace.clone().unwrap_or_default(),
+            name: meta.name.clone().unwrap_or_default(),
+            uid: meta.uid.clone(),
+            resource_version: meta.resource_version.clone(),
+            cluster_ip: watched
+                .spec
+                .as_ref()
+                .and_then(|spec| spec.cluster_ip.clone()),
+            controller_uid: controller_uid(meta),
+        }
     }
 }
 
 impl From<&Service> for CachedService {
     fn from(service: &Service) -> Self {
-        let mut cached = Self {
-            metadata: service.metadata.clone(),
-            spec: service.spec.as_ref().map(|spec| CachedServiceSpec {
-                cluster_ip: spec.cluster_ip.clone(),
-            }),
-        };
-        trim_service(&mut cached);
-        cached
+        Self {
+            namespace: service.metadata.namespace.clone().unwrap_or_default(),
+            name: service.metadata.name.clone().unwrap_or_default(),
+            uid: service.metadata.uid.clone(),
+            resource_version: service.metadata.resource_version.clone(),
+            cluster_ip: service
+                .spec
+                .as_ref()
+                .and_then(|spec| spec.cluster_ip.clone()),
+            controller_uid: controller_uid(&service.metadata),
+        }
     }
 }
 
-/// Keeps of a cached Service's metadata its name, namespace, uid, resourceVersion and owners.
-fn trim_service(service: &mut CachedService) {
-    let metadata = std::mem::take(&mut service.metadata);
-    service.metadata = ObjectMeta {
-        name: metadata.name,
-        namespace: metadata.namespace,
-        uid: metadata.uid,
-        resource_version: metadata.resource_version,
-        owner_references: metadata.owner_references,
-        ..ObjectMeta::default()
-    };
+impl Child for CachedService {
+    fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
 }
 
-/// The functions' Services, trimmed ([`CachedService`]): the cache, and the watch that fills
-/// it until `shutdown`, calling `seen` with every event once the cache holds it.
+/// The functions' Services, as [`CachedService`]: the cache, and the watch that fills it until
+/// `shutdown`, calling `seen` with every event once the cache holds it.
 pub fn function_services(
     client: Client,
-    seen: impl FnMut(&watcher::Event<CachedService>) + Send + 'static,
+    seen: impl FnMut(&watcher::Event<WatchedService>) + Send + 'static,
     shutdown: CancellationToken,
 ) -> (
     ChildCache<CachedService>,
     impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let functions = watcher::Config::default().labels(FUNCTION_LABEL);
-    child_cache(Api::all(client), functions, trim_service, seen, shutdown)
+    child_cache(Api::all(client), functions, |_| {}, seen, shutdown)
 }
 
 /// The object a watch event says was added, changed or deleted (`None` for the markers of a
@@ -585,26 +702,39 @@ mod tests {
 
     #[test]
     fn a_cached_deployment_keeps_what_the_reconciler_and_the_autoscaler_read() {
-        let mut cached: CachedDeployment = serde_json::from_value(watched()).unwrap();
-        trim_deployment(&mut cached);
+        let mut read: WatchedDeployment = serde_json::from_value(watched()).unwrap();
+        trim_deployment(&mut read);
+        let cached = CachedDeployment::from(&read);
         let full: Deployment = serde_json::from_value(watched()).unwrap();
 
         // Read as it was before the cache trimmed it.
         let kept = cached.to_deployment();
         assert_eq!(Instances::of_cached(&cached), Instances::of(&full));
         assert_eq!(Instances::of(&kept), Instances::of(&full));
-        assert!(autoscaler_owns_replicas(&cached) && autoscaler_owns_replicas(&full));
+        assert!(cached.autoscaled && autoscaler_owns_replicas(&full));
+        assert!(autoscaler_owns_replicas(&kept));
         assert_eq!(
             crate::function::status::replica_failure(&kept),
             crate::function::status::replica_failure(&full),
         );
+        assert_eq!(
+            (kept.name_any(), kept.namespace()),
+            (full.name_any(), full.namespace())
+        );
         assert_eq!(kept.metadata.uid, full.metadata.uid);
+        assert_eq!(
+            kept.metadata.resource_version,
+            full.metadata.resource_version
+        );
         assert_eq!(kept.metadata.generation, full.metadata.generation);
         assert_eq!(cached.labels_digest, labels_digest(full.labels()));
         assert_eq!(cached.function.as_deref(), Some("hello"));
+        // Of the owners, the controller's uid.
+        let owners = kept.owner_references();
+        assert_eq!(owners.len(), 1);
         assert_eq!(
-            kept.metadata.owner_references,
-            full.metadata.owner_references
+            (owners[0].uid.as_str(), owners[0].controller),
+            ("f-1", Some(true))
         );
         assert_eq!(
             kept.status.as_ref().and_then(|s| s.observed_generation),
@@ -613,27 +743,39 @@ mod tests {
 
         // Left out: the template, the labels, the annotations, the managed fields' contents,
         // the other conditions.
-        assert_eq!(cached.metadata.labels, None);
-        assert_eq!(cached.metadata.annotations, None);
-        let managers: Vec<_> = cached.managed_fields().iter().map(|e| &e.manager).collect();
+        assert_eq!(read.metadata.labels, None);
+        assert_eq!(read.metadata.annotations, None);
+        let managers: Vec<_> = read.managed_fields().iter().map(|e| &e.manager).collect();
         assert_eq!(managers, [&Some(AUTOSCALER_MANAGER.to_string())]);
-        assert_eq!(cached.managed_fields()[0].fields_v1, None);
+        assert_eq!(read.managed_fields()[0].fields_v1, None);
         let conditions = cached.status.as_ref().unwrap().conditions.as_ref().unwrap();
         assert_eq!(conditions.len(), 1);
         assert_eq!(conditions[0].type_, "ReplicaFailure");
 
         // The same from a Deployment already read (the recorded scenarios feed those).
+        assert_eq!(WatchedDeployment::from(&full), read);
         assert_eq!(CachedDeployment::from(&full), cached);
     }
 
     #[test]
-    fn a_cached_deployment_takes_a_fraction_of_a_deployments_size() {
+    fn a_watched_deployment_takes_a_fraction_of_a_deployments_size() {
         assert!(
-            std::mem::size_of::<CachedDeployment>() * 4 < std::mem::size_of::<Deployment>(),
+            std::mem::size_of::<WatchedDeployment>() * 4 < std::mem::size_of::<Deployment>(),
             "{} bytes against {}",
-            std::mem::size_of::<CachedDeployment>(),
+            std::mem::size_of::<WatchedDeployment>(),
             std::mem::size_of::<Deployment>()
         );
+    }
+
+    #[test]
+    fn the_cached_children_take_less_than_their_metadata_alone() {
+        let metadata = std::mem::size_of::<ObjectMeta>();
+        for (kind, size) in [
+            ("Deployment", std::mem::size_of::<CachedDeployment>()),
+            ("Service", std::mem::size_of::<CachedService>()),
+        ] {
+            assert!(size < metadata, "{kind}: {size} bytes against {metadata}");
+        }
     }
 
     #[test]
@@ -655,13 +797,14 @@ mod tests {
             .as_array_mut()
             .unwrap()
             .pop();
-        let cached =
-            CachedDeployment::from(&serde_json::from_value::<Deployment>(watched).unwrap());
-        assert!(!autoscaler_owns_replicas(&cached));
-        assert_eq!(cached.metadata.managed_fields, None);
+        let full = serde_json::from_value::<Deployment>(watched).unwrap();
+        assert_eq!(WatchedDeployment::from(&full).metadata.managed_fields, None);
+        let cached = CachedDeployment::from(&full);
+        assert!(!cached.autoscaled);
+        assert!(!autoscaler_owns_replicas(&cached.to_deployment()));
     }
 
-    fn service_owned_by(owners: serde_json::Value) -> CachedService {
+    fn service_owned_by(owners: serde_json::Value) -> WatchedService {
         serde_json::from_value(serde_json::json!({
             "metadata": {"name": "thumbnail", "namespace": "media", "ownerReferences": owners},
         }))
@@ -669,10 +812,41 @@ mod tests {
     }
 
     fn service_named(namespace: &str, name: &str, version: &str) -> CachedService {
-        serde_json::from_value(serde_json::json!({
+        let watched: WatchedService = serde_json::from_value(serde_json::json!({
             "metadata": {"name": name, "namespace": namespace, "resourceVersion": version},
         }))
-        .unwrap()
+        .unwrap();
+        CachedService::from(&watched)
+    }
+
+    #[test]
+    fn a_cached_service_keeps_its_cluster_ip_and_its_controllers_uid() {
+        let service: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "hello", "namespace": "shop", "uid": "s-1",
+                         "resourceVersion": "7", "labels": {"fargo.dev/function": "hello"},
+                         "ownerReferences": [
+                             {"apiVersion": "v1", "kind": "ConfigMap", "name": "other",
+                              "uid": "c-1"},
+                             {"apiVersion": "fargo.dev/v1alpha1", "kind": "ServerlessFunction",
+                              "name": "hello", "uid": "f-1", "controller": true}]},
+            "spec": {"clusterIP": "None", "ports": [{"port": 80}]},
+        }))
+        .unwrap();
+        let watched: WatchedService =
+            serde_json::from_value(serde_json::to_value(&service).unwrap()).unwrap();
+        let cached = CachedService::from(&watched);
+        assert_eq!(cached, CachedService::from(&service));
+        assert_eq!(
+            cached,
+            CachedService {
+                namespace: "shop".into(),
+                name: "hello".into(),
+                uid: Some("s-1".into()),
+                resource_version: Some("7".into()),
+                cluster_ip: Some("None".into()),
+                controller_uid: Some("f-1".into()),
+            }
+        );
     }
 
     #[tokio::test]
@@ -681,30 +855,30 @@ mod tests {
         let version = |namespace: &str, name: &str| {
             cache
                 .get(namespace, name)
-                .and_then(|s| s.metadata.resource_version.clone())
+                .and_then(|s| s.resource_version.clone())
         };
-        writer.apply(&watcher::Event::Init);
-        writer.apply(&watcher::Event::InitApply(service_named("a", "one", "1")));
+        writer.apply(watcher::Event::Init);
+        writer.apply(watcher::Event::InitApply(service_named("a", "one", "1")));
         // A relist is not read before it is whole.
         assert_eq!(version("a", "one"), None);
-        writer.apply(&watcher::Event::InitDone);
+        writer.apply(watcher::Event::InitDone);
         cache.wait_until_ready().await;
         assert_eq!(version("a", "one").as_deref(), Some("1"));
         // Same name, other namespace: apart.
         assert_eq!(version("b", "one"), None);
 
-        writer.apply(&watcher::Event::Apply(service_named("a", "one", "2")));
-        writer.apply(&watcher::Event::Apply(service_named("b", "one", "3")));
+        writer.apply(watcher::Event::Apply(service_named("a", "one", "2")));
+        writer.apply(watcher::Event::Apply(service_named("b", "one", "3")));
         assert_eq!(version("a", "one").as_deref(), Some("2"));
         assert_eq!(version("b", "one").as_deref(), Some("3"));
-        writer.apply(&watcher::Event::Delete(service_named("a", "one", "2")));
+        writer.apply(watcher::Event::Delete(service_named("a", "one", "2")));
         assert_eq!(version("a", "one"), None);
         assert_eq!(version("b", "one").as_deref(), Some("3"));
 
         // A relist replaces everything: what it no longer lists is gone.
-        writer.apply(&watcher::Event::Init);
-        writer.apply(&watcher::Event::InitApply(service_named("c", "two", "4")));
-        writer.apply(&watcher::Event::InitDone);
+        writer.apply(watcher::Event::Init);
+        writer.apply(watcher::Event::InitApply(service_named("c", "two", "4")));
+        writer.apply(watcher::Event::InitDone);
         assert_eq!(version("b", "one"), None);
         assert_eq!(version("c", "two").as_deref(), Some("4"));
 
@@ -767,7 +941,7 @@ mod tests {
             assert_eq!(touched(&event), Some(&service));
         }
         for event in [watcher::Event::Init, watcher::Event::InitDone] {
-            assert_eq!(touched::<CachedService>(&event), None);
+            assert_eq!(touched::<WatchedService>(&event), None);
         }
     }
 }

@@ -28,8 +28,7 @@ impl Instances {
 
     /// [`Instances::of`] a Deployment as the caches keep it.
     pub fn of_cached(deployment: &CachedDeployment) -> Self {
-        let replicas = deployment.spec.as_ref().and_then(|s| s.replicas);
-        Self::of_parts(replicas, deployment.status.as_ref())
+        Self::of_parts(deployment.replicas, deployment.status.as_ref())
     }
 
     fn of_parts(replicas: Option<i32>, status: Option<&DeploymentStatus>) -> Self {

@@ -320,14 +320,10 @@ pub fn service(function: &ServerlessFunction) -> Result<Service, BuildError> {
 /// change can take away. A Service the function does not control is never deleted.
 pub fn replace_with_headless(service: &CachedService, function_uid: &str) -> bool {
     let has_cluster_ip = service
-        .cluster_ip()
+        .cluster_ip
+        .as_deref()
         .is_some_and(|ip| !ip.is_empty() && ip != HEADLESS);
-    let controlled = service
-        .metadata
-        .owner_references
-        .iter()
-        .flatten()
-        .any(|owner| owner.controller == Some(true) && owner.uid == function_uid);
+    let controlled = service.controller_uid.as_deref() == Some(function_uid);
     has_cluster_ip && controlled
 }
 
@@ -600,9 +596,13 @@ spec:
             &with_ip(Some("10.96.0.12"), "another"),
             &uid
         ));
-        let mut not_controller = with_ip(Some("10.96.0.12"), &uid);
+        let mut not_controller = service(&f).unwrap();
+        not_controller.spec.as_mut().unwrap().cluster_ip = Some("10.96.0.12".into());
         not_controller.metadata.owner_references.as_mut().unwrap()[0].controller = Some(false);
-        assert!(!replace_with_headless(&not_controller, &uid));
+        assert!(!replace_with_headless(
+            &CachedService::from(&not_controller),
+            &uid
+        ));
     }
 
     #[test]

@@ -222,9 +222,9 @@ impl AppliedObjects {
 
     /// Whether the cached Service is the one applied last, unchanged since, and the function
     /// still builds the same one.
-    fn service_unchanged(&self, key: u64, hash: u64, current: &impl kube::Resource) -> bool {
-        let version = current.meta().resource_version.clone();
-        self.recorded(key, hash, &current.meta().uid, version)
+    fn service_unchanged(&self, key: u64, hash: u64, current: &CachedService) -> bool {
+        let version = current.resource_version.clone();
+        self.recorded(key, hash, &current.uid, version)
     }
 
     fn record_service(&self, key: u64, hash: u64, applied: &Service) {
@@ -782,10 +782,7 @@ impl ServerlessFunction {
         let hash = hash_of(&service);
         let api = Api::<Service>::namespaced(ctx.client.clone(), namespace);
         if let Some(current) = ctx.services.get(namespace, &name) {
-            if ctx
-                .applied_services
-                .service_unchanged(key, hash, current.as_ref())
-            {
+            if ctx.applied_services.service_unchanged(key, hash, &current) {
                 return Ok(());
             }
             // A Service's cluster IP cannot change: one an earlier fargo made with an address is
@@ -793,7 +790,7 @@ impl ServerlessFunction {
             if build::replace_with_headless(&current, &self.uid().unwrap_or_default()) {
                 let params = DeleteParams {
                     preconditions: Some(Preconditions {
-                        uid: current.metadata.uid.clone(),
+                        uid: current.uid.clone(),
                         resource_version: None,
                     }),
                     ..DeleteParams::background()
@@ -1172,20 +1169,20 @@ mod tests {
             service.metadata.resource_version = Some(resource_version.into());
             service
         };
+        let unchanged = |hash: u64, service: &Service| {
+            applied.service_unchanged(key, hash, &CachedService::from(service))
+        };
         let ours = service("uid-1", "100");
-        assert!(!applied.service_unchanged(key, 7, &ours), "never applied");
+        assert!(!unchanged(7, &ours), "never applied");
         applied.record_service(key, 7, &ours);
-        assert!(applied.service_unchanged(key, 7, &ours));
+        assert!(unchanged(7, &ours));
+        assert!(!unchanged(8, &ours), "the function builds another Service");
         assert!(
-            !applied.service_unchanged(key, 8, &ours),
-            "the function builds another Service"
-        );
-        assert!(
-            !applied.service_unchanged(key, 7, &service("uid-1", "101")),
+            !unchanged(7, &service("uid-1", "101")),
             "written by someone since"
         );
         assert!(
-            !applied.service_unchanged(key, 7, &service("uid-2", "100")),
+            !unchanged(7, &service("uid-2", "100")),
             "deleted and made again"
         );
     }

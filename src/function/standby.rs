@@ -34,7 +34,7 @@ use super::build::CONTAINER_NAME;
 use crate::api::{
     FUNCTION_LABEL, FargateProfile, PROFILE_LABEL, STANDBY_LABEL, ServerlessFunction,
 };
-use crate::caches::{CachedDeployment, FunctionStore, live};
+use crate::caches::{FunctionStore, WatchedDeployment, live};
 use crate::profile::matching::match_pod;
 
 /// The label the Deployment controller gives a ReplicaSet and its pods: a hash of the pod
@@ -228,7 +228,7 @@ pub fn of_function(pods: &Store<Pod>, function: &ServerlessFunction) -> Vec<Arc<
 
 /// The function (namespace, name) whose Deployment, as the Deployment cache sees it, asks for
 /// replicas and has none yet: whose standby pod, if it has one, is to be woken.
-pub fn leaving_zero(event: &watcher::Event<CachedDeployment>) -> Option<(String, String)> {
+pub fn leaving_zero(event: &watcher::Event<WatchedDeployment>) -> Option<(String, String)> {
     let (watcher::Event::Apply(deployment) | watcher::Event::InitApply(deployment)) = event else {
         return None;
     };

@@ -5,7 +5,7 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 
 use super::*;
-use crate::caches::CachedDeploymentSpec;
+use crate::caches::{WatchedDeployment, WatchedDeploymentSpec};
 use crate::function::runtime_pod::RuntimeSettings;
 
 const HELLO: &str = r#"
@@ -161,9 +161,9 @@ fn the_current_replica_set_is_the_deployments_newest() {
     assert!(current_replica_set(&sets, "nobody").is_none());
 }
 
-/// A function's Deployment as the cache holds it.
-fn deployment(function: &str, wanted: i32, has: Option<i32>) -> CachedDeployment {
-    let mut cached = CachedDeployment {
+/// A function's Deployment as its watch reads it.
+fn deployment(function: &str, wanted: i32, has: Option<i32>) -> WatchedDeployment {
+    let mut cached = WatchedDeployment {
         metadata: ObjectMeta {
             name: Some(function.into()),
             namespace: Some("team-a".into()),
@@ -173,14 +173,14 @@ fn deployment(function: &str, wanted: i32, has: Option<i32>) -> CachedDeployment
             )])),
             ..ObjectMeta::default()
         },
-        spec: Some(CachedDeploymentSpec {
+        spec: Some(WatchedDeploymentSpec {
             replicas: Some(wanted),
         }),
         status: has.map(|replicas| DeploymentStatus {
             replicas: Some(replicas),
             ..DeploymentStatus::default()
         }),
-        ..CachedDeployment::default()
+        ..WatchedDeployment::default()
     };
     crate::caches::trim_deployment(&mut cached);
     cached
