@@ -136,18 +136,42 @@ impl From<&Deployment> for WatchedDeployment {
     }
 }
 
-/// A function's Deployment as the cache keeps it: what the reconciler and the autoscaler read,
-/// and no more. An [`ObjectMeta`] takes over 300 bytes, set or not, and an owner reference four
-/// strings; this keeps five of the first's fields and one of the second's.
+/// What a cache keeps of a child's metadata. An [`ObjectMeta`] takes over 300 bytes, set or
+/// not, and an owner reference four strings; this keeps four of the first's fields and one of
+/// the second's.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct CachedDeployment {
+pub struct ChildMeta {
     pub namespace: String,
     pub name: String,
     pub uid: Option<String>,
     pub resource_version: Option<String>,
-    pub generation: Option<i64>,
-    /// The uid of its controller owner reference.
+    /// The uid of its controller owner reference (there is at most one).
     pub controller_uid: Option<String>,
+}
+
+impl From<&ObjectMeta> for ChildMeta {
+    fn from(meta: &ObjectMeta) -> Self {
+        Self {
+            namespace: meta.namespace.clone().unwrap_or_default(),
+            name: meta.name.clone().unwrap_or_default(),
+            uid: meta.uid.clone(),
+            resource_version: meta.resource_version.clone(),
+            controller_uid: meta
+                .owner_references
+                .iter()
+                .flatten()
+                .find(|owner| owner.controller == Some(true))
+                .map(|owner| owner.uid.clone()),
+        }
+    }
+}
+
+/// A function's Deployment as the cache keeps it: what the reconciler and the autoscaler read,
+/// and no more.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CachedDeployment {
+    pub meta: ChildMeta,
+    pub generation: Option<i64>,
     /// Whether the autoscaler's field manager has written it (its replicas).
     pub autoscaled: bool,
     /// `spec.replicas`.
@@ -166,12 +190,12 @@ impl CachedDeployment {
     pub fn to_deployment(&self) -> Deployment {
         Deployment {
             metadata: ObjectMeta {
-                name: Some(self.name.clone()),
-                namespace: Some(self.namespace.clone()),
-                uid: self.uid.clone(),
-                resource_version: self.resource_version.clone(),
+                name: Some(self.meta.name.clone()),
+                namespace: Some(self.meta.namespace.clone()),
+                uid: self.meta.uid.clone(),
+                resource_version: self.meta.resource_version.clone(),
                 generation: self.generation,
-                owner_references: self.controller_uid.as_ref().map(|uid| {
+                owner_references: self.meta.controller_uid.as_ref().map(|uid| {
                     vec![OwnerReference {
                         uid: uid.clone(),
                         controller: Some(true),
@@ -192,14 +216,9 @@ impl CachedDeployment {
 
 impl From<&WatchedDeployment> for CachedDeployment {
     fn from(watched: &WatchedDeployment) -> Self {
-        let meta = &watched.metadata;
         Self {
-            namespace: meta.namespace.clone().unwrap_or_default(),
-            name: meta.name.clone().unwrap_or_default(),
-            uid: meta.uid.clone(),
-            resource_version: meta.resource_version.clone(),
-            generation: meta.generation,
-            controller_uid: controller_uid(meta),
+            meta: ChildMeta::from(&watched.metadata),
+            generation: watched.metadata.generation,
             autoscaled: autoscaler_owns_replicas(watched),
             replicas: watched.spec.as_ref().and_then(|spec| spec.replicas),
             status: watched.status.clone(),
@@ -216,22 +235,9 @@ impl From<&Deployment> for CachedDeployment {
 }
 
 impl Child for CachedDeployment {
-    fn namespace(&self) -> &str {
-        &self.namespace
+    fn meta(&self) -> &ChildMeta {
+        &self.meta
     }
-
-    fn name(&self) -> &str {
-        &self.name
-    }
-}
-
-/// The uid of an object's controller owner reference (there is at most one).
-fn controller_uid(meta: &ObjectMeta) -> Option<String> {
-    meta.owner_references
-        .iter()
-        .flatten()
-        .find(|owner| owner.controller == Some(true))
-        .map(|owner| owner.uid.clone())
 }
 
 /// A bare managed-fields entry of the autoscaler's field manager: it has written the object.
@@ -288,14 +294,13 @@ fn child_key(namespace: &str, name: &str) -> u64 {
     digest(&(namespace, name))
 }
 
-/// What a [`ChildCache`] holds: an object that knows its namespace and name.
+/// What a [`ChildCache`] holds: an object with a [`ChildMeta`].
 pub trait Child: Send + Sync + 'static {
-    fn namespace(&self) -> &str;
-    fn name(&self) -> &str;
+    fn meta(&self) -> &ChildMeta;
 }
 
 fn is_named(object: &impl Child, namespace: &str, name: &str) -> bool {
-    object.namespace() == namespace && object.name() == name
+    object.meta().namespace == namespace && object.meta().name == name
 }
 
 impl<K: Child> ChildCache<K> {
@@ -351,7 +356,7 @@ struct ChildWriter<K> {
 
 impl<K: Child> ChildWriter<K> {
     fn apply(&mut self, event: watcher::Event<K>) {
-        let key_of = |object: &K| child_key(object.namespace(), object.name());
+        let key_of = |object: &K| child_key(&object.meta().namespace, &object.meta().name);
         match event {
             watcher::Event::Apply(object) => {
                 let mut objects = self.objects.write().unwrap_or_else(|e| e.into_inner());
@@ -360,9 +365,11 @@ impl<K: Child> ChildWriter<K> {
             watcher::Event::Delete(object) => {
                 let mut objects = self.objects.write().unwrap_or_else(|e| e.into_inner());
                 let key = key_of(&object);
-                if objects.get(&key).is_some_and(|cached| {
-                    is_named(cached.as_ref(), object.namespace(), object.name())
-                }) {
+                let meta = object.meta();
+                if objects
+                    .get(&key)
+                    .is_some_and(|cached| is_named(cached.as_ref(), &meta.namespace, &meta.name))
+                {
                     objects.remove(&key);
                 }
             }
@@ -508,34 +515,21 @@ pub struct WatchedServiceSpec {
 
 cached_form_of!(WatchedService, Service);
 
-/// A function's Service as the cache keeps it: its name, uid, resourceVersion, cluster IP and
-/// the uid of its controller, all the reconciler reads to skip applying a Service it finds as
-/// it left it, and to replace one an earlier fargo made with a cluster IP.
+/// A function's Service as the cache keeps it: its metadata as [`ChildMeta`] and its cluster
+/// IP, all the reconciler reads to skip applying a Service it finds as it left it, and to
+/// replace one an earlier fargo made with a cluster IP.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct CachedService {
-    pub namespace: String,
-    pub name: String,
-    pub uid: Option<String>,
-    pub resource_version: Option<String>,
+    pub meta: ChildMeta,
     /// `spec.clusterIP` (`"None"` for a headless Service).
     pub cluster_ip: Option<String>,
-    /// The uid of its controller owner reference.
-    pub controller_uid: Option<String>,
 }
 
 impl From<&WatchedService> for CachedService {
     fn from(watched: &WatchedService) -> Self {
-        let meta = &watched.metadata;
         Self {
-            namespace: meta.namespace.clone().unwrap_or_default(),
-            name: meta.name.clone().unwrap_or_default(),
-            uid: meta.uid.clone(),
-            resource_version: meta.resource_version.clone(),
-            cluster_ip: watched
-                .spec
-                .as_ref()
-                .and_then(|spec| spec.cluster_ip.clone()),
-            controller_uid: controller_uid(meta),
+            meta: ChildMeta::from(&watched.metadata),
+            cluster_ip: watched.spec.as_ref().and_then(|s| s.cluster_ip.clone()),
         }
     }
 }
@@ -543,26 +537,15 @@ impl From<&WatchedService> for CachedService {
 impl From<&Service> for CachedService {
     fn from(service: &Service) -> Self {
         Self {
-            namespace: service.metadata.namespace.clone().unwrap_or_default(),
-            name: service.metadata.name.clone().unwrap_or_default(),
-            uid: service.metadata.uid.clone(),
-            resource_version: service.metadata.resource_version.clone(),
-            cluster_ip: service
-                .spec
-                .as_ref()
-                .and_then(|spec| spec.cluster_ip.clone()),
-            controller_uid: controller_uid(&service.metadata),
+            meta: ChildMeta::from(&service.metadata),
+            cluster_ip: service.spec.as_ref().and_then(|s| s.cluster_ip.clone()),
         }
     }
 }
 
 impl Child for CachedService {
-    fn namespace(&self) -> &str {
-        &self.namespace
-    }
-
-    fn name(&self) -> &str {
-        &self.name
+    fn meta(&self) -> &ChildMeta {
+        &self.meta
     }
 }
 
@@ -839,12 +822,14 @@ mod tests {
         assert_eq!(
             cached,
             CachedService {
-                namespace: "shop".into(),
-                name: "hello".into(),
-                uid: Some("s-1".into()),
-                resource_version: Some("7".into()),
+                meta: ChildMeta {
+                    namespace: "shop".into(),
+                    name: "hello".into(),
+                    uid: Some("s-1".into()),
+                    resource_version: Some("7".into()),
+                    controller_uid: Some("f-1".into()),
+                },
                 cluster_ip: Some("None".into()),
-                controller_uid: Some("f-1".into()),
             }
         );
     }
@@ -855,7 +840,7 @@ mod tests {
         let version = |namespace: &str, name: &str| {
             cache
                 .get(namespace, name)
-                .and_then(|s| s.resource_version.clone())
+                .and_then(|s| s.meta.resource_version.clone())
         };
         writer.apply(watcher::Event::Init);
         writer.apply(watcher::Event::InitApply(service_named("a", "one", "1")));

@@ -323,7 +323,7 @@ pub fn replace_with_headless(service: &CachedService, function_uid: &str) -> boo
         .cluster_ip
         .as_deref()
         .is_some_and(|ip| !ip.is_empty() && ip != HEADLESS);
-    let controlled = service.controller_uid.as_deref() == Some(function_uid);
+    let controlled = service.meta.controller_uid.as_deref() == Some(function_uid);
     has_cluster_ip && controlled
 }
 

@@ -223,8 +223,8 @@ impl AppliedObjects {
     /// Whether the cached Service is the one applied last, unchanged since, and the function
     /// still builds the same one.
     fn service_unchanged(&self, key: u64, hash: u64, current: &CachedService) -> bool {
-        let version = current.resource_version.clone();
-        self.recorded(key, hash, &current.uid, version)
+        let version = current.meta.resource_version.clone();
+        self.recorded(key, hash, &current.meta.uid, version)
     }
 
     fn record_service(&self, key: u64, hash: u64, applied: &Service) {
@@ -790,7 +790,7 @@ impl ServerlessFunction {
             if build::replace_with_headless(&current, &self.uid().unwrap_or_default()) {
                 let params = DeleteParams {
                     preconditions: Some(Preconditions {
-                        uid: current.uid.clone(),
+                        uid: current.meta.uid.clone(),
                         resource_version: None,
                     }),
                     ..DeleteParams::background()
