@@ -273,9 +273,8 @@ pub fn trim_deployment(deployment: &mut WatchedDeployment) {
 
 /// A cache of the functions' children (their Deployments, or their Services), by namespace and
 /// name. kube's [`Store`] keys each object by a reference that holds four strings (name,
-/// namespace, uid, resourceVersion): some 300 bytes an object with its table, more than a
-/// trimmed Service takes. This one keys each by a [`digest`] of its namespace and name, and
-/// checks both on a read.
+/// namespace, uid, resourceVersion): some 300 bytes an object with its table. This one keys
+/// each by a [`digest`] of its namespace and name, and checks both on a read.
 pub struct ChildCache<K> {
     objects: Arc<RwLock<HashMap<u64, Arc<K>>>>,
     ready: tokio::sync::watch::Receiver<bool>,

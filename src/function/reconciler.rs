@@ -168,6 +168,17 @@ struct Applied {
     labels: u64,
 }
 
+impl Applied {
+    fn of(hash: u64, uid: Option<&str>, version: Option<&str>, labels: u64) -> Self {
+        Self {
+            hash,
+            uid: hash_str(uid),
+            version: version.map(|v| hash_str(Some(v))),
+            labels,
+        }
+    }
+}
+
 /// A function's key in [`AppliedObjects`].
 fn function_key(namespace: &str, name: &str) -> u64 {
     digest(&(namespace, name))
@@ -192,26 +203,25 @@ impl AppliedObjects {
         current: &Deployment,
         labels: u64,
     ) -> bool {
-        let recorded = self.recorded(key, hash, &current.metadata.uid, generation(current));
-        let labels_kept = self.lock().get(&key).is_some_and(|a| a.labels == labels);
+        let uid = current.metadata.uid.as_deref();
+        let recorded = self.recorded(
+            key,
+            Applied::of(hash, uid, generation(current).as_deref(), labels),
+        );
         let owners_kept = desired.owner_references().iter().all(|wanted| {
             current
                 .owner_references()
                 .iter()
                 .any(|owner| owner.uid == wanted.uid && owner.controller == wanted.controller)
         });
-        recorded && labels_kept && owners_kept
+        recorded && owners_kept
     }
 
     fn record(&self, key: u64, hash: u64, applied: &Deployment) {
+        let uid = applied.metadata.uid.as_deref();
         let labels = labels_digest(applied.labels());
-        self.insert(
-            key,
-            hash,
-            applied.metadata.uid.clone(),
-            generation(applied),
-            labels,
-        );
+        let applied = Applied::of(hash, uid, generation(applied).as_deref(), labels);
+        self.lock().insert(key, applied);
     }
 
     /// Whether this process has applied the object since it started (or since the function
@@ -223,42 +233,24 @@ impl AppliedObjects {
     /// Whether the cached Service is the one applied last, unchanged since, and the function
     /// still builds the same one.
     fn service_unchanged(&self, key: u64, hash: u64, current: &CachedService) -> bool {
-        let version = current.meta.resource_version.clone();
-        self.recorded(key, hash, &current.meta.uid, version)
+        let (uid, version) = (&current.meta.uid, &current.meta.resource_version);
+        self.recorded(
+            key,
+            Applied::of(hash, uid.as_deref(), version.as_deref(), 0),
+        )
     }
 
     fn record_service(&self, key: u64, hash: u64, applied: &Service) {
-        let version = applied.metadata.resource_version.clone();
-        self.insert(key, hash, applied.metadata.uid.clone(), version, 0);
-    }
-
-    fn recorded(&self, key: u64, hash: u64, uid: &Option<String>, version: Option<String>) -> bool {
-        let version = version.as_deref().map(|v| hash_str(Some(v)));
-        self.lock().get(&key).is_some_and(|applied| {
-            applied.hash == hash
-                && applied.uid == hash_str(uid.as_deref())
-                && applied.version.is_some()
-                && applied.version == version
-        })
-    }
-
-    fn insert(
-        &self,
-        key: u64,
-        hash: u64,
-        uid: Option<String>,
-        version: Option<String>,
-        labels: u64,
-    ) {
-        let uid = hash_str(uid.as_deref());
-        let version = version.as_deref().map(|v| hash_str(Some(v)));
-        let applied = Applied {
-            hash,
-            uid,
-            version,
-            labels,
-        };
+        let (uid, version) = (&applied.metadata.uid, &applied.metadata.resource_version);
+        let applied = Applied::of(hash, uid.as_deref(), version.as_deref(), 0);
         self.lock().insert(key, applied);
+    }
+
+    /// Whether the record for `key` is `expected`, with a version.
+    fn recorded(&self, key: u64, expected: Applied) -> bool {
+        self.lock()
+            .get(&key)
+            .is_some_and(|applied| applied.version.is_some() && *applied == expected)
     }
 
     /// Forgets all but the functions `live` (their namespaces and names).
