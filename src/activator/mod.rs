@@ -21,6 +21,7 @@ pub mod queues;
 pub mod router;
 pub mod scale;
 pub mod storage;
+pub mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -11,11 +11,9 @@ use bytes::Bytes;
 use http_body_util::{Either, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::http::uri::{self, Authority, PathAndQuery, Scheme};
+use hyper::http::uri::{self, Authority, PathAndQuery};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode, Uri};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use pin_project_lite::pin_project;
@@ -31,11 +29,12 @@ use super::router::RouteError;
 use super::router::upstream_path;
 use super::scale::{Cluster, spawn_poke};
 use super::storage::StorageTokens;
+use super::upstream::{self, PodConnection};
 use crate::api::function::HttpAuth;
 use crate::connections::{self, ConnectionLimits, Connections, TrackedBody};
 use crate::telemetry::error_chain;
 
-type UpstreamBody = Either<Incoming, Full<Bytes>>;
+pub(super) type UpstreamBody = Either<Incoming, Full<Bytes>>;
 
 /// A request body on its way to a pod: the client's, streamed through, or one the activator
 /// read whole (an Invoke API payload, an event from the queue, a signed request).
@@ -74,33 +73,6 @@ const HOP_BY_HOP: [HeaderName; 9] = [
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];
-
-/// Pooled connections to pods are closed after this long unused.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
-/// A pod that is listed accepts at once or not at all.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-
-thread_local! {
-    /// Each thread's pool of connections to pods. A serving thread's requests go out on
-    /// connections whose tasks run on that thread too (the client spawns them on the runtime it
-    /// is called from), so neither side of a request wakes another thread.
-    static UPSTREAM: Client<HttpConnector, UpstreamBody> = upstream_client();
-}
-
-fn upstream_client() -> Client<HttpConnector, UpstreamBody> {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-    Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .build(connector)
-}
-
-/// Sends `request` to a pod on this thread's connections.
-fn send_upstream(request: Request<UpstreamBody>) -> hyper_util::client::legacy::ResponseFuture {
-    UPSTREAM.with(|client| client.request(request))
-}
 
 pub struct Proxy {
     index: Arc<FunctionIndex>,
@@ -363,13 +335,15 @@ impl Proxy {
         if self.metering {
             lease.meter_from_now(config.facts.memory_mb);
         }
-        let mut outcome = tokio::time::timeout_at(answer_by, send_upstream(first)).await;
+        let mut outcome =
+            tokio::time::timeout_at(answer_by, upstream::send(lease.addr(), first)).await;
         if let Ok(Err(error)) = &outcome
             && let Some((method, headers, bytes)) = replay
             && (error.is_connect() || idempotent)
         {
             tracing::debug!(%error, pod = %lease.addr(), "retrying on another pod");
-            // Another pod if there is one; a fresh connection to the same pod otherwise.
+            // Another pod if there is one; another connection to the same pod otherwise (the one
+            // that failed is closed).
             lease.switch_pod();
             if self.metering {
                 lease.meter_from_now(config.facts.memory_mb);
@@ -381,10 +355,10 @@ impl Proxy {
                 headers,
                 Outgoing::Buffered(bytes).into_upstream(),
             );
-            outcome = tokio::time::timeout_at(answer_by, send_upstream(again)).await;
+            outcome = tokio::time::timeout_at(answer_by, upstream::send(lease.addr(), again)).await;
         }
-        let response = match outcome {
-            Ok(Ok(response)) => response,
+        let (response, connection) = match outcome {
+            Ok(Ok(answer)) => answer,
             Ok(Err(error)) => {
                 lease.not_run();
                 let message = format!(
@@ -422,7 +396,10 @@ impl Proxy {
         if cold {
             function.metrics().cold_start(arrived.elapsed());
         }
-        Response::from_parts(parts, ProxyBody::upstream(body, lease, deadline))
+        Response::from_parts(
+            parts,
+            ProxyBody::upstream(body, connection, lease, deadline),
+        )
     }
 
     /// Resolves, with the pods' problems, once every pod of the function is broken (see
@@ -578,21 +555,23 @@ pub fn upstream_path_and_query(uri: &Uri, strip: usize) -> Result<PathAndQuery, 
     }
 }
 
+/// The request for the pod, in origin form (`/path?query`); a request without a `Host` header
+/// (HTTP/1.0) names the pod.
 pub fn upstream_request(
     method: Method,
     authority: &Authority,
     path_and_query: &PathAndQuery,
-    headers: HeaderMap,
+    mut headers: HeaderMap,
     body: UpstreamBody,
 ) -> Request<UpstreamBody> {
-    let mut parts = uri::Parts::default();
-    parts.scheme = Some(Scheme::HTTP);
-    parts.authority = Some(authority.clone());
-    parts.path_and_query = Some(path_and_query.clone());
+    if !headers.contains_key(header::HOST)
+        && let Ok(host) = HeaderValue::from_str(authority.as_str())
+    {
+        headers.insert(header::HOST, host);
+    }
     let mut request = Request::new(body);
     *request.method_mut() = method;
-    // Scheme, authority and path are all present, which is all `from_parts` asks.
-    *request.uri_mut() = Uri::from_parts(parts).unwrap_or_default();
+    *request.uri_mut() = Uri::from(path_and_query.clone());
     *request.headers_mut() = headers;
     request
 }
@@ -693,8 +672,26 @@ pin_project! {
             body: Incoming,
             #[pin]
             deadline: Sleep,
-            lease: Option<Lease>,
+            exchange: Option<Exchange>,
         },
+    }
+}
+
+/// What a response body from a pod holds until it ends: the request's place on the pod and the
+/// connection to it. Dropped before the end, both are given up (the connection closed).
+struct Exchange {
+    lease: Lease,
+    connection: PodConnection,
+}
+
+impl Exchange {
+    /// The request is done as soon as its response body is: the connection goes back for the
+    /// next request, and the place is freed.
+    fn finish(exchange: &mut Option<Exchange>) {
+        if let Some(Exchange { lease, connection }) = exchange.take() {
+            connection.release();
+            drop(lease);
+        }
     }
 }
 
@@ -721,11 +718,21 @@ impl ProxyBody {
         }
     }
 
-    fn upstream(body: Incoming, lease: Lease, deadline: Instant) -> Self {
+    fn upstream(
+        body: Incoming,
+        connection: PodConnection,
+        lease: Lease,
+        deadline: Instant,
+    ) -> Self {
+        let mut exchange = Some(Exchange { lease, connection });
+        // An empty body is never polled.
+        if body.is_end_stream() {
+            Exchange::finish(&mut exchange);
+        }
         ProxyBody::Upstream {
             body,
             deadline: tokio::time::sleep_until(deadline),
-            lease: Some(lease),
+            exchange,
         }
     }
 }
@@ -748,23 +755,28 @@ impl Body for ProxyBody {
                 Poll::Ready(text.take().map(|text| Ok(Frame::data(text))))
             }
             ProxyBodyProjection::Upstream {
-                body,
+                mut body,
                 deadline,
-                lease,
-            } => match body.poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
+                exchange,
+            } => match body.as_mut().poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    // The server asks no further once the body says it has ended.
+                    if body.is_end_stream() {
+                        Exchange::finish(exchange);
+                    }
+                    Poll::Ready(Some(Ok(frame)))
+                }
                 Poll::Ready(Some(Err(error))) => {
-                    lease.take();
+                    exchange.take();
                     Poll::Ready(Some(Err(error.into())))
                 }
                 Poll::Ready(None) => {
-                    // The request is done as soon as its body is: free the place now.
-                    lease.take();
+                    Exchange::finish(exchange);
                     Poll::Ready(None)
                 }
                 Poll::Pending => match deadline.poll(cx) {
                     Poll::Ready(()) => {
-                        lease.take();
+                        exchange.take();
                         Poll::Ready(Some(Err(ResponseTimedOut.into())))
                     }
                     Poll::Pending => Poll::Pending,
@@ -822,6 +834,7 @@ pub async fn serve(
     shutdown: Shutdown,
 ) {
     let Shutdown { draining, stop } = shutdown;
+    let sweeper = tokio::spawn(upstream::sweep_forever());
     let mut threads = match ServingThreads::start(threads) {
         Ok(threads) => threads,
         Err(error) => {
@@ -901,6 +914,7 @@ pub async fn serve(
     }
     drop(listener);
     connections.all_closed().await;
+    sweeper.abort();
 }
 
 /// Threads that serve client connections, each on a Tokio runtime of its own with one thread,

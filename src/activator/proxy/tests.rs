@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::server::conn::http1;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -364,6 +366,72 @@ async fn full_hold_queue_answers_429() {
         "{body}"
     );
     held.abort();
+}
+
+/// A pod that answers `ok`, or nothing (204) under `/empty`, and counts the connections it
+/// accepted.
+async fn counting_pod() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("bound address");
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let service = service_fn(|request: Request<Incoming>| async move {
+                let mut response = Response::new(Full::new(Bytes::from_static(b"ok")));
+                if request.uri().path() == "/empty" {
+                    *response.body_mut() = Full::new(Bytes::new());
+                    *response.status_mut() = StatusCode::NO_CONTENT;
+                }
+                Ok::<_, hyper::Error>(response)
+            });
+            tokio::spawn(http1::Builder::new().serve_connection(TokioIo::new(stream), service));
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn a_kept_alive_client_reaches_the_pod_on_one_connection() {
+    let activator = activator(10).await;
+    let (pod, accepted) = counting_pod().await;
+    activator
+        .index
+        .upsert("media", "echo", config(5_000, 0), HttpRoute::default());
+    activator
+        .index
+        .set_endpoints("media", "echo", &[ready(pod)]);
+    // One client connection, so one serving thread.
+    let client: Client<HttpConnector, Empty<Bytes>> =
+        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    for (method, path, expected) in [
+        (Method::GET, "/media/echo/", "ok"),
+        (Method::GET, "/media/echo/empty", ""),
+        (Method::HEAD, "/media/echo/", ""),
+        (Method::GET, "/media/echo/", "ok"),
+        (Method::GET, "/media/echo/", "ok"),
+    ] {
+        let request = Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", activator.addr))
+            .header(header::HOST, "activator.test")
+            .body(Empty::new())
+            .expect("valid request");
+        let response = client.request(request).await.expect("activator answers");
+        assert!(
+            response.status().is_success(),
+            "{path}: {}",
+            response.status()
+        );
+        let body = response.into_body().collect().await.expect("a body");
+        assert_eq!(body.to_bytes(), expected, "{path}");
+    }
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "every request, an empty answer's too, went out on the first connection"
+    );
 }
 
 #[tokio::test]
