@@ -13,7 +13,9 @@
 //!   in front of the same pod and, when `make bench-peers` has put Knative Serving on the cluster,
 //!   a Knative revision of the same image through Knative's activator and queue-proxy, and through
 //!   its queue-proxy alone; with `FARGO_BENCH_BASELINE` (the path of another build's `fargo`),
-//!   that build's activator too. CPU per request is each path's processes' own CPU time.
+//!   that build's activator too. CPU per request is each path's processes' own CPU time, with
+//!   the part of it spent in the kernel (from `/proc`'s 10 ms ticks: a few percent off over a
+//!   level's 20,000 requests).
 //! - **handler cold start**: the same measure for a Python handler (inline code) and a Go
 //!   handler (`provided`, its zip fetched from an S3 server), beside the HTTP echo image.
 //! - **the in-pod part of handler functions** (no cluster: processes of this machine):
@@ -375,6 +377,10 @@ impl ProxyPath {
     fn cpu_time(&self) -> Duration {
         self.pids.iter().copied().map(support::cpu_time).sum()
     }
+
+    fn kernel_time(&self) -> Duration {
+        self.pids.iter().copied().map(support::kernel_time).sum()
+    }
 }
 
 /// Knative Serving's request path, when `make bench-peers` (benches/peers/knative.sh up) has put
@@ -533,6 +539,8 @@ struct PathRun {
     latencies: Vec<Duration>,
     took: Duration,
     cpu: Duration,
+    /// Of `cpu`, in the kernel.
+    kernel: Duration,
 }
 
 async fn proxy_overhead(
@@ -652,6 +660,7 @@ async fn proxy_overhead(
                 let index = (round + offset) % paths.len();
                 let path = &paths[index];
                 let cpu_before = path.cpu_time();
+                let kernel_before = path.kernel_time();
                 let (latencies, took) = load_with(
                     &path.client,
                     &path.url,
@@ -662,6 +671,7 @@ async fn proxy_overhead(
                 .await;
                 let run = &mut runs[index];
                 run.cpu += path.cpu_time().saturating_sub(cpu_before);
+                run.kernel += path.kernel_time().saturating_sub(kernel_before);
                 run.latencies.extend(latencies);
                 run.took += took;
             }
@@ -675,16 +685,23 @@ async fn proxy_overhead(
                 LABEL_WIDTH,
                 run.latencies,
             );
-            figures.push((rps, p50, p99, run.cpu / count.max(1)));
+            figures.push((
+                rps,
+                p50,
+                p99,
+                run.cpu / count.max(1),
+                run.kernel / count.max(1),
+            ));
         }
-        let (base_rps, b50, b99, _) = figures[0];
-        for (path, (rps, p50, p99, per_request)) in paths.iter().zip(&figures).skip(1) {
+        let (base_rps, b50, b99, _, _) = figures[0];
+        for (path, (rps, p50, p99, per_request, kernel)) in paths.iter().zip(&figures).skip(1) {
             println!(
-                "{:<LABEL_WIDTH$} throughput {:.2}x  p50=+{:?} p99=+{:?}  CPU {per_request:.1?} per request",
+                "{:<LABEL_WIDTH$} throughput {:.2}x  p50=+{:?} p99=+{:?}  CPU {per_request:.1?} per request ({:.1?} user, {kernel:.1?} kernel)",
                 format!("  {} vs direct", path.short),
                 rps / base_rps,
                 p50.saturating_sub(b50),
                 p99.saturating_sub(b99),
+                per_request.saturating_sub(*kernel),
             );
         }
         let cpu_of = |short: &str| {

@@ -58,6 +58,22 @@ pub fn cpu_time(pid: u32) -> Duration {
     Duration::from_nanos(nanos)
 }
 
+/// Of [`cpu_time`], the part spent in the kernel (its system calls, the network stack): the
+/// process's `stime`, in `/proc`'s clock ticks (USER_HZ, which Linux fixes at 100 a second).
+pub fn kernel_time(pid: u32) -> Duration {
+    const TICKS_PER_SECOND: u64 = 100;
+    let ticks = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // The fields after the command's closing parenthesis start at the third, `state`:
+            // `stime` is the fifteenth.
+            let (_, fields) = stat.rsplit_once(')')?;
+            fields.split_whitespace().nth(12)?.parse::<u64>().ok()
+        })
+        .unwrap_or(0);
+    Duration::from_millis(ticks * 1000 / TICKS_PER_SECOND)
+}
+
 /// The API server's own metrics, in the Prometheus text format.
 pub async fn api_server_metrics(client: &kube::Client) -> String {
     let request = hyper::Request::get("/metrics")

@@ -207,12 +207,7 @@ async fn get(activator: SocketAddr, target: &str) -> (StatusCode, String) {
 async fn proxies_to_the_pod_without_the_route_prefix() {
     let activator = activator(10).await;
     let pod = echo_pod().await;
-    activator
-        .index
-        .upsert("media", "echo", config(5_000, 0), HttpRoute::default());
-    activator
-        .index
-        .set_endpoints("media", "echo", &[ready(pod)]);
+    route_to(&activator, pod);
 
     let (status, body) = get(activator.addr, "/media/echo/a/b?size=2").await;
     assert_eq!(status, StatusCode::OK);
@@ -233,12 +228,7 @@ async fn proxies_to_the_pod_without_the_route_prefix() {
 async fn forwarding_headers_the_client_sent_are_replaced_not_passed_on() {
     let activator = activator(10).await;
     let pod = echo_pod().await;
-    activator
-        .index
-        .upsert("media", "echo", config(5_000, 0), HttpRoute::default());
-    activator
-        .index
-        .set_endpoints("media", "echo", &[ready(pod)]);
+    route_to(&activator, pod);
     let (status, body) = get_with_headers(
         activator.addr,
         "/media/echo/",
@@ -266,12 +256,7 @@ async fn forwarding_headers_the_client_sent_are_replaced_not_passed_on() {
 async fn function_host_passes_the_whole_path() {
     let activator = activator(10).await;
     let pod = echo_pod().await;
-    activator
-        .index
-        .upsert("media", "echo", config(5_000, 0), HttpRoute::default());
-    activator
-        .index
-        .set_endpoints("media", "echo", &[ready(pod)]);
+    route_to(&activator, pod);
     let (status, body) = send(
         activator.addr,
         Method::GET,
@@ -288,12 +273,7 @@ async fn function_host_passes_the_whole_path() {
 async fn request_body_streams_to_the_pod() {
     let activator = activator(10).await;
     let pod = echo_pod().await;
-    activator
-        .index
-        .upsert("media", "echo", config(5_000, 0), HttpRoute::default());
-    activator
-        .index
-        .set_endpoints("media", "echo", &[ready(pod)]);
+    route_to(&activator, pod);
     let (status, body) = send(
         activator.addr,
         Method::POST,
@@ -396,12 +376,7 @@ async fn counting_pod() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
 async fn a_kept_alive_client_reaches_the_pod_on_one_connection() {
     let activator = activator(10).await;
     let (pod, accepted) = counting_pod().await;
-    activator
-        .index
-        .upsert("media", "echo", config(5_000, 0), HttpRoute::default());
-    activator
-        .index
-        .set_endpoints("media", "echo", &[ready(pod)]);
+    route_to(&activator, pod);
     // One client connection, so one serving thread.
     let client: Client<HttpConnector, Empty<Bytes>> =
         Client::builder(TokioExecutor::new()).build(HttpConnector::new());
@@ -454,12 +429,7 @@ async fn refused_connection_is_retried_on_another_pod() {
 async fn refused_connection_with_a_body_is_a_502() {
     let activator = activator(10).await;
     let dead = dead_pod();
-    activator
-        .index
-        .upsert("media", "echo", config(5_000, 0), HttpRoute::default());
-    activator
-        .index
-        .set_endpoints("media", "echo", &[ready(dead)]);
+    route_to(&activator, dead);
     let (status, body) = send(
         activator.addr,
         Method::POST,
@@ -506,12 +476,7 @@ async fn draining_closes_each_keepalive_connection_after_its_response() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let activator = activator(10).await;
     let pod = echo_pod().await;
-    activator
-        .index
-        .upsert("media", "echo", config(5_000, 0), HttpRoute::default());
-    activator
-        .index
-        .set_endpoints("media", "echo", &[ready(pod)]);
+    route_to(&activator, pod);
     let request = b"GET /media/echo/ HTTP/1.1\r\nhost: activator.test\r\n\r\n";
 
     // Before the drain the connection stays open for the next request.
@@ -627,7 +592,11 @@ async fn closed_by_the_activator(clients: &[JoinHandle<()>], expected: usize) {
 }
 
 async fn echo_function(activator: &Activator) {
-    let pod = echo_pod().await;
+    route_to(activator, echo_pod().await);
+}
+
+/// The function `media/echo` (timeout 5 s, no concurrency bound) on the one ready `pod`.
+fn route_to(activator: &Activator, pod: SocketAddr) {
     activator
         .index
         .upsert("media", "echo", config(5_000, 0), HttpRoute::default());
