@@ -1,10 +1,10 @@
 //! Connections to pods, HTTP/1 with keep-alive. Each thread keeps its own idle connections,
 //! by pod address: a request takes one that is ready (or opens one) and sends on it, and its
 //! response body puts the connection back the moment it ends. A serving thread's requests
-//! thus go out on connections whose tasks run on that thread too, and a request costs no task
-//! of its own and no allocation for the pool, and locks only its own thread's idle connections
-//! (nobody else takes that lock but the sweeper, every few seconds): the connection's task is
-//! spawned once, when it is opened.
+//! thus go out on connections whose tasks run on that thread too. A request costs the pool no
+//! task of its own and, once a pod's connections are open, no allocation; it locks only its own
+//! thread's idle connections, a lock nobody else takes but the sweeper, every few seconds. A
+//! connection's task is spawned once, when it is opened.
 //!
 //! Idle connections are closed after [`IDLE_TIMEOUT`] by [`sweep_forever`], which the proxy's
 //! server runs; connections a pod closed are forgotten then too.
@@ -66,7 +66,8 @@ impl PodConnection {
     /// closed.
     pub fn release(self) {
         if !self.sender.is_closed() {
-            IDLE.with(|idle| lock(idle).put(self.pod, self.sender));
+            // A thread that is ending has no idle connections to keep: the connection closes.
+            let _ = IDLE.try_with(|idle| lock(idle).put(self.pod, self.sender));
         }
     }
 }
@@ -89,14 +90,11 @@ impl IdleConnections {
         let connections = self.by_pod.get_mut(&pod)?;
         connections.retain(|idle| idle.usable(now));
         // One still finishing its last exchange (a request body that streams on) stays.
-        let found = connections
+        // An emptied list stays for the connection's return (the sweeper drops it).
+        connections
             .iter()
             .rposition(|idle| idle.sender.is_ready())
-            .map(|ready| connections.remove(ready).sender);
-        if connections.is_empty() {
-            self.by_pod.remove(&pod);
-        }
-        found
+            .map(|ready| connections.remove(ready).sender)
     }
 
     fn put(&mut self, pod: SocketAddr, sender: http1::SendRequest<UpstreamBody>) {
