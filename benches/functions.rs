@@ -14,8 +14,8 @@
 //!   a Knative revision of the same image through Knative's activator and queue-proxy, and through
 //!   its queue-proxy alone; with `FARGO_BENCH_BASELINE` (the path of another build's `fargo`),
 //!   that build's activator too. CPU per request is each path's processes' own CPU time, with
-//!   the part of it spent in the kernel (from `/proc`'s 10 ms ticks: a few percent off over a
-//!   level's 20,000 requests).
+//!   its user and kernel parts (the kernel's from `/proc`'s 10 ms ticks, read around each
+//!   round: good to about 1 µs per request over a level's 20,000 requests).
 //! - **handler cold start**: the same measure for a Python handler (inline code) and a Go
 //!   handler (`provided`, its zip fetched from an S3 server), beside the HTTP echo image.
 //! - **the in-pod part of handler functions** (no cluster: processes of this machine):
