@@ -54,6 +54,11 @@
 #   `autoscaling.knative.dev/window` is 6 s, the least allowed) come round every few seconds.
 #   `allow-zero-initial-scale: "true"` lets controller_scale's Knative Services start at zero
 #   instances, as its functions do, so that no pod is started for them.
+# - Only when asked, for controller_scale at 10,000 Knative Services: KNATIVE_CONTROLLER_QPS=N
+#   sets the controller's client rate limit (KUBE_API_QPS=N, KUBE_API_BURST=2N, read by
+#   knative.dev/pkg's environment/client_config.go; unset, it is 5 per controller, about 45 per
+#   second, so 10,000 Services take hours), and KNATIVE_CONTROLLER_MEMORY (say 4Gi) its memory
+#   limit in place of upstream's 1000Mi, which a controller with 10,000 Services outgrows.
 #   Autoscalers reach each other by bucket Service names only
 #   with several replicas, and after trying the pod IP (pkg/autoscaler/statforwarder); there is
 #   one. The API server reaches the webhook through a service reference, by ClusterIP.
@@ -81,6 +86,12 @@ commands=(activator autoscaler controller queue webhook)
 cache="${FARGO_CACHE:-$HOME/.cache/fargo}"
 bin="$cache/bin/knative-serving-$version"
 autoscaler_ip="${KNATIVE_AUTOSCALER_IP:-10.96.0.200}"
+controller_qps="${KNATIVE_CONTROLLER_QPS:-}"
+controller_memory="${KNATIVE_CONTROLLER_MEMORY:-}"
+[[ -z "$controller_qps" || "$controller_qps" =~ ^[1-9][0-9]*$ ]] ||
+  die "KNATIVE_CONTROLLER_QPS must be a whole number of requests per second"
+[[ -z "$controller_memory" || "$controller_memory" =~ ^[1-9][0-9]*(Mi|Gi)$ ]] ||
+  die "KNATIVE_CONTROLLER_MEMORY must be a quantity in Mi or Gi (say 4Gi)"
 default_manifest="$root/target/peers/knative-serving-$version.yaml"
 kubeconfig="${KUBECONFIG:-$state/kubeconfig}"
 ready_timeout="${FARGO_READY_TIMEOUT:-300}"
@@ -159,11 +170,12 @@ manifests() {
     mkdir -p "$(dirname "$file")"
     out="$file.tmp"
   fi
-  python3 - "$dir/config/core" "$version" "$autoscaler_ip" "$out" "${link_args[@]}" <<'PY'
+  python3 - "$dir/config/core" "$version" "$autoscaler_ip" "$controller_qps" "$controller_memory" \
+    "$out" "${link_args[@]}" <<'PY'
 import os, re, sys
 
-core, version, autoscaler_ip, out = sys.argv[1:5]
-links = dict(arg.split("=", 1) for arg in sys.argv[5:])
+core, version, autoscaler_ip, controller_qps, controller_memory, out = sys.argv[1:7]
+links = dict(arg.split("=", 1) for arg in sys.argv[7:])
 commands = {"activator", "autoscaler", "controller", "queue", "webhook"}
 
 # Files in the order `ko resolve -f config/core/` takes them: each directory's entries by name.
@@ -238,6 +250,19 @@ for rel in sorted(files, key=lambda p: p.split(os.sep)):
                 f"- ip: {autoscaler_ip}",
                 "  hostnames: [autoscaler.knative-serving.svc.cluster.local]",
             ], what)
+        if (kind, name) == ("Deployment", "controller") and controller_qps:
+            doc = insert_after(
+                doc, r"^(?P<indent>[ \t]+)- name: CONFIG_OBSERVABILITY_NAME\n[ \t]+value: .*$", [
+                    "- name: KUBE_API_QPS",
+                    f'  value: "{controller_qps}"',
+                    "- name: KUBE_API_BURST",
+                    f'  value: "{2 * int(controller_qps)}"',
+                ], what)
+        if (kind, name) == ("Deployment", "controller") and controller_memory:
+            doc, n = re.subn(r"^(\s+limits:\n(?:\s+cpu: \S+\n)?\s+memory:) 1000Mi$",
+                             rf"\1 {controller_memory}", doc, flags=re.M)
+            if n != 1:
+                sys.exit(f"{what}: {n} memory limits of 1000Mi, expected 1")
         docs.append(f"# Source: config/core/{rel}\n{doc}")
 
 with open(out, "w") as f:
@@ -268,7 +293,7 @@ check_manifests() {
       -o name)" || die "$file: kubectl cannot read it"
     log "kubectl reads $(wc -l <<<"$objects") objects"
   fi
-  python3 - "$file" "$version" "$autoscaler_ip" <<'PY'
+  python3 - "$file" "$version" "$autoscaler_ip" "$controller_qps" "$controller_memory" <<'PY'
 import sys
 try:
     import yaml
@@ -276,7 +301,7 @@ except ImportError:
     print("[knative] PyYAML is not installed: the YAML is not parsed", file=sys.stderr)
     sys.exit(0)
 
-file, version, ip = sys.argv[1:]
+file, version, ip, qps, memory = sys.argv[1:]
 with open(file) as f:
     docs = [d for d in yaml.safe_load_all(f) if d is not None]
 objects = {(d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]): d for d in docs}
@@ -307,6 +332,11 @@ checks = {
     "activator hostAliases": objects[("Deployment", ns, "activator")]["spec"]["template"]["spec"].get("hostAliases")
         == [{"ip": ip, "hostnames": ["autoscaler.knative-serving.svc.cluster.local"]}],
 }
+controller = objects[("Deployment", ns, "controller")]["spec"]["template"]["spec"]["containers"][0]
+env = {e["name"]: e.get("value") for e in controller["env"]}
+checks["controller's client rate"] = (env.get("KUBE_API_QPS"), env.get("KUBE_API_BURST")) == (
+    (qps, str(2 * int(qps))) if qps else (None, None))
+checks["controller's memory limit"] = controller["resources"]["limits"]["memory"] == (memory or "1000Mi")
 for what, ok in checks.items():
     if not ok:
         fail(f"{what} is not as rendered")
