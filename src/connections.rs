@@ -24,11 +24,12 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::{Pin, pin};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
+use futures::task::AtomicWaker;
 use hyper::body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -361,14 +362,14 @@ impl RequestCounter {
     /// A request's headers are complete: the connection is busy until the returned value (kept
     /// by the response body, see [`TrackedBody`]) is dropped.
     pub fn start(&self) -> RequestInProgress {
-        {
-            let mut state = self.activity.state();
-            if state.requests == 0 {
-                state.since = Instant::now();
-            }
-            state.requests += 1;
+        let mut state = self.activity.state();
+        if state.requests == 0 {
+            state.since = Instant::now();
         }
-        self.activity.changed.notify_one();
+        state.requests += 1;
+        drop(state);
+        // [`Place::closing`] is not woken: a busy connection has no deadline, which it finds
+        // when its idle one comes; it is woken when the connection turns idle again.
         RequestInProgress {
             counter: self.clone(),
         }
@@ -455,9 +456,20 @@ pub async fn drive<C>(
     let mut connection = pin!(connection);
     let mut stopping = false;
     let mut dropped_at: Option<Instant> = None;
+    let (place_ref, stop_ref) = (&place, &stop);
     loop {
-        tokio::select! {
-            result = connection.as_mut() => {
+        let bookkeeping = async move {
+            tokio::select! {
+                reason = place_ref.closing(), if dropped_at.is_none() => Turn::Closing(reason),
+                // Closing for idling, then wanted: its place cannot wait for the goodbye.
+                () = place_ref.activity.evicted.cancelled(), if dropped_at.is_some() => Turn::Drop,
+                () = tokio::time::sleep_until(dropped_at.unwrap_or_else(Instant::now)),
+                    if dropped_at.is_some() => Turn::Drop,
+                () = stop_ref.cancelled(), if !stopping => Turn::Stop,
+            }
+        };
+        match first_of(connection.as_mut(), pin!(bookkeeping)).await {
+            Either::Left(result) => {
                 if let Err(error) = result {
                     if headers_too_large(&*error) {
                         place.closed_for(CloseReason::HeadersTooLarge);
@@ -469,7 +481,7 @@ pub async fn drive<C>(
                 }
                 return;
             }
-            reason = place.closing(), if dropped_at.is_none() => {
+            Either::Right(Turn::Closing(reason)) => {
                 place.closed_for(reason);
                 if reason == CloseReason::Evicted {
                     return;
@@ -477,16 +489,70 @@ pub async fn drive<C>(
                 graceful_shutdown(connection.as_mut());
                 dropped_at = Some(Instant::now() + CLOSE_GRACE);
             }
-            // Closing for idling, then wanted: its place cannot wait for the goodbye.
-            () = place.activity.evicted.cancelled(), if dropped_at.is_some() => return,
-            () = tokio::time::sleep_until(dropped_at.unwrap_or_else(Instant::now)),
-                if dropped_at.is_some() => return,
-            () = stop.cancelled(), if !stopping => {
+            Either::Right(Turn::Drop) => return,
+            Either::Right(Turn::Stop) => {
                 stopping = true;
                 graceful_shutdown(connection.as_mut());
             }
         }
     }
+}
+
+/// What a connection's bookkeeping asks of it.
+enum Turn {
+    /// Close it, gracefully unless evicted.
+    Closing(CloseReason),
+    /// Drop it now.
+    Drop,
+    /// Wind it down: the server stops.
+    Stop,
+}
+
+enum Either<A, B> {
+    Left(A),
+    Right(B),
+}
+
+/// Polls `main` whenever the task is woken, and `side` only once something `side` waits on
+/// has woken it (and at first). A connection's bookkeeping (its timers, notifications and
+/// tokens) thus costs nothing when the connection's own reads and writes wake its task, as
+/// every request does several times.
+async fn first_of<A: Future, B: Future>(
+    mut main: Pin<&mut A>,
+    mut side: Pin<&mut B>,
+) -> Either<A::Output, B::Output> {
+    struct SideWaker {
+        woken: AtomicBool,
+        task: AtomicWaker,
+    }
+    impl Wake for SideWaker {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.woken.store(true, Ordering::Release);
+            self.task.wake();
+        }
+    }
+    let flag = Arc::new(SideWaker {
+        woken: AtomicBool::new(true),
+        task: AtomicWaker::new(),
+    });
+    let side_waker = Waker::from(flag.clone());
+    std::future::poll_fn(move |cx| {
+        // Before anything can wake the side: no wake-up is lost in between.
+        flag.task.register(cx.waker());
+        if let Poll::Ready(output) = main.as_mut().poll(cx) {
+            return Poll::Ready(Either::Left(output));
+        }
+        if flag.woken.swap(false, Ordering::AcqRel)
+            && let Poll::Ready(output) = side.as_mut().poll(&mut Context::from_waker(&side_waker))
+        {
+            return Poll::Ready(Either::Right(output));
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 /// Whether hyper gave up on a request because its headers were too large (it answered 431).

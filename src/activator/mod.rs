@@ -16,6 +16,7 @@ pub mod hold;
 pub mod index;
 pub mod lambda_api;
 pub mod metrics;
+mod plain;
 pub mod proxy;
 pub mod queues;
 pub mod router;

@@ -2,7 +2,7 @@
 //! then streams it to a pod and the answer back (bodies are never buffered).
 
 use std::convert::Infallible;
-use std::pin::Pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -25,6 +25,7 @@ use super::auth::Authenticator;
 use super::function_state::{Admission, FunctionState, Lease};
 use super::index::FunctionIndex;
 use super::lambda_api::LambdaSettings;
+use super::plain;
 use super::router::RouteError;
 use super::router::upstream_path;
 use super::scale::{Cluster, spawn_poke};
@@ -62,7 +63,7 @@ const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the
 /// non-standard `keep-alive` and `proxy-connection`.
-const HOP_BY_HOP: [HeaderName; 9] = [
+pub(super) static HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -72,6 +73,18 @@ const HOP_BY_HOP: [HeaderName; 9] = [
     header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
+];
+
+/// Request headers that say who asked, or that only the activator may send a pod: what a
+/// client sends in them is dropped (see [`prepare_request_headers`]).
+pub(super) static REPLACED_REQUEST_HEADERS: [HeaderName; 7] = [
+    X_FORWARDED_FOR,
+    X_FORWARDED_HOST,
+    X_FORWARDED_PROTO,
+    X_REAL_IP,
+    header::FORWARDED,
+    HeaderName::from_static(crate::api::lambda::INVOKE_HEADER),
+    HeaderName::from_static(crate::api::PROBE_HEADER),
 ];
 
 pub struct Proxy {
@@ -131,6 +144,10 @@ impl Proxy {
 
     pub fn lambda(&self) -> &LambdaSettings {
         &self.lambda
+    }
+
+    pub(super) fn metering(&self) -> bool {
+        self.metering
     }
 
     /// Answers one request. `client_ip` is the peer's address, ready for `X-Forwarded-For`.
@@ -197,7 +214,7 @@ impl Proxy {
 
     /// A place on one of the function's pods, or the activator's answer when none comes (marked
     /// [`NotForwarded`]).
-    async fn admit(
+    pub(super) async fn admit(
         &self,
         function: &Arc<FunctionState>,
         arrived: Instant,
@@ -472,13 +489,13 @@ pub struct Target {
 
 /// When a request arrived and when it must be done.
 #[derive(Clone, Copy)]
-struct Timing {
-    arrived: Instant,
-    deadline: Instant,
+pub(super) struct Timing {
+    pub arrived: Instant,
+    pub deadline: Instant,
     /// The function's timeout, for messages.
-    timeout: Duration,
+    pub timeout: Duration,
     /// It was held while the function had no usable pod.
-    cold: bool,
+    pub cold: bool,
 }
 
 /// Removes the metering headers from a pod's answer, and returns the billed and init
@@ -488,16 +505,24 @@ fn take_ran(headers: &mut HeaderMap) -> Option<(u64, Option<u64>)> {
     use crate::api::lambda::{BILLED_MS_HEADER, INIT_MS_HEADER};
     let billed = headers.remove(BILLED_MS_HEADER);
     let init = headers.remove(INIT_MS_HEADER);
-    let billed = billed?.to_str().ok()?.parse::<u64>().ok()?;
+    ran_from(
+        billed.as_ref().map(HeaderValue::as_bytes),
+        init.as_ref().map(HeaderValue::as_bytes),
+    )
+}
+
+/// The billed and init durations the metering headers' values give.
+pub(super) fn ran_from(billed: Option<&[u8]>, init: Option<&[u8]>) -> Option<(u64, Option<u64>)> {
+    let billed = std::str::from_utf8(billed?).ok()?.parse::<u64>().ok()?;
     let init = init
-        .and_then(|value| value.to_str().ok()?.parse::<f64>().ok())
+        .and_then(|value| std::str::from_utf8(value).ok()?.parse::<f64>().ok())
         .filter(|ms| ms.is_finite() && *ms >= 0.0)
         .map(|ms| ms.ceil() as u64);
     Some((billed, init))
 }
 
 /// Counts a response the activator makes itself, and makes it.
-fn refuse(
+pub(super) fn refuse(
     function: &FunctionState,
     arrived: Instant,
     status: StatusCode,
@@ -583,15 +608,7 @@ pub fn upstream_request(
 /// must not be told another address by the caller itself.
 pub fn prepare_request_headers(headers: &mut HeaderMap, uri: &Uri, client_ip: &HeaderValue) {
     remove_hop_by_hop(headers);
-    for name in [
-        X_FORWARDED_FOR,
-        X_FORWARDED_HOST,
-        X_FORWARDED_PROTO,
-        X_REAL_IP,
-        header::FORWARDED,
-        HeaderName::from_static(crate::api::lambda::INVOKE_HEADER),
-        HeaderName::from_static(crate::api::PROBE_HEADER),
-    ] {
+    for name in &REPLACED_REQUEST_HEADERS {
         headers.remove(name);
     }
     if !headers.contains_key(header::HOST)
@@ -614,7 +631,10 @@ pub fn prepare_request_headers(headers: &mut HeaderMap, uri: &Uri, client_ip: &H
 
 /// `Forwarded: for=…;host=…;proto=http` (RFC 7239): an IPv6 peer and the host are quoted; a
 /// host that cannot be a quoted string is left out.
-fn forwarded(client_ip: &HeaderValue, host: Option<&HeaderValue>) -> Option<HeaderValue> {
+pub(super) fn forwarded(
+    client_ip: &HeaderValue,
+    host: Option<&HeaderValue>,
+) -> Option<HeaderValue> {
     let ip = client_ip.to_str().ok()?;
     let mut value = if ip.contains(':') {
         format!("for=\"[{ip}]\"")
@@ -652,7 +672,7 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-fn seconds(duration: Duration) -> String {
+pub(super) fn seconds(duration: Duration) -> String {
     if duration.subsec_nanos() == 0 {
         format!("{}s", duration.as_secs())
     } else {
@@ -705,6 +725,14 @@ impl ProxyBody {
         ProxyBody::Message { text: Some(bytes) }
     }
 
+    /// The bytes of a body the activator made; `None` for a pod's body.
+    pub(super) fn into_message(self) -> Option<Bytes> {
+        match self {
+            ProxyBody::Message { text } => Some(text.unwrap_or_default()),
+            ProxyBody::Upstream { .. } => None,
+        }
+    }
+
     /// The text of a body the activator made (its refusal's reason), trimmed; `None` for a
     /// pod's body.
     pub fn activators_text(&self) -> Option<String> {
@@ -740,7 +768,7 @@ impl ProxyBody {
 /// The function's timeout passed while its response was still streaming.
 #[derive(Debug, thiserror::Error)]
 #[error("the function's timeout passed while its response was streaming")]
-struct ResponseTimedOut;
+pub(super) struct ResponseTimedOut;
 
 impl Body for ProxyBody {
     type Data = Bytes;
@@ -880,8 +908,16 @@ pub async fn serve(
         let client_ip = HeaderValue::from_str(&peer.ip().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
         let proxy = proxy.clone();
-        let draining = draining.clone();
+        // Tokens of the connection's own, which its requests and wake-ups read: the server's
+        // are read by every connection, from every thread, each under its lock.
+        let draining = draining.child_token();
         let requests = place.requests();
+        let (plain_proxy, plain_ip, plain_requests, plain_draining) = (
+            proxy.clone(),
+            client_ip.clone(),
+            requests.clone(),
+            draining.clone(),
+        );
         let service = service_fn(move |request: Request<Incoming>| {
             let in_progress = requests.start();
             let proxy = proxy.clone();
@@ -900,16 +936,34 @@ pub async fn serve(
             }
         });
         let builder = builder.clone();
-        let stop = stop.clone();
+        let stop = stop.child_token();
         threads.serve(stream, move |stream| async move {
-            let stream = place.stall_timeout(stream);
-            let connection = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .into_owned();
-            connections::drive(place, connection, stop, |connection| {
-                connection.graceful_shutdown()
-            })
-            .await;
+            let mut stream = place.stall_timeout(stream);
+            let graceful = CancellationToken::new();
+            // Plain requests on this path, until one is not: hyper serves the rest.
+            let connection = async {
+                let client = plain::Client {
+                    proxy: &plain_proxy,
+                    ip: &plain_ip,
+                    requests: &plain_requests,
+                    draining: &plain_draining,
+                    graceful: &graceful,
+                    max_header_bytes: limits.max_header_bytes,
+                };
+                let read = match plain::serve(&mut stream, client).await? {
+                    plain::Ended::Closed => return Ok(()),
+                    plain::Ended::HandOver(read) => read,
+                };
+                let stream = plain::Prefixed::new(read, stream);
+                let connection = builder.serve_connection(TokioIo::new(stream), service);
+                let mut connection = pin!(connection);
+                tokio::select! {
+                    served = connection.as_mut() => return served,
+                    () = graceful.cancelled() => connection.as_mut().graceful_shutdown(),
+                }
+                connection.await
+            };
+            connections::drive(place, connection, stop, |_| graceful.cancel()).await;
         });
     }
     drop(listener);

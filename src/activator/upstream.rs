@@ -6,6 +6,9 @@
 //! thread's idle connections, a lock nobody else takes but the sweeper, every few seconds. A
 //! connection's task is spawned once, when it is opened.
 //!
+//! The proxy's own HTTP/1.1 path ([`super::plain`]) keeps plain streams to pods the same way
+//! ([`PodStream`]), beside hyper's connections.
+//!
 //! Idle connections are closed after [`IDLE_TIMEOUT`] by [`sweep_forever`], which the proxy's
 //! server runs; connections a pod closed are forgotten then too.
 
@@ -41,6 +44,10 @@ pub enum UpstreamError {
     Handshake(#[source] hyper::Error),
     #[error("HTTP exchange")]
     Exchange(#[source] hyper::Error),
+    #[error("HTTP exchange: {0}")]
+    Io(#[source] std::io::Error),
+    #[error("the answer is not valid HTTP/1.1: {0}")]
+    Malformed(&'static str),
 }
 
 impl UpstreamError {
@@ -72,8 +79,61 @@ impl PodConnection {
     }
 }
 
+/// A plain connection to a pod, for one exchange of the proxy's own HTTP/1.1 path:
+/// [`PodStream::release`] gives it back to this thread's idle connections once the answer has
+/// been read whole, dropping it closes it.
+pub struct PodStream {
+    pod: SocketAddr,
+    pub stream: TcpStream,
+    /// It served an earlier request.
+    reused: bool,
+}
+
+impl PodStream {
+    /// An idle stream of this thread's to `pod` that the pod has not closed (nor written to
+    /// unasked), the one used last first; else a new one.
+    pub async fn take_or_open(pod: SocketAddr) -> Result<Self, UpstreamError> {
+        while let Some(stream) = IDLE.with(|idle| lock(idle).take_stream(pod)) {
+            // Readable while idle is a close or bytes nobody asked for; either way not reused.
+            let mut probe = [0u8; 1];
+            match stream.try_read(&mut probe) {
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                    return Ok(Self {
+                        pod,
+                        stream,
+                        reused: true,
+                    });
+                }
+                _ => continue,
+            }
+        }
+        Ok(Self {
+            pod,
+            stream: connect(pod).await?,
+            reused: false,
+        })
+    }
+
+    /// Whether the stream served an earlier request: one that fails before any answer may have
+    /// been closed by the pod meanwhile.
+    pub fn reused(&self) -> bool {
+        self.reused
+    }
+
+    /// Keeps the stream for the next request to the same pod, on this thread.
+    pub fn release(self) {
+        // A thread that is ending has no idle connections to keep: the stream closes.
+        let _ = IDLE.try_with(|idle| lock(idle).put_stream(self.pod, self.stream));
+    }
+}
+
 struct Idle {
     sender: http1::SendRequest<UpstreamBody>,
+    since: Instant,
+}
+
+struct IdleStream {
+    stream: TcpStream,
     since: Instant,
 }
 
@@ -81,6 +141,7 @@ struct Idle {
 #[derive(Default)]
 struct IdleConnections {
     by_pod: HashMap<SocketAddr, Vec<Idle>>,
+    streams: HashMap<SocketAddr, Vec<IdleStream>>,
 }
 
 impl IdleConnections {
@@ -105,12 +166,36 @@ impl IdleConnections {
             .push(Idle { sender, since });
     }
 
+    /// A stream to `pod` idle for less than [`IDLE_TIMEOUT`], the one used last first.
+    fn take_stream(&mut self, pod: SocketAddr) -> Option<TcpStream> {
+        let now = Instant::now();
+        let streams = self.streams.get_mut(&pod)?;
+        while let Some(idle) = streams.pop() {
+            if now.saturating_duration_since(idle.since) < IDLE_TIMEOUT {
+                return Some(idle.stream);
+            }
+        }
+        None
+    }
+
+    fn put_stream(&mut self, pod: SocketAddr, stream: TcpStream) {
+        let since = Instant::now();
+        self.streams
+            .entry(pod)
+            .or_default()
+            .push(IdleStream { stream, since });
+    }
+
     /// Closes the connections idle for [`IDLE_TIMEOUT`] at `now`, and forgets those the pod
     /// closed.
     fn sweep(&mut self, now: Instant) {
         self.by_pod.retain(|_, connections| {
             connections.retain(|idle| idle.usable(now));
             !connections.is_empty()
+        });
+        self.streams.retain(|_, streams| {
+            streams.retain(|idle| now.saturating_duration_since(idle.since) < IDLE_TIMEOUT);
+            !streams.is_empty()
         });
     }
 }
@@ -166,13 +251,19 @@ pub async fn send(
     }
 }
 
-/// Opens a connection to `pod`; its task runs on the calling thread's runtime.
-async fn open(pod: SocketAddr) -> Result<http1::SendRequest<UpstreamBody>, UpstreamError> {
+/// A new TCP connection to `pod`, without Nagle's delay.
+async fn connect(pod: SocketAddr) -> Result<TcpStream, UpstreamError> {
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(pod))
         .await
         .map_err(|_| UpstreamError::ConnectTimeout)?
         .map_err(UpstreamError::Connect)?;
     let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// Opens a connection to `pod`; its task runs on the calling thread's runtime.
+async fn open(pod: SocketAddr) -> Result<http1::SendRequest<UpstreamBody>, UpstreamError> {
+    let stream = connect(pod).await?;
     let (sender, connection) = http1::handshake(TokioIo::new(stream))
         .await
         .map_err(UpstreamError::Handshake)?;
@@ -292,6 +383,70 @@ mod tests {
         for _ in 0..3 {
             exchange(pod).await;
         }
+    }
+
+    /// One exchange on a plain stream, read up to the end of the pod's `ok`; returns whether
+    /// the stream had served before.
+    async fn plain_exchange(pod: SocketAddr) -> bool {
+        let mut connection = PodStream::take_or_open(pod).await.expect("a stream");
+        let reused = connection.reused();
+        tokio::io::AsyncWriteExt::write_all(
+            &mut connection.stream,
+            b"GET / HTTP/1.1\r\nhost: pod\r\n\r\n",
+        )
+        .await
+        .expect("sent");
+        let mut answer = Vec::new();
+        while !answer.ends_with(b"\r\n\r\nok") {
+            let mut buffer = [0u8; 1024];
+            let n = connection.stream.read(&mut buffer).await.expect("read");
+            assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&answer));
+            answer.extend_from_slice(&buffer[..n]);
+        }
+        connection.release();
+        reused
+    }
+
+    #[tokio::test]
+    async fn plain_streams_in_turn_share_one_connection() {
+        let (pod, opened, _) = pod().await;
+        let mut reused = vec![];
+        for _ in 0..3 {
+            reused.push(plain_exchange(pod).await);
+        }
+        assert_eq!(reused, [false, true, true]);
+        assert_eq!(opened.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_plain_stream_the_pod_closed_or_wrote_to_unasked_is_not_taken() {
+        // A pod that answers once on each connection, then closes it or writes more.
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let pod = listener.local_addr().expect("bound address");
+        let opened = Arc::new(AtomicUsize::new(0));
+        let counted = opened.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let nth = counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut request = [0u8; 1024];
+                    let _ = stream.read(&mut request).await;
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, answer).await;
+                    if nth % 2 == 1 {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, b"unasked").await;
+                        tokio::time::sleep(Duration::from_secs(30)).await;
+                    }
+                });
+            }
+        });
+        for _ in 0..4 {
+            assert!(!plain_exchange(pod).await, "a new stream each time");
+            // The close, or the bytes, arrive while the stream is idle.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(opened.load(Ordering::SeqCst), 4);
     }
 
     #[tokio::test]

@@ -868,3 +868,156 @@ fn every_header_any_connection_header_names_is_dropped() {
     let left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
     assert_eq!(left, ["x-kept"]);
 }
+
+/// A pod that answers each request it reads (up to the end of its head) with the next of
+/// `answers` as is, on every connection, and closes a connection after an answer marked `true`.
+async fn scripted_pod(answers: &'static [(&'static [u8], bool)]) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("bound address");
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let next = next.clone();
+            tokio::spawn(async move {
+                let mut read = Vec::new();
+                loop {
+                    let Some(end) = read.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        let mut buffer = [0u8; 4096];
+                        match stream.read(&mut buffer).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => read.extend_from_slice(&buffer[..n]),
+                        }
+                        continue;
+                    };
+                    read.drain(..end + 4);
+                    let at = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let (answer, close) = answers[at % answers.len()];
+                    if stream.write_all(answer).await.is_err() || close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Reads from `stream` until what was read ends with `end`, within 10 s.
+async fn read_until(stream: &mut TcpStream, end: &str) -> String {
+    let mut read = Vec::new();
+    let reading = async {
+        while !read.ends_with(end.as_bytes()) {
+            let mut buffer = [0u8; 4096];
+            let n = stream
+                .read(&mut buffer)
+                .await
+                .expect("the activator answers");
+            assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&read));
+            read.extend_from_slice(&buffer[..n]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), reading)
+        .await
+        .expect("the answer arrives");
+    String::from_utf8_lossy(&read).into_owned()
+}
+
+const PLAIN_GET: &[u8] = b"GET /media/echo/ HTTP/1.1\r\nHost: activator.test\r\n\r\n";
+
+#[tokio::test]
+async fn answers_a_pod_frames_in_chunks_or_by_closing_reach_the_client_whole() {
+    let activator = activator(10).await;
+    let pod = scripted_pod(&[
+        (
+            b"HTTP/1.1 200 OK\r\nX-Case: Kept\r\nTransfer-Encoding: chunked\r\n\r\n\
+              4;ext=1\r\nWiki\r\n5\r\npedia\r\n0\r\nExpires: never\r\n\r\n",
+            false,
+        ),
+        (b"HTTP/1.1 200 OK\r\n\r\nuntil the end", true),
+    ])
+    .await;
+    route_to(&activator, pod);
+    let mut client = TcpStream::connect(activator.addr).await.expect("connect");
+    client.write_all(PLAIN_GET).await.expect("sent");
+    let first = read_until(&mut client, "\r\n0\r\n\r\n").await;
+    // Taken by the activator's own path, which keeps the pod's field names as they are.
+    assert!(first.contains("\r\nX-Case: Kept\r\n"), "{first}");
+    assert!(
+        first.contains("\r\n\r\n4\r\nWiki\r\n5\r\npedia\r\n0\r\n\r\n"),
+        "{first}"
+    );
+    assert!(!first.contains("Expires"), "trailers are left out: {first}");
+    client.write_all(PLAIN_GET).await.expect("sent");
+    let second = read_until(&mut client, "\r\n0\r\n\r\n").await;
+    assert!(
+        second.to_lowercase().contains("transfer-encoding: chunked"),
+        "{second}"
+    );
+    assert!(
+        second.contains("\r\n\r\nd\r\nuntil the end\r\n0\r\n\r\n"),
+        "{second}"
+    );
+}
+
+#[tokio::test]
+async fn bytes_a_pod_sends_past_its_answer_never_reach_the_next_request() {
+    let activator = activator(10).await;
+    // An answer with a forged one behind it, on the same connection.
+    let pod = scripted_pod(&[(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok\
+          HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nforged",
+        false,
+    )])
+    .await;
+    route_to(&activator, pod);
+    let mut client = TcpStream::connect(activator.addr).await.expect("connect");
+    for _ in 0..3 {
+        client.write_all(PLAIN_GET).await.expect("sent");
+        let answer = read_until(&mut client, "\r\n\r\nok").await;
+        assert!(!answer.contains("forged"), "{answer}");
+    }
+    // Nothing else arrives: the forged answer was dropped with the pod's connection.
+    let mut more = [0u8; 64];
+    let extra = tokio::time::timeout(Duration::from_millis(200), client.read(&mut more)).await;
+    assert!(
+        extra.is_err(),
+        "{:?}",
+        extra.map(|r| r.map(|n| more[..n].to_vec()))
+    );
+}
+
+#[tokio::test]
+async fn a_connection_serves_plain_requests_then_the_others_in_order() {
+    let activator = activator(10).await;
+    route_to(&activator, echo_pod().await);
+    let mut client = TcpStream::connect(activator.addr).await.expect("connect");
+    // Two plain requests sent at once, then one with a body (which hyper serves), then plain.
+    let mut requests = PLAIN_GET.to_vec();
+    requests
+        .extend_from_slice(b"GET /media/echo/second?q=1 HTTP/1.1\r\nHost: activator.test\r\n\r\n");
+    client.write_all(&requests).await.expect("sent");
+    let answers = read_until(&mut client, "x-fargo-invoke: -\n").await;
+    let answers = if answers.matches("x-fargo-invoke").count() < 2 {
+        answers + &read_until(&mut client, "x-fargo-invoke: -\n").await
+    } else {
+        answers
+    };
+    let first = answers.find("GET /\n").expect("the first answer");
+    let second = answers
+        .find("GET /second?q=1\n")
+        .expect("the second answer");
+    assert!(first < second, "{answers}");
+    client
+        .write_all(
+            b"POST /media/echo/posted HTTP/1.1\r\nHost: activator.test\r\n\
+              content-length: 4\r\n\r\nbody",
+        )
+        .await
+        .expect("sent");
+    let posted = read_until(&mut client, "x-fargo-invoke: -\nbody").await;
+    assert!(posted.contains("POST /posted\n"), "{posted}");
+    client.write_all(PLAIN_GET).await.expect("sent");
+    let last = read_until(&mut client, "x-fargo-invoke: -\n").await;
+    assert!(last.contains("GET /\n"), "{last}");
+    assert_forwarded_by_the_activator(&last);
+}
