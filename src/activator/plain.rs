@@ -24,14 +24,15 @@ use std::task::{Context, Poll};
 use std::time::SystemTime;
 
 use hyper::header::{self, HeaderValue};
-use hyper::{Response, StatusCode, Uri};
+use hyper::{Response, Uri};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::function_state::Lease;
 use super::proxy::{
-    HOP_BY_HOP, Proxy, ProxyBody, REPLACED_REQUEST_HEADERS, forwarded, ran_from, refuse,
+    HOP_BY_HOP, Proxy, ProxyBody, REPLACED_REQUEST_HEADERS, forwarded, pod_failed, ran_from,
+    timed_out,
 };
 use super::router::upstream_path;
 use super::upstream::{PodStream, UpstreamError};
@@ -370,26 +371,12 @@ where
     let (pod, answer) = match outcome {
         Ok(Ok(answered)) => answered,
         Ok(Err(error)) => {
-            lease.not_run();
-            let message = format!(
-                "function {}/{}: pod {} failed: {}",
-                function.namespace(),
-                function.name(),
-                lease.addr(),
-                error_chain(&error)
-            );
-            let refused = refuse(&function, arrived, StatusCode::BAD_GATEWAY, message);
+            let refused = pod_failed(&mut lease, arrived, &error);
             write_activators(stream, refused, close).await?;
             return Ok(true);
         }
         Err(_) => {
-            let message = format!(
-                "function {}/{} did not answer within its timeout of {}",
-                function.namespace(),
-                function.name(),
-                super::proxy::seconds(timing.timeout)
-            );
-            let refused = refuse(&function, arrived, StatusCode::GATEWAY_TIMEOUT, message);
+            let refused = timed_out(&function, arrived, timing.timeout);
             write_activators(stream, refused, close).await?;
             return Ok(true);
         }
@@ -673,7 +660,7 @@ where
             Framing::Chunked => {
                 let used = chunks
                     .feed(body, out)
-                    .map_err(|problem| pod_failed(UpstreamError::Malformed(problem)))?;
+                    .map_err(|problem| answer_cut(UpstreamError::Malformed(problem)))?;
                 if chunks.is_done() {
                     reusable &= used == body.len();
                 }
@@ -700,7 +687,7 @@ where
         start = 0;
         let read = match tokio::time::timeout_at(deadline, pod.stream.read_buf(reply)).await {
             Ok(Ok(read)) => read,
-            Ok(Err(error)) => return Err(pod_failed(UpstreamError::Io(error))),
+            Ok(Err(error)) => return Err(answer_cut(UpstreamError::Io(error))),
             Err(_) => return Err(super::proxy::ResponseTimedOut.into()),
         };
         if read == 0 {
@@ -709,7 +696,7 @@ where
                 stream.write_all(b"0\r\n\r\n").await?;
                 return Ok(true);
             }
-            return Err(pod_failed(UpstreamError::Io(std::io::Error::new(
+            return Err(answer_cut(UpstreamError::Io(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
                 "the pod closed the connection before its answer's end",
             ))));
@@ -718,7 +705,7 @@ where
 }
 
 /// A pod failed mid-answer: the client's connection closes, which tells it the answer is cut.
-fn pod_failed(error: UpstreamError) -> BoxError {
+fn answer_cut(error: UpstreamError) -> BoxError {
     tracing::debug!(error = %error_chain(&error), "a pod's answer was cut");
     error.into()
 }

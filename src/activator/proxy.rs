@@ -376,26 +376,8 @@ impl Proxy {
         }
         let (response, connection) = match outcome {
             Ok(Ok(answer)) => answer,
-            Ok(Err(error)) => {
-                lease.not_run();
-                let message = format!(
-                    "function {}/{}: pod {} failed: {}",
-                    function.namespace(),
-                    function.name(),
-                    lease.addr(),
-                    error_chain(&error)
-                );
-                return refuse(&function, arrived, StatusCode::BAD_GATEWAY, message);
-            }
-            Err(_) => {
-                let message = format!(
-                    "function {}/{} did not answer within its timeout of {}",
-                    function.namespace(),
-                    function.name(),
-                    seconds(timeout)
-                );
-                return refuse(&function, arrived, StatusCode::GATEWAY_TIMEOUT, message);
-            }
+            Ok(Err(error)) => return pod_failed(&mut lease, arrived, &error),
+            Err(_) => return timed_out(&function, arrived, timeout),
         };
         let (mut parts, body) = response.into_parts();
         remove_hop_by_hop(&mut parts.headers);
@@ -532,6 +514,39 @@ pub(super) fn refuse(
         .metrics()
         .record(status.as_u16(), arrived.elapsed());
     text_response(status, message)
+}
+
+/// The 502 for a request whose pod failed it (it did not run, as far as metering goes).
+pub(super) fn pod_failed(
+    lease: &mut Lease,
+    arrived: Instant,
+    error: &super::upstream::UpstreamError,
+) -> Response<ProxyBody> {
+    lease.not_run();
+    let function = lease.function().clone();
+    let message = format!(
+        "function {}/{}: pod {} failed: {}",
+        function.namespace(),
+        function.name(),
+        lease.addr(),
+        error_chain(error)
+    );
+    refuse(&function, arrived, StatusCode::BAD_GATEWAY, message)
+}
+
+/// The 504 for a request whose pod did not answer within the function's timeout.
+pub(super) fn timed_out(
+    function: &FunctionState,
+    arrived: Instant,
+    timeout: Duration,
+) -> Response<ProxyBody> {
+    let message = format!(
+        "function {}/{} did not answer within its timeout of {}",
+        function.namespace(),
+        function.name(),
+        seconds(timeout)
+    );
+    refuse(function, arrived, StatusCode::GATEWAY_TIMEOUT, message)
 }
 
 /// Counts a response the activator made (an authentication failure), and returns it.
