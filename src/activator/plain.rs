@@ -26,7 +26,7 @@ use std::time::SystemTime;
 use hyper::header::{self, HeaderValue};
 use hyper::{Response, Uri};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
 use super::function_state::Lease;
@@ -122,12 +122,15 @@ where
     }
 }
 
-/// What a connection reuses from one exchange to the next: the bytes read from the pod, and
-/// those for the client.
+/// What a connection reuses from one exchange to the next: the bytes read from the pod, those
+/// for the client, and the timer of the pod's answer.
 #[derive(Default)]
 struct Buffers {
     reply: Vec<u8>,
     out: Vec<u8>,
+    /// One timer for every request: a timer of a request's own, the earliest of the thread's
+    /// when it is made, would wake the runtime's driver (a system call) each time.
+    answer_by: Option<Pin<Box<Sleep>>>,
 }
 
 impl Buffers {
@@ -335,8 +338,13 @@ where
     if proxy.metering() {
         lease.meter_from_now(config.facts.memory_mb);
     }
-    let Buffers { reply, out } = buffers;
-    let first = tokio::time::timeout_at(
+    let Buffers {
+        reply,
+        out,
+        answer_by: timer,
+    } = buffers;
+    let first = before(
+        timer,
         answer_by,
         send(lease.addr(), head, request.head_method, reply, out, close),
     );
@@ -347,7 +355,7 @@ where
             return Ok(false);
         }
     };
-    if let Ok(Err(error)) = &outcome
+    if let Some(Err(error)) = &outcome
         && (error.is_connect() || request.idempotent)
     {
         tracing::debug!(%error, pod = %lease.addr(), "retrying on another pod");
@@ -356,7 +364,8 @@ where
             lease.meter_from_now(config.facts.memory_mb);
         }
         reply.clear();
-        let again = tokio::time::timeout_at(
+        let again = before(
+            timer,
             answer_by,
             send(lease.addr(), head, request.head_method, reply, out, close),
         );
@@ -369,13 +378,13 @@ where
         };
     }
     let (pod, answer) = match outcome {
-        Ok(Ok(answered)) => answered,
-        Ok(Err(error)) => {
+        Some(Ok(answered)) => answered,
+        Some(Err(error)) => {
             let refused = pod_failed(&mut lease, arrived, &error);
             write_activators(stream, refused, close).await?;
             return Ok(true);
         }
-        Err(_) => {
+        None => {
             let refused = timed_out(&function, arrived, timing.timeout);
             write_activators(stream, refused, close).await?;
             return Ok(true);
@@ -393,6 +402,26 @@ where
         function.metrics().cold_start(arrived.elapsed());
     }
     copy_body(stream, pod, answer, reply, out, lease, timing.deadline).await
+}
+
+/// `work`, or `None` once `deadline` has passed, on the connection's `timer`.
+async fn before<F: Future>(
+    timer: &mut Option<Pin<Box<Sleep>>>,
+    deadline: Instant,
+    work: F,
+) -> Option<F::Output> {
+    let timer = match timer {
+        Some(timer) => {
+            timer.as_mut().reset(deadline);
+            timer
+        }
+        None => timer.insert(Box::pin(tokio::time::sleep_until(deadline))),
+    };
+    tokio::select! {
+        biased;
+        output = work => Some(output),
+        () = timer.as_mut() => None,
+    }
 }
 
 /// Runs `work` while watching the client: `None` if the client closes its connection (or it
