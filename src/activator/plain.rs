@@ -1,12 +1,13 @@
-//! The proxy's own path for plain HTTP/1.1 requests: a request without a body, to a function
-//! route without authentication, is parsed once (`httparse`), its head rewritten into the pod's
-//! request, and the pod's answer copied back within its framing, on plain connections to pods
-//! kept per thread ([`PodStream`]). No request or response object is built, and no task beyond
+//! The proxy's own path for plain HTTP/1.1 requests: a request without a body, or with a small
+//! one that came whole with its head, to a function route without authentication, is parsed
+//! once (`httparse`), its head rewritten into the pod's request, and the pod's answer copied
+//! back within its framing, on plain connections to pods kept per thread ([`PodStream`]). No request or response object is built, and no task beyond
 //! the connection's runs. Every rule the hyper path applies to what a client and a pod send
 //! ([`super::proxy`]: hop-by-hop headers, the forwarding headers, the route's prefix, the
 //! function's timeout, retries, metering) applies here the same way, from the same lists.
 //!
-//! Anything else — a request with a body, `Expect`, an upgrade, HTTP/1.0 or HTTP/2, the Lambda and storage APIs, an IAM-signed function URL, an
+//! Anything else — a body sent chunked, larger than 64 KiB or not yet read, `Expect`, an
+//! upgrade, HTTP/1.0 or HTTP/2, the Lambda and storage APIs, an IAM-signed function URL, an
 //! unknown route, a head that does not fit `max_header_bytes`, or one `httparse` refuses — is
 //! handed, with every byte read so far, to hyper ([`Ended::HandOver`]), which serves the rest of
 //! the connection. So a request this path does not take is answered exactly as before.
@@ -44,6 +45,8 @@ use crate::telemetry::error_chain;
 const MAX_HEADERS: usize = 100;
 /// The most a pod's answer head may take, as hyper's client allows.
 const MAX_ANSWER_HEAD: usize = 8192 + 4096 * 100;
+/// The largest request body this path takes; it must have come whole with the head.
+const MAX_BODY: usize = 64 * 1024;
 /// How much is read from a pod at once while its body streams.
 const BODY_CHUNK: usize = 64 * 1024;
 /// How much of a chunked body's framing (extensions, trailers) is read past before giving up.
@@ -99,7 +102,7 @@ where
                 return Ok(Ended::Closed);
             }
         };
-        input.drain(..request.head_len);
+        input.drain(..request.head_len + request.body_len);
         let in_progress = client.requests.start();
         let close = request.close || client.draining.is_cancelled();
         let keep = exchange(
@@ -114,6 +117,9 @@ where
         .await?;
         drop(in_progress);
         buffers.trim();
+        if head.capacity() > Buffers::KEPT {
+            head = Vec::new();
+        }
         if !keep || close || client.graceful.is_cancelled() {
             // The answer first, then the end of the stream (as hyper closes).
             let _ = stream.shutdown().await;
@@ -151,6 +157,8 @@ impl Buffers {
 struct PlainRequest {
     function: std::sync::Arc<super::function_state::FunctionState>,
     head_len: usize,
+    /// The body's length: it came whole with the head, and was written after the pod's head.
+    body_len: usize,
     idempotent: bool,
     head_method: bool,
     /// The client asked to close after the answer.
@@ -187,6 +195,7 @@ fn classify(
         return Parsed::Other;
     }
     let mut host = None;
+    let mut length = None;
     let mut close = false;
     // Headers the client named in `Connection`: hop-by-hop too.
     let mut named: Vec<&[u8]> = Vec::new();
@@ -199,8 +208,15 @@ fn classify(
             // Visible ASCII only, so this cannot fail.
             host = std::str::from_utf8(field.value).ok();
         } else if name.eq_ignore_ascii_case("content-length") {
-            if field.value != b"0" {
-                return Parsed::Other;
+            // One length, in digits, whose body has come whole with the head.
+            let value = std::str::from_utf8(field.value)
+                .ok()
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse::<usize>().ok())
+                .filter(|&n| n <= MAX_BODY && input.len() - head_len >= n);
+            match value {
+                Some(value) if length.is_none() => length = Some(value),
+                _ => return Parsed::Other,
             }
         } else if name.eq_ignore_ascii_case("transfer-encoding")
             || name.eq_ignore_ascii_case("expect")
@@ -263,9 +279,12 @@ fn classify(
         put_field(head, b"forwarded", value.as_bytes());
     }
     head.extend_from_slice(b"\r\n");
+    let body_len = length.unwrap_or(0);
+    head.extend_from_slice(&input[head_len..head_len + body_len]);
     Parsed::Plain(PlainRequest {
         function: resolved.function,
         head_len,
+        body_len,
         idempotent: method == "GET" || method == "HEAD",
         head_method: method == "HEAD",
         close,

@@ -1010,7 +1010,7 @@ async fn a_connection_serves_plain_requests_then_the_others_in_order() {
     client
         .write_all(
             b"POST /media/echo/posted HTTP/1.1\r\nHost: activator.test\r\n\
-              content-length: 4\r\n\r\nbody",
+              transfer-encoding: chunked\r\n\r\n4\r\nbody\r\n0\r\n\r\n",
         )
         .await
         .expect("sent");
@@ -1020,4 +1020,49 @@ async fn a_connection_serves_plain_requests_then_the_others_in_order() {
     let last = read_until(&mut client, "x-fargo-invoke: -\n").await;
     assert!(last.contains("GET /\n"), "{last}");
     assert_forwarded_by_the_activator(&last);
+}
+
+#[tokio::test]
+async fn a_small_body_that_came_with_its_head_stays_on_the_activators_own_path() {
+    let activator = activator(10).await;
+    route_to(&activator, echo_pod().await);
+    let case = scripted_pod(&[(
+        b"HTTP/1.1 200 OK\r\nX-Case: Kept\r\ncontent-length: 2\r\n\r\nok",
+        false,
+    )])
+    .await;
+    activator
+        .index
+        .upsert("media", "case", config(5_000, 0), HttpRoute::default());
+    activator
+        .index
+        .set_endpoints("media", "case", &[ready(case)]);
+    const CASE: &[u8] = b"GET /media/case/ HTTP/1.1\r\nHost: activator.test\r\n\r\n";
+    let post =
+        b"POST /media/echo/posted HTTP/1.1\r\nHost: activator.test\r\ncontent-length: 4\r\n\r\n";
+
+    let mut client = TcpStream::connect(activator.addr).await.expect("connect");
+    client
+        .write_all(&[&post[..], b"body"].concat())
+        .await
+        .expect("sent");
+    let posted = read_until(&mut client, "x-fargo-invoke: -\nbody").await;
+    assert!(posted.contains("POST /posted\n"), "{posted}");
+    // Still the activator's own path, which keeps a pod's field names as they are.
+    client.write_all(CASE).await.expect("sent");
+    let answer = read_until(&mut client, "\r\n\r\nok").await;
+    assert!(answer.contains("\r\nX-Case: Kept\r\n"), "{answer}");
+
+    // A body that comes after its head goes to hyper, with the rest of the connection.
+    client.write_all(post).await.expect("sent");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    client.write_all(b"late").await.expect("sent");
+    let posted = read_until(&mut client, "x-fargo-invoke: -\nlate").await;
+    assert!(posted.contains("POST /posted\n"), "{posted}");
+    client.write_all(CASE).await.expect("sent");
+    let answer = read_until(&mut client, "\r\n\r\nok").await;
+    assert!(
+        answer.contains("\r\nx-case: Kept\r\n"),
+        "hyper's, lower-cased: {answer}"
+    );
 }
