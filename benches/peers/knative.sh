@@ -54,14 +54,14 @@
 #   `autoscaling.knative.dev/window` is 6 s, the least allowed) come round every few seconds.
 #   `allow-zero-initial-scale: "true"` lets controller_scale's Knative Services start at zero
 #   instances, as its functions do, so that no pod is started for them.
+#   Autoscalers reach each other by bucket Service names only
+#   with several replicas, and after trying the pod IP (pkg/autoscaler/statforwarder); there is
+#   one. The API server reaches the webhook through a service reference, by ClusterIP.
 # - Only when asked, for controller_scale at 10,000 Knative Services: KNATIVE_CONTROLLER_QPS=N
 #   sets the controller's client rate limit (KUBE_API_QPS=N, KUBE_API_BURST=2N, read by
 #   knative.dev/pkg's environment/client_config.go; unset, it is 5 per controller, about 45 per
 #   second, so 10,000 Services take hours), and KNATIVE_CONTROLLER_MEMORY (say 4Gi) its memory
 #   limit in place of upstream's 1000Mi, which a controller with 10,000 Services outgrows.
-#   Autoscalers reach each other by bucket Service names only
-#   with several replicas, and after trying the pod IP (pkg/autoscaler/statforwarder); there is
-#   one. The API server reaches the webhook through a service reference, by ClusterIP.
 # - No ingress: Routes and Knative Services never become Ready (no KIngress is reconciled), but
 #   Revisions do, and requests reach a revision through the activator Service's ClusterIP (port
 #   80) with the headers `Knative-Serving-Revision: <revision>` and `Knative-Serving-Namespace:
