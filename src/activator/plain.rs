@@ -227,6 +227,12 @@ fn classify(
             for token in field.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
                 if token.eq_ignore_ascii_case(b"close") {
                     close = true;
+                } else if token.eq_ignore_ascii_case(b"content-length")
+                    || token.eq_ignore_ascii_case(b"host")
+                {
+                    // Dropped, the body sent after the head would be the pod's next request.
+                    // hyper's path frames the body and names the host itself.
+                    return Parsed::Other;
                 } else if !token.eq_ignore_ascii_case(b"keep-alive") {
                     named.push(token);
                 }

@@ -1066,3 +1066,24 @@ async fn a_small_body_that_came_with_its_head_stays_on_the_activators_own_path()
         "hyper's, lower-cased: {answer}"
     );
 }
+
+#[tokio::test]
+async fn a_body_whose_length_the_client_calls_hop_by_hop_stays_the_body() {
+    let activator = activator(10).await;
+    route_to(&activator, echo_pod().await);
+    let smuggled = "GET /media/echo/ HTTP/1.1\r\nhost: a\r\nx-forwarded-for: 6.6.6.6\r\n\r\n";
+    let request = format!(
+        "POST /media/echo/posted HTTP/1.1\r\nHost: activator.test\r\n\
+         Connection: content-length\r\ncontent-length: {}\r\n\r\n{smuggled}",
+        smuggled.len()
+    );
+    let mut client = TcpStream::connect(activator.addr).await.expect("connect");
+    client.write_all(request.as_bytes()).await.expect("sent");
+    let answer = read_until(&mut client, "6.6.6.6\r\n\r\n").await;
+    assert!(answer.contains("POST /posted\n"), "{answer}");
+    assert!(answer.contains("x-forwarded-for: 127.0.0.1\n"), "{answer}");
+    assert!(
+        answer.ends_with(&format!("x-fargo-invoke: -\n{smuggled}")),
+        "the pod's body: {answer}"
+    );
+}
