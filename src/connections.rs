@@ -156,7 +156,6 @@ pub struct Connections {
 /// What one connection is doing.
 struct Activity {
     state: Mutex<ActivityState>,
-    changed: Notify,
     evicted: CancellationToken,
 }
 
@@ -246,7 +245,6 @@ impl Connections {
                 requests: 0,
                 since: Instant::now(),
             }),
-            changed: Notify::new(),
             evicted: CancellationToken::new(),
         });
         self.open().insert(id, activity.clone());
@@ -318,17 +316,27 @@ impl Place {
     /// or its place is wanted.
     pub async fn closing(&self) -> CloseReason {
         let timeout = self.connections.limits.header_read_timeout;
+        let mut evicted = pin!(self.activity.evicted.cancelled());
+        let mut clock = pin!(tokio::time::sleep(timeout));
         loop {
+            // The clock is not woken when a request starts or ends: it looks when it rings. A
+            // connection idle since `since` closes at `since + timeout`; a busy one is looked at
+            // again a timeout later.
             let state = *self.activity.state();
-            let deadline = (state.requests == 0).then(|| state.since + timeout);
-            if deadline.is_some_and(|deadline| deadline <= Instant::now()) {
+            let now = Instant::now();
+            let next = if state.requests == 0 {
+                state.since + timeout
+            } else {
+                now + timeout
+            };
+            if next <= now {
                 return CloseReason::HeaderTimeout;
             }
+            clock.as_mut().reset(next);
             tokio::select! {
-                () = self.activity.evicted.cancelled() => return CloseReason::Evicted,
-                () = self.activity.changed.notified() => {}
-                () = tokio::time::sleep_until(deadline.unwrap_or(state.since)),
-                    if deadline.is_some() => {}
+                biased;
+                () = evicted.as_mut() => return CloseReason::Evicted,
+                () = clock.as_mut() => {}
             }
         }
     }
@@ -368,8 +376,6 @@ impl RequestCounter {
         }
         state.requests += 1;
         drop(state);
-        // [`Place::closing`] is not woken: a busy connection has no deadline, which it finds
-        // when its idle one comes; it is woken when the connection turns idle again.
         RequestInProgress {
             counter: self.clone(),
         }
@@ -393,7 +399,7 @@ impl Drop for RequestInProgress {
             idle
         };
         if turned_idle {
-            self.counter.activity.changed.notify_one();
+            // [`Place::closing`] is not woken: its clock finds the new deadline when it rings.
             self.counter.connections.turned_idle.notify_one();
         }
     }
