@@ -20,7 +20,9 @@
 use std::cell::RefCell;
 use std::future::Future;
 use std::io::Write as _;
+use std::mem::MaybeUninit;
 use std::pin::{Pin, pin};
+use std::sync::LazyLock;
 use std::task::{Context, Poll};
 use std::time::SystemTime;
 
@@ -93,14 +95,21 @@ where
                 Parsed::Plain(request) => break request,
             }
             input.reserve(4096);
-            let read = tokio::select! {
-                biased;
-                () = client.graceful.cancelled() => return Ok(Ended::Closed),
-                read = stream.read_buf(&mut input) => read?,
+            // `graceful` is cancelled only by the connection's own task (`connections::drive`),
+            // which polls this again right after: a look at each poll is enough, and costs less
+            // than a wait on the token, which takes its lock twice.
+            let mut reading = pin!(stream.read_buf(&mut input));
+            let read = std::future::poll_fn(|cx| {
+                if client.graceful.is_cancelled() {
+                    return Poll::Ready(None);
+                }
+                reading.as_mut().poll(cx).map(Some)
+            })
+            .await;
+            match read {
+                None | Some(Ok(0)) => return Ok(Ended::Closed),
+                Some(read) => read?,
             };
-            if read == 0 {
-                return Ok(Ended::Closed);
-            }
         };
         input.drain(..request.head_len + request.body_len);
         let in_progress = client.requests.start();
@@ -180,9 +189,11 @@ fn classify(
     head: &mut Vec<u8>,
     forwarded_for: &mut ForwardedCache,
 ) -> Parsed {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut request = httparse::Request::new(&mut headers);
-    let head_len = match request.parse(input) {
+    // Left uninitialized: `httparse` writes those it parses, and an initialized array would
+    // cost as much as the parse.
+    let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut []);
+    let head_len = match request.parse_with_uninit_headers(input, &mut headers) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Parsed::Partial,
         Err(_) => return Parsed::Other,
@@ -199,44 +210,48 @@ fn classify(
     let mut close = false;
     // Headers the client named in `Connection`: hop-by-hop too.
     let mut named: Vec<&[u8]> = Vec::new();
-    for field in request.headers.iter() {
-        let name = field.name;
-        if name.eq_ignore_ascii_case("host") {
-            if host.is_some() || !field.value.iter().all(|&b| is_visible(b)) {
-                return Parsed::Other;
-            }
-            // Visible ASCII only, so this cannot fail.
-            host = std::str::from_utf8(field.value).ok();
-        } else if name.eq_ignore_ascii_case("content-length") {
-            // One length, in digits, whose body has come whole with the head.
-            let value = std::str::from_utf8(field.value)
-                .ok()
-                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|v| v.parse::<usize>().ok())
-                .filter(|&n| n <= MAX_BODY && input.len() - head_len >= n);
-            match value {
-                Some(value) if length.is_none() => length = Some(value),
-                _ => return Parsed::Other,
-            }
-        } else if name.eq_ignore_ascii_case("transfer-encoding")
-            || name.eq_ignore_ascii_case("expect")
-            || name.eq_ignore_ascii_case("upgrade")
-        {
-            return Parsed::Other;
-        } else if name.eq_ignore_ascii_case("connection") {
-            for token in field.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                if token.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if token.eq_ignore_ascii_case(b"content-length")
-                    || token.eq_ignore_ascii_case(b"host")
-                {
-                    // Dropped, the body sent after the head would be the pod's next request.
-                    // hyper's path frames the body and names the host itself.
+    let mut read = [Field::default(); MAX_HEADERS];
+    for (header, read) in request.headers.iter().zip(&mut read) {
+        *read = field(header.name);
+        match read.kind {
+            FieldKind::Host => {
+                if host.is_some() || !header.value.iter().all(|&b| is_visible(b)) {
                     return Parsed::Other;
-                } else if !token.eq_ignore_ascii_case(b"keep-alive") {
-                    named.push(token);
+                }
+                // Visible ASCII only, so this cannot fail.
+                host = std::str::from_utf8(header.value).ok();
+            }
+            FieldKind::ContentLength => {
+                // One length, in digits, whose body has come whole with the head.
+                let value = std::str::from_utf8(header.value)
+                    .ok()
+                    .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .filter(|&n| n <= MAX_BODY && input.len() - head_len >= n);
+                match value {
+                    Some(value) if length.is_none() => length = Some(value),
+                    _ => return Parsed::Other,
                 }
             }
+            FieldKind::TransferEncoding | FieldKind::Expect | FieldKind::Upgrade => {
+                return Parsed::Other;
+            }
+            FieldKind::Connection => {
+                for token in header.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if token.eq_ignore_ascii_case(b"content-length")
+                        || token.eq_ignore_ascii_case(b"host")
+                    {
+                        // Dropped, the body sent after the head would be the pod's next
+                        // request. hyper's path frames the body and names the host itself.
+                        return Parsed::Other;
+                    } else if !token.eq_ignore_ascii_case(b"keep-alive") {
+                        named.push(token);
+                    }
+                }
+            }
+            _ => {}
         }
     }
     let Some(host) = host else {
@@ -262,19 +277,17 @@ fn classify(
         head.extend_from_slice(query.as_bytes());
     }
     head.extend_from_slice(b" HTTP/1.1\r\n");
-    for field in request.headers.iter() {
-        let name = field.name;
-        if HOP_BY_HOP
-            .iter()
-            .chain(&REPLACED_REQUEST_HEADERS)
-            .any(|dropped| dropped.as_str().eq_ignore_ascii_case(name))
+    for (header, read) in request.headers.iter().zip(read) {
+        let name = header.name;
+        if read.hop_by_hop
+            || read.replaced
             || named
                 .iter()
                 .any(|token| token.eq_ignore_ascii_case(name.as_bytes()))
         {
             continue;
         }
-        put_field(head, name.as_bytes(), field.value);
+        put_field(head, name.as_bytes(), header.value);
     }
     let ip = client.ip.as_bytes();
     put_field(head, b"x-forwarded-host", host.as_bytes());
@@ -308,6 +321,88 @@ fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
+}
+
+/// What this path reads a field as, found from its name once (see [`field`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Field {
+    kind: FieldKind,
+    /// Named in [`HOP_BY_HOP`]: never passed on, either way.
+    hop_by_hop: bool,
+    /// Named in [`REPLACED_REQUEST_HEADERS`]: a client's is never passed on.
+    replaced: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum FieldKind {
+    #[default]
+    Other,
+    Host,
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    Expect,
+    Upgrade,
+    Date,
+    Billed,
+    Init,
+}
+
+/// The fields this path reads or drops, by the length of their names: a name is compared
+/// with the one or two of its length, not with every list in turn.
+static FIELDS: LazyLock<Vec<Vec<(&'static str, Field)>>> = LazyLock::new(|| {
+    let read = [
+        ("host", FieldKind::Host),
+        ("content-length", FieldKind::ContentLength),
+        ("transfer-encoding", FieldKind::TransferEncoding),
+        ("connection", FieldKind::Connection),
+        ("expect", FieldKind::Expect),
+        ("upgrade", FieldKind::Upgrade),
+        ("date", FieldKind::Date),
+        (crate::api::lambda::BILLED_MS_HEADER, FieldKind::Billed),
+        (crate::api::lambda::INIT_MS_HEADER, FieldKind::Init),
+    ];
+    let mut names: Vec<&'static str> = read.iter().map(|(name, _)| *name).collect();
+    for name in HOP_BY_HOP.iter().chain(&REPLACED_REQUEST_HEADERS) {
+        if !names.contains(&name.as_str()) {
+            names.push(name.as_str());
+        }
+    }
+    let longest = names.iter().map(|name| name.len()).max().unwrap_or(0);
+    let mut by_length = vec![Vec::new(); longest + 1];
+    for name in names {
+        let field = Field {
+            kind: read
+                .iter()
+                .find(|(read, _)| *read == name)
+                .map_or(FieldKind::Other, |(_, kind)| *kind),
+            hop_by_hop: HOP_BY_HOP.iter().any(|listed| listed.as_str() == name),
+            replaced: REPLACED_REQUEST_HEADERS
+                .iter()
+                .any(|listed| listed.as_str() == name),
+        };
+        by_length[name.len()].push((name, field));
+    }
+    by_length
+});
+
+/// How this path reads the field `name` (any case).
+fn field(name: &str) -> Field {
+    FIELDS
+        .get(name.len())
+        .and_then(|same_length| {
+            same_length
+                .iter()
+                .find(|(known, _)| is_named(name.as_bytes(), known.as_bytes()))
+        })
+        .map_or_else(Field::default, |(_, field)| *field)
+}
+
+/// Whether the field name `name` is `lower` in any case, for a `lower` of lowercase letters and
+/// `-`. `httparse` lets only token characters into a name, and for those, setting the bit that
+/// lowercases a letter gives `lower`'s byte only from that letter in either case, or from `-`.
+fn is_named(name: &[u8], lower: &[u8]) -> bool {
+    name.len() == lower.len() && name.iter().zip(lower).all(|(&a, &b)| a | 0x20 == b)
 }
 
 /// The `Forwarded` value of the connection's last host (a connection's requests name one host,
@@ -546,9 +641,14 @@ fn parse_answer(
     close: bool,
 ) -> Result<Option<Answer>, UpstreamError> {
     loop {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut response = httparse::Response::new(&mut headers);
-        let head_len = match response.parse(reply) {
+        let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut []);
+        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut response,
+            reply,
+            &mut headers,
+        );
+        let head_len = match parsed {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(_) => return Err(UpstreamError::Malformed("its head does not parse")),
@@ -570,40 +670,43 @@ fn parse_answer(
         let mut billed = None;
         let mut init = None;
         let mut dated = false;
-        for field in response.headers.iter() {
-            let name = field.name;
-            if name.eq_ignore_ascii_case("content-length") {
-                let value = std::str::from_utf8(field.value)
-                    .ok()
-                    .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .ok_or(UpstreamError::Malformed(
-                        "its Content-Length is not a length",
-                    ))?;
-                if length.is_some_and(|earlier| earlier != value) {
-                    return Err(UpstreamError::Malformed("it has two Content-Lengths"));
-                }
-                length = Some(value);
-            } else if name.eq_ignore_ascii_case("transfer-encoding") {
-                if chunked || !field.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
-                    return Err(UpstreamError::Malformed(
-                        "its Transfer-Encoding is not chunked alone",
-                    ));
-                }
-                chunked = true;
-            } else if name.eq_ignore_ascii_case("connection") {
-                for token in field.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                    if token.eq_ignore_ascii_case(b"close") {
-                        reusable = false;
+        let mut read = [Field::default(); MAX_HEADERS];
+        for (header, read) in response.headers.iter().zip(&mut read) {
+            *read = field(header.name);
+            match read.kind {
+                FieldKind::ContentLength => {
+                    let value = std::str::from_utf8(header.value)
+                        .ok()
+                        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .ok_or(UpstreamError::Malformed(
+                            "its Content-Length is not a length",
+                        ))?;
+                    if length.is_some_and(|earlier| earlier != value) {
+                        return Err(UpstreamError::Malformed("it has two Content-Lengths"));
                     }
-                    named.push(token);
+                    length = Some(value);
                 }
-            } else if name.eq_ignore_ascii_case(crate::api::lambda::BILLED_MS_HEADER) {
-                billed = Some(field.value);
-            } else if name.eq_ignore_ascii_case(crate::api::lambda::INIT_MS_HEADER) {
-                init = Some(field.value);
-            } else if name.eq_ignore_ascii_case("date") {
-                dated = true;
+                FieldKind::TransferEncoding => {
+                    if chunked || !header.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                        return Err(UpstreamError::Malformed(
+                            "its Transfer-Encoding is not chunked alone",
+                        ));
+                    }
+                    chunked = true;
+                }
+                FieldKind::Connection => {
+                    for token in header.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                        if token.eq_ignore_ascii_case(b"close") {
+                            reusable = false;
+                        }
+                        named.push(token);
+                    }
+                }
+                FieldKind::Billed => billed = Some(header.value),
+                FieldKind::Init => init = Some(header.value),
+                FieldKind::Date => dated = true,
+                _ => {}
             }
         }
         let framing = if head_method || status == 204 || status == 304 {
@@ -623,30 +726,30 @@ fn parse_answer(
 
         head.clear();
         head.extend_from_slice(b"HTTP/1.1 ");
-        let _ = write!(head, "{status}");
+        head.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
         head.push(b' ');
         head.extend_from_slice(response.reason.unwrap_or("").as_bytes());
         head.extend_from_slice(b"\r\n");
-        for field in response.headers.iter() {
-            let name = field.name;
-            let framing_field = name.eq_ignore_ascii_case("content-length");
-            if (framing_field && framing != Framing::Empty)
-                || HOP_BY_HOP
-                    .iter()
-                    .any(|dropped| dropped.as_str().eq_ignore_ascii_case(name))
+        for (header, read) in response.headers.iter().zip(read) {
+            let name = header.name;
+            if (read.kind == FieldKind::ContentLength && framing != Framing::Empty)
+                || read.hop_by_hop
+                || matches!(read.kind, FieldKind::Billed | FieldKind::Init)
                 || named
                     .iter()
                     .any(|token| token.eq_ignore_ascii_case(name.as_bytes()))
-                || name.eq_ignore_ascii_case(crate::api::lambda::BILLED_MS_HEADER)
-                || name.eq_ignore_ascii_case(crate::api::lambda::INIT_MS_HEADER)
             {
                 continue;
             }
-            put_field(head, name.as_bytes(), field.value);
+            put_field(head, name.as_bytes(), header.value);
         }
         match framing {
             Framing::Length(length) => {
-                let _ = write!(head, "content-length: {length}\r\n");
+                put_field(
+                    head,
+                    b"content-length",
+                    itoa::Buffer::new().format(length).as_bytes(),
+                );
             }
             Framing::Chunked | Framing::UntilClose => {
                 head.extend_from_slice(b"transfer-encoding: chunked\r\n");

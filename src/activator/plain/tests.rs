@@ -228,3 +228,47 @@ fn how_an_answer_is_framed() {
         Ok(None)
     ));
 }
+
+#[test]
+fn fields_are_read_as_the_lists_name_them_in_any_case() {
+    for name in &HOP_BY_HOP {
+        let upper = name.as_str().to_ascii_uppercase();
+        assert!(field(name.as_str()).hop_by_hop, "{name} is hop-by-hop");
+        assert!(field(&upper).hop_by_hop, "{upper} is hop-by-hop");
+        assert!(!field(name.as_str()).replaced, "{name} is not replaced");
+    }
+    for name in &REPLACED_REQUEST_HEADERS {
+        assert!(field(name.as_str()).replaced, "{name} is replaced");
+        assert!(!field(name.as_str()).hop_by_hop, "{name} is not hop-by-hop");
+    }
+    let read = [
+        ("Host", FieldKind::Host),
+        ("CONTENT-LENGTH", FieldKind::ContentLength),
+        ("Transfer-Encoding", FieldKind::TransferEncoding),
+        ("connection", FieldKind::Connection),
+        ("Expect", FieldKind::Expect),
+        ("Upgrade", FieldKind::Upgrade),
+        ("Date", FieldKind::Date),
+        ("X-Fargo-Billed-Ms", FieldKind::Billed),
+        ("x-fargo-init-ms", FieldKind::Init),
+    ];
+    for (name, kind) in read {
+        assert_eq!(field(name).kind, kind, "{name}");
+    }
+    assert!(field("Connection").hop_by_hop && field("TE").hop_by_hop);
+    for other in [
+        "",
+        "hos",
+        "hosts",
+        "x-private",
+        "content-type",
+        "keep-alive-x",
+        "dat",
+    ] {
+        assert_eq!(field(other).kind, FieldKind::Other, "{other:?}");
+        assert!(
+            !field(other).hop_by_hop && !field(other).replaced,
+            "{other:?}"
+        );
+    }
+}
