@@ -7,6 +7,8 @@
 
 use std::collections::HashMap;
 
+use foldhash::fast::RandomState;
+
 use jiff::Timestamp;
 
 use crate::api::function::HttpAuth;
@@ -81,8 +83,10 @@ pub enum RouteError {
 /// Every routable function, by name and by host.
 #[derive(Debug)]
 pub struct RouteTable<T> {
-    /// namespace → function → entry.
-    functions: HashMap<String, HashMap<String, Entry<T>>>,
+    /// namespace → function → entry. Hashed with a seed of the process's own (as the standard
+    /// hasher is, so that names cannot be chosen to collide) by a hasher a few times faster
+    /// than the standard one: every request is routed here.
+    functions: HashMap<String, HashMap<String, Entry<T>, RandomState>, RandomState>,
     /// Who holds which host.
     claims: HostClaims,
 }
@@ -96,7 +100,7 @@ struct Entry<T> {
 impl<T> RouteTable<T> {
     pub fn new(names: ActivatorNames) -> Self {
         Self {
-            functions: HashMap::new(),
+            functions: HashMap::default(),
             claims: HostClaims::new(names),
         }
     }

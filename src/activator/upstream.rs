@@ -17,6 +17,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
+use foldhash::fast::RandomState;
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper::{Request, Response};
@@ -127,8 +128,10 @@ struct IdleStream {
 /// One thread's idle connections.
 #[derive(Default)]
 struct IdleConnections {
-    by_pod: HashMap<SocketAddr, Vec<Idle>>,
-    streams: HashMap<SocketAddr, Vec<IdleStream>>,
+    // Looked up twice a request: hashed faster than by the standard hasher, with a seed of
+    // the process's own all the same.
+    by_pod: HashMap<SocketAddr, Vec<Idle>, RandomState>,
+    streams: HashMap<SocketAddr, Vec<IdleStream>, RandomState>,
 }
 
 impl IdleConnections {
