@@ -443,8 +443,13 @@ where
     let function = request.function.clone();
     let arrived = request.arrived;
     let limit = client.max_header_bytes;
-    let admitted =
-        unless_client_leaves(stream, input, limit, proxy.admit(&function, arrived)).await;
+    let admitted = match proxy.admit(&function, arrived) {
+        // A place was free: nothing to wait for, nor to watch the client during.
+        futures::future::Either::Left(ready) => Some(ready.into_inner()),
+        futures::future::Either::Right(waiting) => {
+            unless_client_leaves(stream, input, limit, waiting).await
+        }
+    };
     let (mut lease, timing) = match admitted {
         None => return Ok(false),
         Some(Ok(admitted)) => admitted,
@@ -463,17 +468,22 @@ where
         out,
         answer_by: timer,
     } = buffers;
-    let first = before(
-        timer,
-        answer_by,
-        send(lease.addr(), head, request.head_method, reply, out, close),
-    );
-    let mut outcome = match unless_client_leaves(stream, input, limit, first).await {
-        Some(outcome) => outcome,
-        None => {
-            lease.not_run();
-            return Ok(false);
-        }
+    let first = {
+        // Pinned where they are made: moving a future costs a copy of all of it.
+        let sending = pin!(send(
+            lease.addr(),
+            head,
+            request.head_method,
+            reply,
+            out,
+            close
+        ));
+        let first = pin!(before(timer, answer_by, sending));
+        unless_client_leaves(stream, input, limit, first).await
+    };
+    let Some(mut outcome) = first else {
+        lease.not_run();
+        return Ok(false);
     };
     if let Some(Err(error)) = &outcome
         && (error.is_connect() || request.idempotent)
@@ -484,18 +494,23 @@ where
             lease.meter_from_now(config.facts.memory_mb);
         }
         reply.clear();
-        let again = before(
-            timer,
-            answer_by,
-            send(lease.addr(), head, request.head_method, reply, out, close),
-        );
-        outcome = match unless_client_leaves(stream, input, limit, again).await {
-            Some(outcome) => outcome,
-            None => {
-                lease.not_run();
-                return Ok(false);
-            }
+        let again = {
+            let sending = pin!(send(
+                lease.addr(),
+                head,
+                request.head_method,
+                reply,
+                out,
+                close
+            ));
+            let again = pin!(before(timer, answer_by, sending));
+            unless_client_leaves(stream, input, limit, again).await
         };
+        let Some(again) = again else {
+            lease.not_run();
+            return Ok(false);
+        };
+        outcome = again;
     }
     let (pod, answer) = match outcome {
         Some(Ok(answered)) => answered,

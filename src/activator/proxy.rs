@@ -87,6 +87,9 @@ pub(super) static REPLACED_REQUEST_HEADERS: [HeaderName; 7] = [
     HeaderName::from_static(crate::api::PROBE_HEADER),
 ];
 
+/// A place on a pod and the request's timing, or the activator's answer.
+pub(super) type Admitted = Result<(Lease, Timing), Response<ProxyBody>>;
+
 pub struct Proxy {
     index: Arc<FunctionIndex>,
     auth: Arc<Authenticator>,
@@ -213,26 +216,45 @@ impl Proxy {
     }
 
     /// A place on one of the function's pods, or the activator's answer when none comes (marked
-    /// [`NotForwarded`]).
-    pub(super) async fn admit(
-        &self,
-        function: &Arc<FunctionState>,
+    /// [`NotForwarded`]). A place free at once is taken here: the wait for one, a future far
+    /// larger than the rest of a request's, is made (in a box) only when it is needed.
+    pub(super) fn admit<'a>(
+        &'a self,
+        function: &'a Arc<FunctionState>,
         arrived: Instant,
-    ) -> Result<(Lease, Timing), Response<ProxyBody>> {
-        self.wait_for_place(function, arrived)
-            .await
-            .map_err(|mut refused| {
-                refused.extensions_mut().insert(NotForwarded);
-                refused
-            })
+    ) -> futures::future::Either<
+        std::future::Ready<Admitted>,
+        Pin<Box<dyn Future<Output = Admitted> + Send + 'a>>,
+    > {
+        let (timeout, admission) = function.admit();
+        match admission {
+            Admission::Proxy(lease) => {
+                let timing = Timing {
+                    arrived,
+                    deadline: arrived + timeout,
+                    timeout,
+                    cold: false,
+                };
+                futures::future::Either::Left(std::future::ready(Ok((lease, timing))))
+            }
+            admission => futures::future::Either::Right(Box::pin(async move {
+                self.wait_for_place(function, arrived, timeout, admission)
+                    .await
+                    .map_err(|mut refused| {
+                        refused.extensions_mut().insert(NotForwarded);
+                        refused
+                    })
+            })),
+        }
     }
 
     async fn wait_for_place(
         &self,
         function: &Arc<FunctionState>,
         arrived: Instant,
-    ) -> Result<(Lease, Timing), Response<ProxyBody>> {
-        let (timeout, admission) = function.admit();
+        timeout: Duration,
+        admission: Admission,
+    ) -> Admitted {
         let deadline = arrived + timeout;
         let mut cold = false;
         let lease = match admission {
