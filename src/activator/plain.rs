@@ -71,7 +71,8 @@ pub(super) struct Client<'a> {
     pub requests: &'a RequestCounter,
     /// Every response says `Connection: close` once this is cancelled.
     pub draining: &'a CancellationToken,
-    /// The connection closes once idle (after the request in progress) once this is cancelled.
+    /// The connection closes once idle (after the request in progress) once this is cancelled,
+    /// which only the task that polls [`serve`] may do: it is looked at when `serve` is polled.
     pub graceful: &'a CancellationToken,
     /// A head larger than this goes to hyper, which answers 431.
     pub max_header_bytes: usize,
@@ -371,6 +372,11 @@ static FIELDS: LazyLock<Vec<Vec<(&'static str, Field)>>> = LazyLock::new(|| {
     let longest = names.iter().map(|name| name.len()).max().unwrap_or(0);
     let mut by_length = vec![Vec::new(); longest + 1];
     for name in names {
+        // What [`is_named`] compares with.
+        assert!(
+            name.bytes().all(|b| b.is_ascii_lowercase() || b == b'-'),
+            "{name} is lowercase letters and dashes"
+        );
         let field = Field {
             kind: read
                 .iter()

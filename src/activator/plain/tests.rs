@@ -256,6 +256,11 @@ fn fields_are_read_as_the_lists_name_them_in_any_case() {
         assert_eq!(field(name).kind, kind, "{name}");
     }
     assert!(field("Connection").hop_by_hop && field("TE").hop_by_hop);
+    // Token characters that differ from a letter or `-` only in the lowercasing bit.
+    for near in ["x_real-ip", "x-real-i\x10", "X-REAL-IP\r"] {
+        assert!(!is_named(near.as_bytes(), b"x-real-ip"), "{near:?}");
+    }
+    assert!(is_named(b"X-Real-IP", b"x-real-ip"));
     for other in [
         "",
         "hos",
