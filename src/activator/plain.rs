@@ -474,33 +474,10 @@ where
         out,
         answer_by: timer,
     } = buffers;
-    let first = {
-        // Pinned where they are made: moving a future costs a copy of all of it.
-        let sending = pin!(send(
-            lease.addr(),
-            head,
-            request.head_method,
-            reply,
-            out,
-            close
-        ));
-        let first = pin!(before(timer, answer_by, sending));
-        unless_client_leaves(stream, input, limit, first).await
-    };
-    let Some(mut outcome) = first else {
-        lease.not_run();
-        return Ok(false);
-    };
-    if let Some(Err(error)) = &outcome
-        && (error.is_connect() || request.idempotent)
-    {
-        tracing::debug!(%error, pod = %lease.addr(), "retrying on another pod");
-        lease.switch_pod();
-        if proxy.metering() {
-            lease.meter_from_now(config.facts.memory_mb);
-        }
-        reply.clear();
-        let again = {
+    let mut retried = false;
+    let outcome = loop {
+        let attempt = {
+            // Pinned where they are made: moving a future costs a copy of all of it.
             let sending = pin!(send(
                 lease.addr(),
                 head,
@@ -509,15 +486,26 @@ where
                 out,
                 close
             ));
-            let again = pin!(before(timer, answer_by, sending));
-            unless_client_leaves(stream, input, limit, again).await
+            let attempt = pin!(before(timer, answer_by, sending));
+            unless_client_leaves(stream, input, limit, attempt).await
         };
-        let Some(again) = again else {
+        let Some(outcome) = attempt else {
             lease.not_run();
             return Ok(false);
         };
-        outcome = again;
-    }
+        match &outcome {
+            Some(Err(error)) if !retried && (error.is_connect() || request.idempotent) => {
+                tracing::debug!(%error, pod = %lease.addr(), "retrying on another pod");
+                retried = true;
+                lease.switch_pod();
+                if proxy.metering() {
+                    lease.meter_from_now(config.facts.memory_mb);
+                }
+                reply.clear();
+            }
+            _ => break outcome,
+        }
+    };
     let (pod, answer) = match outcome {
         Some(Ok(answered)) => answered,
         Some(Err(error)) => {
