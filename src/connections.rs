@@ -29,6 +29,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
+use futures::future::Either;
 use futures::task::AtomicWaker;
 use hyper::body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
@@ -512,11 +513,6 @@ enum Turn {
     Drop,
     /// Wind it down: the server stops.
     Stop,
-}
-
-enum Either<A, B> {
-    Left(A),
-    Right(B),
 }
 
 /// Polls `main` whenever the task is woken, and `side` only once something `side` waits on

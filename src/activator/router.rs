@@ -243,7 +243,9 @@ impl<T> RouteTable<T> {
     fn function_host<'h>(&self, host: &'h str) -> Option<(&'h str, &'h str)> {
         let domain = self.claims.names().domain();
         let rest = host.strip_suffix(domain)?.strip_suffix('.')?;
-        let (name, namespace) = rest.rsplit_once('.')?;
+        // Searched byte by byte, as `host_name` searches for the port.
+        let dot = rest.bytes().rposition(|b| b == b'.')?;
+        let (name, namespace) = (&rest[..dot], &rest[dot + 1..]);
         (!name.is_empty() && !namespace.is_empty()).then_some((namespace, name))
     }
 }
