@@ -350,7 +350,7 @@ enum FieldKind {
 }
 
 /// The fields this path reads or drops, by the length of their names: a name is compared
-/// with the one or two of its length, not with every list in turn.
+/// with the few of its length (at most three), not with every list in turn.
 static FIELDS: LazyLock<Vec<Vec<(&'static str, Field)>>> = LazyLock::new(|| {
     let read = [
         ("host", FieldKind::Host),

@@ -8,7 +8,6 @@
 use std::collections::HashMap;
 
 use foldhash::fast::RandomState;
-
 use jiff::Timestamp;
 
 use crate::api::function::HttpAuth;
