@@ -256,11 +256,23 @@ fn fields_are_read_as_the_lists_name_them_in_any_case() {
         assert_eq!(field(name).kind, kind, "{name}");
     }
     assert!(field("Connection").hop_by_hop && field("TE").hop_by_hop);
-    // Token characters that differ from a letter or `-` only in the lowercasing bit.
-    for near in ["x_real-ip", "x-real-i\x10", "X-REAL-IP\r"] {
+    // Near misses: another character where the name has `-` or a letter.
+    for near in [
+        "x_real-ip",
+        "x-real_ip",
+        "x.real-ip",
+        "x-real-i0",
+        "x-real-ipp",
+    ] {
         assert!(!is_named(near.as_bytes(), b"x-real-ip"), "{near:?}");
     }
     assert!(is_named(b"X-Real-IP", b"x-real-ip"));
+    // The one character besides `-` that `is_named` would take for it, CR, never reaches it:
+    // `httparse` refuses it in a name.
+    let mut headers = [httparse::EMPTY_HEADER; 4];
+    let parsed =
+        httparse::Request::new(&mut headers).parse(b"GET / HTTP/1.1\r\nx-real\rip: 1\r\n\r\n");
+    assert!(parsed.is_err(), "{parsed:?}");
     for other in [
         "",
         "hos",
