@@ -23,6 +23,7 @@ pub mod controller;
 pub mod diagnosis;
 pub mod fetch;
 pub mod function;
+pub mod guarded;
 pub mod http_client;
 pub mod profile;
 pub mod quantity;

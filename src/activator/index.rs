@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use kube::core::DeserializeGuard;
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{Client, Resource, ResourceExt};
 use tokio::sync::oneshot;
 
 use super::function_state::{FunctionConfig, FunctionState, ObservedEndpoint};
@@ -300,11 +300,11 @@ pub async fn watch_functions(
     index: Arc<FunctionIndex>,
     synced: oneshot::Sender<()>,
 ) {
-    // Through DeserializeGuard, so that one object that does not parse stalls nothing.
-    let api: Api<DeserializeGuard<ServerlessFunction>> = Api::all(client);
-    let mut events = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .boxed();
+    // Guarded, so that one object that does not parse stalls nothing.
+    let mut events =
+        crate::guarded::watcher::<ServerlessFunction>(client, watcher::Config::default())
+            .default_backoff()
+            .boxed();
     let mut synced = Some(synced);
     let mut relisted: Option<HashSet<(String, String)>> = None;
     while let Some(event) = events.next().await {

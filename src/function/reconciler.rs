@@ -420,32 +420,30 @@ pub fn controller(client: Client) -> FunctionController {
     let (store, writer) = reflector::store();
     let (triggers, triggered) = futures::channel::mpsc::unbounded();
     let hosts = Arc::new(ClaimedHosts::default());
-    let functions = watcher(
-        Api::<DeserializeGuard<ServerlessFunction>>::all(client),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .modify(|guard| {
-        if let Ok(function) = &mut guard.0 {
-            trim_function(function);
-        }
-    })
-    .reflect(writer)
-    .inspect({
-        // A function claiming, changing or giving up a host decides the HostsAccepted of the
-        // others claiming it.
-        let (hosts, claimants, triggers) = (hosts.clone(), store.clone(), triggers.clone());
-        move |event| {
-            if let Ok(event) = event
-                && let Some(changed) = crate::caches::touched(event)
-            {
-                for other in hosts.sharing(&claimants, changed) {
-                    let _ = triggers.unbounded_send(other);
+    let functions =
+        crate::guarded::watcher::<ServerlessFunction>(client, watcher::Config::default())
+            .default_backoff()
+            .modify(|guard| {
+                if let Ok(function) = &mut guard.0 {
+                    trim_function(function);
                 }
-            }
-        }
-    })
-    .applied_objects();
+            })
+            .reflect(writer)
+            .inspect({
+                // A function claiming, changing or giving up a host decides the HostsAccepted of the
+                // others claiming it.
+                let (hosts, claimants, triggers) = (hosts.clone(), store.clone(), triggers.clone());
+                move |event| {
+                    if let Ok(event) = event
+                        && let Some(changed) = crate::caches::touched(event)
+                    {
+                        for other in hosts.sharing(&claimants, changed) {
+                            let _ = triggers.unbounded_send(other);
+                        }
+                    }
+                }
+            })
+            .applied_objects();
     FunctionController {
         controller: Controller::for_stream(functions, store).with_config(
             kube::runtime::controller::Config::default()
@@ -516,7 +514,13 @@ pub async fn run(controller: FunctionController, ctx: Context, shutdown: Cancell
             move |profile| functions_using(&functions, &profile.name_any()),
         )
         .graceful_shutdown_on(async move { shutdown.cancelled().await })
-        .run(reconcile, reconcile::error_policy, Arc::new(ctx))
+        // Boxed: the controller spawns each reconcile and moves it, and its result, whole; the
+        // reconcile holds 10 KB across its awaits, a pointer does not.
+        .run(
+            |function, ctx| Box::pin(reconcile(function, ctx)),
+            reconcile::error_policy,
+            Arc::new(ctx),
+        )
         .for_each_concurrent(None, |result| {
             reconcile::report_reconciled(&reporting, KIND, result)
         })

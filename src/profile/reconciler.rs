@@ -166,7 +166,12 @@ pub async fn run(
             runtime_class_changes,
         ))
         .graceful_shutdown_on(async move { shutdown.cancelled().await })
-        .run(reconcile, reconcile::error_policy, ctx)
+        // Boxed, as the function reconciler's: the controller moves each reconcile whole.
+        .run(
+            |profile, ctx| Box::pin(reconcile(profile, ctx)),
+            reconcile::error_policy,
+            ctx,
+        )
         .for_each_concurrent(None, |result| {
             reconcile::report_reconciled(&reporting, KIND, result)
         })

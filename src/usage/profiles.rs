@@ -522,11 +522,11 @@ fn read(pod: &DeserializeGuard<Pod>, now: Timestamp) -> Option<(String, Option<P
 /// pods it left running (`deletionPolicy: Orphan`) are not metered. Writes wait for the watch's
 /// list to complete, so that no pod is missing from a profile counted up to now.
 pub async fn run(client: Client, shutdown: CancellationToken) {
-    let pods: Api<DeserializeGuard<Pod>> = Api::all(client.clone());
-    let profiles: Api<FargateProfile> = Api::all(client);
-    let mut events = watcher(pods, watcher::Config::default().labels(PROFILE_LABEL))
-        .default_backoff()
-        .boxed();
+    let profiles: Api<FargateProfile> = Api::all(client.clone());
+    let mut events =
+        crate::guarded::watcher::<Pod>(client, watcher::Config::default().labels(PROFILE_LABEL))
+            .default_backoff()
+            .boxed();
     let mut tracked = TrackedPods::default();
     let mut writes = ticker(WRITE_INTERVAL);
     loop {
