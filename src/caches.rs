@@ -77,6 +77,21 @@ pub fn digest(value: &impl std::hash::Hash) -> u64 {
     KEYS.hash_one(value)
 }
 
+impl WatchedDeployment {
+    /// The Deployment this was read from, as far as it was read: its metadata, replicas and
+    /// status.
+    pub fn into_deployment(self) -> Deployment {
+        Deployment {
+            metadata: self.metadata,
+            spec: Some(DeploymentSpec {
+                replicas: self.spec.and_then(|spec| spec.replicas),
+                ..DeploymentSpec::default()
+            }),
+            status: self.status,
+        }
+    }
+}
+
 /// What [`WatchedDeployment`] reads of a Deployment's spec.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 pub struct WatchedDeploymentSpec {
@@ -737,6 +752,25 @@ mod tests {
         // The same from a Deployment already read (the recorded scenarios feed those).
         assert_eq!(WatchedDeployment::from(&full), read);
         assert_eq!(CachedDeployment::from(&full), cached);
+    }
+
+    #[test]
+    fn an_applied_deployment_read_as_the_cache_reads_it_keeps_what_the_reconciler_reads() {
+        let read: WatchedDeployment = serde_json::from_value(watched()).unwrap();
+        let full: Deployment = serde_json::from_value(watched()).unwrap();
+        let applied = read.into_deployment();
+        assert_eq!(applied.metadata, full.metadata);
+        assert_eq!(applied.status, full.status);
+        assert_eq!(Instances::of(&applied), Instances::of(&full));
+        assert!(autoscaler_owns_replicas(&applied));
+        assert_eq!(
+            crate::function::status::replica_failure(&applied),
+            crate::function::status::replica_failure(&full),
+        );
+        // Not read: the pod template.
+        let spec = applied.spec.unwrap();
+        assert_eq!(spec.template, Default::default());
+        assert_eq!(spec.replicas, Some(2));
     }
 
     #[test]

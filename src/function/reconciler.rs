@@ -12,9 +12,9 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
-use kube::core::DeserializeGuard;
+use kube::core::{DeserializeGuard, PartialObjectMeta};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -33,7 +33,8 @@ use crate::api::{
     CONTROLLER_MANAGER, FUNCTION_LABEL, ServerlessFunction, ServerlessFunctionStatus,
 };
 use crate::caches::{
-    CachedDeployment, CachedService, ChildCache, FunctionStore, digest, labels_digest, live,
+    CachedDeployment, CachedService, ChildCache, FunctionStore, WatchedDeployment, digest,
+    labels_digest, live,
 };
 use crate::profile::matching::namespace_is_selected;
 use crate::reconcile::{self, Note, ReconcileError, Reporting, patch_status};
@@ -240,8 +241,8 @@ impl AppliedObjects {
         )
     }
 
-    fn record_service(&self, key: u64, hash: u64, applied: &Service) {
-        let (uid, version) = (&applied.metadata.uid, &applied.metadata.resource_version);
+    fn record_service(&self, key: u64, hash: u64, applied: &ObjectMeta) {
+        let (uid, version) = (&applied.uid, &applied.resource_version);
         let applied = Applied::of(hash, uid.as_deref(), version.as_deref(), 0);
         self.lock().insert(key, applied);
     }
@@ -798,14 +799,16 @@ impl ServerlessFunction {
                 }
             }
         }
-        let applied = api
+        // Of the answer, only the metadata is read.
+        let applied = Api::<PartialObjectMeta<Service>>::namespaced(ctx.client.clone(), namespace)
             .patch(
                 &name,
                 &PatchParams::apply(CONTROLLER_MANAGER).force(),
                 &Patch::Apply(&service),
             )
             .await?;
-        ctx.applied_services.record_service(key, hash, &applied);
+        ctx.applied_services
+            .record_service(key, hash, &applied.metadata);
         Ok(())
     }
 
@@ -886,13 +889,15 @@ impl ServerlessFunction {
             }
             desired.metadata.resource_version = version;
         }
-        let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
+        // The answer is read as the cache reads a Deployment: it comes whole, pod template and
+        // all, and what follows reads its metadata, replicas and status.
+        let api: Api<WatchedDeployment> = Api::namespaced(ctx.client.clone(), namespace);
         let params = PatchParams::apply(CONTROLLER_MANAGER).force();
         let applied = match api.patch(&name, &params, &Patch::Apply(&desired)).await {
             Err(kube::Error::Api(status)) if status.code == 409 && seed.is_some() => {
                 return Err(Error::StaleDeployment(kube::Error::Api(status)));
             }
-            applied => applied?,
+            applied => applied?.into_deployment(),
         };
         if let Some((replicas, None)) = seed {
             info!(replicas, "deployment created with its initial replicas");
@@ -1003,8 +1008,9 @@ impl ServerlessFunction {
         &self,
         ctx: &Context,
         status: &ServerlessFunctionStatus,
-    ) -> Result<ServerlessFunction> {
-        let api: Api<ServerlessFunction> =
+    ) -> Result<PartialObjectMeta<ServerlessFunction>> {
+        // Of the answer, only the metadata is read.
+        let api: Api<PartialObjectMeta<ServerlessFunction>> =
             Api::namespaced(ctx.client.clone(), &self.namespace().unwrap_or_default());
         Ok(patch_status(&api, &self.name_any(), CONTROLLER_MANAGER, status).await?)
     }
@@ -1170,7 +1176,7 @@ mod tests {
         };
         let ours = service("uid-1", "100");
         assert!(!unchanged(7, &ours), "never applied");
-        applied.record_service(key, 7, &ours);
+        applied.record_service(key, 7, &ours.metadata);
         assert!(unchanged(7, &ours));
         assert!(!unchanged(8, &ours), "the function builds another Service");
         assert!(
