@@ -431,8 +431,8 @@ pub fn controller(client: Client) -> FunctionController {
             })
             .reflect(writer)
             .inspect({
-                // A function claiming, changing or giving up a host decides the HostsAccepted of the
-                // others claiming it.
+                // A function claiming, changing or giving up a host decides the HostsAccepted of
+                // the others claiming it.
                 let (hosts, claimants, triggers) = (hosts.clone(), store.clone(), triggers.clone());
                 move |event| {
                     if let Ok(event) = event
