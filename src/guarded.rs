@@ -13,8 +13,8 @@ use std::fmt::Debug;
 use futures::{Stream, TryStreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::Api;
-use kube::core::DeserializeGuard;
 use kube::core::error_boundary::InvalidObject;
+use kube::core::{DeserializeGuard, PartialObjectMeta};
 use kube::runtime::watcher::{self, Event};
 use kube::{Client, Resource};
 use serde::de::{DeserializeOwned, Error as _};
@@ -44,20 +44,13 @@ where
 #[derive(Clone, Debug)]
 struct OnePass<K>(DeserializeGuard<K>);
 
-/// What is read of an object that is not a valid `K`.
-#[derive(Deserialize)]
-struct MetadataOnly {
-    #[serde(default)]
-    metadata: ObjectMeta,
-}
-
 impl<'de, K: DeserializeOwned> Deserialize<'de> for OnePass<K> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let raw = Box::<RawValue>::deserialize(deserializer)?;
         let read = match serde_json::from_str::<K>(raw.get()) {
             Ok(object) => Ok(object),
             Err(error) => {
-                let MetadataOnly { metadata } =
+                let PartialObjectMeta::<K> { metadata, .. } =
                     serde_json::from_str(raw.get()).map_err(D::Error::custom)?;
                 Err(InvalidObject {
                     error: error.to_string(),
