@@ -1,32 +1,40 @@
 //! The controller at scale: N functions (`FARGO_BENCH_FUNCTIONS`, default 1,000) applied at once,
-//! against the same children applied raw in the same run.
+//! against the same children applied raw in the same run, in three parts:
 //!
 //! - **raw**: this process server-side-applies every function's Deployment and Service, built by
 //!   the controller's own code (less the function label on the objects themselves, which would
 //!   put them in fargo's caches), 16 requests in flight — the floor for getting those objects in.
-//!   The ratio's baseline is the time those applies take.
-//! - **fargo**: this process applies the N ServerlessFunctions the same way, and the clock stops
-//!   when every one reports `Ready=True` for its generation (its children applied, its status
-//!   written) to a real `fargo controller` (and activator), run out of cluster. This process
-//!   watches the functions rather than listing them, so that counting them costs the API server
-//!   next to nothing.
+//!   The ratios' baseline is the time those applies take.
+//! - **floor**: this process makes the writes a function needs with no controller at all: the
+//!   function's create, its Deployment and Service (owned by it, as the controller makes them),
+//!   and its status (as the controller computes it), one after the other for each function, 64
+//!   functions in flight (as many requests as fargo's part can have in flight: the bench's 16
+//!   applies and the controller's 48 reconciles). The functions are of a copy of the
+//!   ServerlessFunction CRD under another group (its schema, rules and defaults), which no
+//!   controller watches. Its time over raw's is the least any controller of this API could
+//!   reach; fargo's time over it is what fargo's controller adds.
+//! - **fargo**: this process applies the N ServerlessFunctions as raw applies its objects, and
+//!   the clock stops when every one reports `Ready=True` for its generation (its children
+//!   applied, its status written) to a real `fargo controller` (and activator), run out of
+//!   cluster. This process watches the functions rather than listing them, so that counting them
+//!   costs the API server next to nothing.
 //!
-//! Each half then waits until Kubernetes' own controllers have done with its objects (every
-//! Deployment observed, then 2 s of near-silence), so that fargo's half starts on a quiet cluster
-//! and the requests and CPU each half prints are all its own.
+//! Each part then waits until Kubernetes' own controllers have done with its objects (every
+//! Deployment observed, then 2 s of near-silence), so that the next part starts on a quiet
+//! cluster and the requests and CPU each part prints are all its own.
 //!
 //! When `benches/peers/knative.sh up` has put Knative Serving on the cluster, the same number of
 //! Knative Services of the echo image (at zero instances from the start) follow the rounds, and
 //! the memory of Knative's controller is printed beside fargo's.
 //!
 //! The round is run `FARGO_BENCH_ROUNDS` times (default 3), each waiting for the last one's
-//! namespaces to be gone, and the median of the ratios is printed last.
+//! namespaces to be gone, and the medians of the ratios are printed last.
 //!
-//! Printed: both times and their ratio, and the resident memory of the controller and of the
+//! Printed: the times and their ratios, and the resident memory of the controller and of the
 //! activator (which routes every function) before, every 10 s while the functions converge, at
-//! the end and at their peak; and the API requests each half made per function, by verb and
+//! the end and at their peak; and the API requests each part made per function, by verb and
 //! resource, from the API server's own `apiserver_request_total` (watches and lists, which do not
-//! grow with the functions, left out), and the CPU time each half cost the control plane, fargo
+//! grow with the functions, left out), and the CPU time each part cost the control plane, fargo
 //! and this process. The functions sit at zero replicas (`scale.initial: 0`),
 //! so no pod is started; the namespaces are deleted afterwards. `make bench` runs it; it needs
 //! KUBECONFIG.
@@ -38,11 +46,14 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use fargo::api::FUNCTION_LABEL;
 use fargo::api::function::ServerlessFunction;
+use fargo::api::{CONTROLLER_MANAGER, FUNCTION_LABEL};
+use fargo::function::status::{self, Observed, ProfileCheck};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch,
     PatchParams, PostParams,
@@ -134,10 +145,135 @@ async fn apply_raw(client: &Client, namespace: &str, count: usize) -> Duration {
     started.elapsed()
 }
 
+/// Functions the floor has in flight: as many requests as fargo's part can have in flight, the
+/// bench's [`IN_FLIGHT`] applies and the controller's 48 reconciles. At 16, one request each,
+/// the floor waited on the API server's answers rather than on its CPU.
+const FLOOR_IN_FLIGHT: usize = 64;
+
+/// The group of the floor's copy of the ServerlessFunction CRD.
+const FLOOR_GROUP: &str = "floor.bench.fargo.dev";
+
+/// Installs the floor's copy of the ServerlessFunction CRD: the same schema, rules and defaults
+/// under [`FLOOR_GROUP`], which no controller watches; returns its kind's API resource.
+async fn install_floor_crd(client: &Client) -> ApiResource {
+    let mut crd = fargo::api::crds()
+        .into_iter()
+        .find(|crd| crd.spec.names.kind == "ServerlessFunction")
+        .expect("the ServerlessFunction CRD");
+    crd.spec.group = FLOOR_GROUP.into();
+    crd.metadata.name = Some(format!("{}.{FLOOR_GROUP}", crd.spec.names.plural));
+    let name = crd.name_any();
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.patch(
+        &name,
+        &PatchParams::apply("fargo-bench").force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .expect("the floor's CRD applied");
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        kube::runtime::wait::await_condition(
+            crds,
+            &name,
+            kube::runtime::wait::conditions::is_crd_established(),
+        ),
+    )
+    .await
+    .expect("the floor's CRD Established within 30s")
+    .expect("watching the floor's CRD");
+    let version = &crd.spec.versions[0].name;
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(FLOOR_GROUP, version, "ServerlessFunction"),
+        &crd.spec.names.plural,
+    )
+}
+
+/// Makes each function's writes with no controller (see the module's doc): its create, its
+/// Deployment and Service, its status; how long that took.
+async fn apply_floor(
+    client: &Client,
+    namespace: &str,
+    count: usize,
+    kind: &ApiResource,
+) -> Duration {
+    let template = defaulted_function(client, namespace).await;
+    let functions: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, kind);
+    let params = PatchParams::apply("fargo-bench").force();
+    let status_params = PatchParams::apply(CONTROLLER_MANAGER).force();
+    let started = Instant::now();
+    futures::stream::iter(0..count)
+        .map(|i| {
+            let (client, functions, template) = (client.clone(), functions.clone(), &template);
+            let (params, status_params) = (params.clone(), status_params.clone());
+            async move {
+                let name = name(i);
+                let mut object = function_object(namespace, &name);
+                object["apiVersion"] = kind.api_version.clone().into();
+                let created = functions
+                    .patch(&name, &params, &Patch::Apply(&object))
+                    .await?;
+                let mut function = template.clone();
+                function.metadata.name = Some(name.clone());
+                function.metadata.uid = created.metadata.uid;
+                function.metadata.generation = created.metadata.generation;
+                // Owned by the copy, as the controller's children are by the function; without
+                // the function label, which would put them in the controller's caches.
+                let owned_by_the_copy = |meta: &mut kube::api::ObjectMeta| {
+                    for owner in meta.owner_references.iter_mut().flatten() {
+                        owner.api_version = kind.api_version.clone();
+                    }
+                    meta.labels
+                        .as_mut()
+                        .map(|labels| labels.remove(FUNCTION_LABEL));
+                };
+                let mut deployment =
+                    fargo::function::build::deployment(&function, &Default::default())?;
+                owned_by_the_copy(&mut deployment.metadata);
+                if let Some(spec) = deployment.spec.as_mut() {
+                    spec.replicas = Some(0);
+                }
+                let mut service = fargo::function::build::service(&function)?;
+                owned_by_the_copy(&mut service.metadata);
+                let deployment = Api::<Deployment>::namespaced(client.clone(), namespace)
+                    .patch(&name, &params, &Patch::Apply(&deployment))
+                    .await?;
+                Api::<Service>::namespaced(client, namespace)
+                    .patch(&name, &params, &Patch::Apply(&service))
+                    .await?;
+                let observed = Observed {
+                    deployment: Some(&deployment),
+                    profile: ProfileCheck::NotRequested,
+                    schedule_problems: &[],
+                    name_problem: None,
+                    pod_problems: &[],
+                    activator_url: "http://127.0.0.1:8080",
+                    host_refusals: &[],
+                };
+                let now = Time(k8s_openapi::jiff::Timestamp::now());
+                let status = status::compute(&function, &Default::default(), &observed, now);
+                let patch = json!({
+                    "apiVersion": kind.api_version,
+                    "kind": kind.kind,
+                    "status": status,
+                });
+                functions
+                    .patch_status(&name, &status_params, &Patch::Apply(&patch))
+                    .await?;
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+            }
+        })
+        .buffer_unordered(FLOOR_IN_FLIGHT)
+        .try_collect::<Vec<()>>()
+        .await
+        .expect("the floor's objects applied");
+    started.elapsed()
+}
+
 /// Waits until the Deployment controller has seen every Deployment of `namespace` (its status
 /// observes the Deployment's generation) and the API server then went 2 s with fewer writes
-/// than one per hundred functions (or a minute passed), so that the next half starts on a quiet
-/// cluster and each half's requests and CPU are all its own; returns when the Deployments were
+/// than one per hundred functions (or a minute passed), so that the next part starts on a quiet
+/// cluster and each part's requests and CPU are all its own; returns when the Deployments were
 /// all observed, counted from `started`.
 async fn settle(client: &Client, namespace: &str, count: usize, started: Instant) -> Duration {
     let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
@@ -177,7 +313,7 @@ async fn settle(client: &Client, namespace: &str, count: usize, started: Instant
             .sum()
     };
     // The cluster's own background writes (node status, events) never stop: after a minute the
-    // half goes on, saying so.
+    // part goes on, saying so.
     let mut last = writes(&api_requests(client).await);
     for _ in 0..30 {
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -349,7 +485,7 @@ async fn apply_functions(
 ) -> (Duration, Duration) {
     let api: Api<ServerlessFunction> = Api::namespaced(client.clone(), namespace);
     // Watched, not listed: listing every function twice a second costs the API server more
-    // and more as they grow (a tenth of its CPU at 2,000), and the raw half has no such load.
+    // and more as they grow (a tenth of its CPU at 2,000), and the raw part has no such load.
     let (functions, writer) = reflector::store::<ServerlessFunction>();
     let watch = tokio::spawn(
         reflector::reflector(writer, watcher(api.clone(), watcher::Config::default()))
@@ -448,22 +584,32 @@ async fn on_the_cluster() {
         "{count} functions, {IN_FLIGHT} requests in flight, {} rounds",
         rounds()
     );
-    let mut ratios = vec![];
+    let floor_kind = install_floor_crd(&client).await;
+    let mut rounds_measured = vec![];
     for round in 1..=rounds() {
         println!("round {round}");
-        ratios.push(round_of(&client, count, controller.id(), activator.id()).await);
+        let ratios = round_of(&client, count, controller.id(), activator.id(), &floor_kind).await;
+        rounds_measured.push(ratios);
     }
-    ratios.sort_by(f64::total_cmp);
-    println!(
-        "fargo's time to all Ready ÷ raw's applies, median of {} rounds: {:.2}× (rounds: {})",
-        ratios.len(),
-        ratios[ratios.len() / 2],
-        ratios
-            .iter()
-            .map(|r| format!("{r:.2}×"))
-            .collect::<Vec<_>>()
-            .join(", ")
+    print_median(
+        "fargo's time to all Ready ÷ raw's applies",
+        rounds_measured.iter().map(|r| r.fargo).collect(),
     );
+    print_median(
+        "the floor's time ÷ raw's applies",
+        rounds_measured.iter().map(|r| r.floor).collect(),
+    );
+    print_median(
+        "fargo's time to all Ready ÷ the floor's",
+        rounds_measured.iter().map(|r| r.fargo / r.floor).collect(),
+    );
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let _ = crds
+        .delete(
+            &format!("{}.{FLOOR_GROUP}", floor_kind.plural),
+            &DeleteParams::background(),
+        )
+        .await;
     let (rss, peak) = memory_mib(controller.id());
     let (activator_rss, activator_peak) = memory_mib(activator.id());
     println!(
@@ -599,6 +745,18 @@ async fn knative_services(client: &Client, count: usize) {
     }
 }
 
+/// Prints the median of one ratio over the rounds, and each round's.
+fn print_median(what: &str, mut ratios: Vec<f64>) {
+    let rounds: Vec<String> = ratios.iter().map(|r| format!("{r:.2}×")).collect();
+    ratios.sort_by(f64::total_cmp);
+    println!(
+        "{what}, median of {} rounds: {:.2}× (rounds: {})",
+        ratios.len(),
+        ratios[ratios.len() / 2],
+        rounds.join(", ")
+    );
+}
+
 /// How many rounds to run (`FARGO_BENCH_ROUNDS`, default 3): the machine's noise moves one
 /// round's ratio by tens of percent.
 fn rounds() -> usize {
@@ -609,16 +767,32 @@ fn rounds() -> usize {
         .unwrap_or(3)
 }
 
-/// One round: the raw half, then fargo's, each in a namespace of its own, both deleted (and
-/// gone) at the end; returns fargo's time to all Ready over raw's time to apply.
-async fn round_of(client: &Client, count: usize, controller: u32, activator: u32) -> f64 {
+/// What a round measured: fargo's time to all Ready and the floor's time to its last write,
+/// each over raw's time to apply.
+struct Ratios {
+    fargo: f64,
+    floor: f64,
+}
+
+/// One round: raw, the floor, then fargo, each in a namespace of its own, all
+/// deleted (and gone) at the end.
+async fn round_of(
+    client: &Client,
+    count: usize,
+    controller: u32,
+    activator: u32,
+    floor_kind: &ApiResource,
+) -> Ratios {
     let client = client.clone();
     let processes = [("controller", controller), ("activator", activator)];
     let processes = &processes[..];
     let raw_namespace = common::namespaces::unique_name("bench-raw");
+    let floor_namespace = common::namespaces::unique_name("bench-floor");
     let fargo_namespace = common::namespaces::unique_name("bench-scale");
-    common::namespaces::ensure_namespace(&client, &raw_namespace).await;
-    common::namespaces::ensure_namespace(&client, &fargo_namespace).await;
+    let namespaces = [&raw_namespace, &floor_namespace, &fargo_namespace];
+    for namespace in namespaces {
+        common::namespaces::ensure_namespace(&client, namespace).await;
+    }
 
     let before_raw = api_requests(&client).await;
     let cpu_before_raw = cpu_times(processes);
@@ -631,13 +805,27 @@ async fn round_of(client: &Client, count: usize, controller: u32, activator: u32
         "  raw: {count} Deployments + {count} Services applied in {raw:.1?}, all observed by \
          the Deployment controller in {observed:.1?}"
     );
+    let floor_started = Instant::now();
+    let floor = apply_floor(&client, &floor_namespace, count, floor_kind).await;
+    println!(
+        "  floor: {count} functions' create, Deployment, Service and status applied in \
+         {floor:.1?}, no controller — {:.2}× raw",
+        floor.as_secs_f64() / raw.as_secs_f64()
+    );
+    let observed = settle(&client, &floor_namespace, count, floor_started).await;
+    let after_floor = api_requests(&client).await;
+    let cpu_after_floor = cpu_times(processes);
+    println!("  floor: all Deployments observed by the Deployment controller in {observed:.1?}");
+
     let fargo_started = Instant::now();
     let (applied, converged) = apply_functions(&client, &fargo_namespace, count, processes).await;
     let (rss, peak) = memory_mib(controller);
     let (activator_rss, activator_peak) = memory_mib(activator);
     println!(
-        "  fargo: {count} functions applied in {applied:.1?}, all Ready in {converged:.1?} — {:.2}× raw",
-        converged.as_secs_f64() / raw.as_secs_f64()
+        "  fargo: {count} functions applied in {applied:.1?}, all Ready in {converged:.1?} — \
+         {:.2}× raw, {:.2}× the floor",
+        converged.as_secs_f64() / raw.as_secs_f64(),
+        converged.as_secs_f64() / floor.as_secs_f64()
     );
     let observed = settle(&client, &fargo_namespace, count, fargo_started).await;
     let after_fargo = api_requests(&client).await;
@@ -648,25 +836,25 @@ async fn round_of(client: &Client, count: usize, controller: u32, activator: u32
         "  activator memory: {activator_rss:.1} MiB with {count} functions routed, peak {activator_peak:.1} MiB"
     );
     print_requests("raw", &before_raw, &after_raw, count);
+    print_requests("floor", &after_raw, &after_floor, count);
     print_requests(
         "fargo (with the bench's own function applies)",
-        &after_raw,
+        &after_floor,
         &after_fargo,
         count,
     );
     print_cpu("raw, until settled", &cpu_before_raw, &cpu_after_raw);
-    print_cpu("fargo, until settled", &cpu_after_raw, &cpu_after_fargo);
+    print_cpu("floor, until settled", &cpu_after_raw, &cpu_after_floor);
+    print_cpu("fargo, until settled", &cpu_after_floor, &cpu_after_fargo);
 
     // The next round starts once the garbage collector is done with this one's objects.
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    for namespace in [&raw_namespace, &fargo_namespace] {
-        let _ = namespaces
-            .delete(namespace, &DeleteParams::background())
-            .await;
+    let api: Api<Namespace> = Api::all(client.clone());
+    for namespace in namespaces {
+        let _ = api.delete(namespace, &DeleteParams::background()).await;
     }
     let deleting = Instant::now();
-    for namespace in [&raw_namespace, &fargo_namespace] {
-        while let Ok(Some(_)) = namespaces.get_opt(namespace).await {
+    for namespace in namespaces {
+        while let Ok(Some(_)) = api.get_opt(namespace).await {
             assert!(
                 deleting.elapsed() < Duration::from_secs(3_600),
                 "namespace {namespace} still there an hour after its deletion"
@@ -674,7 +862,10 @@ async fn round_of(client: &Client, count: usize, controller: u32, activator: u32
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
-    converged.as_secs_f64() / raw.as_secs_f64()
+    Ratios {
+        fargo: converged.as_secs_f64() / raw.as_secs_f64(),
+        floor: floor.as_secs_f64() / raw.as_secs_f64(),
+    }
 }
 
 fn main() {
