@@ -20,15 +20,16 @@
 //!   costs the API server next to nothing.
 //!
 //! Each part then waits until Kubernetes' own controllers have done with its objects (every
-//! Deployment observed, then 2 s of near-silence), so that the next part starts on a quiet
-//! cluster and the requests and CPU each part prints are all its own.
+//! Deployment observed, then 2 s of near-silence), so that the requests and CPU it prints are all
+//! its own, and deletes them (its namespace gone, the API server quiet again), so that every part
+//! starts on a quiet cluster holding none of the earlier parts' objects.
 //!
 //! When `benches/peers/knative.sh up` has put Knative Serving on the cluster, the same number of
 //! Knative Services of the echo image (at zero instances from the start) follow the rounds, and
 //! the memory of Knative's controller is printed beside fargo's.
 //!
-//! The round is run `FARGO_BENCH_ROUNDS` times (default 3), each waiting for the last one's
-//! namespaces to be gone, and the medians of the ratios are printed last.
+//! The round is run `FARGO_BENCH_ROUNDS` times (default 3), and the medians of the ratios are
+//! printed last.
 //!
 //! Printed: the times and their ratios, and the resident memory of the controller and of the
 //! activator (which routes every function) before, every 10 s while the functions converge, at
@@ -305,6 +306,15 @@ async fn settle(client: &Client, namespace: &str, count: usize, started: Instant
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
+    if !quiet(client, count).await {
+        println!("  (the API server was still busy a minute after the Deployments were observed)");
+    }
+    observed
+}
+
+/// Waits until the API server went 2 s with fewer writes than one per hundred functions; false
+/// when it was still busy after a minute.
+async fn quiet(client: &Client, count: usize) -> bool {
     let writes = |requests: &BTreeMap<(String, String), Served>| -> f64 {
         requests
             .iter()
@@ -319,12 +329,29 @@ async fn settle(client: &Client, namespace: &str, count: usize, started: Instant
         tokio::time::sleep(Duration::from_secs(2)).await;
         let now = writes(&api_requests(client).await);
         if now - last < (count as f64 / 100.0).max(1.0) {
-            return observed;
+            return true;
         }
         last = now;
     }
-    println!("  (the API server was still busy a minute after the Deployments were observed)");
-    observed
+    false
+}
+
+/// Deletes `namespace` and waits until it is gone and the API server is quiet again, so that
+/// the next part starts on a cluster without this part's objects.
+async fn delete_namespace(client: &Client, namespace: &str, count: usize) {
+    let api: Api<Namespace> = Api::all(client.clone());
+    let _ = api.delete(namespace, &DeleteParams::background()).await;
+    let deleting = Instant::now();
+    while let Ok(Some(_)) = api.get_opt(namespace).await {
+        assert!(
+            deleting.elapsed() < Duration::from_secs(3_600),
+            "namespace {namespace} still there an hour after its deletion"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    if !quiet(client, count).await {
+        println!("  (the API server was still busy a minute after namespace {namespace} was gone)");
+    }
 }
 
 /// CPU time of the cluster's control plane and of `processes` (name, pid), by name.
@@ -774,8 +801,8 @@ struct Ratios {
     floor: f64,
 }
 
-/// One round: raw, the floor, then fargo, each in a namespace of its own, all
-/// deleted (and gone) at the end.
+/// One round: raw, the floor, then fargo, each in a namespace of its own, deleted (and gone)
+/// before the next part starts.
 async fn round_of(
     client: &Client,
     count: usize,
@@ -789,8 +816,7 @@ async fn round_of(
     let raw_namespace = common::namespaces::unique_name("bench-raw");
     let floor_namespace = common::namespaces::unique_name("bench-floor");
     let fargo_namespace = common::namespaces::unique_name("bench-scale");
-    let namespaces = [&raw_namespace, &floor_namespace, &fargo_namespace];
-    for namespace in namespaces {
+    for namespace in [&raw_namespace, &floor_namespace, &fargo_namespace] {
         common::namespaces::ensure_namespace(&client, namespace).await;
     }
 
@@ -805,6 +831,10 @@ async fn round_of(
         "  raw: {count} Deployments + {count} Services applied in {raw:.1?}, all observed by \
          the Deployment controller in {observed:.1?}"
     );
+    delete_namespace(&client, &raw_namespace, count).await;
+
+    let before_floor = api_requests(&client).await;
+    let cpu_before_floor = cpu_times(processes);
     let floor_started = Instant::now();
     let floor = apply_floor(&client, &floor_namespace, count, floor_kind).await;
     println!(
@@ -816,6 +846,10 @@ async fn round_of(
     let after_floor = api_requests(&client).await;
     let cpu_after_floor = cpu_times(processes);
     println!("  floor: all Deployments observed by the Deployment controller in {observed:.1?}");
+    delete_namespace(&client, &floor_namespace, count).await;
+
+    let before_fargo = api_requests(&client).await;
+    let cpu_before_fargo = cpu_times(processes);
 
     let fargo_started = Instant::now();
     let (applied, converged) = apply_functions(&client, &fargo_namespace, count, processes).await;
@@ -836,32 +870,19 @@ async fn round_of(
         "  activator memory: {activator_rss:.1} MiB with {count} functions routed, peak {activator_peak:.1} MiB"
     );
     print_requests("raw", &before_raw, &after_raw, count);
-    print_requests("floor", &after_raw, &after_floor, count);
+    print_requests("floor", &before_floor, &after_floor, count);
     print_requests(
         "fargo (with the bench's own function applies)",
-        &after_floor,
+        &before_fargo,
         &after_fargo,
         count,
     );
     print_cpu("raw, until settled", &cpu_before_raw, &cpu_after_raw);
-    print_cpu("floor, until settled", &cpu_after_raw, &cpu_after_floor);
-    print_cpu("fargo, until settled", &cpu_after_floor, &cpu_after_fargo);
+    print_cpu("floor, until settled", &cpu_before_floor, &cpu_after_floor);
+    print_cpu("fargo, until settled", &cpu_before_fargo, &cpu_after_fargo);
 
     // The next round starts once the garbage collector is done with this one's objects.
-    let api: Api<Namespace> = Api::all(client.clone());
-    for namespace in namespaces {
-        let _ = api.delete(namespace, &DeleteParams::background()).await;
-    }
-    let deleting = Instant::now();
-    for namespace in namespaces {
-        while let Ok(Some(_)) = api.get_opt(namespace).await {
-            assert!(
-                deleting.elapsed() < Duration::from_secs(3_600),
-                "namespace {namespace} still there an hour after its deletion"
-            );
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-    }
+    delete_namespace(&client, &fargo_namespace, count).await;
     Ratios {
         fargo: converged.as_secs_f64() / raw.as_secs_f64(),
         floor: floor.as_secs_f64() / raw.as_secs_f64(),
